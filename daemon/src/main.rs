@@ -1,0 +1,2 @@
+//! The `fleet-server` binary.
+fn main() {}

@@ -1,0 +1,1 @@
+//! Node package writers (filled in by the package-builder work).
