@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Installs what `make run`, `make test`, `make demo` and `make bench` need.
+# Debian/Ubuntu: apt packages (run as root, or with sudo available).
+# macOS: prints the Homebrew equivalent; nothing is installed behind your back.
+set -euo pipefail
+
+# Debian packages, one line each with why it is needed.
+APT_PACKAGES=(
+  redis-server      # the Redis backend: tests start private redis-server processes
+  etcd-server       # the etcd backend: tests start private etcd processes
+  libarchive-tools  # bsdtar: an independent reader of the XAR (pkg) container
+  p7zip-full        # 7z: a second independent XAR reader
+  cpio              # reads the Payload and Scripts cpio (odc) archives
+  gzip
+  iproute2          # ip netns / veth: test hosts in network namespaces
+  iptables          # the router namespace drops traffic between test subnets
+  procps            # ps, for the benchmarks
+  curl
+  python3
+  chromium          # headless browser for the Settings page test
+  chromium-driver
+)
+# Node.js and npm drive the browser test; Debian's only when none is installed
+# (a machine may carry its own Node.js, which conflicts with Debian's npm).
+command -v node >/dev/null 2>&1 || APT_PACKAGES+=(nodejs)
+command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(npm)
+
+case "$(uname -s)" in
+  Darwin)
+    echo "On macOS, install the test dependencies with Homebrew:"
+    echo "  brew install redis etcd libarchive p7zip cpio node"
+    echo "(network-namespace tests run on Linux only)"
+    exit 0
+    ;;
+  Linux) ;;
+  *) echo "install-deps.sh: unsupported system $(uname -s)" >&2; exit 1 ;;
+esac
+
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "install-deps.sh: apt-get not found; install by hand: ${APT_PACKAGES[*]}" >&2
+  exit 1
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "install-deps.sh: run as root (or install sudo)" >&2; exit 1
+  fi
+fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps.sh: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian's redis-server package starts a system instance; the tests start their own
+# private servers and never touch it, so leave it as it is.
+
+# Node packages for the browser test (playwright-core drives Debian's chromium).
+if [ -f tests/browser/package.json ] && [ ! -d tests/browser/node_modules/playwright-core ]; then
+  (cd tests/browser && npm install --no-audit --no-fund --silent)
+fi
+
+echo "install-deps.sh: all dependencies present"
