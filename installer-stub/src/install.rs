@@ -1,0 +1,194 @@
+//! Writing the unsealed configuration into place: atomically, owner-only, and leaving nothing behind on failure.
+//!
+//! The configuration holds the cluster's secrets, so its directory is 0700 and the file
+//! 0600 from the moment it exists (created with that mode, never chmod-ed down later).
+//! A crash mid-write leaves either the old file or the new one: temporary file in the
+//! same directory, fsync, rename, fsync of the directory.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::layout::{NODE_ID_FILE_NAME, TargetLayout};
+
+/// A failed write, naming the path.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct WriteError {
+    /// The path the failure concerns.
+    pub path: PathBuf,
+    /// The OS error.
+    pub source: io::Error,
+}
+
+/// What [`write_config`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The configuration file.
+    pub config_file: PathBuf,
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// A node identity from an earlier install was found (and left as it was).
+    pub node_id_kept: bool,
+}
+
+/// Writes `config_yaml` to the layout's configuration file under `root` and makes sure
+/// the state directory exists. An existing `node_id` in the state directory is never
+/// touched, so a reinstall keeps the node's identity.
+///
+/// On failure, the directories this call created are removed again, so the target
+/// root is as it was.
+pub fn write_config(
+    layout: TargetLayout,
+    root: &Path,
+    config_yaml: &str,
+) -> Result<Written, WriteError> {
+    let mut created = Vec::new();
+    let result = write_inner(layout, root, config_yaml, &mut created);
+    if result.is_err() {
+        // Deepest first; a directory that is not empty (someone else's file) stays.
+        for d in created.iter().rev() {
+            let _ = fs::remove_dir(d);
+        }
+    }
+    result
+}
+
+fn write_inner(
+    layout: TargetLayout,
+    root: &Path,
+    config_yaml: &str,
+    created: &mut Vec<PathBuf>,
+) -> Result<Written, WriteError> {
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| WriteError { path, source }
+    };
+    if !root.is_dir() {
+        return Err(WriteError {
+            path: root.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::NotFound, "target root is not a directory"),
+        });
+    }
+    let config_dir = layout.config_dir(root);
+    let state_dir = layout.state_dir(root);
+    private_dir(root, &config_dir, created)?;
+    private_dir(root, &state_dir, created)?;
+    let node_id_kept = state_dir.join(NODE_ID_FILE_NAME).exists();
+
+    let config_file = layout.config_file(root);
+    let tmp = config_dir.join(format!(".config.yaml.{}.tmp", std::process::id()));
+    let write_tmp = || -> io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(config_yaml.as_bytes())?;
+        f.sync_all()
+    };
+    if let Err(e) = write_tmp() {
+        let _ = fs::remove_file(&tmp);
+        return Err(err(&tmp)(e));
+    }
+    if let Err(e) = fs::rename(&tmp, &config_file) {
+        let _ = fs::remove_file(&tmp);
+        return Err(err(&config_file)(e));
+    }
+    // The rename is durable only once the directory entry is.
+    File::open(&config_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err(&config_dir))?;
+    Ok(Written {
+        config_file,
+        state_dir,
+        node_id_kept,
+    })
+}
+
+/// Creates `dir` (and missing parents below `root`) and leaves it mode 0700. Parents
+/// that did not exist get 0755: other payload files (the daemon's binary) live in them.
+fn private_dir(root: &Path, dir: &Path, created: &mut Vec<PathBuf>) -> Result<(), WriteError> {
+    let rel = dir.strip_prefix(root).unwrap_or(dir);
+    let mut cur = root.to_path_buf();
+    let n = rel.components().count();
+    for (i, c) in rel.components().enumerate() {
+        cur.push(c);
+        let last = i + 1 == n;
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.is_dir() => {}
+            // On macOS /etc is a symlink to /private/etc: follow links in parents, but
+            // the private directory itself must be a real directory.
+            Ok(m) if m.file_type().is_symlink() && !last && cur.is_dir() => {}
+            Ok(_) => {
+                return Err(WriteError {
+                    path: cur,
+                    source: io::Error::new(io::ErrorKind::AlreadyExists, "not a directory"),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                DirBuilder::new()
+                    .mode(if last { 0o700 } else { 0o755 })
+                    .create(&cur)
+                    .map_err(|source| WriteError {
+                        path: cur.clone(),
+                        source,
+                    })?;
+                created.push(cur.clone());
+            }
+            Err(source) => return Err(WriteError { path: cur, source }),
+        }
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|source| WriteError {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn writes_private_file_and_keeps_node_id() {
+        let t = tempfile::tempdir().unwrap();
+        let state = TargetLayout::Linux.state_dir(t.path());
+        fs::create_dir_all(&state).unwrap();
+        fs::write(state.join("node_id"), "n1-abc123").unwrap();
+        let w = write_config(TargetLayout::Linux, t.path(), "a: 1\n").unwrap();
+        assert!(w.node_id_kept);
+        assert_eq!(fs::read_to_string(&w.config_file).unwrap(), "a: 1\n");
+        assert_eq!(mode(&w.config_file), 0o600);
+        assert_eq!(mode(w.config_file.parent().unwrap()), 0o700);
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(
+            fs::read_to_string(state.join("node_id")).unwrap(),
+            "n1-abc123"
+        );
+        // A second install replaces the file and leaves no temporary behind.
+        write_config(TargetLayout::Linux, t.path(), "a: 2\n").unwrap();
+        assert_eq!(fs::read_to_string(&w.config_file).unwrap(), "a: 2\n");
+        let names: Vec<_> = fs::read_dir(w.config_file.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["config.yaml"]);
+    }
+
+    #[test]
+    fn failure_removes_created_directories() {
+        let t = tempfile::tempdir().unwrap();
+        // A file where the state directory's parent should be: the config dir gets
+        // created first, then the state dir fails.
+        fs::create_dir_all(t.path().join("Library/FleetServer")).unwrap();
+        fs::write(t.path().join("Library/FleetServer/state"), "x").unwrap();
+        let e = write_config(TargetLayout::Macos, t.path(), "a: 1\n").unwrap_err();
+        assert!(e.path.ends_with("state"), "{e}");
+        assert!(!t.path().join("Library/FleetServer/config").exists());
+    }
+}
