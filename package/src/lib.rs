@@ -1,1 +1,58 @@
-//! Node package writers (filled in by the package-builder work).
+//! Node package writers: the macOS component package (flat pkg: XAR, cpio odc,
+//! BOM, PackageInfo) and the Linux provision bundle, built on any OS without
+//! Apple's tools.
+//!
+//! Pure format code: synchronous, no async runtime, and no I/O but reading the
+//! node template and writing the output ([`write_atomically`]). The same inputs
+//! give byte-identical output.
+//!
+//! ```no_run
+//! use fleet_package::*;
+//! # fn main() -> Result<(), Error> {
+//! let template = Template::load("/var/lib/fleet/node-template".as_ref(), Target::MacOs, false)?;
+//! let builder = PkgBuilder::new(template, PkgRoot::embedded())?;
+//! let node = NodeFiles { sealed: b"sealed".to_vec(), key: Some(b"key".to_vec()) };
+//! let pkg = builder.build_pkg(&node, &PkgOptions::default())?;
+//! write_atomically("FleetServerClusterNode.pkg".as_ref(), &pkg, false)?;
+//! # Ok(()) }
+//! ```
+
+mod bom;
+mod bundle;
+mod embedded;
+mod error;
+mod inspect;
+mod names;
+mod output;
+mod package_info;
+mod payload;
+mod pkg;
+mod plist;
+mod template;
+mod xar;
+
+pub use bundle::{BUNDLE_SCRIPT_NAMES, build_bundle};
+pub use embedded::PkgRoot;
+pub use error::Error;
+pub use inspect::{CpioEntry, InspectReport, Member, PackageInfoSummary, inspect, inspect_bytes};
+pub use names::{
+    DEFAULT_PKG_NAME, default_bundle_name, validate_bundle_name, validate_node_name,
+    validate_package_name,
+};
+pub use output::write_atomically;
+pub use pkg::{ArtifactCache, NodeFiles, PkgBuilder, PkgOptions};
+pub use plist::{check_launchd_plist, expected_launchd_plist};
+pub use template::{BinaryFormat, Target, Template};
+
+/// The package identifier, also the LaunchDaemon label.
+pub const IDENTIFIER: &str = "com.fleet.server.cluster";
+/// Modification time of every entry in every archive (2024-01-01T00:00:00Z),
+/// so the same inputs give the same bytes.
+pub const FIXED_MTIME: u64 = 1_704_067_200;
+/// File name of the sealed configuration, beside the installer stub.
+pub const SEALED_NAME: &str = "fleet-config.sealed";
+/// File name of the key file (key-file mode), beside the sealed configuration.
+pub const KEY_NAME: &str = "fleet-config.key";
+
+/// Result of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

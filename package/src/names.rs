@@ -1,0 +1,68 @@
+//! Validation of node names and output file names.
+
+use crate::{Error, Result};
+
+/// The package name the Settings page offers by default.
+pub const DEFAULT_PKG_NAME: &str = "FleetServerClusterNode.pkg";
+
+/// Checks a node name: 1 to 63 of `[a-z0-9-]`, not starting or ending with `-`.
+pub fn validate_node_name(name: &str) -> Result<()> {
+    let ok = (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidNodeName(name.to_owned()))
+    }
+}
+
+/// Checks a `.pkg` file name (a bare name, never a path).
+pub fn validate_package_name(name: &str) -> Result<()> {
+    validate_file_name(name, ".pkg")
+}
+
+/// Checks a provision bundle file name (ends with `.tar.gz`).
+pub fn validate_bundle_name(name: &str) -> Result<()> {
+    validate_file_name(name, ".tar.gz")
+}
+
+/// `<node>_provision.tar.gz`, as the etcd guide names its bundles.
+pub fn default_bundle_name(node_name: &str) -> String {
+    format!("{node_name}_provision.tar.gz")
+}
+
+fn validate_file_name(name: &str, ending: &'static str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidPackageName {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.contains('/') || name.contains('\\') {
+        return bad("it must be a file name, without '/'");
+    }
+    if name.contains("..") {
+        return bad("it must not contain '..'");
+    }
+    if name.chars().any(char::is_control) {
+        return bad("it must not contain control characters");
+    }
+    if name.len() > 255 {
+        return bad("it is longer than 255 bytes");
+    }
+    if !name.ends_with(ending) {
+        return bad(if ending == ".pkg" {
+            "it must end with .pkg"
+        } else {
+            "it must end with .tar.gz"
+        });
+    }
+    if name.len() == ending.len() || name.starts_with('.') || name.starts_with('-') {
+        return bad("it needs a name before the ending, not starting with '.' or '-'");
+    }
+    Ok(())
+}

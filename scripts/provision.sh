@@ -1,0 +1,110 @@
+#!/bin/sh
+# Provisions a Linux machine as a Fleet Server cluster node from the bundle
+# <NodeName>_provision.tar.gz:
+#
+#   sudo tar -xvf node2_provision.tar.gz
+#   cd node2_provision
+#   sudo ./provision.sh
+#
+# The installer stub checks the wired Ethernet link and unseals the node's
+# configuration to /etc/fleet-server/config.yaml; then fleet-server goes to
+# /usr/local/bin and the systemd unit fleet-server.service is enabled and started.
+#
+#   --root DIR     install under DIR instead of /
+#   --no-systemd   do not touch systemd: start the daemon in the background
+#                  (pid file DIR/run/fleet-server.pid, log DIR/var/log/fleet-server.log)
+set -eu
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
+
+ROOT=""
+SYSTEMD=1
+
+usage() {
+    echo "usage: $0 [--root DIR] [--no-systemd]" >&2
+    exit 2
+}
+die() {
+    echo "provision.sh: $*" >&2
+    exit 1
+}
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --root)
+            [ $# -ge 2 ] || usage
+            ROOT="${2%/}"
+            shift
+            ;;
+        --no-systemd) SYSTEMD=0 ;;
+        -h | --help) usage ;;
+        *)
+            echo "provision.sh: unknown argument: $1" >&2
+            usage
+            ;;
+    esac
+    shift
+done
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+if [ -z "$ROOT" ] && [ "$(id -u)" -ne 0 ]; then
+    die "run as root: sudo $0"
+fi
+if [ -n "$ROOT" ]; then
+    mkdir -p "$ROOT"
+    ROOT=$(cd "$ROOT" && pwd)
+fi
+
+for f in fleet-server fleet-installer-stub fleet-config.sealed fleet-server.service uninstall.sh; do
+    [ -f "$HERE/$f" ] || die "missing $HERE/$f: extract the whole bundle and run provision.sh from it"
+done
+
+# A reinstall replaces a daemon started earlier without systemd.
+PIDFILE="$ROOT/run/fleet-server.pid"
+if [ -f "$PIDFILE" ]; then
+    pid=$(cat "$PIDFILE" 2>/dev/null || true)
+    case "$pid" in
+        '' | *[!0-9]*) ;;
+        *)
+            if kill -TERM "$pid" 2>/dev/null; then
+                i=0
+                while kill -0 "$pid" 2>/dev/null && [ $i -lt 30 ]; do
+                    sleep 1
+                    i=$((i + 1))
+                done
+            fi
+            ;;
+    esac
+    rm -f "$PIDFILE"
+fi
+
+# 1. Ethernet check and configuration (writes nothing when it refuses).
+"$HERE/fleet-installer-stub" --target-root "${ROOT:-/}" || die "installer stub failed (exit $?): nothing was installed"
+
+# 2. Files.
+install -d -m 0755 "$ROOT/usr/local/bin" "$ROOT/usr/local/lib/fleet-server"
+install -m 0755 "$HERE/fleet-server" "$ROOT/usr/local/bin/fleet-server"
+install -m 0755 "$HERE/uninstall.sh" "$ROOT/usr/local/lib/fleet-server/uninstall.sh"
+install -d -m 0700 "$ROOT/var/lib/fleet-server"
+CONFIG="$ROOT/etc/fleet-server/config.yaml"
+[ -f "$CONFIG" ] || die "the installer stub did not write $CONFIG"
+
+# 3. Service.
+if [ "$SYSTEMD" -eq 1 ]; then
+    install -d -m 0755 "$ROOT/etc/systemd/system"
+    install -m 0644 "$HERE/fleet-server.service" "$ROOT/etc/systemd/system/fleet-server.service"
+    if [ -z "$ROOT" ]; then
+        systemctl daemon-reload
+        systemctl enable fleet-server.service
+        systemctl restart fleet-server.service
+        echo "✅ fleet-server installed and started (systemctl status fleet-server)"
+    else
+        systemctl --root="$ROOT" enable fleet-server.service
+        echo "✅ fleet-server installed under $ROOT and enabled (starts when that system boots)"
+    fi
+else
+    install -d -m 0755 "$ROOT/run" "$ROOT/var/log"
+    "$ROOT/usr/local/bin/fleet-server" serve --config "$CONFIG" --daemonize \
+        --pid-file "$PIDFILE" --log-file "$ROOT/var/log/fleet-server.log"
+    echo "✅ fleet-server installed under ${ROOT:-/} and started (pid file $PIDFILE, log $ROOT/var/log/fleet-server.log)"
+fi
