@@ -1,1 +1,11 @@
-//! Fleet Server cluster node.
+//! Fleet Server cluster node: the daemon as a library (`server::run`), cluster membership
+//! behind one trait (`cluster`), the HTTP API (`http`), configuration, identity and the admin CLI.
+
+pub mod admin;
+pub mod cluster;
+pub mod config;
+pub mod http;
+pub mod identity;
+pub mod logging;
+pub mod node;
+pub mod server;

@@ -1,0 +1,201 @@
+//! The admin CLI's work: `cluster status`, `cluster nodes` (read the backend directly from the
+//! configuration) and `config init` (a ready-to-run configuration with fresh secrets).
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::Rng;
+use serde_json::json;
+
+use crate::cluster::{self, Member, MemberState};
+use crate::config::{BackendKind, Config};
+use crate::identity;
+
+const DEADLINE: Duration = Duration::from_secs(5);
+
+fn backend_of(config: &Config) -> anyhow::Result<std::sync::Arc<dyn cluster::Membership>> {
+    if !config.cluster.enabled {
+        anyhow::bail!(
+            "Cluster mode not enabled: set cluster.enabled: true (and a backend) in the configuration"
+        );
+    }
+    Ok(cluster::open(config)?)
+}
+
+async fn timed<T>(
+    f: impl std::future::Future<Output = Result<T, cluster::ClusterError>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(DEADLINE, f).await {
+        Ok(r) => Ok(r?),
+        Err(_) => anyhow::bail!("the cluster backend did not answer within {DEADLINE:?}"),
+    }
+}
+
+/// `fleet-server cluster status`.
+pub async fn cluster_status(
+    config: &Config,
+    as_json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let backend = backend_of(config)?;
+    let members = timed(backend.members()).await?;
+    let active = members
+        .iter()
+        .filter(|m| m.state == MemberState::Active)
+        .count();
+    let this_id = std::fs::read_to_string(config.server.state_dir.join(identity::NODE_ID_FILE))
+        .ok()
+        .map(|s| s.trim().to_string());
+    if as_json {
+        writeln!(
+            out,
+            "{}",
+            json!({
+                "enabled": true,
+                "backend": backend.kind().as_str(),
+                "active_nodes": active,
+                "members": members.len(),
+                "node_id": this_id,
+            })
+        )?;
+    } else {
+        writeln!(out, "✅ Cluster Mode Enabled")?;
+        writeln!(out)?;
+        writeln!(out, "Backend: {}", backend.kind())?;
+        writeln!(out, "Active Nodes: {active}")?;
+        if let Some(id) = this_id {
+            writeln!(out, "This Node ID: {id}")?;
+        }
+    }
+    Ok(())
+}
+
+/// `fleet-server cluster nodes`.
+pub async fn cluster_nodes(
+    config: &Config,
+    as_json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let backend = backend_of(config)?;
+    let members = timed(backend.members()).await?;
+    if as_json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&members)?)?;
+        return Ok(());
+    }
+    write_table(&members, out)
+}
+
+/// The member table, as `etcd_cluster_info.sh` shows one.
+pub fn write_table(members: &[Member], out: &mut impl Write) -> anyhow::Result<()> {
+    let rows: Vec<[String; 6]> = members
+        .iter()
+        .map(|m| {
+            [
+                m.node.name.clone(),
+                m.node.id.clone(),
+                m.node.addresses.join(","),
+                match m.state {
+                    MemberState::Active => "active".into(),
+                    MemberState::Expired => "expired".into(),
+                },
+                format!("{:.1}s ago", m.age_ms as f64 / 1000.0),
+                m.node.version.clone(),
+            ]
+        })
+        .collect();
+    let header = [
+        "NAME",
+        "ID",
+        "ADDRESSES",
+        "STATE",
+        "LAST HEARTBEAT",
+        "VERSION",
+    ];
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[&str]| {
+        cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    writeln!(out, "{}", line(&header))?;
+    for r in &rows {
+        let cells: Vec<&str> = r.iter().map(String::as_str).collect();
+        writeln!(out, "{}", line(&cells))?;
+    }
+    if rows.is_empty() {
+        writeln!(out, "(no members)")?;
+    }
+    Ok(())
+}
+
+fn random_token(len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Options of `config init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub backend: BackendKind,
+    pub storage_path: Option<std::path::PathBuf>,
+    pub redis_host: Option<String>,
+    pub redis_port: u16,
+    pub state_dir: std::path::PathBuf,
+    pub host: String,
+    pub port: u16,
+    pub node_name: Option<String>,
+}
+
+/// Writes a configuration with fresh secrets (API key, admin password, encryption keys) and
+/// returns the admin password and API key, for the caller to show once.
+pub fn config_init(
+    path: &Path,
+    opts: &InitOptions,
+    force: bool,
+) -> anyhow::Result<(String, String)> {
+    if path.exists() && !force {
+        anyhow::bail!(
+            "{} exists: not overwriting it (use --force)",
+            path.display()
+        );
+    }
+    let password = random_token(20);
+    let api_key = random_token(40);
+    let mut c = Config::default();
+    c.server.host = opts.host.clone();
+    c.server.port = opts.port;
+    c.server.state_dir = opts.state_dir.clone();
+    c.cluster.enabled = true;
+    c.cluster.backend = opts.backend;
+    c.cluster.node_name = opts.node_name.clone();
+    c.cluster.storage_path = opts.storage_path.clone();
+    c.cluster.redis_host = opts.redis_host.clone();
+    c.cluster.redis_port = opts.redis_port;
+    c.auth.api_key = Some(crate::config::Secret::new(api_key.clone()));
+    c.auth.web_password = Some(crate::config::Secret::new(password.clone()));
+    c.encryption.database_key = Some(crate::config::Secret::new(random_token(44)));
+    c.encryption.payload_key = Some(crate::config::Secret::new(random_token(44)));
+    c.validate(path)?;
+    let yaml = serde_yaml::to_string(&c).context("rendering the configuration")?;
+    let text = format!(
+        "# Fleet Server node configuration, made by `fleet-server config init`.\n# It holds secrets: keep it 0600.\n{yaml}"
+    );
+    identity::write_atomically(path, text.as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok((password, api_key))
+}

@@ -1,0 +1,520 @@
+//! The Redis (or Valkey) backend. Every membership change is one Lua script, so it is atomic
+//! and its time comes from the Redis server's clock (`TIME`), never a node's.
+//!
+//! Keys, under the configured prefix (default `fleet:`):
+//! `cluster:members` ZSET id → last heartbeat ms; `cluster:node:<id>` HASH, expiring after twice
+//! the timeout; `cluster:names` HASH name → id of its holder; `cluster:events` STREAM (capped);
+//! `cluster:removed:<id>` a tombstone set when an admin removes a node.
+//! The scripts derive keys from the prefix, which is fine for a single Redis (or a replicated
+//! pair), not for Redis Cluster.
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Script};
+
+use super::{
+    ClusterError, EVENTS_CAP, Event, EventKind, Heartbeat, Member, MemberState, Membership,
+    NodeRecord, REMOVAL_TOMBSTONE, Timing,
+};
+use crate::config::{BackendKind, ClusterConfig};
+
+const NAME: &str = "redis";
+
+/// Shared Lua: `now_ms()` and `prune(prefix, now, timeout, limit, cap)`.
+const LUA_LIB: &str = r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function forget(prefix, id)
+  local nkey = prefix .. 'cluster:node:' .. id
+  local name = redis.call('HGET', nkey, 'name')
+  redis.call('DEL', nkey)
+  if name and redis.call('HGET', prefix .. 'cluster:names', name) == id then
+    redis.call('HDEL', prefix .. 'cluster:names', name)
+  end
+  return name or ''
+end
+local function event(prefix, cap, kind, id, now, ...)
+  redis.call('XADD', prefix .. 'cluster:events', 'MAXLEN', '~', cap, '*',
+    'kind', kind, 'node_id', id, 'at_ms', string.format('%d', now), ...)
+end
+local function prune(prefix, now, timeout, limit, cap)
+  local members = prefix .. 'cluster:members'
+  local old = redis.call('ZRANGEBYSCORE', members, '-inf', now - timeout, 'LIMIT', 0, limit)
+  for _, id in ipairs(old) do
+    redis.call('ZREM', members, id)
+    local name = forget(prefix, id)
+    event(prefix, cap, 'expired', id, now, 'name', name)
+  end
+  return old
+end
+local function active(prefix, now, timeout)
+  return redis.call('ZCOUNT', prefix .. 'cluster:members', now - timeout + 1, '+inf')
+end
+"#;
+
+/// ARGV: prefix, cap, timeout_ms, id, name, field, value, …
+const REGISTER: &str = r#"
+local prefix, cap, timeout, id, name = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local now = now_ms()
+if redis.call('EXISTS', prefix .. 'cluster:removed:' .. id) == 1 then return {'removed', ''} end
+local members = prefix .. 'cluster:members'
+local holder = redis.call('HGET', prefix .. 'cluster:names', name)
+if holder and holder ~= id then
+  local s = redis.call('ZSCORE', members, holder)
+  if s and now - tonumber(s) < timeout then return {'name_taken', holder} end
+end
+local prev = redis.call('ZSCORE', members, id)
+local fresh = (not prev) or (now - tonumber(prev) >= timeout)
+redis.call('ZADD', members, now, id)
+redis.call('HSET', prefix .. 'cluster:names', name, id)
+local nkey = prefix .. 'cluster:node:' .. id
+redis.call('DEL', nkey)
+redis.call('HSET', nkey, unpack(ARGV, 6))
+redis.call('PEXPIRE', nkey, timeout * 2)
+if fresh then event(prefix, cap, 'joined', id, now, 'name', name) end
+return {'ok', tostring(active(prefix, now, timeout))}
+"#;
+
+/// ARGV: prefix, cap, timeout_ms, id, prune_limit
+const HEARTBEAT: &str = r#"
+local prefix, cap, timeout, id, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+local now = now_ms()
+if redis.call('EXISTS', prefix .. 'cluster:removed:' .. id) == 1 then return {'removed', ''} end
+local members = prefix .. 'cluster:members'
+local nkey = prefix .. 'cluster:node:' .. id
+local s = redis.call('ZSCORE', members, id)
+if (not s) or now - tonumber(s) >= timeout or redis.call('EXISTS', nkey) == 0 then
+  return {'not_member', ''}
+end
+redis.call('ZADD', members, now, id)
+redis.call('PEXPIRE', nkey, timeout * 2)
+prune(prefix, now, timeout, limit, cap)
+return {'ok', tostring(active(prefix, now, timeout))}
+"#;
+
+/// ARGV: prefix, cap, id, kind ('left' or 'removed'), tombstone_ms (0: none), by
+const LEAVE: &str = r#"
+local prefix, cap, id, kind, tomb, by = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local now = now_ms()
+local was = redis.call('ZREM', prefix .. 'cluster:members', id)
+local name = forget(prefix, id)
+if tomb > 0 then redis.call('SET', prefix .. 'cluster:removed:' .. id, by, 'PX', tomb) end
+if was == 1 then
+  if by ~= '' then event(prefix, cap, kind, id, now, 'name', name, 'by', by)
+  else event(prefix, cap, kind, id, now, 'name', name) end
+end
+return was
+"#;
+
+/// ARGV: prefix, cap, timeout_ms, limit
+const PRUNE: &str = r#"
+local prefix, cap, timeout, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+return prune(prefix, now_ms(), timeout, limit, cap)
+"#;
+
+/// ARGV: prefix, timeout_ms → {now, active}
+const ACTIVE: &str = r#"
+local now = now_ms()
+return {tostring(now), tostring(active(ARGV[1], now, tonumber(ARGV[2])))}
+"#;
+
+/// ARGV: prefix, cap, kind, node_id, field, value, …
+const EVENT: &str = r#"
+event(ARGV[1], ARGV[2], ARGV[3], ARGV[4], now_ms(), unpack(ARGV, 5))
+return 1
+"#;
+
+/// ARGV: none → now in ms
+const NOW: &str = r#"
+return tostring(now_ms())
+"#;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{LUA_LIB}\n{body}"))
+}
+
+static REGISTER_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(REGISTER));
+static HEARTBEAT_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(HEARTBEAT));
+static LEAVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(LEAVE));
+static PRUNE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(PRUNE));
+static ACTIVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(ACTIVE));
+static EVENT_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(EVENT));
+static NOW_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(NOW));
+
+/// Members pruned at most per heartbeat, so one heartbeat stays short after a mass outage.
+const PRUNE_LIMIT: usize = 100;
+
+/// Membership in Redis.
+pub struct RedisMembership {
+    conn: ConnectionManager,
+    prefix: String,
+    timing: Timing,
+    /// `host:port` or the socket path, for messages (never credentials).
+    address: String,
+}
+
+impl std::fmt::Debug for RedisMembership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisMembership")
+            .field("address", &self.address)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds the connection settings from the configuration; the password goes only here.
+pub fn connection_info(cfg: &ClusterConfig) -> Result<redis::ConnectionInfo, ClusterError> {
+    let addr = match (&cfg.redis_socket, &cfg.redis_host) {
+        (Some(path), _) => ConnectionAddr::Unix(path.clone()),
+        (None, Some(host)) if cfg.redis_tls => ConnectionAddr::TcpTls {
+            host: host.clone(),
+            port: cfg.redis_port,
+            insecure: false,
+            tls_params: None,
+        },
+        (None, Some(host)) => ConnectionAddr::Tcp(host.clone(), cfg.redis_port),
+        (None, None) => {
+            return Err(ClusterError::Backend {
+                backend: NAME,
+                reason: "no redis_host or redis_socket configured".into(),
+            });
+        }
+    };
+    let mut settings = RedisConnectionInfo::default().set_db(cfg.redis_db);
+    if let Some(user) = &cfg.redis_username {
+        settings = settings.set_username(user);
+    }
+    if let Some(pw) = &cfg.redis_password {
+        settings = settings.set_password(pw.expose());
+    }
+    Ok(addr
+        .into_connection_info()
+        .map_err(|e| map_err(&e))?
+        .set_redis_settings(settings))
+}
+
+/// Human-readable address of the configured Redis (no credentials).
+pub fn describe_address(cfg: &ClusterConfig) -> String {
+    match (&cfg.redis_socket, &cfg.redis_host) {
+        (Some(p), _) => format!("unix:{}", p.display()),
+        (None, Some(h)) => format!(
+            "{}://{}:{}/{}",
+            if cfg.redis_tls { "rediss" } else { "redis" },
+            h,
+            cfg.redis_port,
+            cfg.redis_db
+        ),
+        _ => "(none)".into(),
+    }
+}
+
+/// Makes a lazily connecting, auto-reconnecting connection with bounded waits.
+pub fn connect_lazy(
+    info: redis::ConnectionInfo,
+    timing: &Timing,
+) -> Result<ConnectionManager, ClusterError> {
+    let client = redis::Client::open(info).map_err(|e| map_err(&e))?;
+    let op = timing.op_timeout();
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(op))
+        .set_response_timeout(Some(op))
+        .set_number_of_retries(1)
+        .set_min_delay(std::time::Duration::from_millis(50))
+        .set_max_delay(op);
+    ConnectionManager::new_lazy_with_config(client, config).map_err(|e| map_err(&e))
+}
+
+/// Maps a Redis error to our kinds: outages are `Unreachable`, refused credentials `Auth`.
+pub fn map_err(e: &redis::RedisError) -> ClusterError {
+    let reason = e.to_string();
+    let upper = reason.to_ascii_uppercase();
+    if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || upper.contains("WRONGPASS")
+        || upper.contains("NOAUTH")
+        || upper.contains("NOPERM")
+    {
+        ClusterError::Auth {
+            backend: NAME,
+            reason,
+        }
+    } else if e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || upper.contains("LOADING")
+    {
+        ClusterError::Unreachable {
+            backend: NAME,
+            reason,
+        }
+    } else {
+        ClusterError::Backend {
+            backend: NAME,
+            reason,
+        }
+    }
+}
+
+impl RedisMembership {
+    pub fn new(cfg: &ClusterConfig, timing: Timing) -> Result<Self, ClusterError> {
+        let info = connection_info(cfg)?;
+        Ok(RedisMembership {
+            conn: connect_lazy(info, &timing)?,
+            prefix: cfg.key_prefix.clone(),
+            timing,
+            address: describe_address(cfg),
+        })
+    }
+
+    fn timeout_ms(&self) -> u64 {
+        self.timing.timeout.as_millis() as u64
+    }
+
+    fn key(&self, suffix: &str) -> String {
+        format!("{}cluster:{suffix}", self.prefix)
+    }
+
+    /// Runs a script with a deadline: the connection manager's own timeouts cover the socket,
+    /// this one covers everything else (reconnect attempts included).
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        args: &[String],
+    ) -> Result<T, ClusterError> {
+        let mut inv = script.prepare_invoke();
+        for a in args {
+            inv.arg(a);
+        }
+        let mut conn = self.conn.clone();
+        let deadline = self.timing.op_timeout() * 2;
+        match tokio::time::timeout(deadline, inv.invoke_async(&mut conn)).await {
+            Ok(r) => r.map_err(|e| map_err(&e)),
+            Err(_) => Err(ClusterError::Unreachable {
+                backend: NAME,
+                reason: format!("no answer from {} within {deadline:?}", self.address),
+            }),
+        }
+    }
+
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, ClusterError> {
+        let mut conn = self.conn.clone();
+        let deadline = self.timing.op_timeout() * 2;
+        match tokio::time::timeout(deadline, pipe.query_async(&mut conn)).await {
+            Ok(r) => r.map_err(|e| map_err(&e)),
+            Err(_) => Err(ClusterError::Unreachable {
+                backend: NAME,
+                reason: format!("no answer from {} within {deadline:?}", self.address),
+            }),
+        }
+    }
+
+    fn base_args(&self) -> Vec<String> {
+        vec![self.prefix.clone(), EVENTS_CAP.to_string()]
+    }
+
+    /// The Redis server's clock, in ms since the epoch.
+    pub async fn server_now_ms(&self) -> Result<u64, ClusterError> {
+        let s: String = self.run(&NOW_SCRIPT, &[]).await?;
+        Ok(s.parse().unwrap_or(0))
+    }
+
+    /// Writes a member as a heartbeat at `ms` would have: the benchmarks use it to simulate
+    /// thousands of nodes without thousands of processes.
+    pub async fn simulate_members(
+        &self,
+        nodes: &[NodeRecord],
+        ms: u64,
+    ) -> Result<(), ClusterError> {
+        let mut pipe = redis::pipe();
+        for n in nodes {
+            pipe.zadd(self.key("members"), &n.id, ms).ignore();
+            let nkey = self.key(&format!("node:{}", n.id));
+            pipe.hset_multiple(&nkey, &n.to_fields()).ignore();
+            pipe.pexpire(&nkey, (self.timeout_ms() * 2) as i64).ignore();
+            pipe.hset(self.key("names"), &n.name, &n.id).ignore();
+        }
+        self.query::<()>(&pipe).await
+    }
+}
+
+fn parse_outcome(reply: (String, String), node: &str) -> Result<Heartbeat, ClusterError> {
+    match reply.0.as_str() {
+        "ok" => Ok(Heartbeat::Alive {
+            active: reply.1.parse().unwrap_or(0),
+        }),
+        "not_member" => Ok(Heartbeat::NotMember),
+        "removed" => Ok(Heartbeat::Removed),
+        other => Err(ClusterError::Backend {
+            backend: NAME,
+            reason: format!("unexpected script reply `{other}` for {node}"),
+        }),
+    }
+}
+
+#[async_trait::async_trait]
+impl Membership for RedisMembership {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Redis
+    }
+
+    async fn register(&self, node: &NodeRecord) -> Result<usize, ClusterError> {
+        let mut args = self.base_args();
+        args.push(self.timeout_ms().to_string());
+        args.push(node.id.clone());
+        args.push(node.name.clone());
+        for (k, v) in node.to_fields() {
+            args.push(k.to_string());
+            args.push(v);
+        }
+        let reply: (String, String) = self.run(&REGISTER_SCRIPT, &args).await?;
+        match reply.0.as_str() {
+            "name_taken" => Err(ClusterError::NameTaken {
+                name: node.name.clone(),
+                holder: reply.1,
+            }),
+            "removed" => Err(ClusterError::Removed(node.id.clone())),
+            _ => match parse_outcome(reply, &node.id)? {
+                Heartbeat::Alive { active } => Ok(active),
+                _ => Err(ClusterError::Backend {
+                    backend: NAME,
+                    reason: "registration not recorded".into(),
+                }),
+            },
+        }
+    }
+
+    async fn heartbeat(&self, node: &NodeRecord) -> Result<Heartbeat, ClusterError> {
+        let mut args = self.base_args();
+        args.push(self.timeout_ms().to_string());
+        args.push(node.id.clone());
+        args.push(PRUNE_LIMIT.to_string());
+        let reply: (String, String) = self.run(&HEARTBEAT_SCRIPT, &args).await?;
+        parse_outcome(reply, &node.id)
+    }
+
+    async fn deregister(&self, node_id: &str) -> Result<(), ClusterError> {
+        let mut args = self.base_args();
+        args.extend([node_id.into(), "left".into(), "0".into(), String::new()]);
+        let _: i64 = self.run(&LEAVE_SCRIPT, &args).await?;
+        Ok(())
+    }
+
+    async fn remove(&self, node_id: &str, by: &str) -> Result<bool, ClusterError> {
+        let mut args = self.base_args();
+        args.extend([
+            node_id.into(),
+            "removed".into(),
+            REMOVAL_TOMBSTONE.as_millis().to_string(),
+            if by.is_empty() { "admin" } else { by }.into(),
+        ]);
+        let was: i64 = self.run(&LEAVE_SCRIPT, &args).await?;
+        Ok(was == 1)
+    }
+
+    async fn members(&self) -> Result<Vec<Member>, ClusterError> {
+        let mut pipe = redis::pipe();
+        pipe.zrange_withscores(self.key("members"), 0, -1);
+        pipe.cmd("TIME");
+        let (scores, (secs, micros)): (Vec<(String, f64)>, (u64, u64)) = self.query(&pipe).await?;
+        let now = secs * 1000 + micros / 1000;
+        if scores.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (id, _) in &scores {
+            pipe.hgetall(self.key(&format!("node:{id}")));
+        }
+        let hashes: Vec<BTreeMap<String, String>> = self.query(&pipe).await?;
+        let timeout = self.timeout_ms();
+        let mut out: Vec<Member> = scores
+            .into_iter()
+            .zip(hashes)
+            .map(|((id, score), fields)| {
+                let last = score as u64;
+                let age = now.saturating_sub(last);
+                let mut node = NodeRecord::from_fields(&id, &fields);
+                if node.name.is_empty() {
+                    node.name = id.rsplit_once('-').map(|(n, _)| n).unwrap_or(&id).into();
+                }
+                Member {
+                    node,
+                    last_heartbeat_ms: last,
+                    age_ms: age,
+                    state: if age < timeout {
+                        MemberState::Active
+                    } else {
+                        MemberState::Expired
+                    },
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            a.node
+                .name
+                .cmp(&b.node.name)
+                .then(a.node.id.cmp(&b.node.id))
+        });
+        Ok(out)
+    }
+
+    async fn active_count(&self) -> Result<usize, ClusterError> {
+        let args = [self.prefix.clone(), self.timeout_ms().to_string()];
+        let (_, active): (String, String) = self.run(&ACTIVE_SCRIPT, &args).await?;
+        Ok(active.parse().unwrap_or(0))
+    }
+
+    async fn prune(&self) -> Result<Vec<String>, ClusterError> {
+        let mut args = self.base_args();
+        args.push(self.timeout_ms().to_string());
+        args.push(PRUNE_LIMIT.to_string());
+        self.run(&PRUNE_SCRIPT, &args).await
+    }
+
+    async fn record_event(&self, event: &Event) -> Result<(), ClusterError> {
+        let mut args = self.base_args();
+        args.push(event.kind.as_str().into());
+        args.push(event.node_id.clone());
+        for (k, v) in &event.detail {
+            args.push(k.clone());
+            args.push(v.clone());
+        }
+        let _: i64 = self.run(&EVENT_SCRIPT, &args).await?;
+        Ok(())
+    }
+
+    async fn events(&self, limit: usize) -> Result<Vec<Event>, ClusterError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("XREVRANGE")
+            .arg(self.key("events"))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit);
+        let (entries,): (Vec<(String, BTreeMap<String, String>)>,) = self.query(&pipe).await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(_, fields)| {
+                let mut detail = fields;
+                let kind = EventKind::parse(&detail.remove("kind")?)?;
+                let node_id = detail.remove("node_id").unwrap_or_default();
+                let at_ms = detail
+                    .remove("at_ms")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                Some(Event {
+                    kind,
+                    node_id,
+                    at_ms,
+                    detail,
+                })
+            })
+            .collect())
+    }
+}

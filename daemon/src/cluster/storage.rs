@@ -1,0 +1,571 @@
+//! The `storage` backend: a shared directory (NFS, SMB or local disk), also the embedded default
+//! that needs no server.
+//!
+//! Layout under `<storage_path>/cluster/`: `members/<id>.json` (the node's record; its mtime is
+//! the last heartbeat), `names/<name>` (id of the holder), `events/<ms>-<rand>.json`,
+//! `removed/<id>` (tombstones), `clock` (touched to read the file server's time), `lock`.
+//!
+//! Why it is safe on NFS: every write is a temporary file and a rename (atomic on NFS), the join
+//! lock is an exclusive create (atomic since NFSv3), and times come from the file server's clock:
+//! `utimensat(UTIME_NOW)` makes the client ask the server to stamp the file, and mtimes are read
+//! back, so nodes with skewed clocks agree. Mount with a short attribute cache (`actimeo=1`) so
+//! heartbeats show promptly.
+
+use std::collections::BTreeMap;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::AT_FDCWD;
+use nix::sys::stat::{UtimensatFlags, utimensat};
+use nix::sys::time::TimeSpec;
+use rand::Rng;
+
+use super::{
+    ClusterError, EVENTS_CAP, Event, EventKind, Heartbeat, Member, MemberState, Membership,
+    NodeRecord, REMOVAL_TOMBSTONE, Timing,
+};
+use crate::config::BackendKind;
+use crate::identity::write_atomically;
+
+const NAME: &str = "storage";
+/// A join lock older than this was left by a crashed node and may be broken.
+const STALE_LOCK: Duration = Duration::from_secs(10);
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Membership in a shared directory.
+#[derive(Debug, Clone)]
+pub struct StorageMembership {
+    inner: Arc<Dir>,
+}
+
+#[derive(Debug)]
+struct Dir {
+    root: PathBuf,
+    timing: Timing,
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> ClusterError {
+    ClusterError::Unreachable {
+        backend: NAME,
+        reason: format!("{what} {}: {e}", path.display()),
+    }
+}
+
+fn ms_of(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl StorageMembership {
+    pub fn new(root: &Path, timing: Timing) -> Result<Self, ClusterError> {
+        Ok(StorageMembership {
+            inner: Arc::new(Dir {
+                root: root.join("cluster"),
+                timing,
+            }),
+        })
+    }
+
+    /// The shared directory this backend uses.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// Runs blocking file work off the async threads, with a deadline: a hung NFS server
+    /// must not hang the daemon.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Dir) -> Result<T, ClusterError> + Send + 'static,
+    ) -> Result<T, ClusterError> {
+        let dir = self.inner.clone();
+        let deadline = self.inner.timing.op_timeout() * 4;
+        match tokio::time::timeout(deadline, tokio::task::spawn_blocking(move || f(&dir))).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(join)) => Err(ClusterError::Backend {
+                backend: NAME,
+                reason: format!("file task failed: {join}"),
+            }),
+            Err(_) => Err(ClusterError::Unreachable {
+                backend: NAME,
+                reason: format!(
+                    "{} did not answer within {deadline:?}",
+                    self.inner.root.display()
+                ),
+            }),
+        }
+    }
+}
+
+impl Dir {
+    fn sub(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn member_path(&self, id: &str) -> PathBuf {
+        self.root.join("members").join(format!("{id}.json"))
+    }
+
+    /// The root must exist (a share that is not mounted must look like an outage, not like an
+    /// empty cluster); the subdirectories are made as needed, also after a wipe.
+    fn check_root(&self) -> Result<(), ClusterError> {
+        let parent = self.root.parent().unwrap_or(&self.root);
+        match std::fs::metadata(parent) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(ClusterError::Unreachable {
+                backend: NAME,
+                reason: format!("{} is not a directory", parent.display()),
+            }),
+            Err(e) => Err(io_err("cannot reach", parent, e)),
+        }
+    }
+
+    fn ensure(&self, sub: &str) -> Result<PathBuf, ClusterError> {
+        let p = self.sub(sub);
+        std::fs::create_dir_all(&p).map_err(|e| io_err("cannot create", &p, e))?;
+        Ok(p)
+    }
+
+    /// The file server's time: stamp the clock file with "now" as the server sees it.
+    fn now_ms(&self) -> Result<u64, ClusterError> {
+        self.check_root()?;
+        std::fs::create_dir_all(&self.root).map_err(|e| io_err("cannot create", &self.root, e))?;
+        let clock = self.sub("clock");
+        if let Err(e) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&clock)
+        {
+            return Err(io_err("cannot open", &clock, e));
+        }
+        touch(&clock)?;
+        mtime_ms(&clock)?.ok_or_else(|| ClusterError::Unreachable {
+            backend: NAME,
+            reason: format!("{} vanished", clock.display()),
+        })
+    }
+
+    fn read_member(&self, id: &str) -> Result<Option<(NodeRecord, u64)>, ClusterError> {
+        let path = self.member_path(id);
+        let Some(mtime) = mtime_ms(&path)? else {
+            return Ok(None);
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok().map(|n| (n, mtime))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("cannot read", &path, e)),
+        }
+    }
+
+    fn is_removed(&self, id: &str, now: u64) -> Result<bool, ClusterError> {
+        let p = self.sub("removed").join(id);
+        match mtime_ms(&p)? {
+            Some(t) if now.saturating_sub(t) < REMOVAL_TOMBSTONE.as_millis() as u64 => Ok(true),
+            Some(_) => {
+                let _ = std::fs::remove_file(&p);
+                Ok(false)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn timeout_ms(&self) -> u64 {
+        self.timing.timeout.as_millis() as u64
+    }
+
+    fn lock(&self) -> Result<LockGuard, ClusterError> {
+        std::fs::create_dir_all(&self.root).map_err(|e| io_err("cannot create", &self.root, e))?;
+        let path = self.sub("lock");
+        let started = std::time::Instant::now();
+        loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(_) => return Ok(LockGuard { path }),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    let now = self.now_ms()?;
+                    if let Some(t) = mtime_ms(&path)?
+                        && now.saturating_sub(t) > STALE_LOCK.as_millis() as u64
+                    {
+                        log::warn!("breaking a stale join lock {}", path.display());
+                        let _ = std::fs::remove_file(&path);
+                        continue;
+                    }
+                    if started.elapsed() > LOCK_WAIT {
+                        return Err(ClusterError::Backend {
+                            backend: NAME,
+                            reason: format!("join lock {} held too long", path.display()),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(10 + rand::rng().random_range(0..20)));
+                }
+                Err(e) => return Err(io_err("cannot create", &path, e)),
+            }
+        }
+    }
+
+    fn event(
+        &self,
+        kind: EventKind,
+        id: &str,
+        now: u64,
+        detail: BTreeMap<String, String>,
+    ) -> Result<(), ClusterError> {
+        let dir = self.ensure("events")?;
+        let ev = Event {
+            kind,
+            node_id: id.to_string(),
+            at_ms: now,
+            detail,
+        };
+        let name = format!("{now:015}-{:08x}.json", rand::rng().random::<u32>());
+        let path = dir.join(name);
+        // Event serialisation cannot fail: it is strings and numbers only.
+        let bytes = serde_json::to_vec(&ev).unwrap_or_default();
+        write_atomically(&path, &bytes, 0o644).map_err(|e| io_err("cannot write", &path, e))
+    }
+
+    fn forget_name(&self, name: &str, id: &str) {
+        if name.is_empty() {
+            return;
+        }
+        let p = self.sub("names").join(name);
+        if std::fs::read_to_string(&p).is_ok_and(|h| h.trim() == id) {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+
+    fn member_ids(&self) -> Result<Vec<String>, ClusterError> {
+        let dir = self.sub("members");
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                self.check_root()?;
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(io_err("cannot list", &dir, e)),
+        };
+        let mut ids = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| io_err("cannot list", &dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            if let Some(id) = name.strip_suffix(".json") {
+                ids.push(id.to_string());
+            }
+        }
+        Ok(ids)
+    }
+
+    fn members_at(&self, now: u64) -> Result<Vec<Member>, ClusterError> {
+        let timeout = self.timeout_ms();
+        let mut out = Vec::new();
+        for id in self.member_ids()? {
+            if let Some((node, last)) = self.read_member(&id)? {
+                let age = now.saturating_sub(last);
+                out.push(Member {
+                    node,
+                    last_heartbeat_ms: last,
+                    age_ms: age,
+                    state: if age < timeout {
+                        MemberState::Active
+                    } else {
+                        MemberState::Expired
+                    },
+                });
+            }
+        }
+        out.sort_by(|a, b| {
+            a.node
+                .name
+                .cmp(&b.node.name)
+                .then(a.node.id.cmp(&b.node.id))
+        });
+        Ok(out)
+    }
+
+    fn active_at(&self, now: u64) -> Result<usize, ClusterError> {
+        let timeout = self.timeout_ms();
+        let mut n = 0;
+        for id in self.member_ids()? {
+            if let Some(t) = mtime_ms(&self.member_path(&id))?
+                && now.saturating_sub(t) < timeout
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn prune_at(&self, now: u64) -> Result<Vec<String>, ClusterError> {
+        let timeout = self.timeout_ms();
+        let mut gone = Vec::new();
+        for id in self.member_ids()? {
+            let path = self.member_path(&id);
+            let Some(t) = mtime_ms(&path)? else { continue };
+            if now.saturating_sub(t) < timeout {
+                continue;
+            }
+            let name = self
+                .read_member(&id)?
+                .map(|(n, _)| n.name)
+                .unwrap_or_default();
+            // Only the node whose unlink succeeds records the expiry: prune stays idempotent
+            // when several nodes prune at once.
+            if std::fs::remove_file(&path).is_ok() {
+                self.forget_name(&name, &id);
+                self.event(
+                    EventKind::Expired,
+                    &id,
+                    now,
+                    BTreeMap::from([("name".into(), name)]),
+                )?;
+                gone.push(id);
+            }
+        }
+        self.cap_events();
+        Ok(gone)
+    }
+
+    fn cap_events(&self) {
+        let dir = self.sub("events");
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let mut names: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        // Trim in batches, so the directory is not listed and trimmed on every heartbeat.
+        if names.len() <= EVENTS_CAP + EVENTS_CAP / 10 {
+            return;
+        }
+        names.sort();
+        let excess = names.len() - EVENTS_CAP;
+        for n in &names[..excess] {
+            let _ = std::fs::remove_file(dir.join(n));
+        }
+    }
+
+    fn leave(&self, id: &str, kind: EventKind, by: &str) -> Result<bool, ClusterError> {
+        let now = self.now_ms()?;
+        if kind == EventKind::Removed {
+            let dir = self.ensure("removed")?;
+            let p = dir.join(id);
+            write_atomically(&p, by.as_bytes(), 0o644)
+                .map_err(|e| io_err("cannot write", &p, e))?;
+        }
+        let path = self.member_path(id);
+        let name = self
+            .read_member(id)?
+            .map(|(n, _)| n.name)
+            .unwrap_or_default();
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                self.forget_name(&name, id);
+                let mut detail = BTreeMap::from([("name".to_string(), name)]);
+                if !by.is_empty() {
+                    detail.insert("by".into(), by.into());
+                }
+                self.event(kind, id, now, detail)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err("cannot remove", &path, e)),
+        }
+    }
+}
+
+struct LockGuard {
+    path: PathBuf,
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Stamps a file with the (file server's) current time.
+fn touch(path: &Path) -> Result<(), ClusterError> {
+    utimensat(
+        AT_FDCWD,
+        path,
+        &TimeSpec::UTIME_NOW,
+        &TimeSpec::UTIME_NOW,
+        UtimensatFlags::FollowSymlink,
+    )
+    .map_err(|e| io_err("cannot stamp", path, e.into()))
+}
+
+fn mtime_ms(path: &Path) -> Result<Option<u64>, ClusterError> {
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(Some(ms_of(m.modified().unwrap_or(UNIX_EPOCH)))),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("cannot stat", path, e)),
+    }
+}
+
+#[async_trait::async_trait]
+impl Membership for StorageMembership {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Storage
+    }
+
+    async fn register(&self, node: &NodeRecord) -> Result<usize, ClusterError> {
+        let node = node.clone();
+        self.with(move |d| {
+            let _lock = d.lock()?;
+            let now = d.now_ms()?;
+            if d.is_removed(&node.id, now)? {
+                return Err(ClusterError::Removed(node.id.clone()));
+            }
+            let timeout = d.timeout_ms();
+            let names = d.ensure("names")?;
+            let name_path = names.join(&node.name);
+            if let Ok(holder) = std::fs::read_to_string(&name_path) {
+                let holder = holder.trim();
+                if holder != node.id
+                    && let Some(t) = mtime_ms(&d.member_path(holder))?
+                    && now.saturating_sub(t) < timeout
+                {
+                    return Err(ClusterError::NameTaken {
+                        name: node.name.clone(),
+                        holder: holder.to_string(),
+                    });
+                }
+            }
+            let fresh = match mtime_ms(&d.member_path(&node.id))? {
+                Some(t) => now.saturating_sub(t) >= timeout,
+                None => true,
+            };
+            d.ensure("members")?;
+            let path = d.member_path(&node.id);
+            // A record serialises to JSON without fail: strings and numbers only.
+            let bytes = serde_json::to_vec(&node).unwrap_or_default();
+            write_atomically(&path, &bytes, 0o644).map_err(|e| io_err("cannot write", &path, e))?;
+            touch(&path)?;
+            write_atomically(&name_path, node.id.as_bytes(), 0o644)
+                .map_err(|e| io_err("cannot write", &name_path, e))?;
+            if fresh {
+                d.event(
+                    EventKind::Joined,
+                    &node.id,
+                    now,
+                    BTreeMap::from([("name".into(), node.name.clone())]),
+                )?;
+            }
+            d.active_at(now)
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, node: &NodeRecord) -> Result<Heartbeat, ClusterError> {
+        let id = node.id.clone();
+        self.with(move |d| {
+            let now = d.now_ms()?;
+            if d.is_removed(&id, now)? {
+                return Ok(Heartbeat::Removed);
+            }
+            let path = d.member_path(&id);
+            match mtime_ms(&path)? {
+                Some(t) if now.saturating_sub(t) < d.timeout_ms() => {}
+                _ => return Ok(Heartbeat::NotMember),
+            }
+            match utimensat(
+                AT_FDCWD,
+                &path,
+                &TimeSpec::UTIME_NOW,
+                &TimeSpec::UTIME_NOW,
+                UtimensatFlags::FollowSymlink,
+            ) {
+                Ok(()) => {}
+                // Pruned or wiped between the check and the stamp: join again.
+                Err(nix::errno::Errno::ENOENT) => return Ok(Heartbeat::NotMember),
+                Err(e) => return Err(io_err("cannot stamp", &path, e.into())),
+            }
+            d.prune_at(now)?;
+            Ok(Heartbeat::Alive {
+                active: d.active_at(now)?,
+            })
+        })
+        .await
+    }
+
+    async fn deregister(&self, node_id: &str) -> Result<(), ClusterError> {
+        let id = node_id.to_string();
+        self.with(move |d| d.leave(&id, EventKind::Left, "").map(|_| ()))
+            .await
+    }
+
+    async fn remove(&self, node_id: &str, by: &str) -> Result<bool, ClusterError> {
+        let id = node_id.to_string();
+        let by = if by.is_empty() { "admin" } else { by }.to_string();
+        self.with(move |d| d.leave(&id, EventKind::Removed, &by))
+            .await
+    }
+
+    async fn members(&self) -> Result<Vec<Member>, ClusterError> {
+        self.with(|d| {
+            let now = d.now_ms()?;
+            d.members_at(now)
+        })
+        .await
+    }
+
+    async fn active_count(&self) -> Result<usize, ClusterError> {
+        self.with(|d| {
+            let now = d.now_ms()?;
+            d.active_at(now)
+        })
+        .await
+    }
+
+    async fn prune(&self) -> Result<Vec<String>, ClusterError> {
+        self.with(|d| {
+            let now = d.now_ms()?;
+            d.prune_at(now)
+        })
+        .await
+    }
+
+    async fn record_event(&self, event: &Event) -> Result<(), ClusterError> {
+        let event = event.clone();
+        self.with(move |d| {
+            let now = d.now_ms()?;
+            d.event(event.kind, &event.node_id, now, event.detail)
+        })
+        .await
+    }
+
+    async fn events(&self, limit: usize) -> Result<Vec<Event>, ClusterError> {
+        self.with(move |d| {
+            let dir = d.sub("events");
+            let rd = match std::fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(io_err("cannot list", &dir, e)),
+            };
+            let mut names: Vec<String> = rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.') && n.ends_with(".json"))
+                .collect();
+            names.sort_unstable_by(|a, b| b.cmp(a));
+            Ok(names
+                .iter()
+                .take(limit)
+                .filter_map(|n| std::fs::read(dir.join(n)).ok())
+                .filter_map(|b| serde_json::from_slice(&b).ok())
+                .collect())
+        })
+        .await
+    }
+}

@@ -1,0 +1,727 @@
+//! The node's YAML configuration: one serde tree in the user guide's shape, loaded and validated
+//! fully before anything binds, with errors that name the file, the field and the problem.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where launchd's plist points the daemon on macOS.
+pub const MACOS_CONFIG_PATH: &str = "/Library/FleetServer/config/config.yaml";
+/// Where the Linux provision bundle writes the configuration.
+pub const LINUX_CONFIG_PATH: &str = "/etc/fleet-server/config.yaml";
+
+/// The configuration path used when none is given on the command line.
+pub fn default_config_path() -> PathBuf {
+    if cfg!(target_os = "macos") {
+        PathBuf::from(MACOS_CONFIG_PATH)
+    } else {
+        PathBuf::from(LINUX_CONFIG_PATH)
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    if cfg!(target_os = "macos") {
+        PathBuf::from("/Library/FleetServer/state")
+    } else {
+        PathBuf::from("/var/lib/fleet-server")
+    }
+}
+
+/// A secret string: serialised as is (the package builder must carry it), but `Debug` and
+/// `Display` print `***`, so it cannot reach a log line or an error by accident.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret's value, for the one place that must use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP listener, TLS and local directories.
+    pub server: ServerConfig,
+    /// Cluster membership: backend, heartbeat and this node's name.
+    pub cluster: ClusterConfig,
+    /// Where web sessions live.
+    pub sessions: SessionsConfig,
+    /// API key and the dashboard's login.
+    pub auth: AuthConfig,
+    /// Keys copied to every node (database and payload encryption).
+    pub encryption: EncryptionConfig,
+    /// The shared database.
+    pub database: DatabaseConfig,
+    /// Node package building.
+    pub package: PackageConfig,
+    /// Log level and syslog.
+    pub logging: LoggingConfig,
+}
+
+/// `server:`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on; `0.0.0.0` behind a load balancer.
+    pub host: String,
+    /// Port of the API and dashboard.
+    pub port: u16,
+    /// PEM certificate chain; with `tls_key`, the server speaks HTTPS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Where the node keeps its identity (`node_id`) across restarts and reinstalls.
+    pub state_dir: PathBuf,
+    /// The URL other people reach this node at; derived from the first address when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// Require the API key for `/metrics`.
+    pub metrics_require_auth: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "0.0.0.0".into(),
+            port: 8768,
+            tls_cert: None,
+            tls_key: None,
+            state_dir: default_state_dir(),
+            public_url: None,
+            metrics_require_auth: false,
+        }
+    }
+}
+
+/// Which shared backend coordinates the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Redis 6+ or Valkey.
+    Redis,
+    /// A shared directory (NFS, SMB or local disk): the embedded default.
+    Storage,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Redis => "redis",
+            BackendKind::Storage => "storage",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `cluster:`, in the user guide's shape.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Without it the server runs as a single node.
+    pub enabled: bool,
+    /// `redis` or `storage`.
+    pub backend: BackendKind,
+    /// This node's name; the hostname (reduced to `[a-z0-9-]`) when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// Prefix of every backend key (`fleet:` gives `fleet:cluster:members`).
+    pub key_prefix: String,
+    /// Seconds between heartbeats (at least 1).
+    pub heartbeat_interval: f64,
+    /// Seconds without a heartbeat after which a node counts as gone (at least 3, and at least
+    /// twice the interval).
+    pub heartbeat_timeout: f64,
+    /// Redis host name or address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_host: Option<String>,
+    /// Redis port.
+    pub redis_port: u16,
+    /// Redis unix socket, instead of host and port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_socket: Option<PathBuf>,
+    /// Redis ACL user name (Redis 6+); the default user when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_username: Option<String>,
+    /// Redis password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_password: Option<Secret>,
+    /// A file holding the Redis password, instead of `redis_password`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_password_file: Option<PathBuf>,
+    /// Redis database index.
+    pub redis_db: i64,
+    /// Connect with TLS (`rediss://`), as a backend reached over the internet needs.
+    pub redis_tls: bool,
+    /// The shared directory of the `storage` backend; `<state_dir>/cluster-storage` when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_path: Option<PathBuf>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            enabled: false,
+            backend: BackendKind::Storage,
+            node_name: None,
+            key_prefix: "fleet:".into(),
+            heartbeat_interval: 5.0,
+            heartbeat_timeout: 15.0,
+            redis_host: None,
+            redis_port: 6379,
+            redis_socket: None,
+            redis_username: None,
+            redis_password: None,
+            redis_password_file: None,
+            redis_db: 0,
+            redis_tls: false,
+            storage_path: None,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn heartbeat_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.heartbeat_interval)
+    }
+    pub fn heartbeat_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.heartbeat_timeout)
+    }
+}
+
+/// Which store keeps web sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionBackendKind {
+    /// In this process only: fine for a single node.
+    Memory,
+    /// Shared through Redis, so any node behind the load balancer serves any user.
+    Redis,
+}
+
+/// `sessions:`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// `memory` or `redis`.
+    pub backend: SessionBackendKind,
+    /// Minutes a session lives without use.
+    pub timeout_minutes: u32,
+    /// The session Redis, when `backend: redis`.
+    pub redis: SessionRedisConfig,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            backend: SessionBackendKind::Memory,
+            timeout_minutes: 60,
+            redis: SessionRedisConfig::default(),
+        }
+    }
+}
+
+/// `sessions.redis:`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionRedisConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    pub port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    pub db: i64,
+    pub tls: bool,
+}
+
+impl Default for SessionRedisConfig {
+    fn default() -> Self {
+        SessionRedisConfig {
+            host: None,
+            port: 6379,
+            username: None,
+            password: None,
+            db: 0,
+            tls: false,
+        }
+    }
+}
+
+/// `auth:`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Key for the API (`X-API-Key` or `Authorization: Bearer`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<Secret>,
+    /// A file holding the API key, instead of `api_key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_file: Option<PathBuf>,
+    /// The dashboard's user name.
+    pub web_username: String,
+    /// The dashboard's password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web_password: Option<Secret>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            api_key: None,
+            api_key_file: None,
+            web_username: "admin".into(),
+            web_password: None,
+        }
+    }
+}
+
+/// `encryption:`: keys every node of the cluster shares.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptionConfig {
+    /// Database encryption key (Fernet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_key: Option<Secret>,
+    /// Payload encryption key (AES-256-GCM) for end-to-end encryption.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_key: Option<Secret>,
+}
+
+/// `database:`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// The shared database's location.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+}
+
+/// `package:`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PackageConfig {
+    /// Node template directory with `macos/` and `linux-x86_64/` binaries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template_dir: Option<PathBuf>,
+    /// Days a built package stays installable.
+    pub expiry_days: u32,
+}
+
+impl Default for PackageConfig {
+    fn default() -> Self {
+        PackageConfig {
+            template_dir: None,
+            expiry_days: 7,
+        }
+    }
+}
+
+/// Log verbosity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn to_filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+/// `logging:`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace`.
+    pub level: LogLevel,
+    /// Also send log lines to the system log.
+    pub syslog: bool,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            level: LogLevel::Info,
+            syslog: false,
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the file, the field and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the configuration file: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file, resolving `*_file` secrets.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Config::parse(&text, path)?;
+        config.resolve_secret_files(path)?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Parses YAML text; `origin` only names the file in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        let de = serde_yaml::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|err| {
+            let field = err.path().to_string();
+            let message = err.inner().to_string();
+            if field.is_empty() || field == "." {
+                ConfigError::Syntax {
+                    path: origin.to_path_buf(),
+                    message,
+                }
+            } else {
+                ConfigError::Invalid {
+                    path: origin.to_path_buf(),
+                    field,
+                    message,
+                }
+            }
+        })
+    }
+
+    fn resolve_secret_files(&mut self, origin: &Path) -> Result<(), ConfigError> {
+        fn read_secret(
+            origin: &Path,
+            field: &str,
+            file: &Option<PathBuf>,
+            value: &mut Option<Secret>,
+        ) -> Result<(), ConfigError> {
+            let Some(file) = file else { return Ok(()) };
+            if value.is_some() {
+                return Err(invalid(
+                    origin,
+                    field,
+                    "give either the value or the `_file`, not both",
+                ));
+            }
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                invalid(
+                    origin,
+                    &format!("{field}_file"),
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
+            *value = Some(Secret::new(text.trim_end_matches(['\r', '\n'])));
+            Ok(())
+        }
+        read_secret(
+            origin,
+            "cluster.redis_password",
+            &self.cluster.redis_password_file,
+            &mut self.cluster.redis_password,
+        )?;
+        read_secret(
+            origin,
+            "auth.api_key",
+            &self.auth.api_key_file,
+            &mut self.auth.api_key,
+        )?;
+        Ok(())
+    }
+
+    /// Checks every value that serde's types cannot express.
+    pub fn validate(&self, origin: &Path) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        if self.server.port == 0 {
+            return Err(invalid(
+                origin,
+                "server.port",
+                "must be between 1 and 65535",
+            ));
+        }
+        if self.server.host.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(
+                origin,
+                "server.host",
+                format!("`{}` is not an IP address", self.server.host),
+            ));
+        }
+        match (&self.server.tls_cert, &self.server.tls_key) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    origin,
+                    "server.tls_key",
+                    "is required with tls_cert",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    origin,
+                    "server.tls_cert",
+                    "is required with tls_key",
+                ));
+            }
+            _ => {}
+        }
+        if !c.heartbeat_interval.is_finite() || c.heartbeat_interval < 1.0 {
+            return Err(invalid(
+                origin,
+                "cluster.heartbeat_interval",
+                format!("{} s is too short: at least 1 s", c.heartbeat_interval),
+            ));
+        }
+        if !c.heartbeat_timeout.is_finite() || c.heartbeat_timeout < 3.0 {
+            return Err(invalid(
+                origin,
+                "cluster.heartbeat_timeout",
+                format!("{} s is too short: at least 3 s", c.heartbeat_timeout),
+            ));
+        }
+        if c.heartbeat_timeout < 2.0 * c.heartbeat_interval {
+            return Err(invalid(
+                origin,
+                "cluster.heartbeat_timeout",
+                format!(
+                    "{} s must be at least twice cluster.heartbeat_interval ({} s)",
+                    c.heartbeat_timeout, c.heartbeat_interval
+                ),
+            ));
+        }
+        if let Some(name) = &c.node_name {
+            crate::identity::validate_node_name(name)
+                .map_err(|msg| invalid(origin, "cluster.node_name", msg))?;
+        }
+        if c.key_prefix.is_empty() || c.key_prefix.chars().any(|ch| ch.is_whitespace()) {
+            return Err(invalid(
+                origin,
+                "cluster.key_prefix",
+                "must be non-empty and without spaces",
+            ));
+        }
+        if c.enabled && c.backend == BackendKind::Redis {
+            if c.redis_host.is_none() && c.redis_socket.is_none() {
+                return Err(invalid(
+                    origin,
+                    "cluster.redis_host",
+                    "is required with `backend: redis` (or give cluster.redis_socket)",
+                ));
+            }
+            if let Some(host) = &c.redis_host
+                && (host.is_empty() || host.contains(['/', ' ']))
+            {
+                return Err(invalid(
+                    origin,
+                    "cluster.redis_host",
+                    format!("`{host}` is not a host name or address"),
+                ));
+            }
+            if c.redis_port == 0 {
+                return Err(invalid(
+                    origin,
+                    "cluster.redis_port",
+                    "must be between 1 and 65535",
+                ));
+            }
+            if !(0..=15_999).contains(&c.redis_db) {
+                return Err(invalid(
+                    origin,
+                    "cluster.redis_db",
+                    format!("{} is not a database index", c.redis_db),
+                ));
+            }
+        }
+        if self.sessions.backend == SessionBackendKind::Redis
+            && self.sessions.redis.host.is_none()
+            && !(c.backend == BackendKind::Redis && c.redis_host.is_some())
+        {
+            return Err(invalid(
+                origin,
+                "sessions.redis.host",
+                "is required with `sessions.backend: redis`",
+            ));
+        }
+        if self.sessions.timeout_minutes == 0 {
+            return Err(invalid(
+                origin,
+                "sessions.timeout_minutes",
+                "must be at least 1",
+            ));
+        }
+        if self.auth.web_username.trim().is_empty() {
+            return Err(invalid(origin, "auth.web_username", "must not be empty"));
+        }
+        if let Some(key) = &self.auth.api_key
+            && key.expose().len() < 16
+        {
+            return Err(invalid(
+                origin,
+                "auth.api_key",
+                "is too short: at least 16 characters",
+            ));
+        }
+        if self.package.expiry_days == 0 || self.package.expiry_days > 365 {
+            return Err(invalid(
+                origin,
+                "package.expiry_days",
+                "must be between 1 and 365",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The directory the `storage` backend uses.
+    pub fn storage_path(&self) -> PathBuf {
+        self.cluster
+            .storage_path
+            .clone()
+            .unwrap_or_else(|| self.server.state_dir.join("cluster-storage"))
+    }
+}
+
+fn invalid(origin: &Path, field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        path: origin.to_path_buf(),
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let c = Config::parse(text, Path::new("/etc/fleet.yaml"))?;
+        c.validate(Path::new("/etc/fleet.yaml"))?;
+        Ok(c)
+    }
+
+    #[test]
+    fn the_guides_example_parses() {
+        let c = parse(
+            "cluster:\n  enabled: true\n  backend: redis\n  redis_host: \"redis.company.com\"\n  redis_password: \"password\"\n\nsessions:\n  backend: redis\n  redis:\n    host: \"redis.company.com\"\n    password: \"password\"\n",
+        )
+        .unwrap();
+        assert!(c.cluster.enabled);
+        assert_eq!(c.cluster.backend, BackendKind::Redis);
+        assert_eq!(c.cluster.redis_port, 6379);
+        assert_eq!(c.server.port, 8768);
+        assert_eq!(c.sessions.backend, SessionBackendKind::Redis);
+    }
+
+    #[test]
+    fn unknown_field_names_its_place() {
+        let err = parse("cluster:\n  enabled: true\n  redis_hots: x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/etc/fleet.yaml: cluster:"), "{err}");
+        assert!(err.contains("unknown field `redis_hots`"), "{err}");
+    }
+
+    #[test]
+    fn port_out_of_range_names_the_field() {
+        let err = parse("server:\n  port: 70000\n").unwrap_err().to_string();
+        assert!(err.contains("server.port"), "{err}");
+        assert!(err.contains("70000"), "{err}");
+    }
+
+    #[test]
+    fn malformed_yaml_is_a_syntax_error() {
+        let err = parse("cluster: [enabled: true\n").unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+    }
+
+    #[test]
+    fn heartbeat_bounds_are_checked() {
+        let err = parse("cluster:\n  heartbeat_interval: 0.5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cluster.heartbeat_interval"), "{err}");
+        let err = parse("cluster:\n  heartbeat_interval: 5\n  heartbeat_timeout: 6\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least twice"), "{err}");
+        parse("cluster:\n  heartbeat_interval: 1\n  heartbeat_timeout: 3\n").unwrap();
+    }
+
+    #[test]
+    fn invalid_node_name_is_refused() {
+        let err = parse("cluster:\n  node_name: \"Server 03!\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cluster.node_name"), "{err}");
+    }
+
+    #[test]
+    fn redis_backend_needs_a_host() {
+        let err = parse("cluster:\n  enabled: true\n  backend: redis\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cluster.redis_host"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let c = parse("cluster:\n  redis_password: hunter2-very-secret\nauth:\n  api_key: abcdefghijklmnopqrstuvwxyz\n").unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(!dbg.contains("abcdefghijklmnop"), "{dbg}");
+        assert!(dbg.contains("***"));
+    }
+}

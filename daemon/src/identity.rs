@@ -1,0 +1,210 @@
+//! Node identity: the node name (`[a-z0-9-]`, at most 63 characters) and the node id
+//! `<name>-<6 random [a-z0-9]>`, made at first start and kept in the state directory.
+
+use std::io::Write;
+use std::path::Path;
+
+use rand::Rng;
+
+/// File in the state directory that holds the node id.
+pub const NODE_ID_FILE: &str = "node_id";
+
+const SUFFIX_LEN: usize = 6;
+const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
+/// Checks a node name given by a person: lowercase letters, digits and `-`, 1 to 63 characters,
+/// neither starting nor ending with `-`.
+pub fn validate_node_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a node name must not be empty".into());
+    }
+    if name.len() > 63 {
+        return Err(format!(
+            "`{name}` is {} characters long: at most 63",
+            name.len()
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Err(format!(
+            "`{name}` has `{bad}`: only lowercase letters, digits and `-` are allowed"
+        ));
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err(format!("`{name}` must not start or end with `-`"));
+    }
+    Ok(())
+}
+
+/// Reduces any text (a hostname, say) to a valid node name: lowercased, other characters turned
+/// into `-`, runs of `-` folded, trimmed to 63 characters. `None` when nothing usable is left.
+pub fn normalize_node_name(raw: &str) -> Option<String> {
+    // A hostname's domain part is not part of the node's name.
+    let raw = raw.split('.').next().unwrap_or(raw);
+    let mut out = String::with_capacity(raw.len());
+    for c in raw.chars().flat_map(char::to_lowercase) {
+        let c = if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            c
+        } else {
+            '-'
+        };
+        if c == '-' && (out.is_empty() || out.ends_with('-')) {
+            continue;
+        }
+        out.push(c);
+    }
+    out.truncate(63);
+    let out = out.trim_end_matches('-').to_string();
+    (!out.is_empty()).then_some(out)
+}
+
+/// This machine's hostname, as a node name (`node` when it has none usable).
+pub fn hostname_node_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .and_then(|h| normalize_node_name(&h))
+        .unwrap_or_else(|| "node".to_string())
+}
+
+/// The raw hostname, for display.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
+}
+
+/// A new id for `name`.
+pub fn new_node_id(name: &str) -> String {
+    let mut rng = rand::rng();
+    let suffix: String = (0..SUFFIX_LEN)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("{name}-{suffix}")
+}
+
+/// True when `id` is `<name>-<6 [a-z0-9]>`.
+pub fn id_belongs_to(id: &str, name: &str) -> bool {
+    id.strip_prefix(name)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|s| {
+            s.len() == SUFFIX_LEN
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+}
+
+/// Loads the node id kept in `state_dir`, or makes and keeps a new one. A kept id made for
+/// another name is replaced, since the id carries the name.
+pub fn load_or_create_node_id(state_dir: &Path, name: &str) -> std::io::Result<String> {
+    let path = state_dir.join(NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim();
+            if id_belongs_to(id, name) {
+                return Ok(id.to_string());
+            }
+            log::info!("node name is now `{name}`: the kept node id `{id}` is replaced");
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("reading {}: {e}", path.display()),
+            ));
+        }
+    }
+    let id = new_node_id(name);
+    write_atomically(&path, format!("{id}\n").as_bytes(), 0o644)?;
+    Ok(id)
+}
+
+/// Writes a file so that readers see either the old or the new content, never a part:
+/// a temporary file in the same directory, fsync, rename, fsync of the directory.
+pub fn write_atomically(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))?;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{file_name}.tmp-{}-{}",
+        std::process::id(),
+        rand::rng().random::<u32>()
+    ));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            // Directory fsync makes the rename durable; some filesystems refuse it, harmlessly.
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(|e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("writing {}: {e}", path.display()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_node_name("server-03").is_ok());
+        assert!(validate_node_name("Server").is_err());
+        assert!(validate_node_name("-a").is_err());
+        assert!(validate_node_name("a_b").is_err());
+        assert!(validate_node_name(&"a".repeat(64)).is_err());
+        assert!(validate_node_name("").is_err());
+    }
+
+    #[test]
+    fn hostnames_are_normalized() {
+        assert_eq!(
+            normalize_node_name("Server_02.local").as_deref(),
+            Some("server-02")
+        );
+        assert_eq!(
+            normalize_node_name("MacBook Pro (2)").as_deref(),
+            Some("macbook-pro-2")
+        );
+        assert_eq!(normalize_node_name("___"), None);
+        assert_eq!(normalize_node_name(&"x".repeat(80)).unwrap().len(), 63);
+    }
+
+    #[test]
+    fn ids_have_the_guides_shape() {
+        let id = new_node_id("server-02");
+        assert!(id_belongs_to(&id, "server-02"), "{id}");
+        assert!(!id_belongs_to(&id, "server"));
+        assert!(!id_belongs_to("server-02-ABCDEF", "server-02"));
+    }
+
+    #[test]
+    fn the_id_is_kept_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create_node_id(dir.path(), "n1").unwrap();
+        let b = load_or_create_node_id(dir.path(), "n1").unwrap();
+        assert_eq!(a, b);
+        let c = load_or_create_node_id(dir.path(), "n2").unwrap();
+        assert!(c.starts_with("n2-"));
+    }
+}

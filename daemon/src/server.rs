@@ -1,0 +1,166 @@
+//! `run`: the daemon as a library. It takes an already bound listener and a shutdown token, so
+//! tests run it in-process on port 0 and `main` only parses, binds and wires signals.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cluster::{self, NodeRecord, Timing};
+use crate::config::Config;
+use crate::http::{AppState, router};
+use crate::identity;
+use crate::node::{NodeState, run_membership};
+
+/// How long in-flight HTTP requests may take to finish once shutdown starts.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
+
+/// This node's name: the configured one, or the hostname reduced to `[a-z0-9-]`.
+pub fn node_name(config: &Config) -> String {
+    config
+        .cluster
+        .node_name
+        .clone()
+        .unwrap_or_else(identity::hostname_node_name)
+}
+
+/// Non-loopback addresses of this machine, IPv4 first.
+pub fn local_addresses() -> Vec<String> {
+    let mut addrs: Vec<std::net::IpAddr> = if_addrs::get_if_addrs()
+        .map(|list| {
+            list.into_iter()
+                .filter(|i| !i.is_loopback())
+                .map(|i| i.ip())
+                .filter(|ip| !matches!(ip, std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+                .collect()
+        })
+        .unwrap_or_default();
+    addrs.sort_by_key(|ip| (ip.is_ipv6(), *ip));
+    addrs.dedup();
+    addrs.iter().map(ToString::to_string).collect()
+}
+
+/// The record this node publishes about itself.
+pub fn node_record(config: &Config, id: String, name: String, port: u16) -> NodeRecord {
+    let addresses = local_addresses();
+    let scheme = if config.server.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let url = config.server.public_url.clone().unwrap_or_else(|| {
+        let host = addresses
+            .first()
+            .map(|a| {
+                if a.contains(':') {
+                    format!("[{a}]")
+                } else {
+                    a.clone()
+                }
+            })
+            .unwrap_or_else(|| "127.0.0.1".into());
+        format!("{scheme}://{host}:{port}")
+    });
+    NodeRecord {
+        id,
+        name,
+        hostname: identity::hostname(),
+        addresses,
+        version: env!("CARGO_PKG_VERSION").into(),
+        os: std::env::consts::OS.into(),
+        started_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        url,
+    }
+}
+
+/// Runs the node until `shutdown` is cancelled: joins the cluster (when enabled), heartbeats,
+/// serves HTTP on `listener`, then leaves the cluster and drains.
+pub async fn run(
+    config: Arc<Config>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if config.server.tls_cert.is_some() {
+        anyhow::bail!(
+            "server.tls_cert: HTTPS serving is not available in this version; terminate TLS at the load balancer and remove tls_cert/tls_key"
+        );
+    }
+    let local = listener
+        .local_addr()
+        .context("reading the listener's address")?;
+    let name = node_name(&config);
+    let state_dir = &config.server.state_dir;
+    let id = identity::load_or_create_node_id(state_dir, &name).with_context(|| {
+        format!(
+            "keeping the node identity in server.state_dir {}",
+            state_dir.display()
+        )
+    })?;
+    let node = Arc::new(node_record(&config, id, name, local.port()));
+    let tracker = TaskTracker::new();
+
+    let (backend, state) = if config.cluster.enabled {
+        let timing = Timing {
+            interval: config.cluster.heartbeat_interval(),
+            timeout: config.cluster.heartbeat_timeout(),
+        };
+        let backend = cluster::open(&config).context("opening the cluster backend")?;
+        log::info!(
+            "✅ Cluster mode ENABLED (node: {}, backend: {})",
+            node.id,
+            backend.kind()
+        );
+        let state = Arc::new(NodeState::new(&timing));
+        let first = CancellationToken::new();
+        tracker.spawn(run_membership(
+            backend.clone(),
+            (*node).clone(),
+            timing,
+            state.clone(),
+            shutdown.child_token(),
+            first.clone(),
+        ));
+        // Startup lines come in the guide's order when the backend answers promptly; a backend
+        // that is down does not hold up serving (health says 503 meanwhile).
+        let _ = tokio::time::timeout(timing.op_timeout() * 3, first.cancelled()).await;
+        (Some(backend), state)
+    } else {
+        log::info!(
+            "ℹ️ Cluster mode not enabled: running as a single node (node: {}). Set cluster.enabled: true to join a cluster.",
+            node.id
+        );
+        (None, Arc::new(NodeState::single_node()))
+    };
+
+    let app = AppState {
+        config: config.clone(),
+        backend,
+        node,
+        state,
+    };
+    log::info!("✅ Fleet server started on {local}");
+    let serve_shutdown = shutdown.clone();
+    let server = axum::serve(listener, router(app)).with_graceful_shutdown(async move {
+        serve_shutdown.cancelled().await;
+    });
+    let served = tokio::spawn(async move { server.await });
+    shutdown.cancelled().await;
+    log::info!("stopping: leaving the cluster and draining requests");
+    tracker.close();
+    // Leaving the cluster has its own deadline inside the membership task.
+    tracker.wait().await;
+    match tokio::time::timeout(DRAIN_DEADLINE, served).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => log::warn!("HTTP server ended with an error: {e}"),
+        Ok(Err(e)) => log::warn!("HTTP server task failed: {e}"),
+        Err(_) => log::warn!("requests still open after {DRAIN_DEADLINE:?}: closing them"),
+    }
+    log::info!("stopped");
+    Ok(())
+}
