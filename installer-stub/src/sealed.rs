@@ -2,7 +2,7 @@
 //!
 //! # Format, version 1
 //!
-//! A blob is a fixed 106-byte header followed by the encrypted body. All integers are
+//! A blob is a fixed 122-byte header followed by the encrypted body. All integers are
 //! big-endian. The whole header is the AEAD's associated data, so changing any header
 //! byte (policy, expiry, layout, …) makes the body fail to open.
 //!
@@ -22,10 +22,16 @@
 //! | 54 | 8 | created_at, unix seconds |
 //! | 62 | 8 | not_after, unix seconds |
 //! | 70 | 32 | package id: sha256 over bytes 0..70 and 16 random bytes |
-//! | 102 | 4 | body length in bytes (ciphertext including its 16-byte tag) |
-//! | 106 | body length | ChaCha20-Poly1305 ciphertext of the JSON `{"node_name": …, "config_yaml": …}` |
+//! | 102 | 16 | key check: the first 16 bytes of sha256 over a domain string and the key |
+//! | 118 | 4 | body length in bytes (ciphertext including its 16-byte tag) |
+//! | 122 | body length | ChaCha20-Poly1305 ciphertext of the JSON `{"node_name": …, "config_yaml": …}` |
 //!
 //! The blob ends exactly after the body: trailing bytes are refused like missing ones.
+//!
+//! The key check tells a wrong key or passphrase ([`SealError::WrongKey`]) apart from a
+//! modified blob ([`SealError::Tampered`]), so the user gets the right advice; it also
+//! commits the blob to one key. It reveals nothing usable: a 256-bit key cannot be
+//! searched, and a passphrase guess costs the same Argon2id run as a decryption attempt.
 //!
 //! The Argon2id parameters travel in the header (bounded on open, so a forged header
 //! cannot make the stub allocate gigabytes) so that they can be raised later without a
@@ -64,7 +70,7 @@ pub const MAGIC: [u8; 8] = *b"FLEETSC1";
 /// The only format version this code reads and writes.
 pub const FORMAT_VERSION: u16 = 1;
 /// Length of the version-1 header.
-pub const HEADER_LEN: usize = 106;
+pub const HEADER_LEN: usize = 122;
 /// Length of the Poly1305 tag at the end of the body.
 pub const TAG_LEN: usize = 16;
 /// Length of a key file's content.
@@ -128,9 +134,12 @@ pub enum SealError {
     /// An empty passphrase (an empty file, or only a newline).
     #[error("the passphrase is empty")]
     EmptyPassphrase,
-    /// Authentication failed: the key or passphrase is wrong, or a byte changed.
-    #[error("wrong key or passphrase, or the sealed configuration was tampered with")]
-    WrongKeyOrTampered,
+    /// The key or passphrase does not match the blob's key check.
+    #[error("wrong key or passphrase")]
+    WrongKey,
+    /// The key matches but authentication failed: a byte of the blob changed.
+    #[error("the sealed configuration was modified or damaged")]
+    Tampered,
     /// The package's validity ended.
     #[error("the package expired at {}", format_utc(*not_after))]
     Expired {
@@ -207,9 +216,10 @@ impl KdfParams {
     };
 
     fn check(self) -> Result<(), SealError> {
-        if !(8 * self.p_cost.max(1)..=MAX_M_COST_KIB).contains(&self.m_cost_kib)
+        // Lanes first: the memory floor depends on them (8 KiB per lane).
+        if !(1..=MAX_P_COST).contains(&self.p_cost)
             || !(1..=MAX_T_COST).contains(&self.t_cost)
-            || !(1..=MAX_P_COST).contains(&self.p_cost)
+            || !(8 * self.p_cost..=MAX_M_COST_KIB).contains(&self.m_cost_kib)
         {
             return Err(SealError::Malformed(
                 "key derivation parameters out of range",
@@ -381,6 +391,8 @@ pub struct Header {
     pub not_after: u64,
     /// Package id (sha256).
     pub package_id: [u8; 32],
+    /// Commitment to the key (see the module doc).
+    pub key_check: [u8; 16],
     /// Length of the encrypted body.
     pub body_len: u32,
 }
@@ -460,7 +472,7 @@ impl Header {
         if not_after <= created_at {
             return Err(SealError::Malformed("validity ends before it starts"));
         }
-        let body_len = be_u32(&blob[102..106]);
+        let body_len = be_u32(&blob[118..122]);
         if (body_len as usize) < TAG_LEN || body_len as usize > MAX_BODY_LEN {
             return Err(SealError::Malformed("body length out of range"));
         }
@@ -475,6 +487,7 @@ impl Header {
             created_at,
             not_after,
             package_id: blob[70..102].try_into().expect("32-byte slice"),
+            key_check: blob[102..118].try_into().expect("16-byte slice"),
             body_len,
         })
     }
@@ -501,7 +514,8 @@ impl Header {
         b[54..62].copy_from_slice(&self.created_at.to_be_bytes());
         b[62..70].copy_from_slice(&self.not_after.to_be_bytes());
         b[70..102].copy_from_slice(&self.package_id);
-        b[102..106].copy_from_slice(&self.body_len.to_be_bytes());
+        b[102..118].copy_from_slice(&self.key_check);
+        b[118..122].copy_from_slice(&self.body_len.to_be_bytes());
         b
     }
 
@@ -613,6 +627,7 @@ pub fn seal(
         created_at: opts.created_at,
         not_after: opts.not_after,
         package_id: [0; 32],
+        key_check: [0; 16],
         body_len: body_len as u32, // bounded by MAX_BODY_LEN above
     };
     // The id covers the header fields before it, plus randomness so that two packages
@@ -622,9 +637,10 @@ pub fn seal(
     h.update(&header.to_bytes()[..70]);
     h.update(id_random);
     header.package_id = h.finalize().into();
+    let key_bytes = derive_key(&header, key)?;
+    header.key_check = key_check(&key_bytes);
 
     let aad = header.to_bytes();
-    let key_bytes = derive_key(&header, key)?;
     let cipher = ChaCha20Poly1305::new_from_slice(&key_bytes[..])
         .map_err(|_| SealError::Kdf("bad key length".into()))?;
     let ct = cipher
@@ -675,6 +691,14 @@ pub fn open(
         return Err(SealError::EmptyPassphrase);
     }
     let key_bytes = derive_key(&header, key)?;
+    // Not secret-dependent in a useful way, but compared without early exit anyway.
+    let diff = key_check(&key_bytes)
+        .iter()
+        .zip(header.key_check)
+        .fold(0u8, |d, (a, b)| d | (a ^ b));
+    if diff != 0 {
+        return Err(SealError::WrongKey);
+    }
     let cipher = ChaCha20Poly1305::new_from_slice(&key_bytes[..])
         .map_err(|_| SealError::Kdf("bad key length".into()))?;
     let plaintext = Zeroizing::new(
@@ -686,7 +710,7 @@ pub fn open(
                     aad: &blob[..HEADER_LEN],
                 },
             )
-            .map_err(|_| SealError::WrongKeyOrTampered)?,
+            .map_err(|_| SealError::Tampered)?,
     );
     if header.is_expired(now) {
         return Err(SealError::Expired {
@@ -737,6 +761,18 @@ fn derive_key(header: &Header, key: KeySource<'_>) -> Result<Zeroizing<[u8; KEY_
         }
     }
     Ok(out)
+}
+
+const KEY_CHECK_DOMAIN: &[u8] = b"fleet-installer-stub key check v1";
+
+fn key_check(key: &[u8; KEY_LEN]) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(KEY_CHECK_DOMAIN);
+    h.update(key);
+    let d = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d[..16]);
+    out
 }
 
 fn random(buf: &mut [u8]) -> Result<(), SealError> {

@@ -250,7 +250,11 @@ fn seal_error(e: SealError) -> StubError {
         SealError::Kdf(_) | SealError::Random(_) | SealError::InvalidOptions(_) => {
             (X::Internal, format!("❌ ERROR: {e}"))
         }
-        SealError::WrongKeyOrTampered
+        SealError::WrongKey => (
+            X::WrongKeyOrTampered,
+            "❌ ERROR: The sealed configuration cannot be opened: wrong key or passphrase.\n\nCheck the install passphrase (or that the key file came with this package) and try again.".to_string(),
+        ),
+        SealError::Tampered
         | SealError::BadMagic
         | SealError::Truncated { .. }
         | SealError::Malformed(_)
@@ -259,7 +263,7 @@ fn seal_error(e: SealError) -> StubError {
         | SealError::InvalidPayload(_) => (
             X::WrongKeyOrTampered,
             format!(
-                "❌ ERROR: The sealed configuration cannot be opened: {e}.\n\nCheck the install passphrase, or rebuild the package if it was modified or damaged in transit."
+                "❌ ERROR: The sealed configuration cannot be opened: {e}.\n\nThe package was modified or damaged. {REBUILD}"
             ),
         ),
     };
@@ -328,7 +332,18 @@ pub fn run(
                     .unwrap_or(Path::new("."))
                     .join(sealed::KEY_FILE_NAME)
             });
-            let bytes = zeroize::Zeroizing::new(sealed::read_file(&key_path).map_err(seal_error)?);
+            let bytes = zeroize::Zeroizing::new(sealed::read_file(&key_path).map_err(|e| {
+                match e {
+                    SealError::Missing(p) => StubError::new(
+                        ExitStatus::SealedMissing,
+                        format!(
+                            "❌ ERROR: Key file not found: {}\n\nThe package is incomplete. {REBUILD}",
+                            p.display()
+                        ),
+                    ),
+                    other => seal_error(other),
+                }
+            })?);
             let key = FileKey::from_bytes(&bytes).map_err(seal_error)?;
             sealed::open(&blob, KeySource::KeyFile(&key), now).map_err(seal_error)?
         }
