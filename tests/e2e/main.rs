@@ -1,1 +1,5 @@
-//! End-to-end tests.
+//! End-to-end tests across crates, compiled into one binary to keep link time down.
+
+mod badinput;
+mod blackbox;
+mod conformance;

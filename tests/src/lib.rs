@@ -1,1 +1,493 @@
-//! Test kit.
+//! The test kit: a private `redis-server` per test, the built `fleet-server` binary run as a
+//! black box, and a tiny HTTP client. Every wait is bounded; everything started is stopped on
+//! drop, and a failing test gets the server's log dumped.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port nobody listens on right now (the OS picks it; a race with another process is
+/// possible but rare, and the callers retry on bind errors).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
+    l.local_addr().expect("reading its address").port()
+}
+
+/// Fails loudly when a tool the tests need is missing.
+pub fn require_tool(name: &str) -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "`{name}` not found: run scripts/install-deps.sh (it installs every tool the tests need)"
+    );
+}
+
+/// Polls `f` every `step` until it returns `Some`, or panics with `what` after `limit`.
+pub fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    step: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if started.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(step);
+    }
+}
+
+/// A private redis-server on a free loopback port, with no persistence, killed on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    pub password: Option<String>,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    /// Starts one without a password.
+    pub fn start() -> RedisServer {
+        RedisServer::start_with(None, &[])
+    }
+
+    /// Starts one with `requirepass` and extra arguments.
+    pub fn start_with(password: Option<&str>, extra: &[&str]) -> RedisServer {
+        require_tool("redis-server");
+        let dir = tempfile::tempdir().expect("temp dir for redis");
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let mut s = RedisServer {
+                child: None,
+                port: free_port(),
+                password: password.map(str::to_string),
+                dir: tempfile::tempdir_in(dir.path()).expect("temp dir"),
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+            };
+            match s.spawn() {
+                Ok(()) => {
+                    // Keep the parent alive with the server.
+                    s.dir = dir;
+                    return s;
+                }
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("redis-server did not start: {last_err}");
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--save")
+            .arg("")
+            .arg("--appendonly")
+            .arg("no")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.log_path());
+        if let Some(pw) = &self.password {
+            cmd.arg("--requirepass").arg(pw);
+        }
+        cmd.args(&self.extra);
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("spawning redis-server: {e}"))?;
+        self.child = Some(child);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if self
+                .command(&["PING"])
+                .is_ok_and(|reply| reply.starts_with("+PONG"))
+            {
+                return Ok(());
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+                self.child = None;
+                return Err(format!("redis-server exited ({status}): {log}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err("redis-server did not answer PING within 10 s".into())
+    }
+
+    /// Sends one command (authenticating first when a password is set); returns the raw reply.
+    pub fn command(&self, args: &[&str]) -> std::io::Result<String> {
+        let mut s = TcpStream::connect_timeout(
+            &format!("127.0.0.1:{}", self.port).parse().expect("address"),
+            Duration::from_secs(1),
+        )?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut req = Vec::new();
+        let mut push = |args: &[&str]| {
+            req.extend(format!("*{}\r\n", args.len()).bytes());
+            for a in args {
+                req.extend(format!("${}\r\n{a}\r\n", a.len()).bytes());
+            }
+        };
+        if let Some(pw) = &self.password {
+            push(&["AUTH", pw]);
+        }
+        push(args);
+        s.write_all(&req)?;
+        let mut reader = BufReader::new(s);
+        if self.password.is_some() {
+            let mut auth = String::new();
+            reader.read_line(&mut auth)?;
+        }
+        read_reply(&mut reader)
+    }
+
+    /// Stops the server (as an outage would); its data is gone (no persistence).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.stop();
+        let started = Instant::now();
+        loop {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(e) if started.elapsed() > Duration::from_secs(10) => {
+                    panic!("redis-server did not restart: {e}")
+                }
+                // The port may linger a moment after the kill.
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    pub fn flushall(&self) {
+        let r = self.command(&["FLUSHALL"]).expect("FLUSHALL");
+        assert!(r.starts_with("+OK"), "FLUSHALL: {r}");
+    }
+
+    /// The `redis_*` lines of a cluster config pointing at this server.
+    pub fn cluster_yaml(&self) -> String {
+        let mut s = format!(
+            "  backend: redis\n  redis_host: 127.0.0.1\n  redis_port: {}\n",
+            self.port
+        );
+        if let Some(pw) = &self.password {
+            s.push_str(&format!("  redis_password: \"{pw}\"\n"));
+        }
+        s
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- redis-server log (port {}) ----\n{}",
+                self.port,
+                self.log()
+            );
+        }
+        self.stop();
+    }
+}
+
+fn read_reply(r: &mut impl BufRead) -> std::io::Result<String> {
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let mut out = line.clone();
+    match line.as_bytes().first() {
+        Some(b'$') => {
+            let n: i64 = line[1..].trim().parse().unwrap_or(-1);
+            if n >= 0 {
+                let mut buf = vec![0; n as usize + 2];
+                r.read_exact(&mut buf)?;
+                out.push_str(&String::from_utf8_lossy(&buf));
+            }
+        }
+        Some(b'*') => {
+            let n: i64 = line[1..].trim().parse().unwrap_or(0);
+            for _ in 0..n.max(0) {
+                out.push_str(&read_reply(r)?);
+            }
+        }
+        _ => {}
+    }
+    Ok(out)
+}
+
+/// The `fleet-server` binary cargo built for this test run.
+pub fn fleet_server_bin() -> PathBuf {
+    bin_path("fleet-server")
+}
+
+/// A binary of this workspace in the same target directory as the running test.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: build it first (`cargo build --workspace --bins`, which `make test` does)",
+        p.display()
+    );
+    p
+}
+
+/// A minimal HTTP/1.1 request on loopback; returns the status and the body.
+pub fn http(
+    method: &str,
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().expect("address"),
+        Duration::from_secs(2),
+    )?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// `GET` returning the status and the body parsed as JSON (`Null` when it is not JSON).
+pub fn get_json(
+    port: u16,
+    path: &str,
+    api_key: Option<&str>,
+) -> std::io::Result<(u16, serde_json::Value)> {
+    let headers: Vec<(&str, &str)> = api_key.map(|k| ("X-API-Key", k)).into_iter().collect();
+    let (status, body) = http("GET", port, path, &headers)?;
+    Ok((
+        status,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+/// The API key the black-box configurations use.
+pub const TEST_API_KEY: &str = "test-api-key-0123456789abcdef";
+
+/// A `fleet-server serve` process with its own config, state dir and log file.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub name: String,
+}
+
+impl Daemon {
+    /// Starts `fleet-server serve` with a config whose `cluster:` section is `cluster_yaml`
+    /// (indented two spaces), heartbeats 1 s / 3 s unless given.
+    pub fn start(name: &str, cluster_yaml: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let timing = if cluster_yaml.contains("heartbeat_interval") {
+            String::new()
+        } else {
+            "  heartbeat_interval: 1\n  heartbeat_timeout: 3\n".to_string()
+        };
+        let config = format!(
+            "server:\n  host: 127.0.0.1\n  port: {port}\n  state_dir: {state}\ncluster:\n  enabled: true\n  node_name: {name}\n{timing}{cluster_yaml}auth:\n  api_key: {TEST_API_KEY}\n",
+            state = dir.path().join("state").display(),
+        );
+        Daemon::start_with_config(name, dir, port, &config)
+    }
+
+    /// Starts `fleet-server serve` with exactly this configuration text.
+    pub fn start_with_config(
+        name: &str,
+        dir: tempfile::TempDir,
+        port: u16,
+        config: &str,
+    ) -> Daemon {
+        let cfg = dir.path().join("config.yaml");
+        std::fs::write(&cfg, config).expect("writing config");
+        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
+        let child = Command::new(fleet_server_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawning fleet-server");
+        Daemon {
+            child: Some(child),
+            port,
+            dir,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.yaml")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// Waits until the log has a line containing `needle`.
+    pub fn wait_log(&self, needle: &str, limit: Duration) {
+        wait_for(
+            &format!("`{needle}` in the log of {}:\n{}", self.name, self.log()),
+            limit,
+            Duration::from_millis(25),
+            || self.log().contains(needle).then_some(()),
+        );
+    }
+
+    /// Waits until the health endpoint answers `status`.
+    pub fn wait_health(&self, status: u16, limit: Duration) -> serde_json::Value {
+        wait_for(
+            &format!("health {status} from {}", self.name),
+            limit,
+            Duration::from_millis(25),
+            || match get_json(self.port, "/api/fleet/cluster/health", None) {
+                Ok((s, body)) if s == status => Some(body),
+                _ => None,
+            },
+        )
+    }
+
+    /// This node's id, from its health answer.
+    pub fn node_id(&self) -> String {
+        let (_, body) = get_json(self.port, "/api/fleet/cluster/health", None).expect("health");
+        body["node_id"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// The ids of the active nodes, as this node's API lists them.
+    pub fn active_ids(&self) -> Option<Vec<String>> {
+        let (s, body) = get_json(self.port, "/api/fleet/cluster/nodes", Some(TEST_API_KEY)).ok()?;
+        if s != 200 {
+            return None;
+        }
+        Some(
+            body["nodes"]
+                .as_array()?
+                .iter()
+                .filter(|n| n["state"] == "active")
+                .filter_map(|n| n["id"].as_str().map(str::to_string))
+                .collect(),
+        )
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(c) = &self.child {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
+        }
+    }
+
+    /// Waits for the process to exit; returns its exit code (None when killed by a signal).
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let mut child = self.child.take().expect("daemon already reaped");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{} did not exit within {limit:?}:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- fleet-server log ({}) ----\n{}", self.name, self.log());
+        }
+        self.kill9();
+    }
+}
+
+/// Runs the built `fleet-server` with arguments; returns the exit code, stdout and stderr.
+pub fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(fleet_server_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running fleet-server");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,394 @@
+//! One membership conformance suite, run against every backend: the same cases, the same
+//! expectations. Heartbeats are 1 s / 3 s to keep the expiry cases short.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_server::cluster::{
+    ClusterError, EventKind, Heartbeat, MemberState, Membership, NodeRecord,
+};
+use fleet_server::config::{BackendKind, Config};
+use fleet_tests::RedisServer;
+
+/// A backend under test, and the way to make it fail.
+trait Fixture: Send {
+    fn open(&self) -> Arc<dyn Membership>;
+    /// An outage: the backend stops answering.
+    fn stop(&mut self);
+    /// The outage ends; the backend comes back (a Redis without persistence comes back empty).
+    fn start(&mut self);
+    /// The backend loses all its data (FLUSHALL, the directory wiped).
+    fn wipe(&mut self);
+}
+
+struct RedisFixture {
+    server: RedisServer,
+}
+
+impl Fixture for RedisFixture {
+    fn open(&self) -> Arc<dyn Membership> {
+        let text = format!(
+            "cluster:\n  enabled: true\n  heartbeat_interval: 1\n  heartbeat_timeout: 3\n{}",
+            self.server.cluster_yaml()
+        );
+        let config = Config::parse(&text, std::path::Path::new("test.yaml")).unwrap();
+        fleet_server::cluster::open(&config).unwrap()
+    }
+    fn stop(&mut self) {
+        self.server.stop();
+    }
+    fn start(&mut self) {
+        self.server.restart();
+    }
+    fn wipe(&mut self) {
+        self.server.flushall();
+    }
+}
+
+struct StorageFixture {
+    dir: tempfile::TempDir,
+}
+
+impl StorageFixture {
+    fn shared(&self) -> std::path::PathBuf {
+        self.dir.path().join("share")
+    }
+    fn away(&self) -> std::path::PathBuf {
+        self.dir.path().join("unmounted")
+    }
+}
+
+impl Fixture for StorageFixture {
+    fn open(&self) -> Arc<dyn Membership> {
+        std::fs::create_dir_all(self.shared()).unwrap();
+        let mut config = Config::default();
+        config.cluster.enabled = true;
+        config.cluster.backend = BackendKind::Storage;
+        config.cluster.heartbeat_interval = 1.0;
+        config.cluster.heartbeat_timeout = 3.0;
+        config.cluster.storage_path = Some(self.shared());
+        fleet_server::cluster::open(&config).unwrap()
+    }
+    // An unmounted share: the directory is not there.
+    fn stop(&mut self) {
+        std::fs::rename(self.shared(), self.away()).unwrap();
+    }
+    fn start(&mut self) {
+        std::fs::rename(self.away(), self.shared()).unwrap();
+    }
+    fn wipe(&mut self) {
+        std::fs::remove_dir_all(self.shared()).unwrap();
+        std::fs::create_dir_all(self.shared()).unwrap();
+    }
+}
+
+fn redis() -> RedisFixture {
+    RedisFixture {
+        server: RedisServer::start_with(Some("conformance-pw"), &[]),
+    }
+}
+
+fn storage() -> StorageFixture {
+    StorageFixture {
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+fn node(name: &str) -> NodeRecord {
+    NodeRecord {
+        id: fleet_server::identity::new_node_id(name),
+        name: name.into(),
+        hostname: format!("{name}.test"),
+        addresses: vec!["192.0.2.10".into()],
+        version: "0.1.0".into(),
+        os: "linux".into(),
+        started_at: 1,
+        url: "http://192.0.2.10:8768".into(),
+    }
+}
+
+async fn active_ids(b: &dyn Membership) -> Vec<String> {
+    b.members()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.state == MemberState::Active)
+        .map(|m| m.node.id)
+        .collect()
+}
+
+async fn heartbeat_until_alive(b: &dyn Membership, n: &NodeRecord) {
+    for _ in 0..100 {
+        match b.heartbeat(n).await {
+            Ok(Heartbeat::Alive { .. }) => return,
+            Ok(Heartbeat::NotMember) => {
+                b.register(n).await.unwrap();
+                return;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    panic!("{} never heartbeat again", n.id);
+}
+
+async fn join_list_and_fields(f: impl Fixture) {
+    let b = f.open();
+    let a = node("alpha");
+    assert_eq!(b.register(&a).await.unwrap(), 1);
+    let members = b.members().await.unwrap();
+    assert_eq!(members.len(), 1);
+    let m = &members[0];
+    assert_eq!(m.node, a, "the record reads back as written");
+    assert_eq!(m.state, MemberState::Active);
+    assert!(m.age_ms < 1000, "age {}", m.age_ms);
+    assert_eq!(b.active_count().await.unwrap(), 1);
+    let events = b.events(10).await.unwrap();
+    assert_eq!(events[0].kind, EventKind::Joined);
+    assert_eq!(events[0].node_id, a.id);
+    assert_eq!(
+        events[0].detail.get("name").map(String::as_str),
+        Some("alpha")
+    );
+
+    // Three nodes, listed sorted by name.
+    let c = node("charlie");
+    let bb = node("bravo");
+    b.register(&c).await.unwrap();
+    assert_eq!(b.register(&bb).await.unwrap(), 3);
+    let names: Vec<String> = b
+        .members()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.node.name)
+        .collect();
+    assert_eq!(names, ["alpha", "bravo", "charlie"]);
+    // Registering again is idempotent: no second `joined`.
+    b.register(&a).await.unwrap();
+    let joined = b
+        .events(50)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == EventKind::Joined && e.node_id == a.id)
+        .count();
+    assert_eq!(joined, 1);
+}
+
+async fn heartbeat_moves_the_clock(f: impl Fixture) {
+    let b = f.open();
+    let a = node("alpha");
+    b.register(&a).await.unwrap();
+    let first = b.members().await.unwrap()[0].last_heartbeat_ms;
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(
+        b.heartbeat(&a).await.unwrap(),
+        Heartbeat::Alive { active: 1 }
+    );
+    let second = b.members().await.unwrap()[0].last_heartbeat_ms;
+    assert!(second >= first + 100, "{first} → {second}");
+}
+
+async fn graceful_leave_is_immediate(f: impl Fixture) {
+    let b = f.open();
+    let (a, c) = (node("alpha"), node("charlie"));
+    b.register(&a).await.unwrap();
+    b.register(&c).await.unwrap();
+    b.deregister(&a.id).await.unwrap();
+    assert_eq!(active_ids(&*b).await, vec![c.id.clone()]);
+    assert!(b.members().await.unwrap().iter().all(|m| m.node.id != a.id));
+    let ev = &b.events(1).await.unwrap()[0];
+    assert_eq!(
+        (ev.kind, ev.node_id.as_str()),
+        (EventKind::Left, a.id.as_str())
+    );
+    // Leaving twice is harmless.
+    b.deregister(&a.id).await.unwrap();
+    // The name is free again at once.
+    b.register(&node("alpha")).await.unwrap();
+}
+
+async fn silent_nodes_expire(f: impl Fixture) {
+    let b = f.open();
+    let (dead, live) = (node("dead"), node("live"));
+    b.register(&dead).await.unwrap();
+    b.register(&live).await.unwrap();
+    // `live` heartbeats every 500 ms; `dead` never again (kill -9).
+    for _ in 0..16 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(matches!(
+            b.heartbeat(&live).await.unwrap(),
+            Heartbeat::Alive { .. }
+        ));
+        let members = b.members().await.unwrap();
+        if members.iter().all(|m| m.node.id != dead.id) {
+            break;
+        }
+    }
+    assert_eq!(active_ids(&*b).await, vec![live.id.clone()]);
+    assert!(
+        b.members()
+            .await
+            .unwrap()
+            .iter()
+            .all(|m| m.node.id != dead.id),
+        "a heartbeat prunes the expired member"
+    );
+    let expired = b.events(20).await.unwrap();
+    assert!(
+        expired
+            .iter()
+            .any(|e| e.kind == EventKind::Expired && e.node_id == dead.id),
+        "{expired:?}"
+    );
+    // The dead node's own heartbeat tells it to join again.
+    assert_eq!(b.heartbeat(&dead).await.unwrap(), Heartbeat::NotMember);
+    // Pruning again finds nothing: idempotent.
+    assert!(b.prune().await.unwrap().is_empty());
+}
+
+async fn duplicate_live_name_is_refused_dead_name_reused(f: impl Fixture) {
+    let b = f.open();
+    let first = node("server-03");
+    let second = node("server-03");
+    assert_ne!(first.id, second.id);
+    b.register(&first).await.unwrap();
+    match b.register(&second).await {
+        Err(ClusterError::NameTaken { name, holder }) => {
+            assert_eq!(name, "server-03");
+            assert_eq!(holder, first.id);
+        }
+        other => panic!("expected NameTaken, got {other:?}"),
+    }
+    assert_eq!(active_ids(&*b).await, vec![first.id.clone()]);
+    // `first` dies silently; once its heartbeat is older than the timeout, the name is free,
+    // even before anyone prunes it.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    b.register(&second).await.unwrap();
+    assert_eq!(active_ids(&*b).await, vec![second.id.clone()]);
+    // And the old holder, coming back, is now the one refused.
+    assert!(matches!(
+        b.register(&first).await,
+        Err(ClusterError::NameTaken { .. })
+    ));
+}
+
+async fn backend_outage_and_return(mut f: impl Fixture) {
+    let b = f.open();
+    let a = node("alpha");
+    b.register(&a).await.unwrap();
+    f.stop();
+    let err = b.heartbeat(&a).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(matches!(err, ClusterError::Unreachable { .. }), "{err}");
+    f.start();
+    // Back: a heartbeat either succeeds (data kept) or asks to join again (data lost);
+    // either way the node is listed again within a bounded number of tries.
+    heartbeat_until_alive(&*b, &a).await;
+    assert_eq!(active_ids(&*b).await, vec![a.id.clone()]);
+}
+
+async fn data_loss_leads_to_reregistration(mut f: impl Fixture) {
+    let b = f.open();
+    let a = node("alpha");
+    b.register(&a).await.unwrap();
+    f.wipe();
+    assert_eq!(b.heartbeat(&a).await.unwrap(), Heartbeat::NotMember);
+    assert_eq!(b.register(&a).await.unwrap(), 1);
+    assert_eq!(active_ids(&*b).await, vec![a.id.clone()]);
+    let ev = &b.events(1).await.unwrap()[0];
+    assert_eq!(ev.kind, EventKind::Joined);
+}
+
+async fn removed_node_is_told_and_kept_out(f: impl Fixture) {
+    let b = f.open();
+    let (a, c) = (node("alpha"), node("charlie"));
+    b.register(&a).await.unwrap();
+    b.register(&c).await.unwrap();
+    assert!(b.remove(&c.id, "admin").await.unwrap());
+    assert!(
+        !b.remove(&c.id, "admin").await.unwrap(),
+        "second removal finds nothing"
+    );
+    assert_eq!(active_ids(&*b).await, vec![a.id.clone()]);
+    assert_eq!(b.heartbeat(&c).await.unwrap(), Heartbeat::Removed);
+    assert!(matches!(
+        b.register(&c).await,
+        Err(ClusterError::Removed(_))
+    ));
+    let ev = b.events(5).await.unwrap();
+    let removed = ev
+        .iter()
+        .find(|e| e.kind == EventKind::Removed)
+        .expect("removed event");
+    assert_eq!(removed.node_id, c.id);
+    assert_eq!(removed.detail.get("by").map(String::as_str), Some("admin"));
+    // Its name is free for a new machine.
+    b.register(&node("charlie")).await.unwrap();
+}
+
+async fn custom_events_round_trip(f: impl Fixture) {
+    let b = f.open();
+    let ev = fleet_server::cluster::Event {
+        kind: EventKind::PackageBuilt,
+        node_id: "server-09".into(),
+        at_ms: 0,
+        detail: [("by".to_string(), "admin".to_string())].into(),
+    };
+    b.record_event(&ev).await.unwrap();
+    let got = &b.events(1).await.unwrap()[0];
+    assert_eq!(got.kind, EventKind::PackageBuilt);
+    assert_eq!(got.detail.get("by").map(String::as_str), Some("admin"));
+    assert!(
+        got.at_ms > 1_600_000_000_000,
+        "backend clock in ms: {}",
+        got.at_ms
+    );
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod redis_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::redis()).await;
+                }
+            )*
+        }
+        mod storage_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::storage()).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    join_list_and_fields,
+    heartbeat_moves_the_clock,
+    graceful_leave_is_immediate,
+    silent_nodes_expire,
+    duplicate_live_name_is_refused_dead_name_reused,
+    backend_outage_and_return,
+    data_loss_leads_to_reregistration,
+    removed_node_is_told_and_kept_out,
+    custom_events_round_trip,
+);
+
+#[tokio::test]
+async fn wrong_redis_password_is_an_auth_error() {
+    let server = RedisServer::start_with(Some("right-password"), &[]);
+    let text = format!(
+        "cluster:\n  enabled: true\n  backend: redis\n  redis_host: 127.0.0.1\n  redis_port: {}\n  redis_password: wrong-password\n",
+        server.port
+    );
+    let config = Config::parse(&text, std::path::Path::new("t.yaml")).unwrap();
+    let b = fleet_server::cluster::open(&config).unwrap();
+    let err = b.register(&node("alpha")).await.unwrap_err();
+    assert!(matches!(err, ClusterError::Auth { .. }), "{err:?}");
+    assert!(!err.to_string().contains("wrong-password"), "{err}");
+}
