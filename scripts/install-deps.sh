@@ -15,6 +15,7 @@ APT_PACKAGES=(
   iproute2          # ip netns / veth: test hosts in network namespaces
   iptables          # the router namespace drops traffic between test subnets
   procps            # ps, for the benchmarks
+  wrk               # load generator for `make bench`
   curl
   python3
   chromium          # headless browser for the Settings page test
