@@ -447,7 +447,9 @@ impl NetworkInventory for MacInventory {
             .build()
             .ok_or_else(|| EthernetError::Inventory("cannot open the dynamic store".into()))?;
         let active_key = CFString::from_static_string("Active");
-        let true_ref = CFBoolean::true_value().as_CFTypeRef();
+        // kCFBooleanTrue is a process-wide singleton: a pointer comparison is exact.
+        let cf_true = CFBoolean::true_value();
+        let true_ref = cf_true.as_CFTypeRef();
         let mut addrs: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
         for (name, a) in SystemIpv4.ipv4_addresses()? {
             addrs.entry(name).or_default().push(a);
