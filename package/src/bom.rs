@@ -32,7 +32,60 @@ pub(crate) fn build_bom(entries: &[TreeEntry<'_>]) -> Result<Vec<u8>> {
     receipt
         .write(&mut out)
         .map_err(Error::io("writing the Bom"))?;
-    Ok(out.into_inner())
+    let mut bom = out.into_inner();
+    canonical_vars(&mut bom).map_err(|e| Error::io("writing the Bom")(std::io::Error::other(e)))?;
+    Ok(bom)
+}
+
+/// mkbom's order of the named variables.
+const VARS_ORDER: [&[u8]; 5] = [b"BomInfo", b"Paths", b"HLIndex", b"VIndex", b"Size64"];
+
+/// Rewrites the BOM's table of named variables in a fixed order: stuckliste
+/// writes it from a `HashMap`, so its order (and the file's bytes) would
+/// change from run to run. Readers look variables up by name.
+///
+/// Layout: header `BOMStore`, u32 version, u32 block count, u32 index offset,
+/// u32 index length, u32 vars offset, u32 vars length (big-endian); vars:
+/// u32 count, then per variable u32 block index, u8 name length, name.
+fn canonical_vars(bom: &mut [u8]) -> std::result::Result<(), String> {
+    let be32 = |b: &[u8], at: usize| -> std::result::Result<usize, String> {
+        b.get(at..at + 4)
+            .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]) as usize)
+            .ok_or_else(|| "BOM too short".to_owned())
+    };
+    if !bom.starts_with(b"BOMStore") {
+        return Err("BOM has no BOMStore magic".to_owned());
+    }
+    let (start, len) = (be32(bom, 24)?, be32(bom, 28)?);
+    let vars = bom.get(start..start + len).ok_or("BOM vars out of range")?;
+    let count = be32(vars, 0)?;
+    let mut entries: Vec<&[u8]> = Vec::with_capacity(count);
+    let mut pos = 4;
+    for _ in 0..count {
+        let name_len = *vars.get(pos + 4).ok_or("BOM vars truncated")? as usize;
+        let end = pos + 5 + name_len;
+        entries.push(vars.get(pos..end).ok_or("BOM vars truncated")?);
+        pos = end;
+    }
+    let rank = |e: &&[u8]| {
+        let name = &e[5..];
+        (
+            VARS_ORDER
+                .iter()
+                .position(|n| *n == name)
+                .unwrap_or(VARS_ORDER.len()),
+            name.to_vec(),
+        )
+    };
+    entries.sort_by_key(rank);
+    let mut sorted = Vec::with_capacity(len);
+    sorted.extend_from_slice(&vars[..4]);
+    for e in entries {
+        sorted.extend_from_slice(e);
+    }
+    sorted.extend_from_slice(&vars[pos..]);
+    bom[start..start + len].copy_from_slice(&sorted);
+    Ok(())
 }
 
 fn stage_tree(root: &Path, entries: &[TreeEntry<'_>]) -> std::io::Result<()> {

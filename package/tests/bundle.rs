@@ -1,0 +1,202 @@
+//! The Linux provision bundle: listing, modes, and provision.sh/uninstall.sh
+//! run with stand-ins (the real daemon run is in the workspace tests/).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use fleet_package::{PkgRoot, Target, Template, build_bundle, default_bundle_name};
+
+use crate::common::*;
+
+fn linux_template() -> Template {
+    Template::from_bytes(
+        Target::LinuxX86_64,
+        fake_elf(50_000, 1),
+        fake_elf(5_000, 2),
+        false,
+    )
+    .unwrap()
+}
+
+#[test]
+fn tar_lists_the_bundle_with_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = build_bundle(&linux_template(), &PkgRoot::embedded(), "node2", &node()).unwrap();
+    assert_eq!(default_bundle_name("node2"), "node2_provision.tar.gz");
+    let path = write(dir.path(), "node2_provision.tar.gz", &bytes);
+    let out = run(Command::new(tool("tar"))
+        .arg("-tzvf")
+        .arg(&path)
+        .arg("--numeric-owner"));
+    let listing: BTreeMap<String, (String, String)> = stdout(&out)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[5].to_owned(), (f[0].to_owned(), f[1].to_owned()))
+        })
+        .collect();
+    let expect = [
+        ("node2_provision/", "drwxr-xr-x"),
+        ("node2_provision/fleet-config.key", "-rw-------"),
+        ("node2_provision/fleet-config.sealed", "-rw-------"),
+        ("node2_provision/fleet-installer-stub", "-rwxr-xr-x"),
+        ("node2_provision/fleet-server", "-rwxr-xr-x"),
+        ("node2_provision/fleet-server.service", "-rw-r--r--"),
+        ("node2_provision/provision.sh", "-rwxr-xr-x"),
+        ("node2_provision/uninstall.sh", "-rwxr-xr-x"),
+    ];
+    assert_eq!(
+        listing
+            .iter()
+            .map(|(k, (m, _))| (k.as_str(), m.as_str()))
+            .collect::<Vec<_>>(),
+        expect
+    );
+    assert!(
+        listing.values().all(|(_, owner)| owner == "0/0"),
+        "{listing:?}"
+    );
+}
+
+#[test]
+fn a_bundle_without_key_file_has_none() {
+    let mut n = node();
+    n.key = None;
+    let bytes = build_bundle(&linux_template(), &PkgRoot::embedded(), "n", &n).unwrap();
+    let mut a = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+    let names: Vec<String> = a
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.ends_with("fleet-config.key")),
+        "{names:?}"
+    );
+    assert_eq!(names.len(), 7);
+}
+
+const FAKE_STUB: &str = r#"#!/bin/sh
+set -eu
+[ "$1" = --target-root ] || exit 64
+here=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$2/etc/fleet-server"
+cp "$here/fleet-config.sealed" "$2/etc/fleet-server/config.yaml"
+chmod 600 "$2/etc/fleet-server/config.yaml"
+"#;
+
+const FAKE_DAEMON: &str = r#"#!/bin/sh
+# records its arguments, writes the pid file it is given, and stays up
+for a in "$@"; do echo "$a"; done > "$(dirname "$0")/../../../daemon-args"
+pidfile=""
+while [ $# -gt 0 ]; do [ "$1" = --pid-file ] && pidfile="$2"; shift; done
+sleep 300 </dev/null >/dev/null 2>&1 &
+echo $! > "$pidfile"
+"#;
+
+#[test]
+fn provision_then_uninstall_in_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Template::from_bytes(
+        Target::LinuxX86_64,
+        FAKE_DAEMON.as_bytes().to_vec(),
+        FAKE_STUB.as_bytes().to_vec(),
+        true,
+    )
+    .unwrap();
+    let bytes = build_bundle(&t, &PkgRoot::embedded(), "node2", &node()).unwrap();
+    let path = write(dir.path(), "node2_provision.tar.gz", &bytes);
+    run(Command::new(tool("tar"))
+        .arg("-xzf")
+        .arg(&path)
+        .arg("-C")
+        .arg(dir.path()));
+    let root = dir.path().join("root");
+    let out = run(Command::new("./provision.sh")
+        .current_dir(dir.path().join("node2_provision"))
+        .arg("--root")
+        .arg(&root)
+        .arg("--no-systemd"));
+    assert!(
+        stdout(&out).contains("fleet-server installed"),
+        "{}",
+        stdout(&out)
+    );
+
+    let mode = |rel: &str| {
+        std::fs::metadata(root.join(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode("usr/local/bin/fleet-server"), 0o755);
+    assert_eq!(mode("usr/local/lib/fleet-server/uninstall.sh"), 0o755);
+    assert_eq!(mode("etc/fleet-server/config.yaml"), 0o600);
+    assert_eq!(mode("var/lib/fleet-server"), 0o700);
+    let args = std::fs::read_to_string(root.join("daemon-args")).unwrap();
+    let args: Vec<&str> = args.lines().collect();
+    let r = root.display().to_string();
+    assert_eq!(
+        args,
+        [
+            "serve".to_owned(),
+            "--config".into(),
+            format!("{r}/etc/fleet-server/config.yaml"),
+            "--daemonize".into(),
+            "--pid-file".into(),
+            format!("{r}/run/fleet-server.pid"),
+            "--log-file".into(),
+            format!("{r}/var/log/fleet-server.log"),
+        ]
+    );
+    let pid = std::fs::read_to_string(root.join("run/fleet-server.pid")).unwrap();
+    let pid = pid.trim().to_owned();
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+
+    // Uninstall keeps configuration and state, stops the daemon.
+    let uninstall = root.join("usr/local/lib/fleet-server/uninstall.sh");
+    run(Command::new(&uninstall).arg("--root").arg(&root));
+    assert!(!root.join("usr/local/bin/fleet-server").exists());
+    assert!(!root.join("run/fleet-server.pid").exists());
+    assert!(root.join("etc/fleet-server/config.yaml").exists());
+    assert!(root.join("var/lib/fleet-server").exists());
+    // The stopped daemon is gone (or a zombie of the reaped shell).
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    assert!(
+        status.is_empty() || status.contains("State:\tZ"),
+        "daemon {pid} still runs"
+    );
+
+    // --purge removes them too.
+    let copy = dir.path().join("uninstall.sh");
+    std::fs::copy(dir.path().join("node2_provision/uninstall.sh"), &copy).unwrap();
+    run(Command::new(&copy).arg("--root").arg(&root).arg("--purge"));
+    assert!(!root.join("etc/fleet-server").exists());
+    assert!(!root.join("var/lib/fleet-server").exists());
+}
+
+#[test]
+fn provision_refuses_an_incomplete_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = build_bundle(&linux_template(), &PkgRoot::embedded(), "n", &node()).unwrap();
+    let path = write(dir.path(), "n_provision.tar.gz", &bytes);
+    run(Command::new(tool("tar"))
+        .arg("-xzf")
+        .arg(&path)
+        .arg("-C")
+        .arg(dir.path()));
+    std::fs::remove_file(dir.path().join("n_provision/fleet-config.sealed")).unwrap();
+    let out = Command::new("./provision.sh")
+        .current_dir(dir.path().join("n_provision"))
+        .args(["--root", "r", "--no-systemd"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("missing"),
+        "{out:?}"
+    );
+    assert!(!dir.path().join("n_provision/r/usr").exists());
+}

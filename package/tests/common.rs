@@ -1,0 +1,101 @@
+//! Helpers: fake templates, external tools (missing ones fail loudly), runs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use fleet_package::{NodeFiles, PkgBuilder, PkgOptions, PkgRoot, Target, Template};
+
+/// A fake thin 64-bit Mach-O (little-endian magic cf fa ed fe), `len` bytes.
+pub fn fake_macho(len: usize, seed: u8) -> Vec<u8> {
+    let mut v = vec![0xcf, 0xfa, 0xed, 0xfe];
+    v.extend((0..len.saturating_sub(4)).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)));
+    v
+}
+
+/// A fake ELF, `len` bytes.
+pub fn fake_elf(len: usize, seed: u8) -> Vec<u8> {
+    let mut v = vec![0x7f, b'E', b'L', b'F'];
+    v.extend((0..len.saturating_sub(4)).map(|i| (i as u8).wrapping_mul(17).wrapping_add(seed)));
+    v
+}
+
+pub fn mac_template() -> Template {
+    Template::from_bytes(
+        Target::MacOs,
+        fake_macho(300_000, 1),
+        fake_macho(40_000, 2),
+        false,
+    )
+    .expect("fake Mach-O template")
+}
+
+pub fn node() -> NodeFiles {
+    NodeFiles {
+        sealed: b"FLEETSEAL\x01fake sealed configuration".to_vec(),
+        key: Some(vec![7u8; 32]),
+    }
+}
+
+pub fn build_default_pkg() -> Vec<u8> {
+    PkgBuilder::new(mac_template(), PkgRoot::embedded())
+        .expect("builder")
+        .build_pkg(&node(), &PkgOptions::default())
+        .expect("build_pkg")
+}
+
+/// The path of an external tool; panics (test FAILS) when it is missing.
+pub fn tool(name: &str) -> PathBuf {
+    for dir in std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("required tool `{name}` not found on PATH: run scripts/install-deps.sh");
+}
+
+/// Runs `cmd`, asserting success; returns its output.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).expect("write test file");
+    p
+}
+
+pub fn gunzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data)
+        .read_to_end(&mut out)
+        .expect("gunzip");
+    out
+}
+
+/// Extracts the pkg's XAR members into `dir` with bsdtar.
+pub fn bsdtar_extract(pkg: &Path, dir: &Path) {
+    run(Command::new(tool("bsdtar"))
+        .arg("-xf")
+        .arg(pkg)
+        .arg("-C")
+        .arg(dir));
+}
