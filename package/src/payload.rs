@@ -70,6 +70,92 @@ pub(crate) fn tree<'a>(files: &[(&str, u32, &'a [u8])]) -> Vec<TreeEntry<'a>> {
         .collect()
 }
 
+/// The end of an archive whose last entry's contents are fixed (the installer
+/// stub, last in `Scripts`): those contents and the trailer, deflated on their
+/// own. A deflate stream may continue after a sync flush with blocks from an
+/// independent compressor, so a warm build compresses only the small
+/// per-node head and appends these blocks.
+#[derive(Debug)]
+pub(crate) struct CachedTail {
+    deflate: Vec<u8>,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl CachedTail {
+    /// Deflates `data` followed by the archive trailer.
+    pub fn new(data: &[u8]) -> std::io::Result<Self> {
+        let mut raw = data.to_vec();
+        write_header(&mut raw, 0, 0, 1, TRAILER, 0)?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&raw);
+        Ok(Self {
+            deflate: deflate_raw(&raw, flate2::FlushCompress::Finish)?,
+            crc,
+            len: raw.len() as u64,
+        })
+    }
+}
+
+/// Writes `entries`, whose last one is a file with the contents `tail` was
+/// made from, as a gzip-compressed odc cpio archive: byte for byte what
+/// [`write_cpio_gz`] gives, but compressing only the entries before it.
+pub(crate) fn write_cpio_gz_with_tail(
+    entries: &[TreeEntry<'_>],
+    tail: &CachedTail,
+) -> std::io::Result<Vec<u8>> {
+    let Some((last, head_entries)) = entries.split_last() else {
+        return Err(std::io::Error::other("empty archive"));
+    };
+    let mut head = Vec::new();
+    write_entries(&mut head, head_entries, entries, 0)?;
+    let last_len = last.data.map_or(0, <[u8]>::len) as u64;
+    write_header(
+        &mut head,
+        entries.len() as u64,
+        last.mode(),
+        1,
+        &last.path,
+        last_len,
+    )?;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&head);
+    crc.combine(&tail.crc);
+    let total = head.len() as u64 + tail.len;
+    let head_deflate = deflate_raw(&head, flate2::FlushCompress::Sync)?;
+    let mut out = Vec::with_capacity(18 + head_deflate.len() + tail.deflate.len());
+    // gzip header: deflate, no flags, mtime 0, no extra flags, OS unknown.
+    out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
+    out.extend_from_slice(&head_deflate);
+    out.extend_from_slice(&tail.deflate);
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&(total as u32).to_le_bytes());
+    Ok(out)
+}
+
+/// Raw deflate (level 6) of `data`, ended by `flush`: `Sync` leaves the
+/// stream open and byte-aligned, `Finish` writes the final block.
+fn deflate_raw(data: &[u8], flush: flate2::FlushCompress) -> std::io::Result<Vec<u8>> {
+    let mut c = flate2::Compress::new(Compression::new(6), false);
+    let mut out = Vec::with_capacity(data.len() + data.len() / 8 + 1024);
+    loop {
+        let done = c.total_in() as usize;
+        let status = c
+            .compress_vec(&data[done..], &mut out, flush)
+            .map_err(std::io::Error::other)?;
+        let all_in = c.total_in() as usize == data.len();
+        let finished = match flush {
+            flate2::FlushCompress::Finish => status == flate2::Status::StreamEnd,
+            // zlib: a flush is complete when output space is left over.
+            _ => all_in && out.len() < out.capacity(),
+        };
+        if finished {
+            return Ok(out);
+        }
+        out.reserve(out.capacity().max(64 * 1024));
+    }
+}
+
 /// Writes `entries` as a gzip-compressed odc cpio archive (level 6, gzip
 /// header mtime 0 and OS "unknown", so the bytes depend on the entries only).
 pub(crate) fn write_cpio_gz(entries: &[TreeEntry<'_>]) -> std::io::Result<Vec<u8>> {
@@ -86,7 +172,20 @@ pub(crate) fn write_cpio_gz(entries: &[TreeEntry<'_>]) -> std::io::Result<Vec<u8
 }
 
 fn write_cpio(w: &mut impl Write, entries: &[TreeEntry<'_>]) -> std::io::Result<()> {
-    for (i, e) in entries.iter().enumerate() {
+    write_entries(w, entries, entries, 0)?;
+    write_header(w, 0, 0, 1, TRAILER, 0)
+}
+
+/// Writes `part` (a slice of `all`, starting at index `first`); directory
+/// link counts look at `all`.
+fn write_entries(
+    w: &mut impl Write,
+    part: &[TreeEntry<'_>],
+    all: &[TreeEntry<'_>],
+    first: usize,
+) -> std::io::Result<()> {
+    let entries = all;
+    for (i, e) in part.iter().enumerate().map(|(i, e)| (i + first, e)) {
         let nlink = if e.data.is_some() {
             1
         } else {
@@ -105,8 +204,6 @@ fn write_cpio(w: &mut impl Write, entries: &[TreeEntry<'_>]) -> std::io::Result<
         write_header(w, i as u64 + 1, e.mode(), nlink, &e.path, data.len() as u64)?;
         w.write_all(data)?;
     }
-    write_header(w, 0, 0, 1, TRAILER, 0)?;
-    // The trailer entry's mtime is 0 as in other writers.
     Ok(())
 }
 
@@ -129,6 +226,7 @@ fn write_header(
     if size >= 0o100000000000 {
         return Err(too_big("file"));
     }
+    // The trailer's mtime is 0, as other writers have it.
     let mtime = if name == TRAILER { 0 } else { FIXED_MTIME };
     // dev, ino, mode, uid, gid, nlink, rdev, mtime, namesize, filesize
     let header = format!(
@@ -225,5 +323,41 @@ pub(crate) fn read_odc(archive: &[u8]) -> Result<Vec<(CpioEntry, std::ops::Range
             data_start..data_end,
         ));
         pos = data_end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_tail_gives_the_same_archive() {
+        let stub: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let files: [(&str, u32, &[u8]); 3] = [
+            ("postinstall", 0o755, b"#!/bin/sh\n"),
+            ("fleet-config.sealed", 0o600, b"sealed"),
+            ("preinstall", 0o755, &stub),
+        ];
+        let entries = tree(&files);
+        let plain = gunzip(&write_cpio_gz(&entries).unwrap(), 1 << 30).unwrap();
+        let tail = CachedTail::new(&stub).unwrap();
+        let gz = write_cpio_gz_with_tail(&entries, &tail).unwrap();
+        // flate2 checks the CRC and length in the gzip trailer.
+        let cached = gunzip(&gz, 1 << 30).unwrap();
+        assert!(plain == cached);
+        let listed: Vec<String> = read_odc(&cached)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.0.path)
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ".",
+                "./fleet-config.sealed",
+                "./postinstall",
+                "./preinstall"
+            ]
+        );
     }
 }

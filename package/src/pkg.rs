@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use crate::embedded::{DAEMON_PATH, NEWSYSLOG_PATH, PLIST_PATH, UNINSTALL_PATH};
-use crate::payload::{TreeEntry, tree, write_cpio_gz};
+use crate::payload::{CachedTail, TreeEntry, tree, write_cpio_gz, write_cpio_gz_with_tail};
 use crate::xar::{Member, write_xar};
 use crate::{Error, KEY_NAME, PkgRoot, Result, SEALED_NAME, Target, Template};
 
@@ -45,17 +45,19 @@ impl Default for PkgOptions {
     }
 }
 
-/// The template-only members, built once per template.
+/// The template-only parts, built once per template.
 #[derive(Debug)]
 pub(crate) struct Artifacts {
     payload: Member,
+    /// The stub, compressed, as the end of `Scripts`.
+    scripts_tail: CachedTail,
     bom: Member,
     number_of_files: u64,
     install_kbytes: u64,
 }
 
-/// Payload and Bom by digest of their inputs (daemon binary and pkgroot
-/// files), so a build with a known template does only the per-node work.
+/// Payload, Bom and the compressed stub by digest of their inputs (the
+/// template's binaries and the pkgroot files), so a build with a known template does only the per-node work.
 /// Share one (`Arc`) between builders; it keeps the last few templates.
 #[derive(Debug, Default)]
 pub struct ArtifactCache {
@@ -154,7 +156,7 @@ impl PkgBuilder {
     /// The whole `.pkg` for one node.
     pub fn build_pkg(&self, node: &NodeFiles, options: &PkgOptions) -> Result<Vec<u8>> {
         let artifacts = self.artifacts()?;
-        let scripts = Member::stored("Scripts", self.scripts(node)?);
+        let scripts = Member::stored("Scripts", self.scripts(node, &artifacts.scripts_tail)?);
         let info = crate::package_info::package_info(
             &options.version,
             artifacts.number_of_files,
@@ -182,7 +184,7 @@ impl PkgBuilder {
     fn cache_key(&self) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update(b"fleet-package payload v1\0");
-        h.update(self.template.server_digest());
+        h.update(self.template.digest());
         for (path, perm, data) in self.payload_files().iter().skip(1) {
             h.update(path.as_bytes());
             h.update(perm.to_be_bytes());
@@ -193,11 +195,12 @@ impl PkgBuilder {
     }
 
     fn artifacts(&self) -> Result<Arc<Artifacts>> {
-        self.cache
-            .get_or_build(self.cache_key(), || build_artifacts(&self.payload_files()))
+        self.cache.get_or_build(self.cache_key(), || {
+            build_artifacts(&self.payload_files(), self.template.installer_stub())
+        })
     }
 
-    fn scripts(&self, node: &NodeFiles) -> Result<Vec<u8>> {
+    fn scripts(&self, node: &NodeFiles, tail: &CachedTail) -> Result<Vec<u8>> {
         let mut files: Vec<(&str, u32, &[u8])> = vec![
             ("preinstall", 0o755, self.template.installer_stub()),
             ("postinstall", 0o755, &self.root.postinstall),
@@ -206,11 +209,17 @@ impl PkgBuilder {
         if let Some(key) = &node.key {
             files.push((KEY_NAME, 0o600, key));
         }
-        write_cpio_gz(&tree(&files)).map_err(Error::io("writing Scripts"))
+        let entries = tree(&files);
+        // `preinstall` sorts last, so the cached tail (the stub) ends the archive.
+        debug_assert_eq!(
+            entries.last().map(|e| e.path.as_str()),
+            Some("./preinstall")
+        );
+        write_cpio_gz_with_tail(&entries, tail).map_err(Error::io("writing Scripts"))
     }
 }
 
-fn build_artifacts(files: &[(&str, u32, &[u8])]) -> Result<Artifacts> {
+fn build_artifacts(files: &[(&str, u32, &[u8])], stub: &[u8]) -> Result<Artifacts> {
     let entries = tree(files);
     let number_of_files = entries.len() as u64;
     let install_kbytes = entries
@@ -218,16 +227,18 @@ fn build_artifacts(files: &[(&str, u32, &[u8])]) -> Result<Artifacts> {
         .map(|e| e.data.map_or(0, |d| (d.len() as u64).div_ceil(1024)))
         .sum();
     // Two independent halves: compress on one core, stage and scan on the other.
-    let (payload, bom) = std::thread::scope(|s| {
+    let (payload, bom, tail) = std::thread::scope(|s| {
         let payload = s.spawn(|| payload_member(&entries));
         let bom = crate::bom::build_bom(&entries).map(|b| Member::zlib("Bom", &b));
+        let tail = CachedTail::new(stub).map_err(Error::io("compressing the installer stub"));
         let payload = payload
             .join()
             .unwrap_or_else(|_| Err(Error::io("writing Payload")(std::io::Error::other("panic"))));
-        (payload, bom)
+        (payload, bom, tail)
     });
     Ok(Artifacts {
         payload: payload?,
+        scripts_tail: tail?,
         bom: bom?,
         number_of_files,
         install_kbytes,

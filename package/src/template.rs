@@ -153,7 +153,11 @@ impl Template {
     }
 
     fn new(target: Target, fleet_server: Vec<u8>, installer_stub: Vec<u8>) -> Self {
-        let digest = Sha256::digest(&fleet_server).into();
+        let mut h = Sha256::new();
+        h.update((fleet_server.len() as u64).to_be_bytes());
+        h.update(&fleet_server);
+        h.update(&installer_stub);
+        let digest = h.finalize().into();
         Self {
             target,
             fleet_server,
@@ -177,8 +181,8 @@ impl Template {
         &self.installer_stub
     }
 
-    /// SHA-256 of the daemon binary (the only template input of the Payload).
-    pub(crate) fn server_digest(&self) -> &[u8; 32] {
+    /// SHA-256 of both binaries (the cache key's template part).
+    pub(crate) fn digest(&self) -> &[u8; 32] {
         &self.digest
     }
 }

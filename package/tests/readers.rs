@@ -51,7 +51,11 @@ fn sevenzip_lists_the_xar() {
     }
     // And 7z's integrity test passes (checksums).
     let out = run(Command::new(tool("7z")).args(["t", "-txar"]).arg(&pkg));
-    assert!(stdout(&out).contains("Everything is Ok"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("Everything is Ok"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 /// `cpio -itv` of a gzip-compressed member, as (path -> (mode string, uid, gid, size)).
@@ -104,6 +108,14 @@ fn cpio_lists_payload_and_scripts_as_odc() {
     std::fs::create_dir(&x).unwrap();
     bsdtar_extract(&pkg, &x);
 
+    // GNU gzip checks both streams (CRC and length).
+    for member in ["Payload", "Scripts"] {
+        run(Command::new("/bin/sh").arg("-c").arg(format!(
+            "'{}' -t < '{}'",
+            tool("gzip").display(),
+            x.join(member).display()
+        )));
+    }
     let payload = cpio_list(&std::fs::read(x.join("Payload")).unwrap());
     assert_eq!(payload.keys().map(String::as_str).collect::<Vec<_>>(), {
         let mut e = expected_payload();
