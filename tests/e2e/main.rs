@@ -3,3 +3,4 @@
 mod badinput;
 mod blackbox;
 mod conformance;
+mod netns;

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod netns;
+
 /// A port nobody listens on right now (the OS picks it; a race with another process is
 /// possible but rare, and the callers retry on bind errors).
 pub fn free_port() -> u16 {
@@ -61,6 +63,10 @@ pub struct RedisServer {
     pub password: Option<String>,
     dir: tempfile::TempDir,
     extra: Vec<String>,
+    /// The address it binds and is reached at (`127.0.0.1` unless started in a namespace).
+    pub host: String,
+    /// The network namespace it runs in, if any (`command` then connects from inside it).
+    pub netns: Option<String>,
 }
 
 impl RedisServer {
@@ -81,6 +87,8 @@ impl RedisServer {
                 password: password.map(str::to_string),
                 dir: tempfile::tempdir_in(dir.path()).expect("temp dir"),
                 extra: extra.iter().map(|s| s.to_string()).collect(),
+                host: "127.0.0.1".into(),
+                netns: None,
             };
             match s.spawn() {
                 Ok(()) => {
@@ -94,16 +102,43 @@ impl RedisServer {
         panic!("redis-server did not start: {last_err}");
     }
 
+    /// Starts one inside the network namespace `netns` (`ip netns exec`), bound to `host` on
+    /// the standard port 6379 (the namespace has its own ports), with no persistence.
+    pub fn start_in_netns(netns: &str, host: &str, password: Option<&str>) -> RedisServer {
+        require_tool("redis-server");
+        require_tool("ip");
+        let mut s = RedisServer {
+            child: None,
+            port: 6379,
+            password: password.map(str::to_string),
+            dir: tempfile::tempdir().expect("temp dir for redis"),
+            extra: Vec::new(),
+            host: host.to_string(),
+            netns: Some(netns.to_string()),
+        };
+        if let Err(e) = s.spawn() {
+            panic!("redis-server in {netns} did not start: {e}");
+        }
+        s
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("redis.log")
     }
 
     fn spawn(&mut self) -> Result<(), String> {
-        let mut cmd = Command::new("redis-server");
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "redis-server"]);
+                c
+            }
+            None => Command::new("redis-server"),
+        };
         cmd.arg("--port")
             .arg(self.port.to_string())
             .arg("--bind")
-            .arg("127.0.0.1")
+            .arg(&self.host)
             .arg("--save")
             .arg("")
             .arg("--appendonly")
@@ -143,8 +178,17 @@ impl RedisServer {
 
     /// Sends one command (authenticating first when a password is set); returns the raw reply.
     pub fn command(&self, args: &[&str]) -> std::io::Result<String> {
+        match &self.netns {
+            Some(ns) => netns::in_netns(ns, || self.command_here(args)),
+            None => self.command_here(args),
+        }
+    }
+
+    fn command_here(&self, args: &[&str]) -> std::io::Result<String> {
         let mut s = TcpStream::connect_timeout(
-            &format!("127.0.0.1:{}", self.port).parse().expect("address"),
+            &format!("{}:{}", self.host, self.port)
+                .parse()
+                .expect("address"),
             Duration::from_secs(1),
         )?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -200,8 +244,8 @@ impl RedisServer {
     /// The `redis_*` lines of a cluster config pointing at this server.
     pub fn cluster_yaml(&self) -> String {
         let mut s = format!(
-            "  backend: redis\n  redis_host: 127.0.0.1\n  redis_port: {}\n",
-            self.port
+            "  backend: redis\n  redis_host: {}\n  redis_port: {}\n",
+            self.host, self.port
         );
         if let Some(pw) = &self.password {
             s.push_str(&format!("  redis_password: \"{pw}\"\n"));
@@ -329,7 +373,13 @@ pub struct Daemon {
     pub port: u16,
     pub dir: tempfile::TempDir,
     pub name: String,
+    /// The network namespace it runs in, if any (its HTTP helpers then connect from inside).
+    pub netns: Option<String>,
 }
+
+/// The port `fleet-server` listens on inside a network namespace: the real one, since each
+/// namespace has its own port space.
+pub const NETNS_SERVER_PORT: u16 = 8768;
 
 impl Daemon {
     /// Starts `fleet-server serve` with a config whose `cluster:` section is `cluster_yaml`
@@ -337,16 +387,30 @@ impl Daemon {
     pub fn start(name: &str, cluster_yaml: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
+        let config = Daemon::config_text(name, "127.0.0.1", port, dir.path(), cluster_yaml);
+        Daemon::start_with_config(name, dir, port, &config)
+    }
+
+    /// As [`Daemon::start`], but inside the network namespace `netns` (`ip netns exec`), on
+    /// `0.0.0.0:8768` as in production.
+    pub fn start_in_netns(netns: &str, name: &str, cluster_yaml: &str) -> Daemon {
+        require_tool("ip");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = NETNS_SERVER_PORT;
+        let config = Daemon::config_text(name, "0.0.0.0", port, dir.path(), cluster_yaml);
+        Daemon::start_with_config_in(Some(netns), name, dir, port, &config)
+    }
+
+    fn config_text(name: &str, host: &str, port: u16, dir: &Path, cluster_yaml: &str) -> String {
         let timing = if cluster_yaml.contains("heartbeat_interval") {
             String::new()
         } else {
             "  heartbeat_interval: 1\n  heartbeat_timeout: 3\n".to_string()
         };
-        let config = format!(
-            "server:\n  host: 127.0.0.1\n  port: {port}\n  state_dir: {state}\ncluster:\n  enabled: true\n  node_name: {name}\n{timing}{cluster_yaml}auth:\n  api_key: {TEST_API_KEY}\n",
-            state = dir.path().join("state").display(),
-        );
-        Daemon::start_with_config(name, dir, port, &config)
+        format!(
+            "server:\n  host: {host}\n  port: {port}\n  state_dir: {state}\ncluster:\n  enabled: true\n  node_name: {name}\n{timing}{cluster_yaml}auth:\n  api_key: {TEST_API_KEY}\n",
+            state = dir.join("state").display(),
+        )
     }
 
     /// Starts `fleet-server serve` with exactly this configuration text.
@@ -356,10 +420,30 @@ impl Daemon {
         port: u16,
         config: &str,
     ) -> Daemon {
+        Daemon::start_with_config_in(None, name, dir, port, config)
+    }
+
+    /// As [`Daemon::start_with_config`], inside the network namespace `netns` when given.
+    pub fn start_with_config_in(
+        netns: Option<&str>,
+        name: &str,
+        dir: tempfile::TempDir,
+        port: u16,
+        config: &str,
+    ) -> Daemon {
         let cfg = dir.path().join("config.yaml");
         std::fs::write(&cfg, config).expect("writing config");
         let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
-        let child = Command::new(fleet_server_bin())
+        let mut cmd = match netns {
+            // `ip netns exec` execs the program: the child's pid is the daemon's own.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(fleet_server_bin());
+                c
+            }
+            None => Command::new(fleet_server_bin()),
+        };
+        let child = cmd
             .arg("serve")
             .arg("--config")
             .arg(&cfg)
@@ -373,6 +457,19 @@ impl Daemon {
             port,
             dir,
             name: name.to_string(),
+            netns: netns.map(str::to_string),
+        }
+    }
+
+    /// `GET` on this daemon's API, from inside its namespace when it runs in one.
+    pub fn api_get(
+        &self,
+        path: &str,
+        api_key: Option<&str>,
+    ) -> std::io::Result<(u16, serde_json::Value)> {
+        match &self.netns {
+            Some(ns) => netns::in_netns(ns, || get_json(self.port, path, api_key)),
+            None => get_json(self.port, path, api_key),
         }
     }
 
@@ -404,7 +501,7 @@ impl Daemon {
             &format!("health {status} from {}", self.name),
             limit,
             Duration::from_millis(25),
-            || match get_json(self.port, "/api/fleet/cluster/health", None) {
+            || match self.api_get("/api/fleet/cluster/health", None) {
                 Ok((s, body)) if s == status => Some(body),
                 _ => None,
             },
@@ -413,13 +510,17 @@ impl Daemon {
 
     /// This node's id, from its health answer.
     pub fn node_id(&self) -> String {
-        let (_, body) = get_json(self.port, "/api/fleet/cluster/health", None).expect("health");
+        let (_, body) = self
+            .api_get("/api/fleet/cluster/health", None)
+            .expect("health");
         body["node_id"].as_str().unwrap_or_default().to_string()
     }
 
     /// The ids of the active nodes, as this node's API lists them.
     pub fn active_ids(&self) -> Option<Vec<String>> {
-        let (s, body) = get_json(self.port, "/api/fleet/cluster/nodes", Some(TEST_API_KEY)).ok()?;
+        let (s, body) = self
+            .api_get("/api/fleet/cluster/nodes", Some(TEST_API_KEY))
+            .ok()?;
         if s != 200 {
             return None;
         }
