@@ -8,6 +8,8 @@ set -euo pipefail
 APT_PACKAGES=(
   redis-server      # the Redis backend: tests start private redis-server processes
   etcd-server       # the etcd backend: tests start private etcd processes
+  protobuf-compiler # protoc: the etcd-client crate compiles etcd's gRPC .proto files at build time
+  libprotobuf-dev   # google/protobuf/*.proto, which etcd's .proto files import
   libarchive-tools  # bsdtar: an independent reader of the XAR (pkg) container
   p7zip-full        # 7z: a second independent XAR reader
   cpio              # reads the Payload and Scripts cpio (odc) archives

@@ -126,6 +126,8 @@ pub enum BackendKind {
     Redis,
     /// A shared directory (NFS, SMB or local disk): the embedded default.
     Storage,
+    /// etcd v3 (leases, transactions) over gRPC.
+    Etcd,
 }
 
 impl BackendKind {
@@ -133,6 +135,7 @@ impl BackendKind {
         match self {
             BackendKind::Redis => "redis",
             BackendKind::Storage => "storage",
+            BackendKind::Etcd => "etcd",
         }
     }
 }
@@ -149,7 +152,7 @@ impl fmt::Display for BackendKind {
 pub struct ClusterConfig {
     /// Without it the server runs as a single node.
     pub enabled: bool,
-    /// `redis` or `storage`.
+    /// `redis`, `storage` or `etcd`.
     pub backend: BackendKind,
     /// This node's name; the hostname (reduced to `[a-z0-9-]`) when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -185,6 +188,28 @@ pub struct ClusterConfig {
     /// The shared directory of the `storage` backend; `<state_dir>/cluster-storage` when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storage_path: Option<PathBuf>,
+    /// etcd client URLs, e.g. `["http://127.0.0.1:2379"]`; `https://` for TLS.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub etcd_endpoints: Vec<String>,
+    /// etcd user name, on an etcd with auth enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_username: Option<String>,
+    /// The etcd user's password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_password: Option<Secret>,
+    /// A file holding the etcd password, instead of `etcd_password`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_password_file: Option<PathBuf>,
+    /// PEM CA certificate that signed etcd's server certificate; the public web roots when
+    /// absent (with `https://` endpoints).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_ca: Option<PathBuf>,
+    /// PEM client certificate, for an etcd that checks client certificates (with `etcd_key`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_cert: Option<PathBuf>,
+    /// PEM private key of `etcd_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_key: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -205,6 +230,13 @@ impl Default for ClusterConfig {
             redis_db: 0,
             redis_tls: false,
             storage_path: None,
+            etcd_endpoints: Vec::new(),
+            etcd_username: None,
+            etcd_password: None,
+            etcd_password_file: None,
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
         }
     }
 }
@@ -478,6 +510,12 @@ impl Config {
         )?;
         read_secret(
             origin,
+            "cluster.etcd_password",
+            &self.cluster.etcd_password_file,
+            &mut self.cluster.etcd_password,
+        )?;
+        read_secret(
+            origin,
             "auth.api_key",
             &self.auth.api_key_file,
             &mut self.auth.api_key,
@@ -586,6 +624,9 @@ impl Config {
                 ));
             }
         }
+        if c.enabled && c.backend == BackendKind::Etcd {
+            validate_etcd(origin, c)?;
+        }
         if self.sessions.backend == SessionBackendKind::Redis
             && self.sessions.redis.host.is_none()
             && !(c.backend == BackendKind::Redis && c.redis_host.is_some())
@@ -631,6 +672,72 @@ impl Config {
             .storage_path
             .clone()
             .unwrap_or_else(|| self.server.state_dir.join("cluster-storage"))
+    }
+}
+
+/// The `etcd_*` fields, with `backend: etcd`.
+fn validate_etcd(origin: &Path, c: &ClusterConfig) -> Result<(), ConfigError> {
+    if c.etcd_endpoints.is_empty() {
+        return Err(invalid(
+            origin,
+            "cluster.etcd_endpoints",
+            "is required with `backend: etcd` (e.g. [\"http://127.0.0.1:2379\"])",
+        ));
+    }
+    for e in &c.etcd_endpoints {
+        let rest = e
+            .strip_prefix("http://")
+            .or_else(|| e.strip_prefix("https://"));
+        if rest.is_none_or(|r| r.is_empty() || r.contains([' ', '@'])) {
+            return Err(invalid(
+                origin,
+                "cluster.etcd_endpoints",
+                format!("`{e}` is not an http:// or https:// URL of an etcd client endpoint"),
+            ));
+        }
+    }
+    let tls_files = c.etcd_ca.is_some() || c.etcd_cert.is_some() || c.etcd_key.is_some();
+    if tls_files && c.etcd_endpoints.iter().any(|e| e.starts_with("http://")) {
+        return Err(invalid(
+            origin,
+            "cluster.etcd_endpoints",
+            "must all be https:// when etcd_ca, etcd_cert or etcd_key is set",
+        ));
+    }
+    match (&c.etcd_cert, &c.etcd_key) {
+        (Some(_), None) => {
+            return Err(invalid(
+                origin,
+                "cluster.etcd_key",
+                "is required with etcd_cert",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                origin,
+                "cluster.etcd_cert",
+                "is required with etcd_key",
+            ));
+        }
+        _ => {}
+    }
+    match (&c.etcd_username, &c.etcd_password) {
+        (Some(u), _) if u.trim().is_empty() => Err(invalid(
+            origin,
+            "cluster.etcd_username",
+            "must not be empty",
+        )),
+        (Some(_), None) => Err(invalid(
+            origin,
+            "cluster.etcd_password",
+            "is required with etcd_username (or give cluster.etcd_password_file)",
+        )),
+        (None, Some(_)) => Err(invalid(
+            origin,
+            "cluster.etcd_username",
+            "is required with etcd_password",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -714,6 +821,75 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cluster.redis_host"), "{err}");
+    }
+
+    #[test]
+    fn etcd_backend_parses_and_is_checked() {
+        let c = parse(
+            "cluster:\n  enabled: true\n  backend: etcd\n  etcd_endpoints: [\"http://127.0.0.1:2379\"]\n  etcd_username: fleet\n  etcd_password: etcd-secret-pw\n",
+        )
+        .unwrap();
+        assert_eq!(c.cluster.backend, BackendKind::Etcd);
+        assert_eq!(c.cluster.backend.to_string(), "etcd");
+        assert_eq!(c.cluster.etcd_endpoints, ["http://127.0.0.1:2379"]);
+        assert!(!format!("{c:?}").contains("etcd-secret-pw"));
+        // Optional fields stay out of a written file.
+        let yaml = serde_yaml::to_string(&Config::default()).unwrap();
+        assert!(!yaml.contains("etcd_"), "{yaml}");
+
+        let base = "cluster:\n  enabled: true\n  backend: etcd\n";
+        for (extra, field, words) in [
+            ("", "cluster.etcd_endpoints", "is required"),
+            (
+                "  etcd_endpoints: [\"127.0.0.1:2379\"]\n",
+                "cluster.etcd_endpoints",
+                "not an http:// or https:// URL",
+            ),
+            (
+                "  etcd_endpoints: [\"https://etcd:2379\"]\n  etcd_cert: /c.pem\n",
+                "cluster.etcd_key",
+                "required with etcd_cert",
+            ),
+            (
+                "  etcd_endpoints: [\"https://etcd:2379\"]\n  etcd_key: /k.pem\n",
+                "cluster.etcd_cert",
+                "required with etcd_key",
+            ),
+            (
+                "  etcd_endpoints: [\"http://etcd:2379\"]\n  etcd_ca: /ca.pem\n",
+                "cluster.etcd_endpoints",
+                "https://",
+            ),
+            (
+                "  etcd_endpoints: [\"http://etcd:2379\"]\n  etcd_username: fleet\n",
+                "cluster.etcd_password",
+                "required with etcd_username",
+            ),
+        ] {
+            let err = parse(&format!("{base}{extra}")).unwrap_err().to_string();
+            assert!(err.contains(field) && err.contains(words), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn etcd_password_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("etcd-pw");
+        std::fs::write(&pw, "from-a-file\n").unwrap();
+        let cfg = dir.path().join("config.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "cluster:\n  enabled: true\n  backend: etcd\n  etcd_endpoints: [\"http://127.0.0.1:2379\"]\n  etcd_username: fleet\n  etcd_password_file: {}\n",
+                pw.display()
+            ),
+        )
+        .unwrap();
+        let c = Config::load(&cfg).unwrap();
+        assert_eq!(
+            c.cluster.etcd_password.as_ref().map(Secret::expose),
+            Some("from-a-file")
+        );
     }
 
     #[test]

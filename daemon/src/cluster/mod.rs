@@ -2,6 +2,7 @@
 //! Only this module talks to the backend; every backend keeps the same semantics, which one
 //! conformance suite (`tests/e2e/conformance.rs`) checks against each of them.
 
+pub mod etcd;
 pub mod redis;
 pub mod storage;
 
@@ -212,7 +213,7 @@ impl Timing {
 /// may call it at any time (prune, remove, deregister).
 #[async_trait::async_trait]
 pub trait Membership: Send + Sync + std::fmt::Debug {
-    /// `redis` or `storage`.
+    /// `redis`, `storage` or `etcd`.
     fn kind(&self) -> BackendKind;
 
     /// Joins (or re-joins) the cluster: refuses a name another live node holds, records the
@@ -258,5 +259,6 @@ pub fn open(config: &Config) -> Result<Arc<dyn Membership>, ClusterError> {
             &config.storage_path(),
             timing,
         )?),
+        BackendKind::Etcd => Arc::new(etcd::EtcdMembership::new(&config.cluster, timing)?),
     })
 }

@@ -1,0 +1,1049 @@
+//! The etcd backend (v3 API over gRPC): membership as keys bound to leases, every change one
+//! transaction, with the same semantics as the Redis and storage backends.
+//!
+//! Keys, under `<key_prefix>cluster/` (default prefix `fleet:`, so `fleet:cluster/…`):
+//! - `members/<id>`: the node's record as JSON, plus its lease id and the time of its last
+//!   heartbeat. No lease: the record outlives its node, so that the next prune still knows the
+//!   node and records `expired` for it (with etcd a lease's expiry deletes its keys by itself).
+//! - `alive/<id>`: the lease id, bound to the node's lease (TTL = the heartbeat timeout). It is
+//!   the liveness: a member is active exactly while this key exists.
+//! - `names/<name>`: id of the holder, bound to the holder's lease, so the name frees itself
+//!   when its holder dies.
+//! - `events/<ms>-<random>`: an event as JSON; read in the order etcd created them (their create
+//!   revision), so skewed node clocks cannot reorder the stream; about `EVENTS_CAP` kept.
+//! - `removed/<id>`: `by`, an admin's removal, with its own lease of `REMOVAL_TOMBSTONE` (24 h).
+//!
+//! Time. etcd exposes no clock to its clients (response headers carry revisions, not time), so
+//! every decision about liveness is left to etcd's own lease timer on its leader: who is active,
+//! whose name may be taken, who is pruned as `expired`. Node clocks decide nothing. The times that
+//! are only reported (`last_heartbeat_ms`, `age_ms`, an event's `at_ms`) are the writing node's
+//! clock, stored with the record; with skewed clocks an age may read wrong, a state never does.
+//! A lease that has run out but that etcd has not revoked yet (its expiry loop runs every 500 ms)
+//! still holds its name; a registration under that name asks etcd for the lease's remaining TTL
+//! and, when under a second, revokes it and takes the name.
+//!
+//! No watch: every read is a linearizable range on the leader, so a change shows on the next
+//! call already; a watch would only save that one round trip.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
+    Permission, PutOptions, SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse,
+    TxnResponse,
+};
+use rand::Rng;
+use rand::distr::{Alphanumeric, SampleString};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    ClusterError, EVENTS_CAP, Event, EventKind, Heartbeat, Member, MemberState, Membership,
+    NodeRecord, REMOVAL_TOMBSTONE, Timing,
+};
+use crate::config::{BackendKind, ClusterConfig, Secret};
+
+const NAME: &str = "etcd";
+/// Members pruned at most per heartbeat, so one heartbeat stays short after a mass outage.
+const PRUNE_LIMIT: usize = 100;
+/// etcd refuses transactions with more operations (`--max-txn-ops`, 128 by default).
+const TXN_BATCH: usize = 100;
+/// Attempts of an optimistic transaction before giving up (another node kept changing a key).
+const TXN_ATTEMPTS: usize = 5;
+
+/// What `members/<id>` holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct Stored {
+    #[serde(flatten)]
+    node: NodeRecord,
+    /// The lease `alive/<id>` and `names/<name>` are bound to.
+    lease: i64,
+    /// The node's clock at its last heartbeat, ms (reported only; see the module comment).
+    last_heartbeat_ms: u64,
+}
+
+/// Membership in etcd.
+pub struct EtcdMembership {
+    endpoints: Vec<String>,
+    /// Holds the password: never printed (see `Debug` below).
+    options: ConnectOptions,
+    username: Option<String>,
+    key_prefix: String,
+    /// `<key_prefix>cluster/`.
+    root: String,
+    timing: Timing,
+    /// Connected on first use, dropped after an outage or a refused token, so the next call
+    /// connects (and authenticates) again.
+    client: tokio::sync::Mutex<Option<Client>>,
+    /// Lease of each node this process registered (the daemon: one).
+    leases: Mutex<HashMap<String, i64>>,
+}
+
+impl std::fmt::Debug for EtcdMembership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdMembership")
+            .field("endpoints", &self.endpoints)
+            .field("username", &self.username)
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend_err(reason: impl Into<String>) -> ClusterError {
+    ClusterError::Backend {
+        backend: NAME,
+        reason: reason.into(),
+    }
+}
+
+/// The error's message with its sources (a transport error's own text is only "transport
+/// error"). etcd's messages never carry a password.
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+/// Maps an etcd client error to our kinds: outages are `Unreachable`, refused credentials and
+/// missing permissions `Auth`.
+pub fn map_err(e: &etcd_client::Error) -> ClusterError {
+    use etcd_client::Error as E;
+    use tonic::Code;
+    let reason = describe(e);
+    let unreachable = ClusterError::Unreachable {
+        backend: NAME,
+        reason: reason.clone(),
+    };
+    let auth = ClusterError::Auth {
+        backend: NAME,
+        reason: reason.clone(),
+    };
+    match e {
+        E::GRpcStatus(status) => {
+            let msg = status.message();
+            match status.code() {
+                Code::Unauthenticated | Code::PermissionDenied => auth,
+                _ if msg.contains("authentication failed")
+                    || msg.contains("authentication is not enabled")
+                    || msg.contains("invalid auth token")
+                    || msg.contains("permission denied")
+                    || msg.contains("user name") =>
+                {
+                    auth
+                }
+                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
+                    unreachable
+                }
+                // Connection failures below gRPC arrive as `Unknown` with a transport message.
+                Code::Unknown
+                    if msg.contains("transport")
+                        || msg.contains("connect")
+                        || msg.contains("broken pipe")
+                        || msg.contains("h2 protocol") =>
+                {
+                    unreachable
+                }
+                _ if msg.contains("leader changed")
+                    || msg.contains("no leader")
+                    || msg.contains("timed out") =>
+                {
+                    unreachable
+                }
+                _ => backend_err(reason),
+            }
+        }
+        E::TransportError(_) | E::IoError(_) | E::WatchError(_) | E::LeaseKeepAliveError(_) => {
+            unreachable
+        }
+        _ => backend_err(reason),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn read_pem(field: &str, path: &Path) -> Result<Vec<u8>, ClusterError> {
+    std::fs::read(path).map_err(|e| {
+        backend_err(format!(
+            "cluster.{field}: cannot read {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// Builds the connection options from the configuration; the password goes only here.
+fn connect_options(cfg: &ClusterConfig, timing: &Timing) -> Result<ConnectOptions, ClusterError> {
+    let op = timing.op_timeout();
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(op)
+        .with_timeout(op)
+        .with_keep_alive(timing.interval.max(op), op)
+        .with_auto_token_refresh(true);
+    if let Some(user) = &cfg.etcd_username {
+        let pw = cfg.etcd_password.as_ref().map(Secret::expose).unwrap_or("");
+        options = options.with_user(user.clone(), pw);
+    }
+    let tls_wanted = cfg.etcd_ca.is_some()
+        || cfg.etcd_cert.is_some()
+        || cfg.etcd_endpoints.iter().any(|e| e.starts_with("https://"));
+    if tls_wanted {
+        let mut tls = TlsOptions::new();
+        tls = match &cfg.etcd_ca {
+            Some(ca) => tls.ca_certificate(Certificate::from_pem(read_pem("etcd_ca", ca)?)),
+            None => tls.with_webpki_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&cfg.etcd_cert, &cfg.etcd_key) {
+            tls = tls.identity(Identity::from_pem(
+                read_pem("etcd_cert", cert)?,
+                read_pem("etcd_key", key)?,
+            ));
+        }
+        options = options.with_tls(tls);
+    }
+    Ok(options)
+}
+
+fn kvs_of(resp: &TxnResponse, index: usize) -> Vec<KeyValue> {
+    match resp.op_responses().into_iter().nth(index) {
+        Some(TxnOpResponse::Get(mut g)) => g.take_kvs(),
+        _ => Vec::new(),
+    }
+}
+
+fn count_of(resp: &TxnResponse, index: usize) -> i64 {
+    match resp.op_responses().into_iter().nth(index) {
+        Some(TxnOpResponse::Get(g)) => g.count(),
+        _ => 0,
+    }
+}
+
+fn parse_stored(kv: &KeyValue) -> Option<Stored> {
+    serde_json::from_slice(kv.value()).ok()
+}
+
+/// A compare that holds while `key` is as it was read (`kv`), or still absent.
+fn unchanged(key: &str, kv: Option<&KeyValue>) -> Compare {
+    match kv {
+        Some(kv) => Compare::mod_revision(key, CompareOp::Equal, kv.mod_revision()),
+        None => Compare::version(key, CompareOp::Equal, 0),
+    }
+}
+
+impl EtcdMembership {
+    /// Reads the TLS files; touches no network (the first operation connects).
+    pub fn new(cfg: &ClusterConfig, timing: Timing) -> Result<Self, ClusterError> {
+        if cfg.etcd_endpoints.is_empty() {
+            return Err(backend_err("no etcd_endpoints configured"));
+        }
+        Ok(EtcdMembership {
+            endpoints: cfg.etcd_endpoints.clone(),
+            options: connect_options(cfg, &timing)?,
+            username: cfg.etcd_username.clone(),
+            key_prefix: cfg.key_prefix.clone(),
+            root: format!("{}cluster/", cfg.key_prefix),
+            timing,
+            client: tokio::sync::Mutex::new(None),
+            leases: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn key(&self, sub: &str) -> String {
+        format!("{}{sub}", self.root)
+    }
+
+    fn lease_ttl_secs(&self) -> i64 {
+        (self.timing.timeout.as_secs_f64().ceil() as i64).max(2)
+    }
+
+    fn local_lease(&self, id: &str) -> Option<i64> {
+        self.leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .copied()
+    }
+
+    fn set_local_lease(&self, id: &str, lease: Option<i64>) {
+        let mut map = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        match lease {
+            Some(l) => map.insert(id.to_string(), l),
+            None => map.remove(id),
+        };
+    }
+
+    /// The connected client, connecting (and authenticating) first when needed.
+    async fn client(&self) -> Result<Client, ClusterError> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = Client::connect(&self.endpoints, Some(self.options.clone()))
+            .await
+            .map_err(|e| map_err(&e))?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Runs one operation with a deadline; an outage or a refused token drops the client, so
+    /// that the next operation starts from a fresh connection.
+    async fn run<T, F, Fut>(&self, what: &str, f: F) -> Result<T, ClusterError>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClusterError>>,
+    {
+        let deadline = self.timing.op_timeout() * 3;
+        let result = match tokio::time::timeout(deadline, async {
+            let client = self.client().await?;
+            f(client).await
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(ClusterError::Unreachable {
+                backend: NAME,
+                reason: format!(
+                    "{what}: no answer from {} within {deadline:?}",
+                    self.endpoints.join(",")
+                ),
+            }),
+        };
+        if let Err(ClusterError::Unreachable { .. } | ClusterError::Auth { .. }) = &result {
+            *self.client.lock().await = None;
+        }
+        result
+    }
+
+    fn event_put(&self, kind: EventKind, id: &str, detail: BTreeMap<String, String>) -> TxnOp {
+        let at_ms = now_ms();
+        let ev = Event {
+            kind,
+            node_id: id.to_string(),
+            at_ms,
+            detail,
+        };
+        let key = self.key(&format!(
+            "events/{at_ms:015}-{:08x}",
+            rand::rng().random::<u32>()
+        ));
+        // Strings and numbers only: serialisation cannot fail.
+        TxnOp::put(key, serde_json::to_vec(&ev).unwrap_or_default(), None)
+    }
+
+    /// Deletes `names/<name>` only while `id` holds it.
+    fn name_release(&self, name: &str, id: &str) -> TxnOp {
+        let key = self.key(&format!("names/{name}"));
+        TxnOp::txn(
+            Txn::new()
+                .when([Compare::value(key.clone(), CompareOp::Equal, id)])
+                .and_then([TxnOp::delete(key, None)]),
+        )
+    }
+
+    async fn revoke(client: &mut Client, lease: i64) -> Result<(), ClusterError> {
+        match client.lease_revoke(lease).await {
+            Ok(_) => Ok(()),
+            Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("lease not found") => {
+                Ok(())
+            }
+            Err(e) => Err(map_err(&e)),
+        }
+    }
+
+    async fn count_alive(&self, client: &mut Client) -> Result<usize, ClusterError> {
+        let resp = client
+            .get(
+                self.key("alive/"),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .map_err(|e| map_err(&e))?;
+        Ok(resp.count().max(0) as usize)
+    }
+
+    async fn register_inner(
+        &self,
+        mut client: Client,
+        node: &NodeRecord,
+    ) -> Result<usize, ClusterError> {
+        let id = node.id.as_str();
+        let (k_removed, k_name, k_alive, k_member) = (
+            self.key(&format!("removed/{id}")),
+            self.key(&format!("names/{}", node.name)),
+            self.key(&format!("alive/{id}")),
+            self.key(&format!("members/{id}")),
+        );
+        let mut granted: Option<i64> = None;
+        for _ in 0..TXN_ATTEMPTS {
+            let read = client
+                .txn(Txn::new().and_then([
+                    TxnOp::get(k_removed.clone(), None),
+                    TxnOp::get(k_name.clone(), None),
+                    TxnOp::get(k_alive.clone(), None),
+                    TxnOp::get(k_member.clone(), None),
+                ]))
+                .await
+                .map_err(|e| map_err(&e))?;
+            if !kvs_of(&read, 0).is_empty() {
+                if let Some(l) = granted {
+                    let _ = Self::revoke(&mut client, l).await;
+                }
+                return Err(ClusterError::Removed(id.to_string()));
+            }
+            let name_kv = kvs_of(&read, 1).into_iter().next();
+            let alive_kv = kvs_of(&read, 2).into_iter().next();
+            let member_kv = kvs_of(&read, 3).into_iter().next();
+            if let Some(kv) = &name_kv {
+                let holder = String::from_utf8_lossy(kv.value()).into_owned();
+                if holder != id {
+                    // A holder's name key lives as long as its lease: is that still running?
+                    let ttl = client
+                        .lease_time_to_live(kv.lease(), None)
+                        .await
+                        .map_err(|e| map_err(&e))?
+                        .ttl();
+                    if ttl >= 1 {
+                        if let Some(l) = granted {
+                            let _ = Self::revoke(&mut client, l).await;
+                        }
+                        return Err(ClusterError::NameTaken {
+                            name: node.name.clone(),
+                            holder,
+                        });
+                    }
+                    // Run out, not yet reaped by etcd: reap it now, then read again.
+                    Self::revoke(&mut client, kv.lease()).await?;
+                    continue;
+                }
+            }
+            let lease = match granted {
+                Some(l) => l,
+                None => {
+                    let l = client
+                        .lease_grant(self.lease_ttl_secs(), None)
+                        .await
+                        .map_err(|e| map_err(&e))?
+                        .id();
+                    granted = Some(l);
+                    l
+                }
+            };
+            let fresh = alive_kv.is_none();
+            let stored = Stored {
+                node: node.clone(),
+                lease,
+                last_heartbeat_ms: now_ms(),
+            };
+            let mut ops = vec![
+                TxnOp::put(
+                    k_alive.clone(),
+                    lease.to_string(),
+                    Some(PutOptions::new().with_lease(lease)),
+                ),
+                TxnOp::put(
+                    k_member.clone(),
+                    serde_json::to_vec(&stored).unwrap_or_default(),
+                    None,
+                ),
+                TxnOp::put(
+                    k_name.clone(),
+                    id,
+                    Some(PutOptions::new().with_lease(lease)),
+                ),
+            ];
+            if fresh {
+                ops.push(self.event_put(
+                    EventKind::Joined,
+                    id,
+                    BTreeMap::from([("name".into(), node.name.clone())]),
+                ));
+            }
+            let resp = client
+                .txn(
+                    Txn::new()
+                        .when([
+                            Compare::version(k_removed.clone(), CompareOp::Equal, 0),
+                            unchanged(&k_name, name_kv.as_ref()),
+                            unchanged(&k_alive, alive_kv.as_ref()),
+                        ])
+                        .and_then(ops),
+                )
+                .await
+                .map_err(|e| map_err(&e))?;
+            if !resp.succeeded() {
+                continue;
+            }
+            // The keys moved to the new lease; the old one (if any) holds nothing of ours now.
+            let old = member_kv
+                .as_ref()
+                .and_then(parse_stored)
+                .map(|s| s.lease)
+                .into_iter()
+                .chain(self.local_lease(id));
+            for l in old.collect::<BTreeSet<_>>() {
+                if l != lease {
+                    let _ = Self::revoke(&mut client, l).await;
+                }
+            }
+            self.set_local_lease(id, Some(lease));
+            return self.count_alive(&mut client).await;
+        }
+        if let Some(l) = granted {
+            let _ = Self::revoke(&mut client, l).await;
+        }
+        Err(backend_err(format!(
+            "registration of {id} kept conflicting with other nodes' changes"
+        )))
+    }
+
+    async fn heartbeat_inner(
+        &self,
+        mut client: Client,
+        node: &NodeRecord,
+    ) -> Result<Heartbeat, ClusterError> {
+        let id = node.id.as_str();
+        let k_removed = self.key(&format!("removed/{id}"));
+        let k_alive = self.key(&format!("alive/{id}"));
+        let k_member = self.key(&format!("members/{id}"));
+        let lease = match self.local_lease(id) {
+            Some(l) => Some(l),
+            None => client
+                .get(k_member.clone(), None)
+                .await
+                .map_err(|e| map_err(&e))?
+                .kvs()
+                .first()
+                .and_then(parse_stored)
+                .map(|s| s.lease),
+        };
+        let kept = match lease {
+            None => false,
+            Some(l) => match client.lease_keep_alive(l).await {
+                Ok(_) => true,
+                // The lease ran out or etcd lost it: the client reports a zero TTL this way.
+                Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => false,
+                Err(e) => return Err(map_err(&e)),
+            },
+        };
+        let Some(lease) = lease.filter(|_| kept) else {
+            // Nothing to renew: only the tombstone is worth a look.
+            let resp = client.get(k_removed, None).await.map_err(|e| map_err(&e))?;
+            return Ok(if resp.kvs().is_empty() {
+                Heartbeat::NotMember
+            } else {
+                Heartbeat::Removed
+            });
+        };
+        let stored = Stored {
+            node: node.clone(),
+            lease,
+            last_heartbeat_ms: now_ms(),
+        };
+        let txn = Txn::new()
+            .when([
+                Compare::lease(k_alive, CompareOp::Equal, lease),
+                Compare::version(k_member.clone(), CompareOp::Greater, 0),
+                Compare::version(k_removed.clone(), CompareOp::Equal, 0),
+            ])
+            .and_then([TxnOp::put(
+                k_member,
+                serde_json::to_vec(&stored).unwrap_or_default(),
+                None,
+            )])
+            .or_else([TxnOp::get(k_removed, None)]);
+        let resp = client.txn(txn).await.map_err(|e| map_err(&e))?;
+        if !resp.succeeded() {
+            return Ok(if kvs_of(&resp, 0).is_empty() {
+                Heartbeat::NotMember
+            } else {
+                Heartbeat::Removed
+            });
+        }
+        let (_, active) = self.prune_inner(&mut client).await?;
+        Ok(Heartbeat::Alive { active })
+    }
+
+    /// Prunes members without a live lease, recording `expired` for each, and trims the events;
+    /// returns the pruned ids and the number of active members.
+    async fn prune_inner(&self, client: &mut Client) -> Result<(Vec<String>, usize), ClusterError> {
+        let count = |sub: &str| {
+            TxnOp::get(
+                self.key(sub),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+        };
+        let counts = client
+            .txn(Txn::new().and_then([count("members/"), count("alive/"), count("events/")]))
+            .await
+            .map_err(|e| map_err(&e))?;
+        let (members, alive, events) = (
+            count_of(&counts, 0),
+            count_of(&counts, 1),
+            count_of(&counts, 2),
+        );
+        let mut gone = Vec::new();
+        // Every member has its alive key while it lives: equal counts, nothing to prune.
+        if members != alive {
+            let lists = client
+                .txn(Txn::new().and_then([
+                    TxnOp::get(self.key("members/"), Some(GetOptions::new().with_prefix())),
+                    TxnOp::get(
+                        self.key("alive/"),
+                        Some(GetOptions::new().with_prefix().with_keys_only()),
+                    ),
+                ]))
+                .await
+                .map_err(|e| map_err(&e))?;
+            let alive_prefix = self.key("alive/");
+            let live: BTreeSet<String> = kvs_of(&lists, 1)
+                .iter()
+                .filter_map(|kv| {
+                    kv.key_str()
+                        .ok()?
+                        .strip_prefix(&alive_prefix)
+                        .map(str::to_string)
+                })
+                .collect();
+            let member_prefix = self.key("members/");
+            for kv in kvs_of(&lists, 0) {
+                if gone.len() >= PRUNE_LIMIT {
+                    break;
+                }
+                let Some(id) = kv
+                    .key_str()
+                    .ok()
+                    .and_then(|k| k.strip_prefix(&member_prefix))
+                    .map(str::to_string)
+                else {
+                    continue;
+                };
+                if live.contains(&id) {
+                    continue;
+                }
+                let name = parse_stored(&kv).map(|s| s.node.name).unwrap_or_default();
+                let member_key = self.key(&format!("members/{id}"));
+                // Only the node whose transaction deletes the record records the expiry:
+                // pruning stays idempotent when several nodes prune at once.
+                let resp = client
+                    .txn(
+                        Txn::new()
+                            .when([
+                                Compare::mod_revision(
+                                    member_key.clone(),
+                                    CompareOp::Equal,
+                                    kv.mod_revision(),
+                                ),
+                                Compare::version(
+                                    self.key(&format!("alive/{id}")),
+                                    CompareOp::Equal,
+                                    0,
+                                ),
+                            ])
+                            .and_then([
+                                TxnOp::delete(member_key, None),
+                                self.event_put(
+                                    EventKind::Expired,
+                                    &id,
+                                    BTreeMap::from([("name".into(), name)]),
+                                ),
+                            ]),
+                    )
+                    .await
+                    .map_err(|e| map_err(&e))?;
+                if resp.succeeded() {
+                    gone.push(id);
+                }
+            }
+        }
+        // Trim in batches, so the events are not listed and trimmed on every heartbeat.
+        let events = events + gone.len() as i64;
+        if events as usize > EVENTS_CAP + EVENTS_CAP / 10 {
+            let excess = events - EVENTS_CAP as i64;
+            let oldest = client
+                .get(
+                    self.key("events/"),
+                    Some(
+                        GetOptions::new()
+                            .with_prefix()
+                            .with_keys_only()
+                            .with_sort(SortTarget::Create, SortOrder::Ascend)
+                            .with_limit(excess),
+                    ),
+                )
+                .await
+                .map_err(|e| map_err(&e))?;
+            let keys: Vec<Vec<u8>> = oldest.kvs().iter().map(|kv| kv.key().to_vec()).collect();
+            for chunk in keys.chunks(TXN_BATCH) {
+                let ops: Vec<TxnOp> = chunk
+                    .iter()
+                    .map(|k| TxnOp::delete(k.clone(), None))
+                    .collect();
+                client
+                    .txn(Txn::new().and_then(ops))
+                    .await
+                    .map_err(|e| map_err(&e))?;
+            }
+        }
+        Ok((gone, alive.max(0) as usize))
+    }
+
+    /// Leaves (`Left`, graceful) or is removed (`Removed`, with a tombstone): returns whether it
+    /// was a member.
+    async fn leave_inner(
+        &self,
+        mut client: Client,
+        id: &str,
+        kind: EventKind,
+        by: &str,
+    ) -> Result<bool, ClusterError> {
+        let k_member = self.key(&format!("members/{id}"));
+        let k_alive = self.key(&format!("alive/{id}"));
+        let k_removed = self.key(&format!("removed/{id}"));
+        let tombstone = if kind == EventKind::Removed {
+            let l = client
+                .lease_grant(REMOVAL_TOMBSTONE.as_secs() as i64, None)
+                .await
+                .map_err(|e| map_err(&e))?
+                .id();
+            Some(TxnOp::put(
+                k_removed,
+                by,
+                Some(PutOptions::new().with_lease(l)),
+            ))
+        } else {
+            None
+        };
+        let mut was = false;
+        let mut lease = self.local_lease(id);
+        for attempt in 0..=TXN_ATTEMPTS {
+            if attempt == TXN_ATTEMPTS {
+                return Err(backend_err(format!(
+                    "leaving {id} kept conflicting with other nodes' changes"
+                )));
+            }
+            let resp = client
+                .get(k_member.clone(), None)
+                .await
+                .map_err(|e| map_err(&e))?;
+            let Some(kv) = resp.kvs().first() else {
+                if let Some(t) = &tombstone {
+                    client
+                        .txn(Txn::new().and_then([t.clone()]))
+                        .await
+                        .map_err(|e| map_err(&e))?;
+                }
+                // Not a member (any more); still drop its alive key, in case only the record
+                // was lost.
+                client
+                    .delete(k_alive.clone(), None)
+                    .await
+                    .map_err(|e| map_err(&e))?;
+                break;
+            };
+            let stored = parse_stored(kv);
+            let name = stored
+                .as_ref()
+                .map(|s| s.node.name.clone())
+                .unwrap_or_default();
+            lease = lease.or(stored.as_ref().map(|s| s.lease));
+            let mut detail = BTreeMap::from([("name".to_string(), name.clone())]);
+            if !by.is_empty() {
+                detail.insert("by".into(), by.into());
+            }
+            let mut ops = vec![
+                TxnOp::delete(k_member.clone(), None),
+                TxnOp::delete(k_alive.clone(), None),
+                self.name_release(&name, id),
+                self.event_put(kind, id, detail),
+            ];
+            ops.extend(tombstone.clone());
+            let resp = client
+                .txn(
+                    Txn::new()
+                        .when([Compare::mod_revision(
+                            k_member.clone(),
+                            CompareOp::Equal,
+                            kv.mod_revision(),
+                        )])
+                        .and_then(ops),
+                )
+                .await
+                .map_err(|e| map_err(&e))?;
+            if resp.succeeded() {
+                was = true;
+                break;
+            }
+        }
+        // The lease now holds nothing of ours; revoking it ends it at once.
+        if let Some(l) = lease {
+            Self::revoke(&mut client, l).await?;
+        }
+        self.set_local_lease(id, None);
+        Ok(was)
+    }
+
+    async fn members_inner(&self, mut client: Client) -> Result<Vec<Member>, ClusterError> {
+        let lists = client
+            .txn(Txn::new().and_then([
+                TxnOp::get(self.key("members/"), Some(GetOptions::new().with_prefix())),
+                TxnOp::get(
+                    self.key("alive/"),
+                    Some(GetOptions::new().with_prefix().with_keys_only()),
+                ),
+            ]))
+            .await
+            .map_err(|e| map_err(&e))?;
+        let now = now_ms();
+        let alive_prefix = self.key("alive/");
+        let live: BTreeSet<String> = kvs_of(&lists, 1)
+            .iter()
+            .filter_map(|kv| {
+                kv.key_str()
+                    .ok()?
+                    .strip_prefix(&alive_prefix)
+                    .map(str::to_string)
+            })
+            .collect();
+        let mut out: Vec<Member> = kvs_of(&lists, 0)
+            .iter()
+            .filter_map(parse_stored)
+            .map(|s| Member {
+                state: if live.contains(&s.node.id) {
+                    MemberState::Active
+                } else {
+                    MemberState::Expired
+                },
+                last_heartbeat_ms: s.last_heartbeat_ms,
+                age_ms: now.saturating_sub(s.last_heartbeat_ms),
+                node: s.node,
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            a.node
+                .name
+                .cmp(&b.node.name)
+                .then(a.node.id.cmp(&b.node.id))
+        });
+        Ok(out)
+    }
+
+    /// The user name `create_node_user` gives a node: `<prefix>-node-<name>`, with the key
+    /// prefix reduced to `[a-z0-9-]` (`fleet:` gives `fleet-node-server-03`).
+    pub fn node_user_name(&self, node_name: &str) -> String {
+        let slug: String = self
+            .key_prefix
+            .chars()
+            .map(|c| c.to_ascii_lowercase())
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let slug = slug.trim_matches('-');
+        let slug = if slug.is_empty() { "fleet" } else { slug };
+        format!("{slug}-node-{node_name}")
+    }
+
+    /// Creates an etcd user for a new node, with a role (of the same name) that may read and
+    /// write the cluster's key prefix and nothing else. Needs an etcd with auth enabled and a
+    /// configured `etcd_username` that has the `root` role. Creating it again gives it a new
+    /// password. Returns the user name and its password.
+    pub async fn create_node_user(
+        &self,
+        node_name: &str,
+    ) -> Result<(String, Secret), ClusterError> {
+        crate::identity::validate_node_name(node_name).map_err(backend_err)?;
+        let Some(me) = self.username.clone() else {
+            return Err(ClusterError::Auth {
+                backend: NAME,
+                reason: "creating node users needs cluster.etcd_username: a user with the root role, on an etcd with auth enabled".into(),
+            });
+        };
+        let user = self.node_user_name(node_name);
+        let password = Secret::new(Alphanumeric.sample_string(&mut rand::rng(), 32));
+        let prefix = self.key_prefix.clone();
+        let (u, pw) = (user.clone(), password.clone());
+        self.run("creating a node user", |mut client| async move {
+            let roles = client
+                .user_get(me.clone())
+                .await
+                .map_err(|e| map_err(&e))?
+                .roles()
+                .to_vec();
+            if !roles.iter().any(|r| r == "root") {
+                return Err(ClusterError::Auth {
+                    backend: NAME,
+                    reason: format!(
+                        "etcd user `{me}` lacks the root role, so it cannot create node users"
+                    ),
+                });
+            }
+            match client.role_add(u.clone()).await {
+                Ok(_) => {}
+                Err(etcd_client::Error::GRpcStatus(s))
+                    if s.message().contains("already exists") => {}
+                Err(e) => return Err(map_err(&e)),
+            }
+            client
+                .role_grant_permission(u.clone(), Permission::read_write(prefix).with_prefix())
+                .await
+                .map_err(|e| map_err(&e))?;
+            match client.user_add(u.clone(), pw.expose(), None).await {
+                Ok(_) => {}
+                Err(etcd_client::Error::GRpcStatus(s))
+                    if s.message().contains("already exists") =>
+                {
+                    client
+                        .user_change_password(u.clone(), pw.expose())
+                        .await
+                        .map_err(|e| map_err(&e))?;
+                }
+                Err(e) => return Err(map_err(&e)),
+            }
+            client
+                .user_grant_role(u.clone(), u.clone())
+                .await
+                .map_err(|e| map_err(&e))?;
+            Ok(())
+        })
+        .await?;
+        log::info!("created etcd user {user} for node {node_name}");
+        Ok((user, password))
+    }
+
+    /// Deletes a node's etcd user and its role; deleting one that is not there is fine.
+    pub async fn delete_node_user(&self, user: &str) -> Result<(), ClusterError> {
+        let u = user.to_string();
+        self.run("deleting a node user", |mut client| async move {
+            let gone = |r: Result<(), etcd_client::Error>| match r {
+                Ok(()) => Ok(()),
+                Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("not found") => {
+                    Ok(())
+                }
+                Err(e) => Err(map_err(&e)),
+            };
+            gone(client.user_delete(u.clone()).await.map(|_| ()))?;
+            gone(client.role_delete(u.clone()).await.map(|_| ()))
+        })
+        .await?;
+        log::info!("deleted etcd user {user}");
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Membership for EtcdMembership {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Etcd
+    }
+
+    async fn register(&self, node: &NodeRecord) -> Result<usize, ClusterError> {
+        self.run("register", |c| self.register_inner(c, node)).await
+    }
+
+    async fn heartbeat(&self, node: &NodeRecord) -> Result<Heartbeat, ClusterError> {
+        self.run("heartbeat", |c| self.heartbeat_inner(c, node))
+            .await
+    }
+
+    async fn deregister(&self, node_id: &str) -> Result<(), ClusterError> {
+        self.run("leave", |c| {
+            self.leave_inner(c, node_id, EventKind::Left, "")
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn remove(&self, node_id: &str, by: &str) -> Result<bool, ClusterError> {
+        let by = if by.is_empty() { "admin" } else { by };
+        self.run("remove", |c| {
+            self.leave_inner(c, node_id, EventKind::Removed, by)
+        })
+        .await
+    }
+
+    async fn members(&self) -> Result<Vec<Member>, ClusterError> {
+        self.run("members", |c| self.members_inner(c)).await
+    }
+
+    async fn active_count(&self) -> Result<usize, ClusterError> {
+        self.run("active count", |mut c| async move {
+            self.count_alive(&mut c).await
+        })
+        .await
+    }
+
+    async fn prune(&self) -> Result<Vec<String>, ClusterError> {
+        self.run("prune", |mut c| async move {
+            self.prune_inner(&mut c).await.map(|(gone, _)| gone)
+        })
+        .await
+    }
+
+    async fn record_event(&self, event: &Event) -> Result<(), ClusterError> {
+        self.run("event", |mut c| async move {
+            let op = self.event_put(event.kind, &event.node_id, event.detail.clone());
+            c.txn(Txn::new().and_then([op]))
+                .await
+                .map_err(|e| map_err(&e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn events(&self, limit: usize) -> Result<Vec<Event>, ClusterError> {
+        self.run("events", |mut c| async move {
+            let resp = c
+                .get(
+                    self.key("events/"),
+                    Some(
+                        GetOptions::new()
+                            .with_prefix()
+                            .with_sort(SortTarget::Create, SortOrder::Descend)
+                            .with_limit(limit as i64),
+                    ),
+                )
+                .await
+                .map_err(|e| map_err(&e))?;
+            Ok(resp
+                .kvs()
+                .iter()
+                .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+                .collect())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_password() {
+        let cfg = ClusterConfig {
+            etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+            etcd_username: Some("fleet".into()),
+            etcd_password: Some(Secret::new("hunter2-etcd")),
+            ..ClusterConfig::default()
+        };
+        let timing = Timing {
+            interval: std::time::Duration::from_secs(1),
+            timeout: std::time::Duration::from_secs(3),
+        };
+        let m = EtcdMembership::new(&cfg, timing).unwrap();
+        let dbg = format!("{m:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert_eq!(m.node_user_name("server-03"), "fleet-node-server-03");
+    }
+}
