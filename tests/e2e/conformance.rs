@@ -9,6 +9,7 @@ use fleet_server::cluster::{
 };
 use fleet_server::config::{BackendKind, Config};
 use fleet_tests::RedisServer;
+use fleet_tests::etcd::EtcdServer;
 
 /// A backend under test, and the way to make it fail.
 trait Fixture: Send {
@@ -79,6 +80,38 @@ impl Fixture for StorageFixture {
     fn wipe(&mut self) {
         std::fs::remove_dir_all(self.shared()).unwrap();
         std::fs::create_dir_all(self.shared()).unwrap();
+    }
+}
+
+struct EtcdFixture {
+    server: EtcdServer,
+}
+
+impl Fixture for EtcdFixture {
+    fn open(&self) -> Arc<dyn Membership> {
+        let text = format!(
+            "cluster:\n  enabled: true\n  heartbeat_interval: 1\n  heartbeat_timeout: 3\n{}",
+            self.server.cluster_yaml()
+        );
+        let config = Config::parse(&text, std::path::Path::new("test.yaml")).unwrap();
+        fleet_server::cluster::open(&config).unwrap()
+    }
+    fn stop(&mut self) {
+        self.server.stop();
+    }
+    // Back with an empty data dir: keys and leases gone.
+    fn start(&mut self) {
+        self.server.restart();
+    }
+    // The cluster's keys gone while etcd, and the nodes' leases, stay up.
+    fn wipe(&mut self) {
+        self.server.delete_prefix("fleet:");
+    }
+}
+
+fn etcd() -> EtcdFixture {
+    EtcdFixture {
+        server: EtcdServer::start(),
     }
 }
 
@@ -361,6 +394,14 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     super::$case(super::storage()).await;
+                }
+            )*
+        }
+        mod etcd_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::etcd()).await;
                 }
             )*
         }

@@ -3,4 +3,5 @@
 mod badinput;
 mod blackbox;
 mod conformance;
+mod etcd;
 mod netns;

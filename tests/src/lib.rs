@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod etcd;
 pub mod netns;
 
 /// A port nobody listens on right now (the OS picks it; a race with another process is

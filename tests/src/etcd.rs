@@ -1,0 +1,393 @@
+//! A private `etcd` per test (Debian's etcd-server, v3.4): free loopback ports for clients and
+//! peers, a temporary data dir, killed on drop, its log dumped when a test fails. Setup that
+//! the daemon does not do itself (enabling auth, wiping keys) goes through etcd's JSON gateway.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{free_port, require_tool};
+
+/// The etcd member name every test server uses.
+const MEMBER: &str = "fleet-test";
+
+/// A private single-member etcd on free loopback ports, killed on drop.
+#[derive(Debug)]
+pub struct EtcdServer {
+    child: Option<Child>,
+    pub client_port: u16,
+    pub peer_port: u16,
+    /// The `root` user's password, once auth is enabled.
+    pub root_password: Option<String>,
+    dir: tempfile::TempDir,
+}
+
+impl EtcdServer {
+    /// Starts one without auth.
+    pub fn start() -> EtcdServer {
+        require_tool("etcd");
+        let dir = tempfile::tempdir().expect("temp dir for etcd");
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let mut s = EtcdServer {
+                child: None,
+                client_port: free_port(),
+                peer_port: free_port(),
+                root_password: None,
+                dir: tempfile::tempdir_in(dir.path()).expect("temp dir"),
+            };
+            match s.spawn() {
+                Ok(()) => {
+                    // Keep the parent alive with the server.
+                    s.dir = dir;
+                    std::fs::create_dir_all(s.data_dir()).ok();
+                    return s;
+                }
+                Err(e) => {
+                    last_err = e;
+                    s.stop();
+                }
+            }
+        }
+        panic!("etcd did not start: {last_err}");
+    }
+
+    /// Starts one with auth enabled: a `root` user (with the root role) and this password.
+    pub fn start_with_auth(root_password: &str) -> EtcdServer {
+        let mut s = EtcdServer::start();
+        s.enable_auth(root_password);
+        s
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+
+    /// `http://127.0.0.1:<client port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .map_err(|e| format!("etcd log file: {e}"))?;
+        let child = Command::new("etcd")
+            .arg("--name")
+            .arg(MEMBER)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--listen-client-urls")
+            .arg(&client)
+            .arg("--advertise-client-urls")
+            .arg(&client)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(format!("{MEMBER}={peer}"))
+            .arg("--initial-cluster-state")
+            .arg("new")
+            // A single member elects itself after one election timeout: keep it short.
+            .arg("--heartbeat-interval")
+            .arg("10")
+            .arg("--election-timeout")
+            .arg("100")
+            .arg("--logger")
+            .arg("zap")
+            .arg("--log-outputs")
+            .arg("stderr")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawning etcd: {e}"))?;
+        self.child = Some(child);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(15) {
+            if let Ok((200, body)) = request(self.client_port, "GET", "/health", None, None)
+                && body.contains("true")
+            {
+                return Ok(());
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                self.child = None;
+                return Err(format!("etcd exited ({status}):\n{}", self.log()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!(
+            "etcd did not report healthy within 15 s:\n{}",
+            self.log()
+        ))
+    }
+
+    /// Kills it (an outage); its data stays on disk until `restart` wipes it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same ports with an empty data dir: etcd lost its data (leases,
+    /// keys and users). Auth, when it was enabled, is set up again with the same root password.
+    pub fn restart(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(self.data_dir());
+        self.respawn();
+        if let Some(pw) = self.root_password.take() {
+            self.enable_auth(&pw);
+        }
+    }
+
+    /// Starts it again on the same ports with its data (keys, leases, users) kept.
+    pub fn restart_keep_data(&mut self) {
+        self.stop();
+        self.respawn();
+    }
+
+    fn respawn(&mut self) {
+        let started = Instant::now();
+        loop {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(e) if started.elapsed() > Duration::from_secs(20) => {
+                    panic!("etcd did not restart: {e}")
+                }
+                // The ports may linger a moment after the kill.
+                Err(_) => {
+                    self.stop();
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+
+    /// Adds `root` with the root role and enables auth.
+    pub fn enable_auth(&mut self, root_password: &str) {
+        self.call(
+            "/v3/auth/user/add",
+            serde_json::json!({"name": "root", "password": root_password}),
+            None,
+        )
+        .expect("adding the root user");
+        self.call(
+            "/v3/auth/user/grant",
+            serde_json::json!({"user": "root", "role": "root"}),
+            None,
+        )
+        .expect("granting the root role");
+        self.call("/v3/auth/enable", serde_json::json!({}), None)
+            .expect("enabling auth");
+        self.root_password = Some(root_password.to_string());
+    }
+
+    /// A token for `user`, or etcd's refusal.
+    pub fn authenticate(&self, user: &str, password: &str) -> Result<String, String> {
+        let v = self.call(
+            "/v3/auth/authenticate",
+            serde_json::json!({"name": user, "password": password}),
+            None,
+        )?;
+        v["token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("no token in {v}"))
+    }
+
+    /// Writes `key` as `user`: Ok, or etcd's refusal (wrong password, permission denied).
+    pub fn put_as(&self, user: &str, password: &str, key: &str, value: &str) -> Result<(), String> {
+        let token = self.authenticate(user, password)?;
+        self.call(
+            "/v3/kv/put",
+            serde_json::json!({"key": b64(key.as_bytes()), "value": b64(value.as_bytes())}),
+            Some(&token),
+        )
+        .map(|_| ())
+    }
+
+    /// Deletes every key that starts with `prefix` (the backend lost the cluster's data, while
+    /// etcd and its leases stay up).
+    pub fn delete_prefix(&self, prefix: &str) {
+        let token = self
+            .root_password
+            .as_ref()
+            .map(|pw| self.authenticate("root", pw).expect("root token"));
+        self.call(
+            "/v3/kv/deleterange",
+            serde_json::json!({
+                "key": b64(prefix.as_bytes()),
+                "range_end": b64(&prefix_end(prefix.as_bytes())),
+            }),
+            token.as_deref(),
+        )
+        .expect("deleting the prefix");
+    }
+
+    /// POSTs JSON to the gateway; the answer as JSON, or the error etcd gave.
+    fn call(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+        token: Option<&str>,
+    ) -> Result<serde_json::Value, String> {
+        let (status, text) = request(
+            self.client_port,
+            "POST",
+            path,
+            Some(&body.to_string()),
+            token,
+        )
+        .map_err(|e| format!("{path}: {e}"))?;
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        if status != 200 || v.get("error").is_some() {
+            return Err(format!("{path}: {status} {text}"));
+        }
+        Ok(v)
+    }
+
+    /// The `cluster:` lines of a config that points at this server (as `root` with auth).
+    pub fn cluster_yaml(&self) -> String {
+        let mut s = format!(
+            "  backend: etcd\n  etcd_endpoints: [\"{}\"]\n",
+            self.endpoint()
+        );
+        if let Some(pw) = &self.root_password {
+            s.push_str(&format!(
+                "  etcd_username: root\n  etcd_password: \"{pw}\"\n"
+            ));
+        }
+        s
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            // etcd logs a lot: the end tells what happened.
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!(
+                "---- etcd log (client port {}), last lines ----\n{}",
+                self.client_port,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        self.stop();
+    }
+}
+
+/// One HTTP/1.1 request on loopback with an optional JSON body and etcd token.
+fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().expect("address"),
+        Duration::from_secs(1),
+    )?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let body = body.unwrap_or("");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes())?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let resp = String::from_utf8_lossy(&resp).into_owned();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, rest) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let text = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    Ok((status, text))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Standard base64 with padding (the gateway's encoding of bytes).
+fn b64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_the_standard() {
+        assert_eq!(super::b64(b"fleet:"), "ZmxlZXQ6");
+        assert_eq!(super::b64(b"ab"), "YWI=");
+        assert_eq!(super::b64(b"a"), "YQ==");
+    }
+}
