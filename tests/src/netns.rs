@@ -130,16 +130,24 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
 #[derive(Debug, Clone)]
 pub struct HttpResponse {
     pub status: u16,
-    /// Header names lowercased; the last value wins.
-    pub headers: BTreeMap<String, String>,
+    /// Header names lowercased, in the order received (`set-cookie` may repeat).
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
 impl HttpResponse {
+    /// The first value of a header.
     pub fn header(&self, name: &str) -> Option<&str> {
+        self.header_all(name).into_iter().next()
+    }
+
+    /// Every value of a header, in order.
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
         self.headers
-            .get(&name.to_ascii_lowercase())
-            .map(String::as_str)
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     pub fn text(&self) -> String {
@@ -191,14 +199,14 @@ fn parse_response(raw: &[u8]) -> io::Result<HttpResponse> {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| bad("no HTTP status"))?;
-    let headers: BTreeMap<String, String> = lines
+    let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
     let mut body = raw[split + 4..].to_vec();
     if headers
-        .get("transfer-encoding")
-        .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"))
     {
         body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
     }
@@ -569,10 +577,11 @@ mod tests {
 
     #[test]
     fn chunked_bodies_are_decoded() {
-        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: b\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: b\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
         let r = parse_response(raw).unwrap();
         assert_eq!(r.status, 200);
-        assert_eq!(r.header("x-a"), Some("b"));
+        assert_eq!(r.header("X-A"), Some("b"));
+        assert_eq!(r.header_all("set-cookie"), ["a=1", "b=2"]);
         assert_eq!(r.body, b"abcde");
     }
 
