@@ -286,6 +286,9 @@ fn cutting_the_datacenter_off_expires_the_node_until_the_link_is_back() {
     c.topo.restore_link(Site::Datacenter);
     let back = c.wait_active(&c.both(), Duration::from_secs(6));
     c.node.wait_health(200, Duration::from_secs(3));
+    // Expired meanwhile, so it registered afresh rather than just heartbeating again.
+    c.node
+        .wait_log("✅ Re-registered node in cluster: ", Duration::from_secs(3));
     eprintln!("netns: link restored → node active again after {back:?}");
     // One 1 s interval (the retry backoff is capped at it) plus an operation timeout.
     assert!(
