@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: deps build test lint fmt fmt-check ci run bench clean
+.PHONY: deps build test lint fmt fmt-check ci run bench clean node-template pkg
 
 ## Install what the tests and the demo need (Debian: apt; macOS: prints the brew line).
 deps:
@@ -29,6 +29,20 @@ ci: deps fmt-check lint test
 ## A single-node server on the embedded storage backend in ./.run (no external service).
 run:
 	bash scripts/run.sh
+
+## Fill target/node-template with this host's binaries (universal on a Mac; Linux ones here).
+node-template:
+	bash scripts/node-template.sh target/node-template
+
+## A node package built from config_cluster_example.yaml, into target/.
+## On Linux the macOS slot holds Linux binaries, so the pkg is a development build.
+pkg:
+	FOREIGN=$$( [ "$$(uname -s)" = Darwin ] && echo 0 || echo 1 ) bash scripts/node-template.sh target/node-template
+	target/release/fleet-server package build --config config_cluster_example.yaml \
+	  --template-dir target/node-template --node-name server-03 \
+	  --output target/FleetServerClusterNode.pkg --force \
+	  $$( [ "$$(uname -s)" = Darwin ] || echo --allow-foreign-binaries )
+	target/release/fleet-server package inspect target/FleetServerClusterNode.pkg
 
 ## Benchmarks: print figures beside their targets (no assertions).
 bench: deps

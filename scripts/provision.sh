@@ -105,6 +105,6 @@ if [ "$SYSTEMD" -eq 1 ]; then
 else
     install -d -m 0755 "$ROOT/run" "$ROOT/var/log"
     "$ROOT/usr/local/bin/fleet-server" serve --config "$CONFIG" --daemonize \
-        --pid-file "$PIDFILE" --log-file "$ROOT/var/log/fleet-server.log"
+        ${ROOT:+--root "$ROOT"} --pid-file "$PIDFILE" --log-file "$ROOT/var/log/fleet-server.log"
     echo "✅ fleet-server installed under ${ROOT:-/} and started (pid file $PIDFILE, log $ROOT/var/log/fleet-server.log)"
 fi

@@ -187,7 +187,7 @@ pub fn config_init(
     c.cluster.redis_host = opts.redis_host.clone();
     c.cluster.redis_port = opts.redis_port;
     c.auth.api_key = Some(crate::config::Secret::new(api_key.clone()));
-    c.auth.web_password = Some(crate::config::Secret::new(password.clone()));
+    c.auth.web_password_hash = Some(crate::auth::hash_password(&password));
     c.encryption.database_key = Some(crate::config::Secret::new(random_token(44)));
     c.encryption.payload_key = Some(crate::config::Secret::new(random_token(44)));
     c.validate(path)?;

@@ -79,6 +79,9 @@ pub struct Config {
     pub package: PackageConfig,
     /// Log level and syslog.
     pub logging: LoggingConfig,
+    /// Things worth a warning found while loading (logged once logging is up).
+    #[serde(skip)]
+    pub load_warnings: Vec<String>,
 }
 
 /// `server:`.
@@ -322,9 +325,12 @@ pub struct AuthConfig {
     pub api_key_file: Option<PathBuf>,
     /// The dashboard's user name.
     pub web_username: String,
-    /// The dashboard's password.
+    /// The dashboard's password in plain text: accepted, hashed at load, with a warning.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub web_password: Option<Secret>,
+    /// The dashboard's password as an Argon2id hash (`fleet-server config hash-password`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web_password_hash: Option<String>,
 }
 
 impl Default for AuthConfig {
@@ -334,6 +340,7 @@ impl Default for AuthConfig {
             api_key_file: None,
             web_username: "admin".into(),
             web_password: None,
+            web_password_hash: None,
         }
     }
 }
@@ -368,6 +375,9 @@ pub struct PackageConfig {
     pub template_dir: Option<PathBuf>,
     /// Days a built package stays installable.
     pub expiry_days: u32,
+    /// Build packages even when the template's binaries do not fit the target (a macOS pkg
+    /// with Linux binaries): for development and tests on Linux only.
+    pub allow_foreign_binaries: bool,
 }
 
 impl Default for PackageConfig {
@@ -375,6 +385,7 @@ impl Default for PackageConfig {
         PackageConfig {
             template_dir: None,
             expiry_days: 7,
+            allow_foreign_binaries: false,
         }
     }
 }
@@ -450,6 +461,7 @@ impl Config {
         let mut config = Config::parse(&text, path)?;
         config.resolve_secret_files(path)?;
         config.validate(path)?;
+        config.hash_plain_password();
         Ok(config)
     }
 
@@ -461,7 +473,15 @@ impl Config {
         let de = serde_yaml::Deserializer::from_str(text);
         serde_path_to_error::deserialize(de).map_err(|err| {
             let field = err.path().to_string();
-            let message = err.inner().to_string();
+            let mut message = err.inner().to_string();
+            // serde_yaml starts its message with its own (parent) path: keep only the problem.
+            if let Some((head, rest)) = message.split_once(": ")
+                && !head.is_empty()
+                && !head.contains(' ')
+                && field.starts_with(head)
+            {
+                message = rest.to_string();
+            }
             if field.is_empty() || field == "." {
                 ConfigError::Syntax {
                     path: origin.to_path_buf(),
@@ -644,6 +664,15 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if let Some(h) = &self.auth.web_password_hash
+            && !crate::auth::is_password_hash(h)
+        {
+            return Err(invalid(
+                origin,
+                "auth.web_password_hash",
+                "is not an Argon2 hash (make one with `fleet-server config hash-password`)",
+            ));
+        }
         if self.auth.web_username.trim().is_empty() {
             return Err(invalid(origin, "auth.web_username", "must not be empty"));
         }
@@ -664,6 +693,34 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Replaces a plain `auth.web_password` by its hash, so the plain text is not kept (nor
+    /// copied into node packages).
+    pub fn hash_plain_password(&mut self) {
+        if let Some(plain) = self.auth.web_password.take() {
+            if self.auth.web_password_hash.is_none() {
+                self.auth.web_password_hash = Some(crate::auth::hash_password(plain.expose()));
+            }
+            self.load_warnings.push(
+                "auth.web_password is stored in plain text: replace it with auth.web_password_hash (fleet-server config hash-password)".into(),
+            );
+        }
+    }
+
+    /// Moves the node's own absolute paths (state directory, TLS files) under `root`, for a
+    /// node installed into a directory instead of `/` (`serve --root`). The shared storage
+    /// path is left alone: it names a shared mount, not a file of this node.
+    pub fn rebase(&mut self, root: &Path) {
+        fn under(root: &Path, p: &Path) -> PathBuf {
+            match p.strip_prefix("/") {
+                Ok(rel) => root.join(rel),
+                Err(_) => p.to_path_buf(),
+            }
+        }
+        self.server.state_dir = under(root, &self.server.state_dir);
+        self.server.tls_cert = self.server.tls_cert.as_deref().map(|p| under(root, p));
+        self.server.tls_key = self.server.tls_key.as_deref().map(|p| under(root, p));
     }
 
     /// The directory the `storage` backend uses.
@@ -777,8 +834,11 @@ mod tests {
         let err = parse("cluster:\n  enabled: true\n  redis_hots: x\n")
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("/etc/fleet.yaml: cluster:"), "{err}");
-        assert!(err.contains("unknown field `redis_hots`"), "{err}");
+        assert!(
+            err.starts_with("/etc/fleet.yaml: cluster.redis_hots: unknown field `redis_hots`"),
+            "{err}"
+        );
+        assert!(err.contains("line 3 column 3"), "{err}");
     }
 
     #[test]
@@ -790,8 +850,14 @@ mod tests {
 
     #[test]
     fn malformed_yaml_is_a_syntax_error() {
-        let err = parse("cluster: [enabled: true\n").unwrap_err();
-        assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+        // Streaming parsing names the section it was in, when there is one.
+        let err = parse("cluster:\n\tenabled: true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot start any token at line 2"), "{err}");
+        let err = parse("server: 'unterminated\n").unwrap_err().to_string();
+        assert!(err.starts_with("/etc/fleet.yaml: "), "{err}");
+        assert!(err.contains("line"), "{err}");
     }
 
     #[test]

@@ -182,11 +182,17 @@ async fn nodes(State(app): State<AppState>, headers: HeaderMap) -> Result<Respon
         return Ok(axum::Json(json!({ "enabled": false, "nodes": [] })).into_response());
     };
     let members = with_deadline(backend.members()).await?;
-    Ok(axum::Json(json!({
-        "enabled": true,
-        "backend": backend.kind().as_str(),
-        "nodes": members.iter().map(member_json).collect::<Vec<_>>(),
-    }))
+    #[derive(serde::Serialize)]
+    struct Nodes<'a> {
+        enabled: bool,
+        backend: &'a str,
+        nodes: Vec<Member>,
+    }
+    Ok(axum::Json(Nodes {
+        enabled: true,
+        backend: backend.kind().as_str(),
+        nodes: members,
+    })
     .into_response())
 }
 

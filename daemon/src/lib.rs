@@ -2,10 +2,13 @@
 //! behind one trait (`cluster`), the HTTP API (`http`), configuration, identity and the admin CLI.
 
 pub mod admin;
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod identity;
 pub mod logging;
 pub mod node;
+pub mod packages;
 pub mod server;
+pub mod sessions;

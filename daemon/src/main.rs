@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fleet_server::config::{BackendKind, Config, default_config_path};
-use fleet_server::{admin, logging, server};
+use fleet_server::{admin, logging, packages, server};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -35,11 +35,20 @@ enum Command {
         /// With --daemonize: where log lines go (stderr is closed).
         #[arg(long, default_value = "/var/log/fleet-server.log")]
         log_file: PathBuf,
+        /// Run a node installed under DIR instead of `/` (state directory and TLS files are
+        /// taken under DIR), as `provision.sh --root DIR` and the emulated installs do.
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
     },
     /// Check or create a configuration file.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Build or inspect node installers.
+    Package {
+        #[command(subcommand)]
+        command: PackageCommand,
     },
     /// Read the cluster straight from the backend in the configuration.
     Cluster {
@@ -55,6 +64,9 @@ enum ConfigCommand {
         /// Configuration file (default: the platform's).
         path: Option<PathBuf>,
     },
+    /// Read a password on standard input and print its Argon2id hash, for
+    /// `auth.web_password_hash`.
+    HashPassword,
     /// Write a new configuration with fresh secrets; prints the admin password once.
     Init {
         /// Where to write it.
@@ -88,6 +100,50 @@ enum ConfigCommand {
 enum BackendArg {
     Redis,
     Storage,
+}
+
+#[derive(Subcommand, Debug)]
+enum PackageCommand {
+    /// Build a node installer from this server's configuration.
+    Build {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The new node's name ([a-z0-9-]); default: the machine's hostname at first start.
+        #[arg(long)]
+        node_name: Option<String>,
+        /// `pkg` (macOS) or `bundle` (Linux provision bundle).
+        #[arg(long, default_value = "pkg")]
+        format: String,
+        /// Where to write it (default: the package name in the current directory).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// File name: default FleetServerClusterNode.pkg or <node>_provision.tar.gz.
+        #[arg(long)]
+        package_name: Option<String>,
+        /// How long it stays installable: 7d, 12h, 30m (default: package.expiry_days).
+        #[arg(long)]
+        expires: Option<String>,
+        /// Seal with the passphrase in this file instead of a key file in the package.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        /// Ethernet policy enforced by the installer: require, allow-virtual or skip.
+        #[arg(long, default_value = "require")]
+        ethernet: String,
+        /// Node template directory (default: package.template_dir).
+        #[arg(long)]
+        template_dir: Option<PathBuf>,
+        /// Accept binaries whose format does not fit the target (development, tests).
+        #[arg(long)]
+        allow_foreign_binaries: bool,
+        /// Replace an existing output file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show a package's members, checksums, PackageInfo and sealed header (never a secret).
+    Inspect {
+        /// The .pkg file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -126,8 +182,13 @@ fn serve(
     daemonize: bool,
     pid_file: PathBuf,
     log_file: PathBuf,
+    root: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let config = Arc::new(load(config)?);
+    let mut config = load(config)?;
+    if let Some(root) = &root {
+        config.rebase(root);
+    }
+    let config = Arc::new(config);
     if daemonize {
         // Before any thread exists: fork and threads do not mix.
         let log = std::fs::OpenOptions::new()
@@ -145,6 +206,9 @@ fn serve(
             .with_context(|| format!("daemonizing (pid file {})", pid_file.display()))?;
     }
     logging::init(config.logging.level.to_filter(), config.logging.syslog);
+    for w in &config.load_warnings {
+        log::warn!("{w}");
+    }
     let rt = runtime()?;
     rt.block_on(async move {
         let addr = format!("{}:{}", config.server.host, config.server.port);
@@ -174,17 +238,76 @@ fn serve(
     Ok(())
 }
 
+fn whoami() -> String {
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn print_built(path: &std::path::Path, b: &packages::BuiltPackage, passphrase: bool) {
+    println!("✅ Built {} ({} bytes)", path.display(), b.bytes.len());
+    println!(
+        "   Node: {}",
+        if b.node_name.is_empty() {
+            "(named after its hostname)"
+        } else {
+            &b.node_name
+        }
+    );
+    println!(
+        "   Package id: {}",
+        &b.package_id[..12.min(b.package_id.len())]
+    );
+    println!(
+        "   Installable until: {} UTC",
+        fleet_server::logging::timestamp(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(b.not_after)
+        )
+    );
+    if passphrase {
+        println!(
+            "   Sealed with the passphrase: put it in the install.passphrase file on the new machine (see the README)"
+        );
+    }
+    if b.foreign_binaries {
+        println!(
+            "   ⚠️  Development build: the binaries do not fit the target (--allow-foreign-binaries)"
+        );
+    }
+    match b.format {
+        packages::Format::Pkg => {
+            println!("   Install: sudo installer -pkg {} -target /", b.file_name)
+        }
+        packages::Format::Bundle => println!(
+            "   Install: sudo tar -xzf {} && cd {}_provision && sudo ./provision.sh",
+            b.file_name,
+            if b.node_name.is_empty() {
+                "node"
+            } else {
+                &b.node_name
+            }
+        ),
+    }
+}
+
 fn real_main() -> anyhow::Result<()> {
     // rustls needs one process-wide crypto provider (for `rediss://`); a second install is a no-op.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        // The CLI's warnings (an event not recorded, …) go to stderr; `serve` sets up its own.
+        logging::init(log::LevelFilter::Warn, false);
+    }
     match cli.command {
         Command::Serve {
             config,
             daemonize,
             pid_file,
             log_file,
-        } => serve(config, daemonize, pid_file, log_file),
+            root,
+        } => serve(config, daemonize, pid_file, log_file, root),
         Command::Config {
             command: ConfigCommand::Check { path },
         } => {
@@ -200,6 +323,20 @@ fn real_main() -> anyhow::Result<()> {
                 },
                 c.cluster.backend
             );
+            Ok(())
+        }
+        Command::Config {
+            command: ConfigCommand::HashPassword,
+        } => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the password on standard input")?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                anyhow::bail!("no password on standard input");
+            }
+            println!("{}", fleet_server::auth::hash_password(password));
             Ok(())
         }
         Command::Config {
@@ -235,6 +372,75 @@ fn real_main() -> anyhow::Result<()> {
             println!("   Dashboard login: admin / {password}");
             println!("   API key:         {api_key}");
             println!("   (shown once: they are stored only in that file)");
+            Ok(())
+        }
+        Command::Package {
+            command:
+                PackageCommand::Build {
+                    config,
+                    node_name,
+                    format,
+                    output,
+                    package_name,
+                    expires,
+                    passphrase_file,
+                    ethernet,
+                    template_dir,
+                    allow_foreign_binaries,
+                    force,
+                },
+        } => {
+            let c = load(config)?;
+            let format: packages::Format = format.parse().map_err(anyhow::Error::msg)?;
+            let expires = match expires {
+                Some(e) => packages::parse_expiry(&e).map_err(anyhow::Error::msg)?,
+                None => std::time::Duration::from_secs(u64::from(c.package.expiry_days) * 86_400),
+            };
+            let passphrase = match passphrase_file {
+                Some(p) => {
+                    let text = std::fs::read_to_string(&p)
+                        .with_context(|| format!("reading the passphrase file {}", p.display()))?;
+                    let pass = text.trim_end_matches(['\r', '\n']);
+                    if pass.len() < 8 {
+                        anyhow::bail!(
+                            "{}: the passphrase must have at least 8 characters",
+                            p.display()
+                        );
+                    }
+                    Some(fleet_server::config::Secret::new(pass))
+                }
+                None => None,
+            };
+            let req = packages::BuildRequest {
+                node_name,
+                format,
+                package_name,
+                expires,
+                ethernet: ethernet.parse().map_err(anyhow::Error::msg)?,
+                passphrase,
+                template_dir,
+                allow_foreign_binaries,
+                built_by: format!("cli:{}", whoami()),
+            };
+            let built = packages::Builder::new().build(&c, &req)?;
+            let path = output.unwrap_or_else(|| PathBuf::from(&built.file_name));
+            packages::write_package(&path, &built, force)?;
+            let rt = runtime()?;
+            rt.block_on(packages::record_built(&c, &built, &req.built_by));
+            print_built(&path, &built, req.passphrase.is_some());
+            Ok(())
+        }
+        Command::Package {
+            command: PackageCommand::Inspect { file },
+        } => {
+            let report = fleet_package::inspect(&file)?;
+            print!("{report}");
+            if let Some(sealed) = &report.sealed_config {
+                match fleet_installer_stub::sealed::Header::parse(sealed) {
+                    Ok(h) => println!("Sealed configuration:\n{h}"),
+                    Err(e) => println!("Sealed configuration: unreadable header ({e})"),
+                }
+            }
             Ok(())
         }
         Command::Cluster { command } => {

@@ -317,6 +317,7 @@ pub fn passphrase_from_file_content(content: &[u8]) -> Result<&[u8], SealError> 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealedPayload {
     /// The node name (`[a-z0-9-]`, at most 63 characters).
+    /// Empty: the node takes its name from its hostname at first start.
     pub node_name: String,
     /// The node's `config.yaml`, written as it is: it holds secrets.
     pub config_yaml: String,
@@ -336,14 +337,15 @@ impl fmt::Debug for SealedPayload {
 
 impl SealedPayload {
     fn validate(&self) -> Result<(), String> {
+        // An empty name means "the machine's hostname", decided by the daemon at first start.
         let n = &self.node_name;
-        if n.is_empty()
-            || n.len() > 63
-            || !n
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        if !n.is_empty()
+            && (n.len() > 63
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
         {
-            return Err("node name must be 1 to 63 characters of [a-z0-9-]".into());
+            return Err("node name must be empty or 1 to 63 characters of [a-z0-9-]".into());
         }
         if self.config_yaml.trim().is_empty() {
             return Err("config_yaml is empty".into());

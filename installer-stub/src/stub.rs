@@ -408,7 +408,11 @@ fn write_summary(out: &mut dyn Write, s: &Summary, short_id: &str) -> std::io::R
     writeln!(
         out,
         "✅ Node configuration unsealed: node {}, package {short_id}, expires {}",
-        s.node_name,
+        if s.node_name.is_empty() {
+            "(named after its hostname)"
+        } else {
+            &s.node_name
+        },
         format_utc(s.not_after)
     )?;
     match &s.written {

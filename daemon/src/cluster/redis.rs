@@ -145,6 +145,17 @@ static ACTIVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(ACTIVE));
 static EVENT_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(EVENT));
 static NOW_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(NOW));
 
+/// The fields of a node's hash, as `NodeRecord::to_fields` writes them.
+const RECORD_FIELDS: [&str; 7] = [
+    "name",
+    "hostname",
+    "addresses",
+    "version",
+    "os",
+    "started_at",
+    "url",
+];
+
 /// Members pruned at most per heartbeat, so one heartbeat stays short after a mass outage.
 const PRUNE_LIMIT: usize = 100;
 
@@ -427,18 +438,26 @@ impl Membership for RedisMembership {
         if scores.is_empty() {
             return Ok(Vec::new());
         }
+        // HMGET of fixed fields parses faster than HGETALL into maps (10,000 members).
         let mut pipe = redis::pipe();
         for (id, _) in &scores {
-            pipe.hgetall(self.key(&format!("node:{id}")));
+            pipe.cmd("HMGET")
+                .arg(self.key(&format!("node:{id}")))
+                .arg(&RECORD_FIELDS[..]);
         }
-        let hashes: Vec<BTreeMap<String, String>> = self.query(&pipe).await?;
+        let rows: Vec<Vec<Option<String>>> = self.query(&pipe).await?;
         let timeout = self.timeout_ms();
         let mut out: Vec<Member> = scores
             .into_iter()
-            .zip(hashes)
-            .map(|((id, score), fields)| {
+            .zip(rows)
+            .map(|((id, score), row)| {
                 let last = score as u64;
                 let age = now.saturating_sub(last);
+                let fields: BTreeMap<String, String> = RECORD_FIELDS
+                    .iter()
+                    .zip(row)
+                    .filter_map(|(k, v)| Some((k.to_string(), v?)))
+                    .collect();
                 let mut node = NodeRecord::from_fields(&id, &fields);
                 if node.name.is_empty() {
                     node.name = id.rsplit_once('-').map(|(n, _)| n).unwrap_or(&id).into();

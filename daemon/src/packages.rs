@@ -1,0 +1,381 @@
+//! Node packages from the primary's point of view: derive the node's configuration from the
+//! primary's, seal it (installer-stub's format), and wrap it in a macOS pkg or a Linux
+//! provision bundle (fleet-package). The CLI and the Settings page both build through here.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fleet_installer_stub::sealed::{
+    self, FileKey, KdfParams, KeySource, SealOptions, SealedPayload,
+};
+use fleet_installer_stub::{EthernetPolicy, TargetLayout};
+use fleet_package::{ArtifactCache, NodeFiles, PkgBuilder, PkgOptions, PkgRoot, Target, Template};
+
+use crate::config::Config;
+
+/// Which installer to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// A macOS component package (`.pkg`).
+    Pkg,
+    /// A Linux provision bundle (`<node>_provision.tar.gz`).
+    Bundle,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pkg" | "macos" => Ok(Format::Pkg),
+            "bundle" | "linux" => Ok(Format::Bundle),
+            other => Err(format!(
+                "unknown package format `{other}` (expected pkg or bundle)"
+            )),
+        }
+    }
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Pkg => "pkg",
+            Format::Bundle => "bundle",
+        }
+    }
+}
+
+/// What an admin asks for.
+#[derive(Clone)]
+pub struct BuildRequest {
+    /// The new node's name; `None`: the machine's hostname at first start.
+    pub node_name: Option<String>,
+    pub format: Format,
+    /// The file name; default `FleetServerClusterNode.pkg` or `<node>_provision.tar.gz`.
+    pub package_name: Option<String>,
+    /// How long the package stays installable.
+    pub expires: Duration,
+    pub ethernet: EthernetPolicy,
+    /// Seal with a passphrase (travels separately) instead of a key file in the package.
+    pub passphrase: Option<crate::config::Secret>,
+    /// Template directory, overriding `package.template_dir`.
+    pub template_dir: Option<PathBuf>,
+    /// Accept binaries whose format does not fit the target (development and tests).
+    pub allow_foreign_binaries: bool,
+    /// Who asked (recorded in the `package_built` event).
+    pub built_by: String,
+}
+
+impl std::fmt::Debug for BuildRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildRequest")
+            .field("node_name", &self.node_name)
+            .field("format", &self.format)
+            .field("package_name", &self.package_name)
+            .field("expires", &self.expires)
+            .field("ethernet", &self.ethernet)
+            .field("passphrase", &self.passphrase.as_ref().map(|_| "***"))
+            .field("built_by", &self.built_by)
+            .finish()
+    }
+}
+
+/// A built package, ready to write or to download.
+#[derive(Clone)]
+pub struct BuiltPackage {
+    pub file_name: String,
+    pub bytes: Vec<u8>,
+    /// Empty when the node takes its hostname.
+    pub node_name: String,
+    /// The sealed header's package id (hex).
+    pub package_id: String,
+    /// Unix seconds after which the stub refuses the package.
+    pub not_after: u64,
+    pub format: Format,
+    /// True when the binaries do not fit the target (development builds).
+    pub foreign_binaries: bool,
+}
+
+impl std::fmt::Debug for BuiltPackage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuiltPackage")
+            .field("file_name", &self.file_name)
+            .field("bytes", &self.bytes.len())
+            .field("node_name", &self.node_name)
+            .field("package_id", &self.package_id)
+            .finish()
+    }
+}
+
+/// Why a build was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("invalid node name: {0}")]
+    NodeName(String),
+    #[error(transparent)]
+    Package(#[from] fleet_package::Error),
+    #[error(
+        "no node template: set package.template_dir (or pass --template-dir); `make node-template` fills one"
+    )]
+    NoTemplate,
+    #[error("sealing the node configuration: {0}")]
+    Seal(String),
+    #[error("the expiry must be between 1 minute and 365 days")]
+    Expiry,
+}
+
+impl BuildError {
+    /// True for errors in what the admin asked (a 400, not a 500).
+    pub fn is_bad_request(&self) -> bool {
+        match self {
+            BuildError::NodeName(_) | BuildError::Expiry => true,
+            BuildError::Package(e) => matches!(
+                e,
+                fleet_package::Error::InvalidNodeName { .. }
+                    | fleet_package::Error::InvalidPackageName { .. }
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Parses `7d`, `12h`, `30m` or a number of days.
+pub fn parse_expiry(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, "d"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 7d, 12h or 30m"))?;
+    let secs = match unit {
+        "d" => n * 86_400,
+        "h" => n * 3600,
+        "m" => n * 60,
+        _ => return Err(format!("`{s}`: the unit must be d, h or m")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// The new node's configuration: the primary's, with this node's name, the target's paths,
+/// and nothing that only makes sense on the primary.
+pub fn node_config(primary: &Config, node_name: Option<&str>, format: Format) -> Config {
+    let mut c = primary.clone();
+    c.cluster.node_name = node_name.map(str::to_string);
+    c.server.state_dir = PathBuf::from(match format {
+        Format::Pkg => "/Library/FleetServer/state",
+        Format::Bundle => "/var/lib/fleet-server",
+    });
+    c.server.host = "0.0.0.0".into();
+    c.server.public_url = None;
+    // Secrets read from files on the primary travel as values: the files are not on the node.
+    c.cluster.redis_password_file = None;
+    c.auth.api_key_file = None;
+    c.auth.web_password = None;
+    c.package = Default::default();
+    c.load_warnings.clear();
+    c
+}
+
+/// Builds node packages, keeping the template-only parts (Payload, Bom) cached between builds.
+#[derive(Debug, Clone, Default)]
+pub struct Builder {
+    cache: Arc<ArtifactCache>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Builder {
+    pub fn new() -> Self {
+        Builder::default()
+    }
+
+    /// Builds the package `req` asks for from the primary's configuration. CPU-bound: call it
+    /// from a blocking thread in async code.
+    pub fn build(&self, primary: &Config, req: &BuildRequest) -> Result<BuiltPackage, BuildError> {
+        if let Some(name) = &req.node_name {
+            crate::identity::validate_node_name(name).map_err(BuildError::NodeName)?;
+        }
+        if req.expires < Duration::from_secs(60) || req.expires > Duration::from_secs(365 * 86_400)
+        {
+            return Err(BuildError::Expiry);
+        }
+        let file_name = match (req.format, &req.package_name) {
+            (Format::Pkg, Some(n)) => {
+                fleet_package::validate_package_name(n)?;
+                n.clone()
+            }
+            (Format::Pkg, None) => fleet_package::DEFAULT_PKG_NAME.to_string(),
+            (Format::Bundle, Some(n)) => {
+                fleet_package::validate_bundle_name(n)?;
+                n.clone()
+            }
+            (Format::Bundle, None) => {
+                fleet_package::default_bundle_name(req.node_name.as_deref().unwrap_or("node"))
+            }
+        };
+        let template_dir = req
+            .template_dir
+            .clone()
+            .or_else(|| primary.package.template_dir.clone())
+            .ok_or(BuildError::NoTemplate)?;
+        let target = match req.format {
+            Format::Pkg => Target::MacOs,
+            Format::Bundle => Target::LinuxX86_64,
+        };
+        let allow_foreign = req.allow_foreign_binaries || primary.package.allow_foreign_binaries;
+        let template = Template::load(&template_dir, target, allow_foreign)?;
+        let foreign_binaries = allow_foreign && !template_fits(&template, target);
+
+        let node = node_config(primary, req.node_name.as_deref(), req.format);
+        let yaml = serde_yaml::to_string(&node).map_err(|e| BuildError::Seal(e.to_string()))?;
+        let created_at = now_secs();
+        let opts = SealOptions {
+            created_at,
+            not_after: created_at + req.expires.as_secs(),
+            ethernet: req.ethernet,
+            layout: match req.format {
+                Format::Pkg => TargetLayout::Macos,
+                Format::Bundle => TargetLayout::Linux,
+            },
+            kdf: KdfParams::DEFAULT,
+        };
+        let payload = SealedPayload {
+            node_name: req.node_name.clone().unwrap_or_default(),
+            config_yaml: format!(
+                "# Fleet Server node configuration, from the primary's package builder.\n{yaml}"
+            ),
+        };
+        let key;
+        let source = match &req.passphrase {
+            Some(p) => KeySource::Passphrase(p.expose().as_bytes()),
+            None => {
+                key = FileKey::generate().map_err(|e| BuildError::Seal(e.to_string()))?;
+                KeySource::KeyFile(&key)
+            }
+        };
+        let sealed =
+            sealed::seal(&payload, &opts, source).map_err(|e| BuildError::Seal(e.to_string()))?;
+        let files = NodeFiles {
+            sealed: sealed.blob,
+            key: sealed.key_file,
+        };
+        let root = PkgRoot::embedded();
+        let bytes = match req.format {
+            Format::Pkg => PkgBuilder::new(template, root)?
+                .with_cache(self.cache.clone())
+                .build_pkg(&files, &PkgOptions::default())?,
+            Format::Bundle => fleet_package::build_bundle(
+                &template,
+                &root,
+                req.node_name.as_deref().unwrap_or("node"),
+                &files,
+            )?,
+        };
+        Ok(BuiltPackage {
+            file_name,
+            bytes,
+            node_name: req.node_name.clone().unwrap_or_default(),
+            package_id: sealed.header.package_id_hex(),
+            not_after: opts.not_after,
+            format: req.format,
+            foreign_binaries,
+        })
+    }
+}
+
+fn template_fits(t: &Template, target: Target) -> bool {
+    let want = match target {
+        Target::MacOs => fleet_package::BinaryFormat::MachO,
+        Target::LinuxX86_64 => fleet_package::BinaryFormat::Elf,
+    };
+    fleet_package::BinaryFormat::detect(t.fleet_server()) == want
+}
+
+/// Records `package_built` in the cluster's events (best effort: a build on a machine that
+/// cannot reach the backend still succeeds, with a warning).
+pub async fn record_built(primary: &Config, pkg: &BuiltPackage, by: &str) {
+    if !primary.cluster.enabled {
+        return;
+    }
+    let event = crate::cluster::Event {
+        kind: crate::cluster::EventKind::PackageBuilt,
+        node_id: pkg.node_name.clone(),
+        at_ms: 0,
+        detail: [
+            ("by".to_string(), by.to_string()),
+            ("node_name".to_string(), pkg.node_name.clone()),
+            ("package_id".to_string(), pkg.package_id.clone()),
+            ("format".to_string(), pkg.format.as_str().to_string()),
+            ("not_after".to_string(), pkg.not_after.to_string()),
+        ]
+        .into(),
+    };
+    let result = match crate::cluster::open(primary) {
+        Ok(b) => tokio::time::timeout(Duration::from_secs(5), b.record_event(&event))
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::cluster::ClusterError::Unreachable {
+                    backend: "cluster",
+                    reason: "no answer".into(),
+                })
+            }),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        log::warn!("package built, but not recorded in the cluster's events: {e}");
+    }
+}
+
+/// Writes a built package to `path` (temporary file and rename; refuses to replace unless
+/// `force`).
+pub fn write_package(path: &Path, pkg: &BuiltPackage, force: bool) -> Result<(), BuildError> {
+    Ok(fleet_package::write_atomically(path, &pkg.bytes, force)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_parses() {
+        assert_eq!(parse_expiry("7d").unwrap(), Duration::from_secs(7 * 86_400));
+        assert_eq!(parse_expiry("12h").unwrap(), Duration::from_secs(12 * 3600));
+        assert_eq!(parse_expiry("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_expiry("3").unwrap(), Duration::from_secs(3 * 86_400));
+        assert!(parse_expiry("7w").is_err());
+        assert!(parse_expiry("soon").is_err());
+    }
+
+    #[test]
+    fn node_config_drops_primary_only_settings() {
+        let mut p = Config::default();
+        p.cluster.redis_password_file = Some("/etc/pw".into());
+        p.cluster.redis_password = Some(crate::config::Secret::new("pw"));
+        p.package.template_dir = Some("/tpl".into());
+        p.server.public_url = Some("https://primary:8768".into());
+        let n = node_config(&p, Some("server-03"), Format::Pkg);
+        assert_eq!(n.cluster.node_name.as_deref(), Some("server-03"));
+        assert_eq!(n.cluster.redis_password_file, None);
+        assert_eq!(
+            n.cluster.redis_password.as_ref().map(|s| s.expose()),
+            Some("pw")
+        );
+        assert_eq!(n.package.template_dir, None);
+        assert_eq!(n.server.public_url, None);
+        assert_eq!(
+            n.server.state_dir,
+            PathBuf::from("/Library/FleetServer/state")
+        );
+        // The node's file must load as a valid configuration.
+        let yaml = serde_yaml::to_string(&n).unwrap();
+        let back = Config::parse(&yaml, Path::new("node.yaml")).unwrap();
+        back.validate(Path::new("node.yaml")).unwrap();
+    }
+}
