@@ -4,4 +4,5 @@ mod badinput;
 mod blackbox;
 mod conformance;
 mod etcd;
+mod install;
 mod netns;

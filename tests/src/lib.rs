@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 pub mod etcd;
 pub mod netns;
+pub mod pkginstall;
 
 /// A port nobody listens on right now (the OS picks it; a race with another process is
 /// possible but rare, and the callers retry on bind errors).

@@ -1,0 +1,269 @@
+//! An install emulated as macOS Installer does it, with the real binaries: a node template
+//! holding this build's `fleet-server` and `fleet-installer-stub`, the pkg's XAR extracted
+//! with `bsdtar`, its `Scripts` and `Payload` (gzip of cpio odc) with `gzip -dc | cpio -i`,
+//! the scripts run with Installer's `$1..$4`, an empty environment, and a `launchctl`
+//! stand-in that records its calls (the `LAUNCHCTL` hook of `scripts/postinstall`).
+//!
+//! package/tests/emulated_install.rs does the same against a placeholder stub inside the
+//! fleet-package crate (which cannot depend on this kit without building the daemon); the
+//! end-to-end tests in `e2e/install.rs` use this module.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{bin_path, require_tool};
+
+/// The LaunchDaemon's label (the pkg identifier too).
+pub const LABEL: &str = "com.fleet.server.cluster";
+/// Where the pkg installs the plist, relative to the target volume.
+pub const PLIST: &str = "Library/LaunchDaemons/com.fleet.server.cluster.plist";
+/// Where the stub writes the node's configuration on macOS, relative to the target volume.
+pub const MAC_CONFIG: &str = "Library/FleetServer/config/config.yaml";
+/// The passphrase file the stub reads on macOS, relative to the target volume.
+pub const MAC_PASSPHRASE: &str = "Library/FleetServer/install.passphrase";
+/// The PATH Installer gives scripts (none of the caller's environment reaches them).
+pub const INSTALLER_PATH: &str = "/usr/bin:/bin:/usr/sbin:/sbin";
+
+/// Fills `dir` as a node template (`package.template_dir`): `linux-x86_64/` and `macos/`
+/// both hold this build's Linux `fleet-server` and `fleet-installer-stub`.
+///
+/// There is no Mac here and the darwin target cannot be built, so the `macos/` slot holds
+/// Linux (ELF) binaries: a pkg build then needs `--allow-foreign-binaries`, the only way to
+/// build a pkg on Linux, and the emulated install runs them on this Linux host.
+///
+/// The debug binaries are stripped on the way in (`strip`): the unstripped debug
+/// `fleet-server` is about 150 MB, which makes every build compress ten times more than a
+/// release template would. Stripping changes nothing they do.
+pub fn node_template(dir: &Path) -> PathBuf {
+    let strip = require_tool("strip");
+    for slot in ["linux-x86_64", "macos"] {
+        let d = dir.join(slot);
+        std::fs::create_dir_all(&d).expect("creating the node template");
+        for bin in ["fleet-server", "fleet-installer-stub"] {
+            if slot == "macos" {
+                // Same bytes as the Linux slot: a hard link, or a copy across devices.
+                let from = dir.join("linux-x86_64").join(bin);
+                if std::fs::hard_link(&from, d.join(bin)).is_err() {
+                    std::fs::copy(&from, d.join(bin)).expect("copying into the node template");
+                }
+                continue;
+            }
+            run_ok(
+                Command::new(&strip)
+                    .arg("--strip-debug")
+                    .arg("-o")
+                    .arg(d.join(bin))
+                    .arg(bin_path(bin)),
+            );
+        }
+    }
+    dir.to_path_buf()
+}
+
+/// A pkg expanded as Installer does before it runs anything.
+#[derive(Debug, Clone)]
+pub struct ExpandedPkg {
+    /// The package file (`$1`).
+    pub pkg: PathBuf,
+    /// The XAR members (`Bom`, `PackageInfo`, `Payload`, `Scripts`) as bsdtar wrote them.
+    pub members: PathBuf,
+    /// The `Scripts` archive extracted: `preinstall`, `postinstall`, the sealed blob, the key.
+    pub scripts: PathBuf,
+}
+
+impl ExpandedPkg {
+    /// Extracts `pkg` under `dir` (made if missing): XAR members with bsdtar, then Scripts.
+    pub fn extract(pkg: &Path, dir: &Path) -> ExpandedPkg {
+        let members = dir.join("expanded");
+        let scripts = dir.join("scripts");
+        for d in [&members, &scripts] {
+            std::fs::create_dir_all(d).expect("creating the extraction directory");
+        }
+        run_ok(
+            Command::new(require_tool("bsdtar"))
+                .arg("-xf")
+                .arg(pkg)
+                .arg("-C")
+                .arg(&members),
+        );
+        cpio_extract(&members.join("Scripts"), &scripts);
+        ExpandedPkg {
+            pkg: pkg.to_path_buf(),
+            members,
+            scripts,
+        }
+    }
+
+    /// Lays the payload under the target volume, as Installer does between the scripts.
+    pub fn install_payload(&self, target: &Path) {
+        cpio_extract(&self.members.join("Payload"), target);
+    }
+
+    /// A copy of the Scripts directory (for a run with a changed sealed blob or key).
+    pub fn copy_scripts(&self, to: &Path) -> PathBuf {
+        std::fs::create_dir_all(to).expect("creating a scripts copy");
+        for e in std::fs::read_dir(&self.scripts).expect("listing Scripts") {
+            let e = e.expect("Scripts entry");
+            let dest = to.join(e.file_name());
+            std::fs::copy(e.path(), &dest).expect("copying a script");
+        }
+        to.to_path_buf()
+    }
+}
+
+/// `gzip -dc ARCHIVE | cpio -idmu` in `into` (GNU cpio reads odc), with umask 022 as Installer.
+pub fn cpio_extract(gz: &Path, into: &Path) {
+    let gzip = require_tool("gzip");
+    let cpio = require_tool("cpio");
+    std::fs::create_dir_all(into).expect("creating the cpio destination");
+    run_ok(
+        Command::new("/bin/sh")
+            .arg("-c")
+            .arg(r#"umask 022 && cd "$1" && "$2" -dc "$3" | "$4" -idmu --quiet"#)
+            .arg("sh")
+            .arg(into)
+            .arg(gzip)
+            .arg(gz)
+            .arg(cpio),
+    );
+}
+
+/// Gives `cmd` (a script, or `ip netns exec NS script`) Installer's conventions: `$1` the
+/// package, `$2` the install location `/`, `$3` the target volume, `$4` the system root `/`;
+/// no environment but Installer's PATH; working directory `/`.
+pub fn as_installer_runs<'a>(cmd: &'a mut Command, pkg: &Path, target: &Path) -> &'a mut Command {
+    cmd.env_clear()
+        .env("PATH", INSTALLER_PATH)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .arg(pkg)
+        .arg("/")
+        .arg(target)
+        .arg("/")
+}
+
+/// A `launchctl` stand-in that appends each call's arguments to a file and succeeds.
+#[derive(Debug, Clone)]
+pub struct Launchctl {
+    pub path: PathBuf,
+    calls: PathBuf,
+}
+
+impl Launchctl {
+    /// Writes the stand-in into `dir`.
+    pub fn new(dir: &Path) -> Launchctl {
+        let path = dir.join("launchctl");
+        let calls = dir.join("launchctl-calls");
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\necho \"$*\" >> '{}'\nexit 0\n", calls.display()),
+        )
+        .expect("writing the launchctl stand-in");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod of the launchctl stand-in");
+        Launchctl { path, calls }
+    }
+
+    /// The calls so far, one line of arguments each.
+    pub fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.calls)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The postinstall's test hooks: this stand-in, and `$3` handled as the boot volume.
+    pub fn boot_volume_env(&self, cmd: &mut Command) {
+        cmd.env("LAUNCHCTL", &self.path)
+            .env("FLEET_TEST_TREAT_AS_BOOT_VOLUME", "1");
+    }
+}
+
+/// Every path under `root` (relative, sorted): what an install left behind.
+pub fn tree(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(root).unwrap_or(&p).display().to_string());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+/// The permission bits of a path.
+pub fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Runs `cmd` to its end like `Command::output`, but kills it and panics after `limit`.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(child.stdout.take().map(|r| Box::new(r) as _));
+    let err = drain(child.stderr.take().map(|r| Box::new(r) as _));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for a child") {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+/// Runs `cmd` (at most two minutes); panics with its output unless it succeeds.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = output_within(cmd, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
