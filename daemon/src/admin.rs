@@ -87,6 +87,66 @@ pub async fn cluster_nodes(
     write_table(&members, out)
 }
 
+/// Where the backend is, without credentials: `redis://host:port/db`, the storage directory, or
+/// the etcd endpoints.
+pub fn backend_location(config: &Config) -> String {
+    let c = &config.cluster;
+    match c.backend {
+        BackendKind::Redis => match (&c.redis_socket, &c.redis_host) {
+            (Some(sock), _) => format!("unix:{}", sock.display()),
+            (None, host) => format!(
+                "{}://{}:{}/{}",
+                if c.redis_tls { "rediss" } else { "redis" },
+                host.as_deref().unwrap_or("?"),
+                c.redis_port,
+                c.redis_db
+            ),
+        },
+        BackendKind::Storage => config.storage_path().display().to_string(),
+        // Validated as http(s)://host:port without user info.
+        BackendKind::Etcd => c.etcd_endpoints.join(","),
+    }
+}
+
+/// `fleet-server cluster info`: a summary line (members, active, backend and where it is) and
+/// the member table, as EIS's `etcd_cluster_info.sh` lists the cluster.
+pub async fn cluster_info(
+    config: &Config,
+    as_json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let backend = backend_of(config)?;
+    let members = timed(backend.members()).await?;
+    let active = members
+        .iter()
+        .filter(|m| m.state == MemberState::Active)
+        .count();
+    let location = backend_location(config);
+    if as_json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "backend": backend.kind().as_str(),
+                "endpoint": location,
+                "members": members.len(),
+                "active_nodes": active,
+                "nodes": members,
+            }))?
+        )?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "Cluster: {} member{} ({active} active), backend {} at {location}",
+        members.len(),
+        if members.len() == 1 { "" } else { "s" },
+        backend.kind()
+    )?;
+    writeln!(out)?;
+    write_table(&members, out)
+}
+
 /// The member table, as `etcd_cluster_info.sh` shows one.
 pub fn write_table(members: &[Member], out: &mut impl Write) -> anyhow::Result<()> {
     let rows: Vec<[String; 6]> = members
@@ -198,4 +258,61 @@ pub fn config_init(
     identity::write_atomically(path, text.as_bytes(), 0o600)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok((password, api_key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn cluster_info_prints_the_summary_and_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config::default();
+        c.cluster.enabled = true;
+        c.cluster.backend = BackendKind::Storage;
+        c.cluster.storage_path = Some(dir.path().join("share"));
+        let backend = cluster::open(&c).unwrap();
+        let node = cluster::NodeRecord {
+            id: "node2-abc123".into(),
+            name: "node2".into(),
+            hostname: "node2.test".into(),
+            addresses: vec!["198.51.100.7".into()],
+            version: "0.1.0".into(),
+            os: "linux".into(),
+            started_at: 1,
+            url: "http://198.51.100.7:8768".into(),
+        };
+        backend.register(&node).await.unwrap();
+        let mut out = Vec::new();
+        cluster_info(&c, false, &mut out).await.unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let share = dir.path().join("share");
+        assert!(
+            text.starts_with(&format!(
+                "Cluster: 1 member (1 active), backend storage at {}\n\nNAME ",
+                share.display()
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("node2-abc123  198.51.100.7  active"),
+            "{text}"
+        );
+        let mut out = Vec::new();
+        cluster_info(&c, true, &mut out).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["active_nodes"], 1);
+        assert_eq!(v["nodes"][0]["name"], "node2");
+
+        // Locations never carry credentials.
+        c.cluster.backend = BackendKind::Redis;
+        c.cluster.redis_host = Some("203.0.113.10".into());
+        c.cluster.redis_password = Some(crate::config::Secret::new("pw-secret"));
+        c.cluster.redis_tls = true;
+        assert_eq!(backend_location(&c), "rediss://203.0.113.10:6379/0");
+        c.cluster.backend = BackendKind::Etcd;
+        c.cluster.etcd_endpoints = vec!["http://203.0.113.10:2379".into()];
+        c.cluster.etcd_password = Some(crate::config::Secret::new("pw-secret"));
+        assert_eq!(backend_location(&c), "http://203.0.113.10:2379");
+    }
 }

@@ -261,13 +261,15 @@ pub enum SessionBackendKind {
     Memory,
     /// Shared through Redis, so any node behind the load balancer serves any user.
     Redis,
+    /// Shared through the cluster's etcd (`cluster.etcd_*`), so an etcd cluster needs no Redis.
+    Etcd,
 }
 
 /// `sessions:`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionsConfig {
-    /// `memory` or `redis`.
+    /// `memory`, `redis` or `etcd`.
     pub backend: SessionBackendKind,
     /// Minutes a session lives without use.
     pub timeout_minutes: u32,
@@ -657,6 +659,18 @@ impl Config {
                 "is required with `sessions.backend: redis`",
             ));
         }
+        if self.sessions.backend == SessionBackendKind::Etcd && c.etcd_endpoints.is_empty() {
+            return Err(invalid(
+                origin,
+                "cluster.etcd_endpoints",
+                "is required with `sessions.backend: etcd` (sessions use the cluster's etcd)",
+            ));
+        }
+        if self.sessions.backend == SessionBackendKind::Etcd
+            && !(c.enabled && c.backend == BackendKind::Etcd)
+        {
+            validate_etcd(origin, c)?;
+        }
         if self.sessions.timeout_minutes == 0 {
             return Err(invalid(
                 origin,
@@ -935,6 +949,22 @@ mod tests {
             let err = parse(&format!("{base}{extra}")).unwrap_err().to_string();
             assert!(err.contains(field) && err.contains(words), "{extra}: {err}");
         }
+    }
+
+    #[test]
+    fn etcd_sessions_use_the_cluster_etcd() {
+        let c = parse(
+            "cluster:\n  enabled: true\n  backend: etcd\n  etcd_endpoints: [\"http://127.0.0.1:2379\"]\nsessions:\n  backend: etcd\n",
+        )
+        .unwrap();
+        assert_eq!(c.sessions.backend, SessionBackendKind::Etcd);
+        let err = parse("sessions:\n  backend: etcd\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cluster.etcd_endpoints") && err.contains("sessions.backend: etcd"),
+            "{err}"
+        );
     }
 
     #[test]

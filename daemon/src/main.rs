@@ -102,6 +102,8 @@ enum BackendArg {
     Storage,
 }
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum PackageCommand {
     /// Build a node installer from this server's configuration.
@@ -138,6 +140,9 @@ enum PackageCommand {
         /// Replace an existing output file.
         #[arg(long)]
         force: bool,
+        /// The new node's intended address (repeatable): refused when a live node has it.
+        #[arg(long = "ip", value_name = "IP")]
+        ips: Vec<std::net::IpAddr>,
     },
     /// Show a package's members, checksums, PackageInfo and sealed header (never a secret).
     Inspect {
@@ -157,6 +162,13 @@ enum ClusterCommand {
     },
     /// Every member with its state and last heartbeat.
     Nodes {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The backend and the member table, as EIS's `etcd_cluster_info.sh` shows them.
+    Info {
         #[arg(long, short)]
         config: Option<PathBuf>,
         #[arg(long)]
@@ -388,6 +400,7 @@ fn real_main() -> anyhow::Result<()> {
                     template_dir,
                     allow_foreign_binaries,
                     force,
+                    ips,
                 },
         } => {
             let c = load(config)?;
@@ -411,7 +424,7 @@ fn real_main() -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            let req = packages::BuildRequest {
+            let mut req = packages::BuildRequest {
                 node_name,
                 format,
                 package_name,
@@ -421,13 +434,70 @@ fn real_main() -> anyhow::Result<()> {
                 template_dir,
                 allow_foreign_binaries,
                 built_by: format!("cli:{}", whoami()),
+                ips,
+                node_credential: None,
             };
-            let built = packages::Builder::new().build(&c, &req)?;
-            let path = output.unwrap_or_else(|| PathBuf::from(&built.file_name));
-            packages::write_package(&path, &built, force)?;
             let rt = runtime()?;
+            let mut shared_note = None;
+            if c.cluster.enabled {
+                // As etcd_cluster_add.sh: a name or an address a live node holds is refused.
+                // The redis client spawns its connection task: open inside the runtime.
+                let backend = {
+                    let _in_runtime = rt.enter();
+                    fleet_server::cluster::open(&c)?
+                };
+                rt.block_on(packages::check_available(
+                    backend.as_ref(),
+                    req.node_name.as_deref(),
+                    &req.ips,
+                ))?;
+                match rt.block_on(packages::node_credential(&c, req.node_name.as_deref()))? {
+                    Some(packages::CredentialChoice::NodeUser(cred)) => {
+                        req.node_credential = Some(cred)
+                    }
+                    Some(packages::CredentialChoice::Shared(why)) => shared_note = Some(why),
+                    None => {}
+                }
+            }
+            let built = packages::Builder::new()
+                .build(&c, &req)
+                .map_err(anyhow::Error::from)
+                .and_then(|built| {
+                    let path = output.unwrap_or_else(|| PathBuf::from(&built.file_name));
+                    packages::write_package(&path, &built, force)?;
+                    Ok((path, built))
+                });
+            let (path, built) = match built {
+                Ok(b) => b,
+                Err(e) => {
+                    // The node user of a package that was not written must not linger.
+                    if let (Some(cred), Some(name)) = (&req.node_credential, &req.node_name)
+                        && let Err(e2) =
+                            rt.block_on(packages::discard_node_credential(&c, name, cred))
+                    {
+                        log::warn!(
+                            "the etcd user {} made for this build remains: {e2}",
+                            cred.user
+                        );
+                    }
+                    return Err(e);
+                }
+            };
             rt.block_on(packages::record_built(&c, &built, &req.built_by));
             print_built(&path, &built, req.passphrase.is_some());
+            if !built.ips.is_empty() {
+                let ips: Vec<String> = built.ips.iter().map(ToString::to_string).collect();
+                println!("   Intended address: {}", ips.join(", "));
+            }
+            if let Some(user) = &built.node_user {
+                println!(
+                    "   etcd user: {user} (its own, limited to the cluster prefix {}; deleted when the node is removed)",
+                    c.cluster.key_prefix
+                );
+            }
+            if let Some(why) = shared_note {
+                println!("   ⚠️  etcd user: shared with the primary: {why}");
+            }
             Ok(())
         }
         Command::Package {
@@ -454,6 +524,10 @@ fn real_main() -> anyhow::Result<()> {
                 ClusterCommand::Nodes { config, json } => {
                     let c = load(config)?;
                     rt.block_on(admin::cluster_nodes(&c, json, &mut out))
+                }
+                ClusterCommand::Info { config, json } => {
+                    let c = load(config)?;
+                    rt.block_on(admin::cluster_info(&c, json, &mut out))
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! primary's, seal it (installer-stub's format), and wrap it in a macOS pkg or a Linux
 //! provision bundle (fleet-package). The CLI and the Settings page both build through here.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,7 +13,8 @@ use fleet_installer_stub::sealed::{
 use fleet_installer_stub::{EthernetPolicy, TargetLayout};
 use fleet_package::{ArtifactCache, NodeFiles, PkgBuilder, PkgOptions, PkgRoot, Target, Template};
 
-use crate::config::Config;
+use crate::cluster::{ClusterError, MemberState, Membership};
+use crate::config::{BackendKind, Config, Secret};
 
 /// Which installer to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +66,56 @@ pub struct BuildRequest {
     pub allow_foreign_binaries: bool,
     /// Who asked (recorded in the `package_built` event).
     pub built_by: String,
+    /// The addresses the new node is meant to have (`--ip`, as `etcd_cluster_add.sh <NodeName>
+    /// <IP>`): checked against the live members and recorded in the `package_built` event.
+    pub ips: Vec<IpAddr>,
+    /// A backend credential of the node's own (a per-node etcd user), sealed into its
+    /// configuration instead of the primary's; `None`: the primary's (see [`node_credential`]).
+    pub node_credential: Option<NodeCredential>,
+}
+
+impl Default for BuildRequest {
+    /// A macOS pkg named after the hostname, with the default expiry and Ethernet policy.
+    fn default() -> Self {
+        BuildRequest {
+            node_name: None,
+            format: Format::Pkg,
+            package_name: None,
+            expires: Duration::from_secs(7 * 86_400),
+            ethernet: EthernetPolicy::Require,
+            passphrase: None,
+            template_dir: None,
+            allow_foreign_binaries: false,
+            built_by: String::new(),
+            ips: Vec::new(),
+            node_credential: None,
+        }
+    }
+}
+
+/// A backend user made for one node (an etcd user limited to the cluster's prefix).
+#[derive(Clone)]
+pub struct NodeCredential {
+    pub user: String,
+    pub password: Secret,
+}
+
+impl std::fmt::Debug for NodeCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCredential")
+            .field("user", &self.user)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
+/// Which backend credentials a new node's configuration carries.
+#[derive(Debug, Clone)]
+pub enum CredentialChoice {
+    /// A user of its own, limited to the cluster's prefix and deleted with the node.
+    NodeUser(NodeCredential),
+    /// The primary's own credentials, and why no node user was made.
+    Shared(String),
 }
 
 impl std::fmt::Debug for BuildRequest {
@@ -76,6 +128,8 @@ impl std::fmt::Debug for BuildRequest {
             .field("ethernet", &self.ethernet)
             .field("passphrase", &self.passphrase.as_ref().map(|_| "***"))
             .field("built_by", &self.built_by)
+            .field("ips", &self.ips)
+            .field("node_credential", &self.node_credential)
             .finish()
     }
 }
@@ -94,6 +148,10 @@ pub struct BuiltPackage {
     pub format: Format,
     /// True when the binaries do not fit the target (development builds).
     pub foreign_binaries: bool,
+    /// The intended addresses of the node (from the request).
+    pub ips: Vec<IpAddr>,
+    /// The node's own backend user, when it has one (never its password).
+    pub node_user: Option<String>,
 }
 
 impl std::fmt::Debug for BuiltPackage {
@@ -122,13 +180,22 @@ pub enum BuildError {
     Seal(String),
     #[error("the expiry must be between 1 minute and 365 days")]
     Expiry,
+    #[error("node name {name} is already held by the live node {holder} (use another name)")]
+    NameInUse { name: String, holder: String },
+    #[error("IP {ip} is already used by the live node {holder}")]
+    IpInUse { ip: IpAddr, holder: String },
+    #[error("checking the cluster: {0}")]
+    Cluster(#[from] ClusterError),
 }
 
 impl BuildError {
     /// True for errors in what the admin asked (a 400, not a 500).
     pub fn is_bad_request(&self) -> bool {
         match self {
-            BuildError::NodeName(_) | BuildError::Expiry => true,
+            BuildError::NodeName(_)
+            | BuildError::Expiry
+            | BuildError::NameInUse { .. }
+            | BuildError::IpInUse { .. } => true,
             BuildError::Package(e) => matches!(
                 e,
                 fleet_package::Error::InvalidNodeName { .. }
@@ -171,6 +238,7 @@ pub fn node_config(primary: &Config, node_name: Option<&str>, format: Format) ->
     c.server.public_url = None;
     // Secrets read from files on the primary travel as values: the files are not on the node.
     c.cluster.redis_password_file = None;
+    c.cluster.etcd_password_file = None;
     c.auth.api_key_file = None;
     c.auth.web_password = None;
     c.package = Default::default();
@@ -233,7 +301,11 @@ impl Builder {
         let template = Template::load(&template_dir, target, allow_foreign)?;
         let foreign_binaries = allow_foreign && !template_fits(&template, target);
 
-        let node = node_config(primary, req.node_name.as_deref(), req.format);
+        let mut node = node_config(primary, req.node_name.as_deref(), req.format);
+        if let Some(cred) = &req.node_credential {
+            node.cluster.etcd_username = Some(cred.user.clone());
+            node.cluster.etcd_password = Some(cred.password.clone());
+        }
         let yaml = serde_yaml::to_string(&node).map_err(|e| BuildError::Seal(e.to_string()))?;
         let created_at = now_secs();
         let opts = SealOptions {
@@ -286,8 +358,113 @@ impl Builder {
             not_after: opts.not_after,
             format: req.format,
             foreign_binaries,
+            ips: req.ips.clone(),
+            node_user: req.node_credential.as_ref().map(|c| c.user.clone()),
         })
     }
+}
+
+/// How long the checks below wait for the backend.
+const CHECK_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Refuses a node name or an address that a live member holds, as `etcd_cluster_add.sh` does
+/// (every backend). Only active members count: the name of a dead node may be taken again, so
+/// a failed machine can be replaced. Nothing is reserved: two builds for the same name both
+/// pass until one of the nodes joins (the second is then refused at join).
+pub async fn check_available(
+    backend: &dyn Membership,
+    name: Option<&str>,
+    ips: &[IpAddr],
+) -> Result<(), BuildError> {
+    let members = match tokio::time::timeout(CHECK_DEADLINE, backend.members()).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(BuildError::Cluster(ClusterError::Unreachable {
+                backend: backend.kind().as_str(),
+                reason: format!("no member list within {CHECK_DEADLINE:?}"),
+            }));
+        }
+    };
+    let live = members.iter().filter(|m| m.state == MemberState::Active);
+    for m in live {
+        if name == Some(m.node.name.as_str()) {
+            return Err(BuildError::NameInUse {
+                name: m.node.name.clone(),
+                holder: m.node.id.clone(),
+            });
+        }
+        let held: Vec<IpAddr> = m
+            .node
+            .addresses
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        if let Some(ip) = ips.iter().find(|ip| held.contains(ip)) {
+            return Err(BuildError::IpInUse {
+                ip: *ip,
+                holder: m.node.id.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Makes the new node a backend user of its own when the backend is etcd and the primary's
+/// etcd user may manage users (root role): limited to the cluster's key prefix, recorded under
+/// `<prefix>cluster/users/<node name>` so that removing the node deletes it. Otherwise the node
+/// carries the primary's credentials, and the reason says why. `None`: not an etcd cluster.
+pub async fn node_credential(
+    primary: &Config,
+    node_name: Option<&str>,
+) -> Result<Option<CredentialChoice>, BuildError> {
+    let c = &primary.cluster;
+    if !c.enabled || c.backend != BackendKind::Etcd {
+        return Ok(None);
+    }
+    if c.etcd_username.is_none() {
+        return Ok(Some(CredentialChoice::Shared(
+            "no cluster.etcd_username (etcd without auth): the node connects as the primary does"
+                .into(),
+        )));
+    }
+    let Some(name) = node_name else {
+        return Ok(Some(CredentialChoice::Shared(
+            "no node name: a per-node etcd user needs one (--node-name), so the node carries the shared etcd credentials".into(),
+        )));
+    };
+    let etcd = etcd_of(primary)?;
+    match etcd.create_node_user(name).await {
+        Ok((user, password)) => Ok(Some(CredentialChoice::NodeUser(NodeCredential {
+            user,
+            password,
+        }))),
+        Err(ClusterError::Auth { reason, .. }) => Ok(Some(CredentialChoice::Shared(format!(
+            "the primary's etcd user may not manage users ({reason}), so the node carries the shared etcd credentials"
+        )))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deletes a node user made by [`node_credential`] for a build that then failed.
+pub async fn discard_node_credential(
+    primary: &Config,
+    node_name: &str,
+    cred: &NodeCredential,
+) -> Result<(), BuildError> {
+    Ok(etcd_of(primary)?
+        .forget_node_user(node_name, &cred.user)
+        .await?)
+}
+
+fn etcd_of(primary: &Config) -> Result<crate::cluster::etcd::EtcdMembership, BuildError> {
+    let timing = crate::cluster::Timing {
+        interval: primary.cluster.heartbeat_interval(),
+        timeout: primary.cluster.heartbeat_timeout(),
+    };
+    Ok(crate::cluster::etcd::EtcdMembership::new(
+        &primary.cluster,
+        timing,
+    )?)
 }
 
 fn template_fits(t: &Template, target: Target) -> bool {
@@ -304,18 +481,26 @@ pub async fn record_built(primary: &Config, pkg: &BuiltPackage, by: &str) {
     if !primary.cluster.enabled {
         return;
     }
+    let mut detail: std::collections::BTreeMap<String, String> = [
+        ("by".to_string(), by.to_string()),
+        ("node_name".to_string(), pkg.node_name.clone()),
+        ("package_id".to_string(), pkg.package_id.clone()),
+        ("format".to_string(), pkg.format.as_str().to_string()),
+        ("not_after".to_string(), pkg.not_after.to_string()),
+    ]
+    .into();
+    if !pkg.ips.is_empty() {
+        let ips: Vec<String> = pkg.ips.iter().map(ToString::to_string).collect();
+        detail.insert("ips".into(), ips.join(","));
+    }
+    if let Some(user) = &pkg.node_user {
+        detail.insert("node_user".into(), user.clone());
+    }
     let event = crate::cluster::Event {
         kind: crate::cluster::EventKind::PackageBuilt,
         node_id: pkg.node_name.clone(),
         at_ms: 0,
-        detail: [
-            ("by".to_string(), by.to_string()),
-            ("node_name".to_string(), pkg.node_name.clone()),
-            ("package_id".to_string(), pkg.package_id.clone()),
-            ("format".to_string(), pkg.format.as_str().to_string()),
-            ("not_after".to_string(), pkg.not_after.to_string()),
-        ]
-        .into(),
+        detail,
     };
     let result = match crate::cluster::open(primary) {
         Ok(b) => tokio::time::timeout(Duration::from_secs(5), b.record_event(&event))

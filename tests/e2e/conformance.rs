@@ -306,6 +306,63 @@ async fn duplicate_live_name_is_refused_dead_name_reused(f: impl Fixture) {
     ));
 }
 
+/// `package build --node-name … --ip …`: a name or an address a live member holds is refused;
+/// once that member is dead, both may be taken again.
+async fn build_check_refuses_live_names_and_ips(f: impl Fixture) {
+    use fleet_server::packages::{BuildError, check_available};
+    let b = f.open();
+    let holder = node("server-07");
+    let ip: std::net::IpAddr = "192.0.2.10".parse().unwrap();
+    let other: std::net::IpAddr = "192.0.2.11".parse().unwrap();
+    b.register(&holder).await.unwrap();
+
+    let err = check_available(&*b, Some("server-07"), &[other])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BuildError::NameInUse { .. }), "{err:?}");
+    assert!(err.is_bad_request());
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "node name server-07 is already held by the live node {} (use another name)",
+            holder.id
+        )
+    );
+    let err = check_available(&*b, Some("server-08"), &[other, ip])
+        .await
+        .unwrap_err();
+    assert!(err.is_bad_request());
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "IP 192.0.2.10 is already used by the live node {}",
+            holder.id
+        )
+    );
+    check_available(&*b, Some("server-08"), &[other])
+        .await
+        .unwrap();
+    check_available(&*b, None, &[]).await.unwrap();
+
+    // The holder dies silently: once it is no longer active, its name and address are free.
+    let mut freed = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if check_available(&*b, Some("server-07"), &[ip]).await.is_ok() {
+            freed = true;
+            break;
+        }
+    }
+    assert!(freed, "a dead member's name and address stay held");
+    assert!(
+        b.members()
+            .await
+            .unwrap()
+            .iter()
+            .all(|m| m.state != MemberState::Active)
+    );
+}
+
 async fn backend_outage_and_return(mut f: impl Fixture) {
     let b = f.open();
     let a = node("alpha");
@@ -418,6 +475,7 @@ conformance!(
     data_loss_leads_to_reregistration,
     removed_node_is_told_and_kept_out,
     custom_events_round_trip,
+    build_check_refuses_live_names_and_ips,
 );
 
 #[tokio::test]

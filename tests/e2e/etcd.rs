@@ -1,6 +1,7 @@
 //! The etcd backend as users run it: real `fleet-server` processes on a private etcd (kill -9
 //! and lease expiry, SIGTERM, an etcd restart that lost its data, a node started while etcd is
-//! down), and per-node etcd users on an etcd with auth enabled.
+//! down), per-node etcd users on an etcd with auth enabled (made by `package build`, deleted
+//! with the node), sessions on etcd, and the EIS provisioning flow across network namespaces.
 
 use std::time::{Duration, Instant};
 
@@ -8,6 +9,7 @@ use fleet_server::cluster::etcd::EtcdMembership;
 use fleet_server::cluster::{ClusterError, Membership, NodeRecord, Timing};
 use fleet_server::config::{ClusterConfig, Config};
 use fleet_tests::etcd::EtcdServer;
+use fleet_tests::netns::{Site, Topology};
 use fleet_tests::{Daemon, wait_for};
 use nix::sys::signal::Signal;
 
@@ -185,4 +187,468 @@ async fn wrong_etcd_password_is_an_auth_error() {
         .await
         .unwrap_err();
     assert!(matches!(err, ClusterError::Auth { .. }), "{err:?}");
+}
+
+fn session(user: &str) -> fleet_server::sessions::Session {
+    fleet_server::sessions::Session {
+        user: user.into(),
+        csrf: "csrf-token-123".into(),
+        created_ms: 1,
+    }
+}
+
+/// Sessions on etcd, seen by two nodes (two stores on the same etcd): put on one, read and end
+/// on the other; a session in use outlives its TTL (sliding), an idle one runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_sessions_are_shared_slide_and_expire() {
+    let etcd = EtcdServer::start_with_auth(ROOT_PW);
+    let text = format!(
+        "cluster:\n  enabled: true\n  backend: etcd\n  etcd_endpoints: [\"{}\"]\n  etcd_username: root\n  etcd_password: \"{ROOT_PW}\"\nsessions:\n  backend: etcd\n",
+        etcd.endpoint()
+    );
+    let config = Config::parse(&text, std::path::Path::new("t.yaml")).unwrap();
+    config.validate(std::path::Path::new("t.yaml")).unwrap();
+    let (a, b) = (
+        fleet_server::sessions::open(&config).unwrap(),
+        fleet_server::sessions::open(&config).unwrap(),
+    );
+    assert!(!format!("{a:?}").contains(ROOT_PW));
+    let long = Duration::from_secs(60);
+
+    a.put("sid-one", &session("admin"), long).await.unwrap();
+    assert_eq!(
+        b.get("sid-one", long).await.unwrap(),
+        Some(session("admin"))
+    );
+    // Stored under the digest of the id, never the id itself.
+    let keys = etcd.entries("fleet:session/");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(keys[0].0.len(), "fleet:session/".len() + 64, "{keys:?}");
+    assert!(
+        keys.iter()
+            .all(|(k, v)| !k.contains("sid-one") && !v.contains("sid-one"))
+    );
+    b.delete("sid-one").await.unwrap();
+    assert_eq!(a.get("sid-one", long).await.unwrap(), None);
+    b.delete("sid-one").await.unwrap();
+    assert!(etcd.entries("fleet:session/").is_empty());
+
+    // A 2 s session read every 500 ms by either node lives on past 2 s.
+    let ttl = Duration::from_secs(2);
+    a.put("sid-two", &session("admin"), ttl).await.unwrap();
+    let started = std::time::Instant::now();
+    for i in 0..8 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let store = if i % 2 == 0 { &b } else { &a };
+        assert!(
+            store.get("sid-two", ttl).await.unwrap().is_some(),
+            "sliding session gone after {:?}",
+            started.elapsed()
+        );
+    }
+    // Left alone, it runs out (etcd's lease timer; its expiry loop adds up to ~0.5 s).
+    let idle = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        etcd.entries("fleet:session/").len() == 1,
+        "an idle session must last its TTL"
+    );
+    let mut gone = false;
+    for _ in 0..40 {
+        if etcd.entries("fleet:session/").is_empty() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "an idle session outlived its TTL");
+    eprintln!(
+        "etcd sessions: idle 2 s session gone after {:?}",
+        idle.elapsed()
+    );
+    assert_eq!(b.get("sid-two", ttl).await.unwrap(), None);
+    assert_eq!(a.get("sid-two", ttl).await.unwrap(), None);
+}
+
+/// A node template with the real Linux binaries of this build.
+fn linux_template(dir: &std::path::Path) -> std::path::PathBuf {
+    let tpl = dir.join("template");
+    let linux = tpl.join("linux-x86_64");
+    std::fs::create_dir_all(&linux).unwrap();
+    for bin in ["fleet-server", "fleet-installer-stub"] {
+        std::fs::copy(fleet_tests::bin_path(bin), linux.join(bin)).unwrap();
+    }
+    tpl
+}
+
+/// The configuration sealed in a provision bundle, opened as the installer stub does.
+fn sealed_config(bundle: &std::path::Path, node: &str) -> Config {
+    use fleet_installer_stub::sealed::{self, FileKey, KeySource};
+    let out = bundle.with_extension("x");
+    std::fs::create_dir_all(&out).unwrap();
+    let st = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(bundle)
+        .arg("-C")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar -xzf {}", bundle.display());
+    let top = out.join(format!("{node}_provision"));
+    let blob = std::fs::read(top.join("fleet-config.sealed")).unwrap();
+    let key = FileKey::from_bytes(&std::fs::read(top.join("fleet-config.key")).unwrap()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (_, payload) = sealed::open(&blob, KeySource::KeyFile(&key), now).unwrap();
+    assert_eq!(payload.node_name, node);
+    let c = Config::parse(&payload.config_yaml, std::path::Path::new("sealed.yaml")).unwrap();
+    c.validate(std::path::Path::new("sealed.yaml")).unwrap();
+    c
+}
+
+fn primary_config(dir: &std::path::Path, etcd: &EtcdServer, user: &str, password: &str) -> String {
+    let path = dir.join(format!("primary-{user}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "server:\n  host: 127.0.0.1\n  port: 8768\n  state_dir: {}\ncluster:\n  enabled: true\n  backend: etcd\n  heartbeat_interval: 1\n  heartbeat_timeout: 3\n  etcd_endpoints: [\"{}\"]\n  etcd_username: {user}\n  etcd_password: \"{password}\"\nauth:\n  api_key: {}\n",
+            dir.join("state").display(),
+            etcd.endpoint(),
+            fleet_tests::TEST_API_KEY
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+/// `package build` against an etcd with auth: the node gets an etcd user of its own, limited to
+/// the cluster prefix, sealed in its configuration; removing the node deletes that user. A
+/// primary whose etcd user may not manage users builds with the shared credentials and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn package_build_makes_a_node_user_that_remove_deletes() {
+    let etcd = EtcdServer::start_with_auth(ROOT_PW);
+    let dir = tempfile::tempdir().unwrap();
+    let tpl = linux_template(dir.path());
+    let primary_cfg = primary_config(dir.path(), &etcd, "root", ROOT_PW);
+    let bundle = dir.path().join("node2_provision.tar.gz");
+    let build = |cfg: &str, name: &str, ip: &str, out: &std::path::Path| {
+        let started = Instant::now();
+        let r = fleet_tests::run_cli(&[
+            "package",
+            "build",
+            "--config",
+            cfg,
+            "--format",
+            "bundle",
+            "--node-name",
+            name,
+            "--ip",
+            ip,
+            "--ethernet",
+            "skip",
+            "--template-dir",
+            tpl.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        eprintln!("etcd: package build {name} took {:?}", started.elapsed());
+        r
+    };
+    let (code, stdout, stderr) = build(&primary_cfg, "node2", "198.51.100.7", &bundle);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("etcd user: fleet-node-node2 (its own"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Intended address: 198.51.100.7"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(ROOT_PW) && !stderr.contains(ROOT_PW));
+
+    let node_cfg = sealed_config(&bundle, "node2");
+    let c = &node_cfg.cluster;
+    assert_eq!(c.etcd_username.as_deref(), Some("fleet-node-node2"));
+    let password = c.etcd_password.clone().unwrap();
+    assert_ne!(password.expose(), ROOT_PW);
+    assert_eq!(c.etcd_password_file, None);
+    assert_eq!(
+        etcd.entries("fleet:cluster/users/"),
+        [(
+            "fleet:cluster/users/node2".to_string(),
+            "fleet-node-node2".to_string()
+        )]
+    );
+    let built = etcd.entries("fleet:cluster/events/");
+    assert!(
+        built
+            .iter()
+            .any(|(_, v)| v.contains("package_built") && v.contains("198.51.100.7")),
+        "{built:?}"
+    );
+
+    // The node's user works on the cluster prefix and nowhere else; the node joins with it.
+    etcd.put_as("fleet-node-node2", password.expose(), "fleet:probe", "1")
+        .unwrap();
+    let denied = etcd
+        .put_as(
+            "fleet-node-node2",
+            password.expose(),
+            "elsewhere/probe",
+            "1",
+        )
+        .unwrap_err();
+    assert!(denied.contains("permission denied"), "{denied}");
+    let as_node = EtcdMembership::new(c, timing()).unwrap();
+    let n2 = node("node2");
+    as_node.register(&n2).await.unwrap();
+
+    // While node2 lives, the same name or address is refused, and no user is made for it.
+    let (code, stdout, stderr) = build(
+        &primary_cfg,
+        "node2",
+        "198.51.100.99",
+        &dir.path().join("again.tar.gz"),
+    );
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stderr.contains(&format!(
+            "node name node2 is already held by the live node {} (use another name)",
+            n2.id
+        )),
+        "{stderr}"
+    );
+    let (code, _, stderr) = build(
+        &primary_cfg,
+        "node3",
+        "198.51.100.7",
+        &dir.path().join("again.tar.gz"),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains(&format!(
+            "IP 198.51.100.7 is already used by the live node {}",
+            n2.id
+        )),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("again.tar.gz").exists());
+    assert_eq!(etcd.entries("fleet:cluster/users/").len(), 1);
+
+    // Removing the node (DELETE /api/fleet/cluster/nodes/<id> calls this) deletes its user.
+    let primary = EtcdMembership::new(&cluster_config(&etcd, "root", ROOT_PW), timing()).unwrap();
+    assert!(primary.remove(&n2.id, "admin").await.unwrap());
+    assert!(
+        etcd.authenticate("fleet-node-node2", password.expose())
+            .is_err()
+    );
+    assert!(etcd.entries("fleet:cluster/users/").is_empty());
+    let err = as_node.heartbeat(&n2).await.unwrap_err();
+    assert!(matches!(err, ClusterError::Auth { .. }), "{err:?}");
+
+    // A primary whose etcd user lacks the root role: shared credentials, said in the output.
+    let (limited, limited_pw) = primary.create_node_user("limited").await.unwrap();
+    let limited_cfg = primary_config(dir.path(), &etcd, &limited, limited_pw.expose());
+    let shared = dir.path().join("node4_provision.tar.gz");
+    let (code, stdout, stderr) = build(&limited_cfg, "node4", "198.51.100.8", &shared);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains(
+            "⚠️  etcd user: shared with the primary: the primary's etcd user may not manage users"
+        ),
+        "{stdout}"
+    );
+    let c4 = sealed_config(&shared, "node4");
+    assert_eq!(c4.cluster.etcd_username.as_deref(), Some(limited.as_str()));
+    assert_eq!(
+        c4.cluster.etcd_password.as_ref().map(|p| p.expose()),
+        Some(limited_pw.expose())
+    );
+}
+
+/// The EIS flow across networks: etcd in `cloud` (auth on), the primary in `office`; a bundle
+/// built there (`--node-name node2 --ip 198.51.100.10`) is extracted and provisioned with
+/// `provision.sh --root DIR --no-systemd` in `datacenter`, and node2 shows as active in
+/// `fleet-server cluster info` on the primary. While it lives, its name and its address are
+/// refused; once it is gone (SIGTERM), the name is accepted again. Needs root.
+#[test]
+fn etcd_bundle_provisions_and_joins_across_networks() {
+    let topo = Topology::new();
+    let mut etcd = topo.etcd();
+    etcd.enable_auth(ROOT_PW);
+    let cluster_yaml = etcd.cluster_yaml();
+    assert!(
+        cluster_yaml.contains("http://203.0.113.10:2379"),
+        "{cluster_yaml}"
+    );
+    let primary = topo.daemon(Site::Office, "primary", &cluster_yaml);
+    primary.wait_health(200, Duration::from_secs(15));
+    let primary_cfg = primary.config_path();
+    let tpl = linux_template(topo.root());
+    let cli = |args: &[&str]| {
+        let out = topo
+            .command(Site::Office, fleet_tests::fleet_server_bin())
+            .args(args)
+            .output()
+            .expect("running fleet-server in office");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let build = |name: &str, ip: &str, out: &std::path::Path| {
+        cli(&[
+            "package",
+            "build",
+            "--config",
+            primary_cfg.to_str().unwrap(),
+            "--format",
+            "bundle",
+            "--node-name",
+            name,
+            "--ip",
+            ip,
+            "--ethernet",
+            "allow-virtual",
+            "--template-dir",
+            tpl.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--force",
+        ])
+    };
+    let info = || cli(&["cluster", "info", "--config", primary_cfg.to_str().unwrap()]);
+
+    // On the primary: etcd_cluster_add.sh node2 198.51.100.10.
+    let bundle = topo.root().join("node2_provision.tar.gz");
+    let (code, stdout, stderr) = build("node2", "198.51.100.10", &bundle);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("etcd user: fleet-node-node2"), "{stdout}");
+
+    // On the new node: sudo tar -xvf node2_provision.tar.gz && cd node2_provision && sudo ./provision.sh
+    let site = topo.root().join("datacenter");
+    let root = topo.root().join("datacenter-root");
+    std::fs::create_dir_all(&site).unwrap();
+    let out = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(&bundle)
+        .arg("-C")
+        .arg(&site)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let spawned = Instant::now();
+    let out = topo
+        .command(Site::Datacenter, "sh")
+        .arg(site.join("node2_provision/provision.sh"))
+        .arg("--root")
+        .arg(&root)
+        .arg("--no-systemd")
+        .output()
+        .unwrap();
+    let node_log =
+        || std::fs::read_to_string(root.join("var/log/fleet-server.log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "provision.sh: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        node_log()
+    );
+    let pid_file = root.join("run/fleet-server.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The node carries its own etcd user, not the root password.
+    let node_config = std::fs::read_to_string(root.join("etc/fleet-server/config.yaml")).unwrap();
+    assert!(node_config.contains("fleet-node-node2"), "{node_config}");
+    assert!(!node_config.contains(ROOT_PW));
+
+    // On the primary: etcd_cluster_info.sh.
+    let table = wait_for(
+        &format!(
+            "node2 active in `cluster info` on the primary:\n{}",
+            node_log()
+        ),
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let (code, stdout, _) = info();
+            (code == 0
+                && stdout.lines().any(|l| {
+                    l.starts_with("node2 ") && l.contains(" active ") && l.contains("198.51.100.10")
+                }))
+            .then_some(stdout)
+        },
+    );
+    eprintln!(
+        "etcd netns: provision.sh start → node2 active on the primary: {:?}\n{table}",
+        spawned.elapsed()
+    );
+    assert!(
+        table.starts_with(
+            "Cluster: 2 members (2 active), backend etcd at http://203.0.113.10:2379\n"
+        ),
+        "{table}"
+    );
+    assert!(!table.contains(ROOT_PW));
+    let node_id = table
+        .lines()
+        .find(|l| l.starts_with("node2 "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .to_string();
+
+    // While node2 lives, its name and its address are refused.
+    let again = topo.root().join("again.tar.gz");
+    let (code, _, stderr) = build("node2", "198.51.100.20", &again);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "node name node2 is already held by the live node {node_id} (use another name)"
+        )),
+        "{stderr}"
+    );
+    let (code, _, stderr) = build("node3", "198.51.100.10", &again);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "IP 198.51.100.10 is already used by the live node {node_id}"
+        )),
+        "{stderr}"
+    );
+    assert!(!again.exists());
+
+    // node2 goes away (SIGTERM: it leaves at once); then the name is free again.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    wait_for(
+        "node2 to exit after SIGTERM",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                .is_err()
+                .then_some(())
+        },
+    );
+    let log = node_log();
+    assert!(
+        log.contains("✅ Registered node in cluster: node2-"),
+        "{log}"
+    );
+    let (code, stdout, _) = info();
+    assert_eq!(code, 0);
+    assert!(
+        stdout.starts_with("Cluster: 1 member (1 active), backend etcd at"),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = build("node2", "198.51.100.10", &again);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    drop(primary);
+    drop(etcd);
 }

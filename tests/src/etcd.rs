@@ -1,6 +1,7 @@
 //! A private `etcd` per test (Debian's etcd-server, v3.4): free loopback ports for clients and
-//! peers, a temporary data dir, killed on drop, its log dumped when a test fails. Setup that
-//! the daemon does not do itself (enabling auth, wiping keys) goes through etcd's JSON gateway.
+//! peers (or, inside a network namespace, the standard ports on the namespace's address), a
+//! temporary data dir, killed on drop, its log dumped when a test fails. Setup that the daemon
+//! does not do itself (enabling auth, wiping keys) goes through etcd's JSON gateway.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -22,29 +23,31 @@ pub struct EtcdServer {
     /// The `root` user's password, once auth is enabled.
     pub root_password: Option<String>,
     dir: tempfile::TempDir,
+    /// The address it binds and is reached at (`127.0.0.1` unless started in a namespace).
+    pub host: String,
+    /// The network namespace it runs in, if any (the gateway calls then go from inside it).
+    pub netns: Option<String>,
 }
 
 impl EtcdServer {
     /// Starts one without auth.
     pub fn start() -> EtcdServer {
         require_tool("etcd");
-        let dir = tempfile::tempdir().expect("temp dir for etcd");
         let mut last_err = String::new();
         for _ in 0..5 {
+            // A directory per attempt, kept as long as the server: etcd checks its data dir
+            // every 30 s (WAL purge) and exits when it has gone.
             let mut s = EtcdServer {
                 child: None,
                 client_port: free_port(),
                 peer_port: free_port(),
                 root_password: None,
-                dir: tempfile::tempdir_in(dir.path()).expect("temp dir"),
+                dir: tempfile::tempdir().expect("temp dir for etcd"),
+                host: "127.0.0.1".into(),
+                netns: None,
             };
             match s.spawn() {
-                Ok(()) => {
-                    // Keep the parent alive with the server.
-                    s.dir = dir;
-                    std::fs::create_dir_all(s.data_dir()).ok();
-                    return s;
-                }
+                Ok(()) => return s,
                 Err(e) => {
                     last_err = e;
                     s.stop();
@@ -52,6 +55,27 @@ impl EtcdServer {
             }
         }
         panic!("etcd did not start: {last_err}");
+    }
+
+    /// Starts one inside the network namespace `netns` (`ip netns exec`), bound to `host` on the
+    /// standard ports 2379 (clients) and 2380 (peers): the namespace has its own port space.
+    pub fn start_in_netns(netns: &str, host: &str) -> EtcdServer {
+        require_tool("etcd");
+        require_tool("ip");
+        let mut s = EtcdServer {
+            child: None,
+            client_port: 2379,
+            peer_port: 2380,
+            root_password: None,
+            dir: tempfile::tempdir().expect("temp dir for etcd"),
+            host: host.to_string(),
+            netns: Some(netns.to_string()),
+        };
+        if let Err(e) = s.spawn() {
+            s.stop();
+            panic!("etcd in {netns} did not start: {e}");
+        }
+        s
     }
 
     /// Starts one with auth enabled: a `root` user (with the root role) and this password.
@@ -69,20 +93,45 @@ impl EtcdServer {
         self.dir.path().join("etcd.log")
     }
 
-    /// `http://127.0.0.1:<client port>`.
+    /// `http://<host>:<client port>`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{}:{}", self.host, self.client_port)
+    }
+
+    /// One gateway request, from inside the namespace when etcd runs in one.
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> std::io::Result<(u16, String)> {
+        match &self.netns {
+            Some(ns) => crate::netns::in_netns(ns, || {
+                request(&self.host, self.client_port, method, path, body, token)
+            }),
+            None => request(&self.host, self.client_port, method, path, body, token),
+        }
     }
 
     fn spawn(&mut self) -> Result<(), String> {
         let client = self.endpoint();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let peer = format!("http://{}:{}", self.host, self.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
             .map_err(|e| format!("etcd log file: {e}"))?;
-        let child = Command::new("etcd")
+        let mut cmd = match &self.netns {
+            // `ip netns exec` execs etcd: the child's pid is etcd's own.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "etcd"]);
+                c
+            }
+            None => Command::new("etcd"),
+        };
+        let child = cmd
             .arg("--name")
             .arg(MEMBER)
             .arg("--data-dir")
@@ -116,7 +165,7 @@ impl EtcdServer {
         self.child = Some(child);
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(15) {
-            if let Ok((200, body)) = request(self.client_port, "GET", "/health", None, None)
+            if let Ok((200, body)) = self.request("GET", "/health", None, None)
                 && body.contains("true")
             {
                 return Ok(());
@@ -238,6 +287,37 @@ impl EtcdServer {
         .expect("deleting the prefix");
     }
 
+    /// The keys under `prefix` with their values (as `root` when auth is on), sorted by key.
+    pub fn entries(&self, prefix: &str) -> Vec<(String, String)> {
+        let token = self
+            .root_password
+            .as_ref()
+            .map(|pw| self.authenticate("root", pw).expect("root token"));
+        let v = self
+            .call(
+                "/v3/kv/range",
+                serde_json::json!({
+                    "key": b64(prefix.as_bytes()),
+                    "range_end": b64(&prefix_end(prefix.as_bytes())),
+                }),
+                token.as_deref(),
+            )
+            .expect("listing the prefix");
+        let text = |v: &serde_json::Value| {
+            String::from_utf8_lossy(&unb64(v.as_str().unwrap_or_default())).into_owned()
+        };
+        let mut out: Vec<(String, String)> = v["kvs"]
+            .as_array()
+            .map(|kvs| {
+                kvs.iter()
+                    .map(|kv| (text(&kv["key"]), text(&kv["value"])))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
     /// POSTs JSON to the gateway; the answer as JSON, or the error etcd gave.
     fn call(
         &self,
@@ -245,14 +325,9 @@ impl EtcdServer {
         body: serde_json::Value,
         token: Option<&str>,
     ) -> Result<serde_json::Value, String> {
-        let (status, text) = request(
-            self.client_port,
-            "POST",
-            path,
-            Some(&body.to_string()),
-            token,
-        )
-        .map_err(|e| format!("{path}: {e}"))?;
+        let (status, text) = self
+            .request("POST", path, Some(&body.to_string()), token)
+            .map_err(|e| format!("{path}: {e}"))?;
         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
         if status != 200 || v.get("error").is_some() {
             return Err(format!("{path}: {status} {text}"));
@@ -295,8 +370,9 @@ impl Drop for EtcdServer {
     }
 }
 
-/// One HTTP/1.1 request on loopback with an optional JSON body and etcd token.
+/// One HTTP/1.1 request with an optional JSON body and etcd token.
 fn request(
+    host: &str,
     port: u16,
     method: &str,
     path: &str,
@@ -304,13 +380,13 @@ fn request(
     token: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(
-        &format!("127.0.0.1:{port}").parse().expect("address"),
+        &format!("{host}:{port}").parse().expect("address"),
         Duration::from_secs(1),
     )?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     let body = body.unwrap_or("");
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
     );
     if let Some(t) = token {
@@ -382,6 +458,26 @@ fn b64(bytes: &[u8]) -> String {
     out
 }
 
+/// Decodes standard base64 (padding and unknown characters skipped).
+fn unb64(text: &str) -> Vec<u8> {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.bytes() {
+        let Some(v) = A.iter().position(|&a| a == c) else {
+            continue;
+        };
+        acc = (acc << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -389,5 +485,8 @@ mod tests {
         assert_eq!(super::b64(b"fleet:"), "ZmxlZXQ6");
         assert_eq!(super::b64(b"ab"), "YWI=");
         assert_eq!(super::b64(b"a"), "YQ==");
+        for s in [&b"fleet:cluster/users/node2"[..], b"ab", b"a", b""] {
+            assert_eq!(super::unb64(&super::b64(s)), s);
+        }
     }
 }

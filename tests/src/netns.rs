@@ -486,6 +486,14 @@ impl Topology {
         )
     }
 
+    /// An etcd in `cloud`, bound to the cloud address on ports 2379 and 2380, without auth.
+    pub fn etcd(&self) -> crate::etcd::EtcdServer {
+        crate::etcd::EtcdServer::start_in_netns(
+            self.ns(Site::Cloud),
+            &Site::Cloud.addr().to_string(),
+        )
+    }
+
     /// `fleet-server serve` inside the site, on `0.0.0.0:8768` (the site's own port space),
     /// heartbeats 1 s / 3 s unless `cluster_yaml` sets them.
     pub fn daemon(&self, site: Site, name: &str, cluster_yaml: &str) -> Daemon {

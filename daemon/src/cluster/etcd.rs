@@ -12,6 +12,8 @@
 //! - `events/<ms>-<random>`: an event as JSON; read in the order etcd created them (their create
 //!   revision), so skewed node clocks cannot reorder the stream; about `EVENTS_CAP` kept.
 //! - `removed/<id>`: `by`, an admin's removal, with its own lease of `REMOVAL_TOMBSTONE` (24 h).
+//! - `users/<name>`: the etcd user `create_node_user` made for the node of that name (no lease),
+//!   so that removing the node (`remove`) finds and deletes it.
 //!
 //! Time. etcd exposes no clock to its clients (response headers carry revisions, not time), so
 //! every decision about liveness is left to etcd's own lease timer on its leader: who is active,
@@ -186,7 +188,10 @@ fn read_pem(field: &str, path: &Path) -> Result<Vec<u8>, ClusterError> {
 }
 
 /// Builds the connection options from the configuration; the password goes only here.
-fn connect_options(cfg: &ClusterConfig, timing: &Timing) -> Result<ConnectOptions, ClusterError> {
+pub(crate) fn connect_options(
+    cfg: &ClusterConfig,
+    timing: &Timing,
+) -> Result<ConnectOptions, ClusterError> {
     let op = timing.op_timeout();
     let mut options = ConnectOptions::new()
         .with_connect_timeout(op)
@@ -855,9 +860,9 @@ impl EtcdMembership {
     }
 
     /// Creates an etcd user for a new node, with a role (of the same name) that may read and
-    /// write the cluster's key prefix and nothing else. Needs an etcd with auth enabled and a
-    /// configured `etcd_username` that has the `root` role. Creating it again gives it a new
-    /// password. Returns the user name and its password.
+    /// write the cluster's key prefix and nothing else, and records it in `users/<node_name>`.
+    /// Needs an etcd with auth enabled and a configured `etcd_username` that has the `root`
+    /// role. Creating it again gives it a new password. Returns the user name and its password.
     pub async fn create_node_user(
         &self,
         node_name: &str,
@@ -872,6 +877,7 @@ impl EtcdMembership {
         let user = self.node_user_name(node_name);
         let password = Secret::new(Alphanumeric.sample_string(&mut rand::rng(), 32));
         let prefix = self.key_prefix.clone();
+        let users_key = self.key(&format!("users/{node_name}"));
         let (u, pw) = (user.clone(), password.clone());
         self.run("creating a node user", |mut client| async move {
             let roles = client
@@ -914,11 +920,63 @@ impl EtcdMembership {
                 .user_grant_role(u.clone(), u.clone())
                 .await
                 .map_err(|e| map_err(&e))?;
+            client
+                .put(users_key, u.clone(), None)
+                .await
+                .map_err(|e| map_err(&e))?;
             Ok(())
         })
         .await?;
         log::info!("created etcd user {user} for node {node_name}");
         Ok((user, password))
+    }
+
+    /// Deletes the user `create_node_user` made for `node_name` and its `users/` record (a
+    /// build that failed after making it).
+    pub async fn forget_node_user(&self, node_name: &str, user: &str) -> Result<(), ClusterError> {
+        self.delete_node_user(user).await?;
+        let key = self.key(&format!("users/{node_name}"));
+        self.run("forgetting a node user", |mut client| async move {
+            client.delete(key, None).await.map_err(|e| map_err(&e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// After a node left by an admin's removal: deletes the etcd user recorded for its name,
+    /// unless a live node holds that name now (it would be that node's credential). A failure
+    /// is logged, not returned: the node is out of the cluster either way.
+    async fn delete_user_of(&self, name: &str) {
+        let (k_user, k_name) = (
+            self.key(&format!("users/{name}")),
+            self.key(&format!("names/{name}")),
+        );
+        let found = self
+            .run("reading a node user", |mut client| async move {
+                let resp = client
+                    .txn(Txn::new().and_then([
+                        TxnOp::get(k_user.clone(), None),
+                        TxnOp::get(k_name.clone(), None),
+                    ]))
+                    .await
+                    .map_err(|e| map_err(&e))?;
+                let user = kvs_of(&resp, 0)
+                    .first()
+                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
+                Ok(user.filter(|_| count_of(&resp, 1) == 0))
+            })
+            .await;
+        match found {
+            Ok(Some(user)) => {
+                if let Err(e) = self.forget_node_user(name, &user).await {
+                    log::error!(
+                        "node {name} removed, but its etcd user {user} was not deleted: {e} (delete it from the primary, or with `etcdctl user delete {user}`)"
+                    );
+                }
+            }
+            Ok(None) => {}
+            Err(e) => log::error!("node {name} removed, but its etcd user was not looked up: {e}"),
+        }
     }
 
     /// Deletes a node's etcd user and its role; deleting one that is not there is fine.
@@ -966,10 +1024,28 @@ impl Membership for EtcdMembership {
 
     async fn remove(&self, node_id: &str, by: &str) -> Result<bool, ClusterError> {
         let by = if by.is_empty() { "admin" } else { by };
-        self.run("remove", |c| {
-            self.leave_inner(c, node_id, EventKind::Removed, by)
-        })
-        .await
+        let k_member = self.key(&format!("members/{node_id}"));
+        // The record names the node; without one (pruned already), the id does: `<name>-<6>`.
+        let name = self
+            .run("remove", |mut c| async move {
+                let resp = c.get(k_member, None).await.map_err(|e| map_err(&e))?;
+                Ok(resp
+                    .kvs()
+                    .first()
+                    .and_then(parse_stored)
+                    .map(|s| s.node.name))
+            })
+            .await?
+            .or_else(|| node_id.rsplit_once('-').map(|(n, _)| n.to_string()));
+        let was = self
+            .run("remove", |c| {
+                self.leave_inner(c, node_id, EventKind::Removed, by)
+            })
+            .await?;
+        if let Some(name) = name {
+            self.delete_user_of(&name).await;
+        }
+        Ok(was)
     }
 
     async fn members(&self) -> Result<Vec<Member>, ClusterError> {
