@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: deps build test lint fmt fmt-check ci run bench clean node-template pkg
+.PHONY: deps build test lint fmt fmt-check ci run demo bench clean node-template pkg
 
 ## Install what the tests and the demo need (Debian: apt; macOS: prints the brew line).
 deps:
@@ -43,6 +43,11 @@ pkg:
 	  --output target/FleetServerClusterNode.pkg --force \
 	  $$( [ "$$(uname -s)" = Darwin ] || echo --allow-foreign-binaries )
 	target/release/fleet-server package inspect target/FleetServerClusterNode.pkg
+
+## Two nodes on one machine: a primary builds a bundle over HTTP, the bundle joins. No root,
+## no external service (BACKEND=redis uses a private redis-server). Ctrl-C stops it.
+demo:
+	bash scripts/demo.sh
 
 ## Benchmarks: print figures beside their targets (no assertions).
 bench: deps

@@ -12,6 +12,7 @@ APT_PACKAGES=(
   libprotobuf-dev   # google/protobuf/*.proto, which etcd's .proto files import
   libarchive-tools  # bsdtar: an independent reader of the XAR (pkg) container
   p7zip-full        # 7z: a second independent XAR reader
+  binutils          # strip: the tests' node templates carry binaries without debug info
   cpio              # reads the Payload and Scripts cpio (odc) archives
   gzip
   iproute2          # ip netns / veth: test hosts in network namespaces
@@ -19,9 +20,11 @@ APT_PACKAGES=(
   procps            # ps, for the benchmarks
   wrk               # load generator for `make bench`
   curl
+  openssl           # makes a self-signed certificate for the HTTPS test
   python3
   chromium          # headless browser for the Settings page test
   chromium-driver
+  fonts-noto-color-emoji  # so the Settings page screenshot shows its emoji
 )
 # Node.js and npm drive the browser test; Debian's only when none is installed
 # (a machine may carry its own Node.js, which conflicts with Debian's npm).

@@ -13,15 +13,17 @@
 #   --root DIR     install under DIR instead of /
 #   --no-systemd   do not touch systemd: start the daemon in the background
 #                  (pid file DIR/run/fleet-server.pid, log DIR/var/log/fleet-server.log)
+#   --port N       with --no-systemd: listen on port N (several nodes on one machine)
 set -eu
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 
 ROOT=""
 SYSTEMD=1
+PORT=""
 
 usage() {
-    echo "usage: $0 [--root DIR] [--no-systemd]" >&2
+    echo "usage: $0 [--root DIR] [--no-systemd] [--port N]" >&2
     exit 2
 }
 die() {
@@ -37,6 +39,11 @@ while [ $# -gt 0 ]; do
             shift
             ;;
         --no-systemd) SYSTEMD=0 ;;
+        --port)
+            [ $# -ge 2 ] || usage
+            PORT="$2"
+            shift
+            ;;
         -h | --help) usage ;;
         *)
             echo "provision.sh: unknown argument: $1" >&2
@@ -105,6 +112,6 @@ if [ "$SYSTEMD" -eq 1 ]; then
 else
     install -d -m 0755 "$ROOT/run" "$ROOT/var/log"
     "$ROOT/usr/local/bin/fleet-server" serve --config "$CONFIG" --daemonize \
-        ${ROOT:+--root "$ROOT"} --pid-file "$PIDFILE" --log-file "$ROOT/var/log/fleet-server.log"
+        ${ROOT:+--root "$ROOT"} ${PORT:+--port "$PORT"} --pid-file "$PIDFILE" --log-file "$ROOT/var/log/fleet-server.log"
     echo "✅ fleet-server installed under ${ROOT:-/} and started (pid file $PIDFILE, log $ROOT/var/log/fleet-server.log)"
 fi

@@ -219,6 +219,9 @@ pub struct InitOptions {
     pub host: String,
     pub port: u16,
     pub node_name: Option<String>,
+    pub redis_password: Option<String>,
+    pub template_dir: Option<std::path::PathBuf>,
+    pub allow_foreign_binaries: bool,
 }
 
 /// Writes a configuration with fresh secrets (API key, admin password, encryption keys) and
@@ -246,6 +249,9 @@ pub fn config_init(
     c.cluster.storage_path = opts.storage_path.clone();
     c.cluster.redis_host = opts.redis_host.clone();
     c.cluster.redis_port = opts.redis_port;
+    c.cluster.redis_password = opts.redis_password.clone().map(crate::config::Secret::new);
+    c.package.template_dir = opts.template_dir.clone();
+    c.package.allow_foreign_binaries = opts.allow_foreign_binaries;
     c.auth.api_key = Some(crate::config::Secret::new(api_key.clone()));
     c.auth.web_password_hash = Some(crate::auth::hash_password(&password));
     c.encryption.database_key = Some(crate::config::Secret::new(random_token(44)));

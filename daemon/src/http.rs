@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::connect_info::Connected;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -24,11 +25,91 @@ pub struct AppState {
     pub backend: Option<Arc<dyn Membership>>,
     pub node: Arc<NodeRecord>,
     pub state: Arc<NodeState>,
+    /// Web sessions (shared by every node when in Redis or etcd).
+    pub sessions: Arc<dyn crate::sessions::SessionStore>,
+    /// Failed-login counts per client and per user.
+    pub limiter: Arc<crate::auth::LoginLimiter>,
+    /// Builds node packages, with the template parts cached between builds.
+    pub builder: crate::packages::Builder,
+    /// Served over TLS: cookies get `Secure`.
+    pub tls: bool,
+}
+
+impl AppState {
+    pub fn session_ttl(&self) -> Duration {
+        Duration::from_secs(u64::from(self.config.sessions.timeout_minutes) * 60)
+    }
+}
+
+/// The client's address, for login throttling and logs (the same for plain and TLS listeners).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+impl Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for ClientAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+impl Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>> for ClientAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+/// Who is making a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// Holds the API key.
+    ApiKey,
+    /// A logged-in dashboard user.
+    User(String),
+}
+
+impl Principal {
+    /// For events and logs: `api-key` or `web:<user>`.
+    pub fn label(&self) -> String {
+        match self {
+            Principal::ApiKey => "api-key".into(),
+            Principal::User(u) => format!("web:{u}"),
+        }
+    }
+}
+
+/// The caller, by API key or session; for state-changing requests a session must also send its
+/// CSRF token in `X-CSRF-Token`. 401 without credentials, 403 with a bad token.
+pub async fn authorize(
+    app: &AppState,
+    headers: &HeaderMap,
+    changes_state: bool,
+) -> Result<Principal, ApiError> {
+    if has_api_key(headers, app.config.auth.api_key.as_ref()) {
+        return Ok(Principal::ApiKey);
+    }
+    let Some((_, session)) = crate::web::current_session(app, headers).await else {
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "log in, or send the API key (X-API-Key header or Authorization: Bearer)".into(),
+        ));
+    };
+    if changes_state {
+        let token = headers
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if token.is_empty() || !constant_time_eq(token.as_bytes(), session.csrf.as_bytes()) {
+            return Err(ApiError(
+                StatusCode::FORBIDDEN,
+                "missing or invalid CSRF token".into(),
+            ));
+        }
+    }
+    Ok(Principal::User(session.user))
 }
 
 /// An API error: the status and a short reason for the client.
 #[derive(Debug)]
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -53,7 +134,20 @@ pub fn router(app: AppState) -> Router {
             "/api/fleet/cluster/nodes/{id}",
             axum::routing::delete(remove_node),
         )
+        .route(
+            "/api/fleet/cluster/packages",
+            axum::routing::post(build_package),
+        )
         .route("/metrics", get(metrics))
+        .route("/", get(crate::web::index))
+        .route(
+            "/login",
+            get(crate::web::login_form).post(crate::web::login),
+        )
+        .route("/logout", axum::routing::post(crate::web::logout))
+        .route("/settings", get(crate::web::settings))
+        .route("/static/style.css", get(crate::web::style))
+        .route("/static/settings.js", get(crate::web::script))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(app)
 }
@@ -81,7 +175,7 @@ fn has_api_key(headers: &HeaderMap, key: Option<&Secret>) -> bool {
     given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.expose().as_bytes()))
 }
 
-fn require_api_key(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+fn require_api_key_for_metrics(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     if has_api_key(headers, app.config.auth.api_key.as_ref()) {
         Ok(())
     } else {
@@ -112,7 +206,7 @@ fn member_json(m: &Member) -> serde_json::Value {
 }
 
 async fn status(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    let authed = has_api_key(&headers, app.config.auth.api_key.as_ref());
+    let authed = authorize(&app, &headers, false).await.is_ok();
     let Some(backend) = &app.backend else {
         return axum::Json(json!({
             "enabled": false,
@@ -177,7 +271,7 @@ async fn health(State(app): State<AppState>) -> Response {
 }
 
 async fn nodes(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    require_api_key(&app, &headers)?;
+    authorize(&app, &headers, false).await?;
     let Some(backend) = &app.backend else {
         return Ok(axum::Json(json!({ "enabled": false, "nodes": [] })).into_response());
     };
@@ -201,7 +295,7 @@ async fn remove_node(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_api_key(&app, &headers)?;
+    let who = authorize(&app, &headers, true).await?;
     let Some(backend) = &app.backend else {
         return Err(ApiError(
             StatusCode::CONFLICT,
@@ -212,9 +306,9 @@ async fn remove_node(
     {
         return Err(ApiError(StatusCode::BAD_REQUEST, "invalid node id".into()));
     }
-    let was = with_deadline(backend.remove(&id, "api-key")).await?;
+    let was = with_deadline(backend.remove(&id, &who.label())).await?;
     if was {
-        log::info!("🗑 Node removed from the cluster through the API: {id}");
+        log::info!("🗑 Node removed from the cluster by {}: {id}", who.label());
         Ok(axum::Json(json!({ "removed": id })).into_response())
     } else {
         Err(ApiError(
@@ -224,9 +318,135 @@ async fn remove_node(
     }
 }
 
+/// The JSON body of a package build request (the Settings page's form).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageForm {
+    #[serde(default)]
+    node_name: Option<String>,
+    #[serde(default)]
+    package_name: Option<String>,
+    #[serde(default)]
+    format: Option<String>,
+    /// `7d`, `12h`, `30m`.
+    #[serde(default)]
+    expires: Option<String>,
+    #[serde(default)]
+    ethernet: Option<String>,
+}
+
+fn bad_request(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+async fn build_package(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let who = authorize(&app, &headers, true).await?;
+    if app.backend.is_none() {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "Cluster mode not enabled: node packages copy the cluster settings, enable cluster mode first".into(),
+        ));
+    }
+    let form: PackageForm = if body.is_empty() {
+        PackageForm::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad_request(format!("invalid request: {e}")))?
+    };
+    let blank = |o: Option<String>| o.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let format = match blank(form.format) {
+        Some(f) => f.parse().map_err(bad_request)?,
+        None => crate::packages::Format::Pkg,
+    };
+    let expires = match blank(form.expires) {
+        Some(e) => crate::packages::parse_expiry(&e).map_err(bad_request)?,
+        None => Duration::from_secs(u64::from(app.config.package.expiry_days) * 86_400),
+    };
+    let ethernet = match blank(form.ethernet) {
+        Some(e) => e.parse().map_err(bad_request)?,
+        None => fleet_installer_stub::EthernetPolicy::Require,
+    };
+    let req = crate::packages::BuildRequest {
+        node_name: blank(form.node_name),
+        format,
+        package_name: blank(form.package_name),
+        expires,
+        ethernet,
+        passphrase: None,
+        template_dir: None,
+        allow_foreign_binaries: false,
+        built_by: who.label(),
+        ..Default::default()
+    };
+    let cb = crate::packages::build_for_cluster(
+        &app.config,
+        app.backend.as_deref(),
+        &app.builder,
+        req.clone(),
+    )
+    .await
+    .map_err(|e| {
+        log::warn!("package build for {} failed: {e}", who.label());
+        let status = if e.is_bad_request() {
+            StatusCode::BAD_REQUEST
+        } else if matches!(e, crate::packages::BuildError::Cluster(_)) {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        ApiError(status, e.to_string())
+    })?;
+    let built = cb.built;
+    if let Some(why) = &cb.shared_credentials {
+        log::warn!("package for {}: {why}", built.node_name);
+    }
+    crate::packages::record_built(&app.config, &built, &req.built_by).await;
+    log::info!(
+        "📦 {} built {} for node {} (package {}, {} bytes)",
+        who.label(),
+        built.file_name,
+        if built.node_name.is_empty() {
+            "(hostname)"
+        } else {
+            &built.node_name
+        },
+        &built.package_id[..12.min(built.package_id.len())],
+        built.bytes.len()
+    );
+    let until =
+        crate::logging::timestamp(std::time::UNIX_EPOCH + Duration::from_secs(built.not_after))
+            + " UTC";
+    let disposition = format!("attachment; filename=\"{}\"", built.file_name);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+            (header::CACHE_CONTROL, "no-store".to_string()),
+            (
+                header::HeaderName::from_static("x-package-id"),
+                built.package_id.clone(),
+            ),
+            (header::HeaderName::from_static("x-package-expires"), until),
+            (
+                header::HeaderName::from_static("x-package-credentials"),
+                match (&built.node_user, &cb.shared_credentials) {
+                    (Some(u), _) => format!("node user {u}"),
+                    (None, Some(_)) => "shared with the primary".to_string(),
+                    (None, None) => "cluster".to_string(),
+                },
+            ),
+        ],
+        built.bytes,
+    )
+        .into_response())
+}
+
 async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     if app.config.server.metrics_require_auth {
-        require_api_key(&app, &headers)?;
+        require_api_key_for_metrics(&app, &headers)?;
     }
     let s = &app.state;
     let mut out = String::with_capacity(1024);

@@ -12,3 +12,5 @@ pub mod node;
 pub mod packages;
 pub mod server;
 pub mod sessions;
+pub mod tls;
+pub mod web;

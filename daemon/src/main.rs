@@ -39,6 +39,9 @@ enum Command {
         /// taken under DIR), as `provision.sh --root DIR` and the emulated installs do.
         #[arg(long, value_name = "DIR")]
         root: Option<PathBuf>,
+        /// Listen on this port instead of server.port (several nodes on one machine).
+        #[arg(long)]
+        port: Option<u16>,
     },
     /// Check or create a configuration file.
     Config {
@@ -90,6 +93,15 @@ enum ConfigCommand {
         port: u16,
         #[arg(long)]
         node_name: Option<String>,
+        /// A file holding the Redis password.
+        #[arg(long)]
+        redis_password_file: Option<PathBuf>,
+        /// Node template directory for building packages.
+        #[arg(long)]
+        template_dir: Option<PathBuf>,
+        /// Let packages carry binaries that do not fit their target (development on Linux).
+        #[arg(long)]
+        allow_foreign_binaries: bool,
         /// Overwrite an existing file.
         #[arg(long)]
         force: bool,
@@ -195,10 +207,17 @@ fn serve(
     pid_file: PathBuf,
     log_file: PathBuf,
     root: Option<PathBuf>,
+    port: Option<u16>,
 ) -> anyhow::Result<()> {
     let mut config = load(config)?;
     if let Some(root) = &root {
         config.rebase(root);
+    }
+    if let Some(port) = port {
+        if port == 0 {
+            anyhow::bail!("--port: must be between 1 and 65535");
+        }
+        config.server.port = port;
     }
     let config = Arc::new(config);
     if daemonize {
@@ -319,7 +338,8 @@ fn real_main() -> anyhow::Result<()> {
             pid_file,
             log_file,
             root,
-        } => serve(config, daemonize, pid_file, log_file, root),
+            port,
+        } => serve(config, daemonize, pid_file, log_file, root, port),
         Command::Config {
             command: ConfigCommand::Check { path },
         } => {
@@ -363,9 +383,21 @@ fn real_main() -> anyhow::Result<()> {
                     host,
                     port,
                     node_name,
+                    redis_password_file,
+                    template_dir,
+                    allow_foreign_binaries,
                     force,
                 },
         } => {
+            let redis_password = match redis_password_file {
+                Some(p) => Some(
+                    std::fs::read_to_string(&p)
+                        .with_context(|| format!("reading {}", p.display()))?
+                        .trim_end_matches(['\r', '\n'])
+                        .to_string(),
+                ),
+                None => None,
+            };
             let opts = admin::InitOptions {
                 backend: match backend {
                     BackendArg::Redis => BackendKind::Redis,
@@ -378,6 +410,9 @@ fn real_main() -> anyhow::Result<()> {
                 host,
                 port,
                 node_name,
+                redis_password,
+                template_dir,
+                allow_foreign_binaries,
             };
             let (password, api_key) = admin::config_init(&output, &opts, force)?;
             println!("✅ Wrote {}", output.display());
@@ -424,7 +459,7 @@ fn real_main() -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            let mut req = packages::BuildRequest {
+            let req = packages::BuildRequest {
                 node_name,
                 format,
                 package_name,
@@ -438,53 +473,36 @@ fn real_main() -> anyhow::Result<()> {
                 node_credential: None,
             };
             let rt = runtime()?;
-            let mut shared_note = None;
-            if c.cluster.enabled {
-                // As etcd_cluster_add.sh: a name or an address a live node holds is refused.
-                // The redis client spawns its connection task: open inside the runtime.
-                let backend = {
-                    let _in_runtime = rt.enter();
-                    fleet_server::cluster::open(&c)?
+            let c = Arc::new(c);
+            let built_by = req.built_by.clone();
+            let passphrase = req.passphrase.is_some();
+            let result = rt.block_on(async {
+                let backend = if c.cluster.enabled {
+                    Some(fleet_server::cluster::open(&c)?)
+                } else {
+                    None
                 };
-                rt.block_on(packages::check_available(
-                    backend.as_ref(),
-                    req.node_name.as_deref(),
-                    &req.ips,
-                ))?;
-                match rt.block_on(packages::node_credential(&c, req.node_name.as_deref()))? {
-                    Some(packages::CredentialChoice::NodeUser(cred)) => {
-                        req.node_credential = Some(cred)
-                    }
-                    Some(packages::CredentialChoice::Shared(why)) => shared_note = Some(why),
-                    None => {}
-                }
-            }
-            let built = packages::Builder::new()
-                .build(&c, &req)
-                .map_err(anyhow::Error::from)
-                .and_then(|built| {
-                    let path = output.unwrap_or_else(|| PathBuf::from(&built.file_name));
-                    packages::write_package(&path, &built, force)?;
-                    Ok((path, built))
-                });
-            let (path, built) = match built {
-                Ok(b) => b,
-                Err(e) => {
+                let cb = packages::build_for_cluster(
+                    &c,
+                    backend.as_deref(),
+                    &packages::Builder::new(),
+                    req.clone(),
+                )
+                .await?;
+                let path = output.unwrap_or_else(|| PathBuf::from(&cb.built.file_name));
+                if let Err(e) = packages::write_package(&path, &cb.built, force) {
                     // The node user of a package that was not written must not linger.
-                    if let (Some(cred), Some(name)) = (&req.node_credential, &req.node_name)
-                        && let Err(e2) =
-                            rt.block_on(packages::discard_node_credential(&c, name, cred))
-                    {
-                        log::warn!(
-                            "the etcd user {} made for this build remains: {e2}",
-                            cred.user
-                        );
-                    }
-                    return Err(e);
+                    let mut sent = req.clone();
+                    sent.node_credential = cb.credential.clone();
+                    packages::discard_after_failure(&c, &sent).await;
+                    return Err(anyhow::Error::from(e));
                 }
-            };
-            rt.block_on(packages::record_built(&c, &built, &req.built_by));
-            print_built(&path, &built, req.passphrase.is_some());
+                anyhow::Ok((path, cb))
+            });
+            let (path, cb) = result?;
+            let (built, shared_note) = (cb.built, cb.shared_credentials);
+            rt.block_on(packages::record_built(&c, &built, &built_by));
+            print_built(&path, &built, passphrase);
             if !built.ips.is_empty() {
                 let ips: Vec<String> = built.ips.iter().map(ToString::to_string).collect();
                 println!("   Intended address: {}", ips.join(", "));

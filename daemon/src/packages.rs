@@ -456,6 +456,64 @@ pub async fn discard_node_credential(
         .await?)
 }
 
+/// A package built for a running cluster, and what the caller should tell the admin.
+#[derive(Debug)]
+pub struct ClusterBuild {
+    pub built: BuiltPackage,
+    /// Why the node carries the primary's backend credentials instead of its own, if it does.
+    pub shared_credentials: Option<String>,
+    /// The node user made for this package (to discard if the package is then not delivered).
+    pub credential: Option<NodeCredential>,
+}
+
+/// The one build path of the CLI and the Settings page: refuse a name or address a live node
+/// holds, make a per-node backend user where the backend allows it, build (on a blocking
+/// thread), and delete that user again when the build fails.
+pub async fn build_for_cluster(
+    primary: &Arc<Config>,
+    backend: Option<&dyn Membership>,
+    builder: &Builder,
+    mut req: BuildRequest,
+) -> Result<ClusterBuild, BuildError> {
+    let mut shared_credentials = None;
+    if let Some(backend) = backend {
+        check_available(backend, req.node_name.as_deref(), &req.ips).await?;
+        match node_credential(primary, req.node_name.as_deref()).await? {
+            Some(CredentialChoice::NodeUser(cred)) => req.node_credential = Some(cred),
+            Some(CredentialChoice::Shared(why)) => shared_credentials = Some(why),
+            None => {}
+        }
+    }
+    let (b, c, r) = (builder.clone(), primary.clone(), req.clone());
+    let result = match tokio::task::spawn_blocking(move || b.build(&c, &r)).await {
+        Ok(r) => r,
+        Err(e) => Err(BuildError::Seal(format!("the build task failed: {e}"))),
+    };
+    match result {
+        Ok(built) => Ok(ClusterBuild {
+            built,
+            shared_credentials,
+            credential: req.node_credential,
+        }),
+        Err(e) => {
+            discard_after_failure(primary, &req).await;
+            Err(e)
+        }
+    }
+}
+
+/// Deletes the node user of a package that was not delivered (logged when it cannot be).
+pub async fn discard_after_failure(primary: &Config, req: &BuildRequest) {
+    if let (Some(cred), Some(name)) = (&req.node_credential, &req.node_name)
+        && let Err(e) = discard_node_credential(primary, name, cred).await
+    {
+        log::warn!(
+            "the etcd user {} made for this build remains: {e}",
+            cred.user
+        );
+    }
+}
+
 fn etcd_of(primary: &Config) -> Result<crate::cluster::etcd::EtcdMembership, BuildError> {
     let timing = crate::cluster::Timing {
         interval: primary.cluster.heartbeat_interval(),

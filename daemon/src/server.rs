@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::{self, NodeRecord, Timing};
 use crate::config::Config;
-use crate::http::{AppState, router};
+use crate::http::{AppState, ClientAddr, router};
 use crate::identity;
 use crate::node::{NodeState, run_membership};
 
@@ -86,11 +86,11 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    if config.server.tls_cert.is_some() {
-        anyhow::bail!(
-            "server.tls_cert: HTTPS serving is not available in this version; terminate TLS at the load balancer and remove tls_cert/tls_key"
-        );
-    }
+    // TLS settings are checked before anything joins the cluster.
+    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+        _ => None,
+    };
     let local = listener
         .local_addr()
         .context("reading the listener's address")?;
@@ -138,18 +138,41 @@ pub async fn run(
         (None, Arc::new(NodeState::single_node()))
     };
 
+    let sessions = crate::sessions::open(&config).context("opening the session store")?;
     let app = AppState {
         config: config.clone(),
         backend,
         node,
         state,
+        sessions,
+        limiter: Default::default(),
+        builder: crate::packages::Builder::new(),
+        tls: tls.is_some(),
     };
-    log::info!("✅ Fleet server started on {local}");
+    let app_router = router(app);
     let serve_shutdown = shutdown.clone();
-    let server = axum::serve(listener, router(app)).with_graceful_shutdown(async move {
-        serve_shutdown.cancelled().await;
-    });
-    let served = tokio::spawn(async move { server.await });
+    let stop = async move { serve_shutdown.cancelled().await };
+    let served = match tls {
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(listener, tls)?;
+            log::info!("✅ Fleet server started on {local} (HTTPS)");
+            let server = axum::serve(
+                listener,
+                app_router.into_make_service_with_connect_info::<ClientAddr>(),
+            )
+            .with_graceful_shutdown(stop);
+            tokio::spawn(async move { server.await })
+        }
+        None => {
+            log::info!("✅ Fleet server started on {local}");
+            let server = axum::serve(
+                listener,
+                app_router.into_make_service_with_connect_info::<ClientAddr>(),
+            )
+            .with_graceful_shutdown(stop);
+            tokio::spawn(async move { server.await })
+        }
+    };
     shutdown.cancelled().await;
     log::info!("stopping: leaving the cluster and draining requests");
     tracker.close();

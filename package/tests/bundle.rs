@@ -145,6 +145,9 @@ fn provision_then_uninstall_in_a_directory() {
             "--config".into(),
             format!("{r}/etc/fleet-server/config.yaml"),
             "--daemonize".into(),
+            // The node's own paths (state directory) are taken under the root.
+            "--root".into(),
+            r.clone(),
             "--pid-file".into(),
             format!("{r}/run/fleet-server.pid"),
             "--log-file".into(),

@@ -272,13 +272,7 @@ async fn etcd_sessions_are_shared_slide_and_expire() {
 
 /// A node template with the real Linux binaries of this build.
 fn linux_template(dir: &std::path::Path) -> std::path::PathBuf {
-    let tpl = dir.join("template");
-    let linux = tpl.join("linux-x86_64");
-    std::fs::create_dir_all(&linux).unwrap();
-    for bin in ["fleet-server", "fleet-installer-stub"] {
-        std::fs::copy(fleet_tests::bin_path(bin), linux.join(bin)).unwrap();
-    }
-    tpl
+    fleet_tests::pkginstall::node_template(&dir.join("template"))
 }
 
 /// The configuration sealed in a provision bundle, opened as the installer stub does.

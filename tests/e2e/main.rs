@@ -2,7 +2,10 @@
 
 mod badinput;
 mod blackbox;
+mod browser;
 mod conformance;
+mod demo;
 mod etcd;
 mod install;
 mod netns;
+mod web;

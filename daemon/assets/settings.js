@@ -1,0 +1,80 @@
+// Settings page: build a node package (with a progress state and a clear error) and remove
+// nodes. Every request carries the page's CSRF token.
+(function () {
+  "use strict";
+  var meta = document.querySelector('meta[name="csrf-token"]');
+  var csrf = meta ? meta.getAttribute("content") : "";
+
+  function fileNameOf(resp, fallback) {
+    var cd = resp.headers.get("Content-Disposition") || "";
+    var m = /filename="([^"]+)"/.exec(cd);
+    return m ? m[1] : fallback;
+  }
+
+  function errorOf(resp) {
+    return resp.json().then(function (j) { return j.error || resp.statusText; },
+      function () { return resp.status + " " + resp.statusText; });
+  }
+
+  var form = document.getElementById("build-form");
+  var status = document.getElementById("build-status");
+  if (form) {
+    form.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      var button = document.getElementById("build");
+      var data = {};
+      new FormData(form).forEach(function (v, k) { if (v !== "") { data[k] = v; } });
+      button.disabled = true;
+      status.className = "";
+      status.textContent = "⏳ Building the package…";
+      var started = Date.now();
+      fetch("/api/fleet/cluster/packages", {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+        body: JSON.stringify(data)
+      }).then(function (resp) {
+        if (!resp.ok) { return errorOf(resp).then(function (e) { throw new Error(e); }); }
+        var name = fileNameOf(resp, "FleetServerClusterNode.pkg");
+        var until = resp.headers.get("X-Package-Expires") || "";
+        var creds = resp.headers.get("X-Package-Credentials") || "";
+        return resp.blob().then(function (blob) {
+          var url = URL.createObjectURL(blob);
+          var a = document.createElement("a");
+          a.href = url; a.download = name; a.style.display = "none";
+          document.body.appendChild(a); a.click(); a.remove();
+          setTimeout(function () { URL.revokeObjectURL(url); }, 60000);
+          var secs = ((Date.now() - started) / 1000).toFixed(1);
+          status.className = "ok-text";
+          status.textContent = "✅ Built " + name + " (" + (blob.size / 1048576).toFixed(1) +
+            " MB in " + secs + " s)" + (until ? ", installable until " + until : "") + "." +
+            (creds === "shared with the primary" ? " ⚠️ The node carries the primary's backend credentials." : "");
+        });
+      }).catch(function (e) {
+        status.className = "error";
+        status.textContent = "❌ Build failed: " + e.message;
+      }).finally(function () { button.disabled = false; });
+    });
+  }
+
+  document.querySelectorAll("button.remove").forEach(function (b) {
+    b.addEventListener("click", function () {
+      var id = b.getAttribute("data-node");
+      if (!window.confirm("Remove " + id + " from the cluster?")) { return; }
+      b.disabled = true;
+      fetch("/api/fleet/cluster/nodes/" + encodeURIComponent(id), {
+        method: "DELETE", credentials: "same-origin", headers: { "X-CSRF-Token": csrf }
+      }).then(function (resp) {
+        if (!resp.ok) { return errorOf(resp).then(function (e) { throw new Error(e); }); }
+        var row = document.querySelector('tr[data-node="' + id + '"]');
+        if (row) { row.remove(); }
+        var n = document.getElementById("active-nodes");
+        if (n && /^\d+$/.test(n.textContent)) { n.textContent = String(Math.max(0, +n.textContent - 1)); }
+        if (status) { status.className = ""; status.textContent = "🗑 Removed " + id + "."; }
+      }).catch(function (e) {
+        b.disabled = false;
+        if (status) { status.className = "error"; status.textContent = "❌ Remove failed: " + e.message; }
+      });
+    });
+  });
+})();

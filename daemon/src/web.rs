@@ -1,0 +1,437 @@
+//! The dashboard: login, logout and the Settings page with its "Cluster Node Installer" section.
+//! Plain server-rendered HTML with one small script, all served from the binary. Every
+//! state-changing request carries a CSRF token; sessions live in the session store, so any node
+//! behind the load balancer serves any logged-in user.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+
+use crate::auth;
+use crate::cluster::MemberState;
+use crate::http::{AppState, ClientAddr, constant_time_eq};
+use crate::sessions::Session;
+
+/// The session cookie.
+pub const SESSION_COOKIE: &str = "fleet_session";
+/// The login form's double-submit cookie (there is no session yet to hold its token).
+const LOGIN_COOKIE: &str = "fleet_login";
+
+const STYLE: &str = include_str!("../assets/style.css");
+const SCRIPT: &str = include_str!("../assets/settings.js");
+
+/// Escapes text for HTML element content and attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Reads one cookie from the request.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+fn set_cookie(app: &AppState, name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
+    let mut c = format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict");
+    if app.tls {
+        c.push_str("; Secure");
+    }
+    if let Some(age) = max_age {
+        c.push_str(&format!("; Max-Age={age}"));
+    }
+    // Names and values are hex or fixed ASCII: always a valid header.
+    HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The logged-in session of a request, if any (and its id).
+pub async fn current_session(app: &AppState, headers: &HeaderMap) -> Option<(String, Session)> {
+    let sid = cookie(headers, SESSION_COOKIE)?;
+    if sid.len() != 64 || !sid.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    match app.sessions.get(&sid, app.session_ttl()).await {
+        Ok(Some(s)) => Some((sid, s)),
+        Ok(None) => None,
+        Err(e) => {
+            log::warn!("session store unavailable: {e}");
+            None
+        }
+    }
+}
+
+/// Security headers for every page.
+fn page(status: StatusCode, html: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        html,
+    )
+        .into_response()
+}
+
+fn layout(title: &str, csrf: Option<&str>, body: &str) -> String {
+    let meta = csrf
+        .map(|t| format!("<meta name=\"csrf-token\" content=\"{}\">", esc(t)))
+        .unwrap_or_default();
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">{meta}\
+<title>{} · Fleet Dashboard</title><link rel=\"stylesheet\" href=\"/static/style.css\"></head>\
+<body><header class=\"top\"><span class=\"brand\">Fleet Dashboard</span></header>\
+<main>{body}</main><script src=\"/static/settings.js\"></script></body></html>\n",
+        esc(title)
+    )
+}
+
+pub async fn style() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        STYLE,
+    )
+        .into_response()
+}
+
+pub async fn script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        SCRIPT,
+    )
+        .into_response()
+}
+
+pub async fn index() -> Redirect {
+    Redirect::to("/settings")
+}
+
+fn login_page(app: &AppState, message: Option<&str>, status: StatusCode) -> Response {
+    let token = auth::random_hex(16);
+    let msg = message
+        .map(|m| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(m)))
+        .unwrap_or_default();
+    let body = format!(
+        "<section class=\"card narrow\"><h1>Log in</h1>{msg}\
+<form method=\"post\" action=\"/login\">\
+<input type=\"hidden\" name=\"csrf\" value=\"{token}\">\
+<label>Username <input name=\"username\" autocomplete=\"username\" required autofocus></label>\
+<label>Password <input name=\"password\" type=\"password\" autocomplete=\"current-password\" required></label>\
+<button type=\"submit\">Log in</button></form></section>"
+    );
+    let mut resp = page(status, layout("Log in", None, &body));
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(app, LOGIN_COOKIE, &token, Some(600)),
+    );
+    resp
+}
+
+pub async fn login_form(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if current_session(&app, &headers).await.is_some() {
+        return Redirect::to("/settings").into_response();
+    }
+    login_page(&app, None, StatusCode::OK)
+}
+
+/// The login form's fields.
+#[derive(serde::Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+pub async fn login(
+    State(app): State<AppState>,
+    ConnectInfo(ClientAddr(peer)): ConnectInfo<ClientAddr>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<LoginForm>,
+) -> Response {
+    let ip_key = format!("ip:{}", peer.ip());
+    let user_key = format!("user:{}", form.username.to_lowercase());
+    if app.limiter.is_blocked(&ip_key) || app.limiter.is_blocked(&user_key) {
+        log::warn!(
+            "login throttled for {} (user {:?})",
+            peer.ip(),
+            form.username
+        );
+        return login_page(
+            &app,
+            Some("Too many login attempts. Wait a minute and try again."),
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+    }
+    let cookie_token = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    if form.csrf.is_empty() || !constant_time_eq(form.csrf.as_bytes(), cookie_token.as_bytes()) {
+        return login_page(
+            &app,
+            Some("The login form expired. Please try again."),
+            StatusCode::FORBIDDEN,
+        );
+    }
+    let auth_cfg = &app.config.auth;
+    let user_ok = constant_time_eq(form.username.as_bytes(), auth_cfg.web_username.as_bytes());
+    // Verify even for a wrong user name, so timing does not tell which part was wrong.
+    let pass_ok = match &auth_cfg.web_password_hash {
+        Some(h) => auth::verify_password(&form.password, h),
+        None => false,
+    };
+    if !(user_ok && pass_ok) {
+        app.limiter.fail(&ip_key);
+        app.limiter.fail(&user_key);
+        log::warn!("failed login from {} (user {:?})", peer.ip(), form.username);
+        let msg = if auth_cfg.web_password_hash.is_none() {
+            "No dashboard password is configured (auth.web_password_hash)."
+        } else {
+            "Invalid username or password."
+        };
+        return login_page(&app, Some(msg), StatusCode::UNAUTHORIZED);
+    }
+    app.limiter.clear(&ip_key);
+    app.limiter.clear(&user_key);
+    let sid = auth::random_hex(32);
+    let session = Session {
+        user: auth_cfg.web_username.clone(),
+        csrf: auth::random_hex(32),
+        created_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    };
+    if let Err(e) = app.sessions.put(&sid, &session, app.session_ttl()).await {
+        log::error!("cannot store a session: {e}");
+        return login_page(
+            &app,
+            Some("The session store is unavailable; try again shortly."),
+            StatusCode::SERVICE_UNAVAILABLE,
+        );
+    }
+    log::info!("🔑 {} logged in from {}", session.user, peer.ip());
+    let mut resp = Redirect::to("/settings").into_response();
+    let headers = resp.headers_mut();
+    headers.append(
+        header::SET_COOKIE,
+        set_cookie(&app, SESSION_COOKIE, &sid, None),
+    );
+    headers.append(
+        header::SET_COOKIE,
+        set_cookie(&app, LOGIN_COOKIE, "", Some(0)),
+    );
+    resp
+}
+
+impl std::fmt::Debug for LoginForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginForm")
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish_non_exhaustive()
+    }
+}
+
+/// The logout form's field.
+#[derive(Debug, serde::Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub async fn logout(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<CsrfForm>,
+) -> Response {
+    if let Some((sid, session)) = current_session(&app, &headers).await {
+        if !constant_time_eq(form.csrf.as_bytes(), session.csrf.as_bytes()) {
+            return (StatusCode::FORBIDDEN, "invalid CSRF token").into_response();
+        }
+        if let Err(e) = app.sessions.delete(&sid).await {
+            log::warn!("logout: could not delete the session: {e}");
+        }
+        log::info!("🔒 {} logged out", session.user);
+    }
+    let mut resp = Redirect::to("/login").into_response();
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&app, SESSION_COOKIE, "", Some(0)),
+    );
+    resp
+}
+
+fn ago(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{s} s ago"),
+        60..=3599 => format!("{} min ago", s / 60),
+        _ => format!("{} h ago", s / 3600),
+    }
+}
+
+pub async fn settings(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    let Some((_, session)) = current_session(&app, &headers).await else {
+        return Redirect::to("/login").into_response();
+    };
+    let csrf = session.csrf.as_str();
+    let mut body = String::new();
+    body.push_str(&format!(
+        "<div class=\"titlebar\"><h1>⚙️ Settings</h1>\
+<form method=\"post\" action=\"/logout\" class=\"inline\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+<span class=\"muted\">{}</span> <button class=\"link\" type=\"submit\">Log out</button></form></div>",
+        esc(csrf),
+        esc(&session.user)
+    ));
+    body.push_str(
+        "<section class=\"card\" id=\"cluster-node-installer\"><h2>📦 Cluster Node Installer</h2>",
+    );
+    match &app.backend {
+        None => body.push_str(
+            "<div class=\"status warn\" id=\"cluster-status\">⚠️ Cluster mode not enabled</div>\
+<p>Node packages copy this server's cluster settings, so cluster mode is needed first. \
+Enable it in the configuration and restart the server:</p>\
+<pre>cluster:\n  enabled: true\n  backend: redis\n  redis_host: \"redis.company.com\"\n  redis_password: \"password\"\n\nsessions:\n  backend: redis</pre>\
+<pre>sudo systemctl restart fleet-server   # or: sudo launchctl kickstart -k system/com.fleet.server.cluster</pre>",
+        ),
+        Some(backend) => {
+            let members =
+                tokio::time::timeout(Duration::from_secs(3), backend.members()).await;
+            let (members, problem) = match members {
+                Ok(Ok(m)) => (m, None),
+                Ok(Err(e)) => (Vec::new(), Some(e.to_string())),
+                Err(_) => (
+                    Vec::new(),
+                    Some("the cluster backend did not answer in time".to_string()),
+                ),
+            };
+            let active: Vec<_> = members
+                .iter()
+                .filter(|m| m.state == MemberState::Active)
+                .collect();
+            body.push_str("<div class=\"status ok\" id=\"cluster-status\">✅ Cluster Mode Enabled</div>");
+            if let Some(p) = &problem {
+                body.push_str(&format!(
+                    "<p class=\"error\" role=\"alert\">The cluster backend is unavailable: {}</p>",
+                    esc(p)
+                ));
+            }
+            body.push_str(&format!(
+                "<dl class=\"facts\"><dt>Backend</dt><dd id=\"backend\">{}</dd>\
+<dt>Active Nodes</dt><dd id=\"active-nodes\">{}</dd>\
+<dt>This Node ID</dt><dd id=\"this-node\">{}</dd></dl>",
+                esc(backend.kind().as_str()),
+                if problem.is_some() {
+                    "?".to_string()
+                } else {
+                    active.len().to_string()
+                },
+                esc(&app.node.id)
+            ));
+            if app.config.package.allow_foreign_binaries {
+                body.push_str("<p class=\"warn-text\">⚠️ Development mode: packages carry binaries that may not fit the target (package.allow_foreign_binaries).</p>");
+            }
+            body.push_str(&format!(
+                "<h3>Build a node package</h3>\
+<form id=\"build-form\" class=\"grid\" autocomplete=\"off\">\
+<label>Node Name <input name=\"node_name\" id=\"node_name\" placeholder=\"server-03\" pattern=\"[a-z0-9]([a-z0-9-]{{0,61}}[a-z0-9])?\" maxlength=\"63\">\
+<small>Optional: leave empty to name the node after its hostname.</small></label>\
+<label>Package Name <input name=\"package_name\" id=\"package_name\" placeholder=\"FleetServerClusterNode.pkg\" maxlength=\"100\">\
+<small>Default: FleetServerClusterNode.pkg (Linux: &lt;node&gt;_provision.tar.gz).</small></label>\
+<label>Format <select name=\"format\" id=\"format\"><option value=\"pkg\">macOS package (.pkg)</option>\
+<option value=\"bundle\">Linux provision bundle (.tar.gz)</option></select></label>\
+<label>Expires <select name=\"expires\" id=\"expires\"><option value=\"1d\">in 1 day</option>\
+<option value=\"{days}d\" selected>in {days} days</option><option value=\"30d\">in 30 days</option></select></label>\
+<label>Ethernet <select name=\"ethernet\" id=\"ethernet\"><option value=\"require\">require wired Ethernet</option>\
+<option value=\"allow-virtual\">also accept virtual Ethernet (VMs)</option><option value=\"skip\">do not check</option></select></label>\
+<div class=\"actions\"><button type=\"submit\" id=\"build\">📦 Build Cluster Node Package</button></div>\
+</form><p id=\"build-status\" role=\"status\" aria-live=\"polite\"></p>\
+<p class=\"muted\">⚠️ The package contains this cluster's settings and keys: keep it secure, transfer it over \
+encrypted channels, and delete it after installation.</p>",
+                days = app.config.package.expiry_days
+            ));
+            body.push_str("<h3>Nodes</h3><div class=\"table-wrap\"><table id=\"nodes\"><thead><tr><th>Name</th><th>ID</th><th>Addresses</th><th>State</th><th>Last heartbeat</th><th></th></tr></thead><tbody>");
+            for m in &members {
+                let remove = if m.node.id == app.node.id {
+                    "<span class=\"muted\">this node</span>".to_string()
+                } else {
+                    format!(
+                        "<button class=\"danger remove\" data-node=\"{}\">Remove</button>",
+                        esc(&m.node.id)
+                    )
+                };
+                body.push_str(&format!(
+                    "<tr data-node=\"{id}\"><td>{name}</td><td><code>{id}</code></td><td>{addr}</td><td class=\"state-{state}\">{state}</td><td>{ago}</td><td>{remove}</td></tr>",
+                    id = esc(&m.node.id),
+                    name = esc(&m.node.name),
+                    addr = esc(&m.node.addresses.join(", ")),
+                    state = match m.state {
+                        MemberState::Active => "active",
+                        MemberState::Expired => "expired",
+                    },
+                    ago = ago(m.age_ms),
+                ));
+            }
+            body.push_str("</tbody></table></div>");
+        }
+    }
+    body.push_str("</section>");
+    page(StatusCode::OK, layout("Settings", Some(csrf), &body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(
+            esc("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+
+    #[test]
+    fn reads_cookies() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; fleet_session=abc; b=2"),
+        );
+        assert_eq!(cookie(&h, "fleet_session").as_deref(), Some("abc"));
+        assert_eq!(cookie(&h, "nope"), None);
+    }
+}
