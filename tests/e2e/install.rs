@@ -15,15 +15,15 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fleet_installer_stub::sealed::{FileKey, KdfParams, KeySource, SealOptions, SealedPayload};
 use fleet_installer_stub::{EthernetPolicy, TargetLayout};
 use fleet_tests::netns::{Site, Topology};
 use fleet_tests::pkginstall::{
-    self, ExpandedPkg, LABEL, Launchctl, MAC_CONFIG, MAC_PASSPHRASE, PLIST, as_installer_runs,
-    contains_bytes, mode, output_within, tree,
+    self, ExpandedPkg, LABEL, Launchctl, LaunchdJob, MAC_CONFIG, MAC_PASSPHRASE, PLIST,
+    as_installer_runs, contains_bytes, mode, output_within, tree,
 };
 use fleet_tests::{Daemon, RedisServer, TEST_API_KEY, bin_path, require_tool, wait_for};
 
@@ -188,46 +188,6 @@ fn assert_refused(o: &Output, code: i32, message: &str, target: &Path, case: &st
     );
 }
 
-/// A process started by a test (the installed daemon), killed on drop; its log is dumped
-/// when the test fails.
-struct Running {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Running {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn sigterm_and_wait(&mut self, limit: Duration) -> Option<i32> {
-        let mut child = self.child.take().expect("running");
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let status = wait_for(
-            "the node to exit after SIGTERM",
-            limit,
-            Duration::from_millis(20),
-            || child.try_wait().expect("try_wait"),
-        );
-        status.code()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("---- installed node's log ----\n{}", self.log());
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// A daemon started by `provision.sh --no-systemd` (`--daemonize`): not our child, known by
 /// its pid file. Killed on drop when the pid file still names a live fleet-server.
 struct Daemonized {
@@ -281,30 +241,6 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
         .as_secs()
-}
-
-/// The installed plist's ProgramArguments, for a launchd that runs under `target`.
-fn program_arguments(target: &Path) -> (Vec<String>, plist::Dictionary) {
-    let plist_path = target.join(PLIST);
-    let value = plist::Value::from_file(&plist_path)
-        .unwrap_or_else(|e| panic!("{}: {e}", plist_path.display()));
-    let dict = value
-        .into_dictionary()
-        .expect("the LaunchDaemon plist is a dictionary");
-    assert_eq!(dict.get("Label").and_then(|v| v.as_string()), Some(LABEL));
-    let args: Vec<String> = dict
-        .get("ProgramArguments")
-        .and_then(|v| v.as_array())
-        .expect("ProgramArguments")
-        .iter()
-        .map(|v| v.as_string().expect("string argument").to_string())
-        .collect();
-    (args, dict)
-}
-
-/// `path` (absolute, as on the installed system) under the target volume.
-fn under(target: &Path, path: &str) -> PathBuf {
-    target.join(path.trim_start_matches('/'))
 }
 
 /// Scans a built pkg for the primary's secrets: the raw bytes, the XAR members as bsdtar
@@ -464,9 +400,9 @@ fn pkg_install_emulated_end_to_end_joins_the_cluster() {
     assert_eq!(mode(&plist_path), 0o644);
 
     // What launchd would run: ProgramArguments with the paths under the target volume.
-    let (args, dict) = program_arguments(&target);
+    let job = LaunchdJob::read(&target);
     assert_eq!(
-        args,
+        job.args,
         [
             "/Library/FleetServer/bin/fleet-server",
             "serve",
@@ -474,36 +410,8 @@ fn pkg_install_emulated_end_to_end_joins_the_cluster() {
             "/Library/FleetServer/config/config.yaml"
         ]
     );
-    let mut argv: Vec<PathBuf> = args.iter().map(PathBuf::from).collect();
-    argv[0] = under(&target, &args[0]);
-    let c = args.iter().position(|a| a == "--config").unwrap() + 1;
-    argv[c] = under(&target, &args[c]);
-    argv.push("--root".into());
-    argv.push(target.clone());
-    let log_path = under(
-        &target,
-        dict.get("StandardErrorPath")
-            .and_then(|v| v.as_string())
-            .expect("StandardErrorPath"),
-    );
-    std::fs::create_dir_all(log_path.parent().unwrap()).unwrap();
-    let log = std::fs::File::create(&log_path).unwrap();
     let spawned = Instant::now();
-    let mut node = Running {
-        child: Some(
-            p.topo
-                .command(Site::Datacenter, &argv[0])
-                .args(&argv[1..])
-                .env_clear()
-                .env("PATH", pkginstall::INSTALLER_PATH)
-                .current_dir("/")
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("starting the installed fleet-server"),
-        ),
-        log: log_path,
-    };
+    let mut node = job.spawn(p.topo.command(Site::Datacenter, &job.argv[0]));
     let id = p.wait_joined(NODE);
     eprintln!(
         "install: installed node {id} listed by the primary {:?} after its start",

@@ -362,3 +362,247 @@ fn sigterm_on_the_node_leaves_at_once_and_exits_0() {
         c.node.log()
     );
 }
+
+/// The guide's scenario as a user lives it, on this topology: the admin, logged in from
+/// inside `office` as the Settings page does, builds a pkg over the primary's HTTP API; the
+/// emulated Installer installs it in `datacenter` (the real stub as preinstall with `$3` a
+/// temporary root, the payload, postinstall with the launchctl stand-in); the daemon starts
+/// from the installed plist's ProgramArguments under that root and joins through the redis in
+/// `cloud`. Measures the join time and the failure-detection time for that installed node.
+#[test]
+fn a_package_built_from_the_office_installs_in_the_datacenter_and_joins() {
+    use crate::web::{Client, WEB_PASSWORD, web_yaml};
+    use fleet_tests::pkginstall::{self, ExpandedPkg, Launchctl, LaunchdJob, as_installer_runs};
+
+    const LIMIT: Duration = Duration::from_secs(120);
+    // Locals drop in reverse: the installed node, the primary, redis, then the namespaces.
+    let topo = Topology::new();
+    let redis = topo.redis(REDIS_PASSWORD);
+    let template = pkginstall::node_template(&topo.root().join("node-template"));
+    let primary = {
+        let dir = tempfile::tempdir().expect("temp dir for the primary");
+        let config = format!(
+            "server:\n  host: 0.0.0.0\n  port: {port}\n  state_dir: {}\ncluster:\n  enabled: true\n  node_name: primary\n  heartbeat_interval: 1\n  heartbeat_timeout: 3\n{}{}",
+            dir.path().join("state").display(),
+            redis.cluster_yaml(),
+            web_yaml(&template, "  backend: memory\n"),
+            port = fleet_tests::NETNS_SERVER_PORT,
+        );
+        Daemon::start_with_config_in(
+            Some(topo.ns(Site::Office)),
+            "primary",
+            dir,
+            fleet_tests::NETNS_SERVER_PORT,
+            &config,
+        )
+    };
+    primary.wait_health(200, Duration::from_secs(20));
+    let primary_id = primary.node_id();
+
+    // The admin's browser, in the office, at the primary's office address.
+    let primary_addr = Topology::server_addr(Site::Office);
+    let office = topo.ns(Site::Office).to_string();
+    let mut admin = Client::connecting(
+        primary_addr,
+        Box::new(move || {
+            fleet_tests::netns::in_netns(&office, || {
+                std::net::TcpStream::connect_timeout(&primary_addr, Duration::from_secs(2))
+            })
+        }),
+    );
+    let r = admin.login("admin", WEB_PASSWORD);
+    assert_eq!(r.status, 303, "login from the office: {}", r.text());
+    let csrf = admin.page_csrf();
+    let t = Instant::now();
+    let r = admin.request(
+        "POST",
+        "/api/fleet/cluster/packages",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-CSRF-Token", &csrf),
+        ],
+        br#"{"node_name":"server-02","package_name":"FleetServerClusterNode.pkg","format":"pkg","expires":"7d","ethernet":"allow-virtual"}"#,
+    );
+    assert_eq!(r.status, 200, "package build over HTTP: {}", r.text());
+    assert_eq!(&r.body[..4], b"xar!", "a XAR (pkg) came back");
+    eprintln!(
+        "netns: package built over HTTP from the office in {:?} ({} bytes)",
+        t.elapsed(),
+        r.body.len()
+    );
+    let pkg = topo.root().join("FleetServerClusterNode.pkg");
+    std::fs::write(&pkg, &r.body).expect("saving the download");
+
+    // The emulated Installer, in the datacenter: preinstall (the stub), payload, postinstall.
+    let x = ExpandedPkg::extract(&pkg, &topo.root().join("x"));
+    let target = topo.root().join("datacenter-volume");
+    std::fs::create_dir(&target).expect("the target volume");
+    let installer_run = |script: &str, launchctl: Option<&Launchctl>| {
+        let mut cmd = topo.command(Site::Datacenter, x.scripts.join(script));
+        as_installer_runs(&mut cmd, &pkg, &target);
+        if let Some(l) = launchctl {
+            l.boot_volume_env(&mut cmd);
+        }
+        let o = pkginstall::output_within(&mut cmd, LIMIT);
+        assert!(
+            o.status.success(),
+            "{script} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let summary = installer_run("preinstall", None);
+    assert!(
+        summary
+            .contains("Ethernet connection: eth0 (198.51.100.10, virtual), policy allow-virtual"),
+        "{summary}"
+    );
+    x.install_payload(&target);
+    let launchctl = Launchctl::new(topo.root());
+    installer_run("postinstall", Some(&launchctl));
+    assert!(
+        launchctl
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("bootstrap system ")),
+        "{:?}",
+        launchctl.calls()
+    );
+
+    // launchd's part: ProgramArguments with its paths under the root, in the datacenter.
+    let job = LaunchdJob::read(&target);
+    assert_eq!(
+        job.args[1..],
+        [
+            "serve",
+            "--config",
+            "/Library/FleetServer/config/config.yaml"
+        ]
+    );
+    let spawned = Instant::now();
+    let node = job.spawn(topo.command(Site::Datacenter, &job.argv[0]));
+    let node_id = wait_for(
+        "the primary to list the installed server-02 as active",
+        Duration::from_secs(20),
+        Duration::from_millis(10),
+        || {
+            primary
+                .active_ids()?
+                .into_iter()
+                .find(|id| id.starts_with("server-02-"))
+        },
+    );
+    let join_time = spawned.elapsed();
+    eprintln!(
+        "netns: join time of the installed node (daemon start → listed by the primary): {join_time:?}"
+    );
+    assert!(join_time < Duration::from_secs(10), "{join_time:?}");
+
+    // The primary's status, asked from the office: two active nodes, the new one among them.
+    let status = topo
+        .get_json(
+            Site::Office,
+            primary_addr,
+            "/api/fleet/cluster/status",
+            Some(TEST_API_KEY),
+        )
+        .expect("status from the office");
+    assert_eq!(status.status, 200, "{}", status.text());
+    let body = status.json();
+    assert_eq!(body["active_nodes"], 2, "{body}");
+    let ids: Vec<&str> = body["nodes"]
+        .as_array()
+        .expect("the node list, with the API key")
+        .iter()
+        .filter_map(|n| n["id"].as_str())
+        .collect();
+    assert!(ids.contains(&node_id.as_str()), "{body}");
+    // And the admin's Settings page says so.
+    let page = admin.get("/settings").text();
+    assert!(
+        page.contains("<dd id=\"active-nodes\">2</dd>"),
+        "Active Nodes on the Settings page:\n{page}"
+    );
+    // The node's identity is under the root; the primary and the node never met.
+    let id_file = target.join("Library/FleetServer/state/node_id");
+    assert_eq!(
+        std::fs::read_to_string(&id_file)
+            .unwrap_or_else(|e| panic!("{}: {e}", id_file.display()))
+            .trim(),
+        node_id
+    );
+    assert!(!topo.can_connect(
+        Site::Datacenter,
+        Site::Office.addr(),
+        fleet_tests::NETNS_SERVER_PORT
+    ));
+
+    // The guide's three startup lines, in order, in the installed node's log.
+    wait_for(
+        "the guide's three startup lines in the installed node's log",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let log = node.log();
+            GUIDE_LINES.iter().all(|l| log.contains(l)).then_some(())
+        },
+    );
+    let log = node.log();
+    let mut last = 0;
+    for line in GUIDE_LINES {
+        let at = log[last..]
+            .find(line)
+            .unwrap_or_else(|| panic!("`{line}` missing or out of order:\n{log}"));
+        last += at + line.len();
+    }
+    assert!(
+        log.contains(&format!(
+            "✅ Cluster mode ENABLED (node: {node_id}, backend: redis)"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("✅ Registered node in cluster: {node_id}")),
+        "{log}"
+    );
+    assert!(!log.contains(REDIS_PASSWORD), "password in the node's log");
+
+    // Failure detection for this installed node: datacenter↔cloud cut → gone on the primary.
+    let only_primary = || {
+        let ids = primary.active_ids()?;
+        (ids == [primary_id.as_str()]).then_some(())
+    };
+    let cut = Instant::now();
+    topo.cut_link(Site::Datacenter);
+    wait_for(
+        "the primary to drop the cut-off installed node",
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        only_primary,
+    );
+    let detection = cut.elapsed();
+    eprintln!(
+        "netns: failure-detection time of the installed node (cut → gone on the primary): {detection:?}"
+    );
+    assert!(
+        detection >= Duration::from_secs(2),
+        "expired before the 3 s timeout: {detection:?}"
+    );
+    assert!(detection < Duration::from_secs(6), "{detection:?}");
+
+    // Link back: it re-registers on its own.
+    let restored = Instant::now();
+    topo.restore_link(Site::Datacenter);
+    wait_for(
+        "the installed node back on the primary after the link is restored",
+        Duration::from_secs(6),
+        Duration::from_millis(10),
+        || primary.active_ids()?.contains(&node_id).then_some(()),
+    );
+    eprintln!(
+        "netns: link restored → installed node active again after {:?}",
+        restored.elapsed()
+    );
+}

@@ -3,7 +3,7 @@
 //! API key, and HTTPS with Secure cookies.
 
 use std::collections::BTreeMap;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,17 +12,31 @@ use fleet_tests::{Daemon, RedisServer, TEST_API_KEY, free_port, require_tool};
 
 pub const WEB_PASSWORD: &str = "correct-horse-battery";
 
-/// A browser-like client on loopback: keeps cookies, sends forms and JSON.
+/// How a [`Client`] opens each connection (e.g. from inside a network namespace).
+pub type Connect = Box<dyn Fn() -> std::io::Result<TcpStream> + Send + Sync>;
+
+/// A browser-like client: keeps cookies, sends forms and JSON. On loopback unless made with
+/// [`Client::connecting`].
 pub struct Client {
-    pub port: u16,
     pub cookies: BTreeMap<String, String>,
+    /// The `Host` header.
+    host: String,
+    connect: Connect,
 }
 
 impl Client {
     pub fn new(port: u16) -> Client {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        Client::connecting(addr, Box::new(move || TcpStream::connect(addr)))
+    }
+
+    /// A client for the server at `addr` (its IP is the `Host` header) that opens each
+    /// connection with `connect`.
+    pub fn connecting(addr: SocketAddr, connect: Connect) -> Client {
         Client {
-            port,
             cookies: BTreeMap::new(),
+            host: addr.ip().to_string(),
+            connect,
         }
     }
 
@@ -33,7 +47,8 @@ impl Client {
         extra: &[(&str, &str)],
         body: &[u8],
     ) -> HttpResponse {
-        let stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        let stream =
+            (self.connect)().unwrap_or_else(|e| panic!("connecting to {}: {e}", self.host));
         let cookie = self
             .cookies
             .iter()
@@ -44,7 +59,7 @@ impl Client {
         if !cookie.is_empty() {
             headers.push(("Cookie", &cookie));
         }
-        let resp = http_over(stream, "127.0.0.1", method, path, &headers, body).expect("request");
+        let resp = http_over(stream, &self.host, method, path, &headers, body).expect("request");
         for c in resp.header_all("set-cookie") {
             let first = c.split(';').next().unwrap_or_default();
             if let Some((k, v)) = first.split_once('=') {

@@ -2,7 +2,8 @@
 //! holding this build's `fleet-server` and `fleet-installer-stub`, the pkg's XAR extracted
 //! with `bsdtar`, its `Scripts` and `Payload` (gzip of cpio odc) with `gzip -dc | cpio -i`,
 //! the scripts run with Installer's `$1..$4`, an empty environment, and a `launchctl`
-//! stand-in that records its calls (the `LAUNCHCTL` hook of `scripts/postinstall`).
+//! stand-in that records its calls (the `LAUNCHCTL` hook of `scripts/postinstall`), and the
+//! daemon started as launchd would from the installed plist ([`LaunchdJob`]).
 //!
 //! package/tests/emulated_install.rs does the same against a placeholder stub inside the
 //! fleet-package crate (which cannot depend on this kit without building the daemon); the
@@ -11,10 +12,10 @@
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{bin_path, require_tool};
+use crate::{bin_path, require_tool, wait_for};
 
 /// The LaunchDaemon's label (the pkg identifier too).
 pub const LABEL: &str = "com.fleet.server.cluster";
@@ -180,6 +181,129 @@ impl Launchctl {
     pub fn boot_volume_env(&self, cmd: &mut Command) {
         cmd.env("LAUNCHCTL", &self.path)
             .env("FLEET_TEST_TREAT_AS_BOOT_VOLUME", "1");
+    }
+}
+
+/// What launchd would run for the installed LaunchDaemon: the plist's ProgramArguments, and
+/// the same with its paths under the target volume plus `--root TARGET`.
+#[derive(Debug, Clone)]
+pub struct LaunchdJob {
+    /// ProgramArguments as the plist has them (absolute paths of the installed system).
+    pub args: Vec<String>,
+    /// The whole plist.
+    pub dict: plist::Dictionary,
+    /// The command to run here: the program and `--config` under the target, then `--root`.
+    pub argv: Vec<PathBuf>,
+    /// `StandardErrorPath` under the target (stdout goes there too).
+    pub log: PathBuf,
+}
+
+impl LaunchdJob {
+    /// Reads `PLIST` under `target`; panics unless it is the LaunchDaemon with its Label.
+    pub fn read(target: &Path) -> LaunchdJob {
+        let plist_path = target.join(PLIST);
+        let value = plist::Value::from_file(&plist_path)
+            .unwrap_or_else(|e| panic!("{}: {e}", plist_path.display()));
+        let dict = value
+            .into_dictionary()
+            .expect("the LaunchDaemon plist is a dictionary");
+        assert_eq!(dict.get("Label").and_then(|v| v.as_string()), Some(LABEL));
+        let args: Vec<String> = dict
+            .get("ProgramArguments")
+            .and_then(|v| v.as_array())
+            .expect("ProgramArguments")
+            .iter()
+            .map(|v| v.as_string().expect("string argument").to_string())
+            .collect();
+        let mut argv: Vec<PathBuf> = args.iter().map(PathBuf::from).collect();
+        argv[0] = under(target, &args[0]);
+        if let Some(c) = args.iter().position(|a| a == "--config") {
+            argv[c + 1] = under(target, &args[c + 1]);
+        }
+        argv.push("--root".into());
+        argv.push(target.to_path_buf());
+        let log = under(
+            target,
+            dict.get("StandardErrorPath")
+                .and_then(|v| v.as_string())
+                .expect("StandardErrorPath"),
+        );
+        LaunchdJob {
+            args,
+            dict,
+            argv,
+            log,
+        }
+    }
+
+    /// Starts the job with `cmd`, a command for `argv[0]` (e.g. `topo.command(site, &argv[0])`),
+    /// as launchd would: the rest of `argv`, no environment but Installer's PATH, working
+    /// directory `/`, stdout and stderr to the log.
+    pub fn spawn(&self, mut cmd: Command) -> Running {
+        std::fs::create_dir_all(self.log.parent().expect("log directory"))
+            .expect("creating the log directory");
+        let log = std::fs::File::create(&self.log).expect("creating the log");
+        let child = cmd
+            .args(&self.argv[1..])
+            .env_clear()
+            .env("PATH", INSTALLER_PATH)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("starting the installed fleet-server");
+        Running {
+            child: Some(child),
+            log: self.log.clone(),
+        }
+    }
+}
+
+/// `path` (absolute, as on the installed system) under the target volume.
+pub fn under(target: &Path, path: &str) -> PathBuf {
+    target.join(path.trim_start_matches('/'))
+}
+
+/// A process started by a test (the installed daemon), killed on drop; its log is dumped
+/// when the test fails.
+#[derive(Debug)]
+pub struct Running {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Running {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits (at most `limit`) for the exit; returns its code.
+    pub fn sigterm_and_wait(&mut self, limit: Duration) -> Option<i32> {
+        let mut child = self.child.take().expect("running");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let status = wait_for(
+            "the node to exit after SIGTERM",
+            limit,
+            Duration::from_millis(20),
+            || child.try_wait().expect("try_wait"),
+        );
+        status.code()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- installed node's log ----\n{}", self.log());
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
