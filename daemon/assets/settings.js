@@ -24,6 +24,7 @@
       var button = document.getElementById("build");
       var data = {};
       new FormData(form).forEach(function (v, k) { if (v !== "") { data[k] = v; } });
+      data.no_enrollment = !!(document.getElementById("no_enrollment") || {}).checked;
       button.disabled = true;
       status.className = "";
       status.textContent = "⏳ Building the package…";
@@ -38,6 +39,7 @@
         var name = fileNameOf(resp, "FleetServerClusterNode.pkg");
         var until = resp.headers.get("X-Package-Expires") || "";
         var creds = resp.headers.get("X-Package-Credentials") || "";
+        var enrollment = resp.headers.get("X-Package-Enrollment") || "";
         return resp.blob().then(function (blob) {
           var url = URL.createObjectURL(blob);
           var a = document.createElement("a");
@@ -48,6 +50,8 @@
           status.className = "ok-text";
           status.textContent = "✅ Built " + name + " (" + (blob.size / 1048576).toFixed(1) +
             " MB in " + secs + " s)" + (until ? ", installable until " + until : "") + "." +
+            (enrollment.indexOf("token ") === 0 ? " Single-use: it enrolls one node, once." :
+              " ⚠️ Offline package: it carries the cluster's long-lived secrets.") +
             (creds === "shared with the primary" ? " ⚠️ The node carries the primary's backend credentials." : "");
         });
       }).catch(function (e) {
@@ -56,6 +60,25 @@
       }).finally(function () { button.disabled = false; });
     });
   }
+
+  document.querySelectorAll("button.revoke").forEach(function (b) {
+    b.addEventListener("click", function () {
+      var id = b.getAttribute("data-token");
+      if (!window.confirm("Revoke package " + id.slice(0, 12) + "? It will no longer enroll a node.")) { return; }
+      b.disabled = true;
+      fetch("/api/fleet/cluster/packages/" + encodeURIComponent(id), {
+        method: "DELETE", credentials: "same-origin", headers: { "X-CSRF-Token": csrf }
+      }).then(function (resp) {
+        if (!resp.ok) { return errorOf(resp).then(function (e) { throw new Error(e); }); }
+        var row = document.querySelector('tr[data-token="' + id + '"]');
+        if (row) { row.remove(); }
+        if (status) { status.className = ""; status.textContent = "🚫 Revoked package " + id.slice(0, 12) + "."; }
+      }).catch(function (e) {
+        b.disabled = false;
+        if (status) { status.className = "error"; status.textContent = "❌ Revoke failed: " + e.message; }
+      });
+    });
+  });
 
   document.querySelectorAll("button.remove").forEach(function (b) {
     b.addEventListener("click", function () {

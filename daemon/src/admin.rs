@@ -266,6 +266,122 @@ pub fn config_init(
     Ok((password, api_key))
 }
 
+fn utc_ms(ms: u64) -> String {
+    crate::logging::timestamp(std::time::UNIX_EPOCH + Duration::from_millis(ms)) + " UTC"
+}
+
+/// `fleet-server package list`: the pending enrollments.
+pub async fn package_list(
+    config: &Config,
+    as_json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let backend = backend_of(config)?;
+    let pending = timed(backend.list_enrollments()).await?;
+    if as_json {
+        let rows: Vec<serde_json::Value> = pending
+            .iter()
+            .map(|r| {
+                json!({
+                    "token_id": r.token_id,
+                    "node_name": r.node_name,
+                    "created_ms": r.created_ms,
+                    "expires_ms": r.expires_ms,
+                    "built_by": r.built_by,
+                    "package_id": r.package_id,
+                })
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        return Ok(());
+    }
+    if pending.is_empty() {
+        writeln!(out, "No pending packages.")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<14} {:<20} {:<24} {:<24} BUILT BY",
+        "ID", "NODE", "CREATED", "EXPIRES"
+    )?;
+    for r in &pending {
+        writeln!(
+            out,
+            "{:<14} {:<20} {:<24} {:<24} {}",
+            &r.token_id[..12.min(r.token_id.len())],
+            if r.node_name.is_empty() {
+                "(hostname)"
+            } else {
+                &r.node_name
+            },
+            utc_ms(r.created_ms),
+            utc_ms(r.expires_ms),
+            r.built_by
+        )?;
+    }
+    Ok(())
+}
+
+/// Finds the one pending enrollment whose token id starts with `id`.
+pub async fn resolve_token(backend: &dyn cluster::Membership, id: &str) -> anyhow::Result<String> {
+    if id.len() < 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        anyhow::bail!(
+            "`{id}` is not a package id: give 8 or more hex characters from `fleet-server package list`"
+        );
+    }
+    let pending = timed(backend.list_enrollments()).await?;
+    let matches: Vec<&str> = pending
+        .iter()
+        .map(|r| r.token_id.as_str())
+        .filter(|t| t.starts_with(id))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => anyhow::bail!("no pending package {id} (already used, revoked or expired?)"),
+        _ => anyhow::bail!("{id} matches several pending packages: give more characters"),
+    }
+}
+
+/// `fleet-server package revoke ID`.
+pub async fn package_revoke(
+    config: &Config,
+    id: &str,
+    by: &str,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let backend = backend_of(config)?;
+    let token = resolve_token(&*backend, id).await?;
+    match timed(backend.revoke_enrollment(&token)).await? {
+        Some(rec) => {
+            let ev = cluster::Event {
+                kind: cluster::EventKind::PackageRevoked,
+                node_id: rec.node_name.clone(),
+                at_ms: 0,
+                detail: [
+                    ("by".to_string(), by.to_string()),
+                    ("token_id".to_string(), rec.token_id.clone()),
+                ]
+                .into(),
+            };
+            if let Err(e) = timed(backend.record_event(&ev)).await {
+                log::warn!("revoked, but not recorded in the events: {e}");
+            }
+            writeln!(
+                out,
+                "✅ Revoked package {} (node {}): it can no longer join the cluster",
+                &rec.token_id[..12],
+                if rec.node_name.is_empty() {
+                    "(hostname)"
+                } else {
+                    &rec.node_name
+                }
+            )?;
+            Ok(())
+        }
+        None => anyhow::bail!("no pending package {id} (already used, revoked or expired?)"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

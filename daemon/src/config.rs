@@ -79,9 +79,32 @@ pub struct Config {
     pub package: PackageConfig,
     /// Log level and syslog.
     pub logging: LoggingConfig,
+    /// Present only in a package's bootstrap configuration: the single-use token the node
+    /// redeems at first start for its full configuration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enrollment: Option<EnrollmentConfig>,
     /// Things worth a warning found while loading (logged once logging is up).
     #[serde(skip)]
     pub load_warnings: Vec<String>,
+    /// The file this configuration was loaded from.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+    /// `serve --root`: the node's own paths are under this directory.
+    #[serde(skip)]
+    pub root: Option<PathBuf>,
+    /// `serve --port`.
+    #[serde(skip)]
+    pub port_override: Option<u16>,
+}
+
+/// `enrollment:` (bootstrap configurations only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentConfig {
+    /// Names the enrollment record in the backend (32 hex characters).
+    pub token_id: String,
+    /// Opens it (64 hex characters).
+    pub token_secret: Secret,
 }
 
 /// `server:`.
@@ -464,6 +487,7 @@ impl Config {
         config.resolve_secret_files(path)?;
         config.validate(path)?;
         config.hash_plain_password();
+        config.source = Some(path.to_path_buf());
         Ok(config)
     }
 
@@ -699,6 +723,17 @@ impl Config {
                 "is too short: at least 16 characters",
             ));
         }
+        if let Some(e) = &self.enrollment {
+            crate::enrollment::validate_token(&e.token_id, e.token_secret.expose())
+                .map_err(|m| invalid(origin, "enrollment", m))?;
+            if !self.cluster.enabled {
+                return Err(invalid(
+                    origin,
+                    "enrollment",
+                    "needs cluster.enabled: true (the token is redeemed at the cluster backend)",
+                ));
+            }
+        }
         if self.package.expiry_days == 0 || self.package.expiry_days > 365 {
             return Err(invalid(
                 origin,
@@ -719,6 +754,17 @@ impl Config {
             self.load_warnings.push(
                 "auth.web_password is stored in plain text: replace it with auth.web_password_hash (fleet-server config hash-password)".into(),
             );
+        }
+    }
+
+    /// Applies `root` and `port_override` (set by `serve --root/--port`), also after the
+    /// configuration is replaced by enrollment.
+    pub fn apply_overrides(&mut self) {
+        if let Some(root) = self.root.clone() {
+            self.rebase(&root);
+        }
+        if let Some(port) = self.port_override {
+            self.server.port = port;
         }
     }
 

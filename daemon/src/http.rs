@@ -136,7 +136,11 @@ pub fn router(app: AppState) -> Router {
         )
         .route(
             "/api/fleet/cluster/packages",
-            axum::routing::post(build_package),
+            axum::routing::post(build_package).get(list_packages),
+        )
+        .route(
+            "/api/fleet/cluster/packages/{id}",
+            axum::routing::delete(revoke_package),
         )
         .route("/metrics", get(metrics))
         .route("/", get(crate::web::index))
@@ -207,6 +211,16 @@ fn member_json(m: &Member) -> serde_json::Value {
 
 async fn status(State(app): State<AppState>, headers: HeaderMap) -> Response {
     let authed = authorize(&app, &headers, false).await.is_ok();
+    if let Some(crate::node::Unhealthy::Enrollment(reason)) = app.state.health() {
+        return axum::Json(json!({
+            "enabled": true,
+            "node_id": app.node.id,
+            "registered": false,
+            "healthy": false,
+            "enrollment_refused": reason,
+        }))
+        .into_response();
+    }
     let Some(backend) = &app.backend else {
         return axum::Json(json!({
             "enabled": false,
@@ -333,6 +347,9 @@ pub struct PackageForm {
     expires: Option<String>,
     #[serde(default)]
     ethernet: Option<String>,
+    /// An offline package: the node's full configuration instead of an enrollment token.
+    #[serde(default)]
+    no_enrollment: Option<serde_json::Value>,
 }
 
 fn bad_request(msg: impl Into<String>) -> ApiError {
@@ -379,6 +396,8 @@ async fn build_package(
         template_dir: None,
         allow_foreign_binaries: false,
         built_by: who.label(),
+        no_enrollment: matches!(form.no_enrollment, Some(serde_json::Value::Bool(true)))
+            || matches!(&form.no_enrollment, Some(serde_json::Value::String(v)) if v == "on" || v == "true"),
         ..Default::default()
     };
     let cb = crate::packages::build_for_cluster(
@@ -438,10 +457,87 @@ async fn build_package(
                     (None, None) => "cluster".to_string(),
                 },
             ),
+            (
+                header::HeaderName::from_static("x-package-enrollment"),
+                match (&built.enrollment, &cb.enrollment_note) {
+                    (Some(rec), _) => format!("token {}", &rec.token_id[..12]),
+                    (None, _) => {
+                        "none: the package carries the cluster's long-lived secrets".to_string()
+                    }
+                },
+            ),
         ],
         built.bytes,
     )
         .into_response())
+}
+
+async fn list_packages(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers, false).await?;
+    let Some(backend) = &app.backend else {
+        return Ok(axum::Json(json!({ "pending": [] })).into_response());
+    };
+    if !backend.supports_enrollment() {
+        return Ok(axum::Json(json!({ "pending": [], "enrollment": false })).into_response());
+    }
+    let pending = with_deadline(backend.list_enrollments()).await?;
+    let rows: Vec<serde_json::Value> = pending
+        .iter()
+        .map(|r| {
+            json!({
+                "token_id": r.token_id,
+                "node_name": r.node_name,
+                "created_ms": r.created_ms,
+                "expires_ms": r.expires_ms,
+                "built_by": r.built_by,
+                "package_id": r.package_id,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "pending": rows, "enrollment": true })).into_response())
+}
+
+async fn revoke_package(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = authorize(&app, &headers, true).await?;
+    let Some(backend) = &app.backend else {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "Cluster mode not enabled".into(),
+        ));
+    };
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad_request("invalid package id"));
+    }
+    match with_deadline(backend.revoke_enrollment(&id)).await? {
+        Some(rec) => {
+            let ev = crate::cluster::Event {
+                kind: crate::cluster::EventKind::PackageRevoked,
+                node_id: rec.node_name.clone(),
+                at_ms: 0,
+                detail: [
+                    ("by".to_string(), who.label()),
+                    ("token_id".to_string(), rec.token_id.clone()),
+                ]
+                .into(),
+            };
+            if let Err(e) = with_deadline(backend.record_event(&ev)).await {
+                log::warn!("package revoked, but not recorded: {}", e.1);
+            }
+            log::info!("🚫 {} revoked package {}", who.label(), &id[..12]);
+            Ok(axum::Json(json!({ "revoked": id })).into_response())
+        }
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no pending package {id} (already used, revoked or expired)"),
+        )),
+    }
 }
 
 async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {

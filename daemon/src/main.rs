@@ -155,6 +155,24 @@ enum PackageCommand {
         /// The new node's intended address (repeatable): refused when a live node has it.
         #[arg(long = "ip", value_name = "IP")]
         ips: Vec<std::net::IpAddr>,
+        /// For an offline install: the package carries the node's full configuration, with the
+        /// cluster's long-lived secrets, instead of a single-use enrollment token.
+        #[arg(long)]
+        no_enrollment: bool,
+    },
+    /// Pending packages (enrollments not yet redeemed): node, created, expires, who built it.
+    List {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a pending package: it can no longer enroll a node.
+    Revoke {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The token id shown by `package list` (a prefix of 8 or more characters is enough).
+        id: String,
     },
     /// Show a package's members, checksums, PackageInfo and sealed header (never a secret).
     Inspect {
@@ -210,15 +228,12 @@ fn serve(
     port: Option<u16>,
 ) -> anyhow::Result<()> {
     let mut config = load(config)?;
-    if let Some(root) = &root {
-        config.rebase(root);
+    if port == Some(0) {
+        anyhow::bail!("--port: must be between 1 and 65535");
     }
-    if let Some(port) = port {
-        if port == 0 {
-            anyhow::bail!("--port: must be between 1 and 65535");
-        }
-        config.server.port = port;
-    }
+    config.root = root;
+    config.port_override = port;
+    config.apply_overrides();
     let config = Arc::new(config);
     if daemonize {
         // Before any thread exists: fork and threads do not mix.
@@ -436,6 +451,7 @@ fn real_main() -> anyhow::Result<()> {
                     allow_foreign_binaries,
                     force,
                     ips,
+                    no_enrollment,
                 },
         } => {
             let c = load(config)?;
@@ -470,7 +486,8 @@ fn real_main() -> anyhow::Result<()> {
                 allow_foreign_binaries,
                 built_by: format!("cli:{}", whoami()),
                 ips,
-                node_credential: None,
+                no_enrollment,
+                ..Default::default()
             };
             let rt = runtime()?;
             let c = Arc::new(c);
@@ -500,7 +517,8 @@ fn real_main() -> anyhow::Result<()> {
                 anyhow::Ok((path, cb))
             });
             let (path, cb) = result?;
-            let (built, shared_note) = (cb.built, cb.shared_credentials);
+            let (built, shared_note, enrollment_note) =
+                (cb.built, cb.shared_credentials, cb.enrollment_note);
             rt.block_on(packages::record_built(&c, &built, &built_by));
             print_built(&path, &built, passphrase);
             if !built.ips.is_empty() {
@@ -513,10 +531,38 @@ fn real_main() -> anyhow::Result<()> {
                     c.cluster.key_prefix
                 );
             }
+            match (&built.enrollment, &enrollment_note) {
+                (Some(rec), _) => println!(
+                    "   Enrollment: single-use token {}… (pending until redeemed by the node; `fleet-server package revoke {}` cancels it)",
+                    &rec.token_id[..8],
+                    &rec.token_id[..12]
+                ),
+                (None, Some(note)) => println!("   ⚠️  {note}"),
+                (None, None) => {}
+            }
             if let Some(why) = shared_note {
                 println!("   ⚠️  etcd user: shared with the primary: {why}");
             }
             Ok(())
+        }
+        Command::Package {
+            command: PackageCommand::List { config, json },
+        } => {
+            let c = load(config)?;
+            let rt = runtime()?;
+            rt.block_on(admin::package_list(&c, json, &mut std::io::stdout().lock()))
+        }
+        Command::Package {
+            command: PackageCommand::Revoke { config, id },
+        } => {
+            let c = load(config)?;
+            let rt = runtime()?;
+            rt.block_on(admin::package_revoke(
+                &c,
+                &id,
+                &format!("cli:{}", whoami()),
+                &mut std::io::stdout().lock(),
+            ))
         }
         Command::Package {
             command: PackageCommand::Inspect { file },

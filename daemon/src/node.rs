@@ -21,6 +21,8 @@ pub enum Unhealthy {
     NameTaken(String),
     /// An admin removed this node.
     Removed,
+    /// The package's enrollment was refused: this node is not part of the cluster.
+    Enrollment(String),
     /// Shutting down.
     Stopping,
 }
@@ -32,6 +34,7 @@ impl std::fmt::Display for Unhealthy {
             Unhealthy::Backend(r) => write!(f, "{r}"),
             Unhealthy::NameTaken(r) => write!(f, "{r}"),
             Unhealthy::Removed => f.write_str("this node was removed from the cluster by an admin"),
+            Unhealthy::Enrollment(r) => write!(f, "enrollment refused: {r}"),
             Unhealthy::Stopping => f.write_str("shutting down"),
         }
     }
@@ -80,6 +83,14 @@ impl NodeState {
         });
         s.set_ok();
         s.active_nodes.store(1, Ordering::Relaxed);
+        s
+    }
+
+    /// A node whose enrollment was refused: unhealthy for good.
+    pub fn refused(reason: String) -> Self {
+        let s = NodeState::single_node();
+        s.active_nodes.store(0, Ordering::Relaxed);
+        s.set_problem(Unhealthy::Enrollment(reason));
         s
     }
 

@@ -72,6 +72,21 @@ pub struct BuildRequest {
     /// A backend credential of the node's own (a per-node etcd user), sealed into its
     /// configuration instead of the primary's; `None`: the primary's (see [`node_credential`]).
     pub node_credential: Option<NodeCredential>,
+    /// `--no-enrollment`: the package carries the node's full configuration (long-lived
+    /// secrets included) for an offline install, instead of a single-use enrollment token.
+    pub no_enrollment: bool,
+    /// Set by [`build_for_cluster`]: the token and the enrollment user this package redeems
+    /// with; `None`: no enrollment (offline build, or a backend without records).
+    pub enrollment: Option<EnrollmentPlan>,
+}
+
+/// How a package enrolls: its token, and the backend user that may take its record (`None`:
+/// no user of its own, the bootstrap configuration carries the shared credentials, or none on
+/// the storage backend).
+#[derive(Clone, Debug)]
+pub struct EnrollmentPlan {
+    pub token: crate::enrollment::Token,
+    pub user: Option<NodeCredential>,
 }
 
 impl Default for BuildRequest {
@@ -89,6 +104,8 @@ impl Default for BuildRequest {
             built_by: String::new(),
             ips: Vec::new(),
             node_credential: None,
+            no_enrollment: false,
+            enrollment: None,
         }
     }
 }
@@ -152,6 +169,9 @@ pub struct BuiltPackage {
     pub ips: Vec<IpAddr>,
     /// The node's own backend user, when it has one (never its password).
     pub node_user: Option<String>,
+    /// The enrollment record to store in the backend (`None`: the package carries the full
+    /// configuration).
+    pub enrollment: Option<crate::enrollment::EnrollmentRecord>,
 }
 
 impl std::fmt::Debug for BuiltPackage {
@@ -246,6 +266,59 @@ pub fn node_config(primary: &Config, node_name: Option<&str>, format: Format) ->
     c
 }
 
+/// Puts a node's own backend user into its configuration.
+fn use_credential(node: &mut Config, cred: &NodeCredential) {
+    match node.cluster.backend {
+        BackendKind::Etcd => {
+            node.cluster.etcd_username = Some(cred.user.clone());
+            node.cluster.etcd_password = Some(cred.password.clone());
+        }
+        BackendKind::Redis => {
+            // Sessions on the cluster's Redis use the node's user too.
+            if node.sessions.redis.host.is_none()
+                || node.sessions.redis.host == node.cluster.redis_host
+            {
+                node.sessions.redis = Default::default();
+            }
+            node.cluster.redis_username = Some(cred.user.clone());
+            node.cluster.redis_password = Some(cred.password.clone());
+        }
+        BackendKind::Storage => {}
+    }
+}
+
+/// What an enrolling package carries instead of the node's configuration: how to reach the
+/// backend, the credentials that may only take the enrollment record, and the token. No API
+/// key, no dashboard password, no encryption key, no session store secret.
+pub fn bootstrap_config(node: &Config, plan: &EnrollmentPlan) -> Config {
+    let mut b = Config::default();
+    b.server.host = node.server.host.clone();
+    b.server.port = node.server.port;
+    b.server.state_dir = node.server.state_dir.clone();
+    b.logging = node.logging.clone();
+    let mut c = node.cluster.clone();
+    c.redis_password_file = None;
+    c.etcd_password_file = None;
+    match (&plan.user, c.backend) {
+        (Some(u), BackendKind::Redis) => {
+            c.redis_username = Some(u.user.clone());
+            c.redis_password = Some(u.password.clone());
+        }
+        (Some(u), BackendKind::Etcd) => {
+            c.etcd_username = Some(u.user.clone());
+            c.etcd_password = Some(u.password.clone());
+        }
+        // No user of its own: the shared credentials the node has anyway (said at build).
+        _ => {}
+    }
+    b.cluster = c;
+    b.enrollment = Some(crate::config::EnrollmentConfig {
+        token_id: plan.token.id.clone(),
+        token_secret: plan.token.secret.clone(),
+    });
+    b
+}
+
 /// Builds node packages, keeping the template-only parts (Payload, Bom) cached between builds.
 #[derive(Debug, Clone, Default)]
 pub struct Builder {
@@ -303,10 +376,37 @@ impl Builder {
 
         let mut node = node_config(primary, req.node_name.as_deref(), req.format);
         if let Some(cred) = &req.node_credential {
-            node.cluster.etcd_username = Some(cred.user.clone());
-            node.cluster.etcd_password = Some(cred.password.clone());
+            use_credential(&mut node, cred);
         }
-        let yaml = serde_yaml::to_string(&node).map_err(|e| BuildError::Seal(e.to_string()))?;
+        let full_yaml =
+            serde_yaml::to_string(&node).map_err(|e| BuildError::Seal(e.to_string()))?;
+        let (yaml, mut record) = match &req.enrollment {
+            None => (full_yaml, None),
+            Some(plan) => {
+                let boot = bootstrap_config(&node, plan);
+                let boot_yaml =
+                    serde_yaml::to_string(&boot).map_err(|e| BuildError::Seal(e.to_string()))?;
+                let (nonce, ciphertext) = crate::enrollment::seal(&plan.token, &full_yaml);
+                let now_ms = now_secs() * 1000;
+                let users = [&req.node_credential, &plan.user]
+                    .into_iter()
+                    .flatten()
+                    .map(|c| c.user.clone())
+                    .collect();
+                let record = crate::enrollment::EnrollmentRecord {
+                    token_id: plan.token.id.clone(),
+                    node_name: req.node_name.clone().unwrap_or_default(),
+                    created_ms: now_ms,
+                    expires_ms: now_ms + req.expires.as_millis() as u64,
+                    built_by: req.built_by.clone(),
+                    package_id: String::new(),
+                    users,
+                    nonce,
+                    ciphertext,
+                };
+                (boot_yaml, Some(record))
+            }
+        };
         let created_at = now_secs();
         let opts = SealOptions {
             created_at,
@@ -334,6 +434,9 @@ impl Builder {
         };
         let sealed =
             sealed::seal(&payload, &opts, source).map_err(|e| BuildError::Seal(e.to_string()))?;
+        if let Some(r) = record.as_mut() {
+            r.package_id = sealed.header.package_id_hex();
+        }
         let files = NodeFiles {
             sealed: sealed.blob,
             key: sealed.key_file,
@@ -360,6 +463,7 @@ impl Builder {
             foreign_binaries,
             ips: req.ips.clone(),
             node_user: req.node_credential.as_ref().map(|c| c.user.clone()),
+            enrollment: record,
         })
     }
 }
@@ -418,6 +522,23 @@ pub async fn node_credential(
     node_name: Option<&str>,
 ) -> Result<Option<CredentialChoice>, BuildError> {
     let c = &primary.cluster;
+    if c.enabled && c.backend == BackendKind::Redis {
+        let Some(name) = node_name else {
+            return Ok(Some(CredentialChoice::Shared(
+                "no node name: a per-node Redis user needs one, so the node carries the shared Redis credentials".into(),
+            )));
+        };
+        return match redis_of(primary)?.create_node_user(name).await {
+            Ok((user, password)) => Ok(Some(CredentialChoice::NodeUser(NodeCredential {
+                user,
+                password,
+            }))),
+            Err(ClusterError::Auth { reason, .. }) => Ok(Some(CredentialChoice::Shared(format!(
+                "this Redis refuses user management ({reason}), so the node carries the shared Redis credentials"
+            )))),
+            Err(e) => Err(e.into()),
+        };
+    }
     if !c.enabled || c.backend != BackendKind::Etcd {
         return Ok(None);
     }
@@ -451,6 +572,9 @@ pub async fn discard_node_credential(
     node_name: &str,
     cred: &NodeCredential,
 ) -> Result<(), BuildError> {
+    if primary.cluster.backend == BackendKind::Redis {
+        return Ok(redis_of(primary)?.delete_user(&cred.user).await?);
+    }
     Ok(etcd_of(primary)?
         .forget_node_user(node_name, &cred.user)
         .await?)
@@ -462,6 +586,8 @@ pub struct ClusterBuild {
     pub built: BuiltPackage,
     /// Why the node carries the primary's backend credentials instead of its own, if it does.
     pub shared_credentials: Option<String>,
+    /// Why the package carries long-lived secrets instead of an enrollment token, if it does.
+    pub enrollment_note: Option<String>,
     /// The node user made for this package (to discard if the package is then not delivered).
     pub credential: Option<NodeCredential>,
 }
@@ -476,6 +602,7 @@ pub async fn build_for_cluster(
     mut req: BuildRequest,
 ) -> Result<ClusterBuild, BuildError> {
     let mut shared_credentials = None;
+    let mut enrollment_note = None;
     if let Some(backend) = backend {
         check_available(backend, req.node_name.as_deref(), &req.ips).await?;
         match node_credential(primary, req.node_name.as_deref()).await? {
@@ -483,16 +610,59 @@ pub async fn build_for_cluster(
             Some(CredentialChoice::Shared(why)) => shared_credentials = Some(why),
             None => {}
         }
+        if req.no_enrollment {
+            enrollment_note = Some(
+                "built without enrollment (--no-enrollment): the package carries the cluster's long-lived secrets".to_string(),
+            );
+        } else if backend.supports_enrollment() {
+            let token = crate::enrollment::Token::generate();
+            let user = match enrollment_user(primary, &token.id).await {
+                Ok(u) => u,
+                Err(e) => {
+                    discard_after_failure(primary, &req).await;
+                    return Err(e);
+                }
+            };
+            if user.is_none() && primary.cluster.backend == BackendKind::Redis {
+                shared_credentials.get_or_insert_with(|| {
+                    "this Redis refuses user management (a managed Redis?): the package carries the shared Redis credentials".to_string()
+                });
+            }
+            req.enrollment = Some(EnrollmentPlan { token, user });
+        } else {
+            enrollment_note = Some(format!(
+                "the {} backend keeps no enrollment records: the package carries the cluster's long-lived secrets",
+                backend.kind()
+            ));
+        }
     }
     let (b, c, r) = (builder.clone(), primary.clone(), req.clone());
     let result = match tokio::task::spawn_blocking(move || b.build(&c, &r)).await {
         Ok(r) => r,
         Err(e) => Err(BuildError::Seal(format!("the build task failed: {e}"))),
     };
+    let result = match (result, backend) {
+        (Ok(built), Some(backend)) if built.enrollment.is_some() => {
+            let stored = tokio::time::timeout(
+                CHECK_DEADLINE,
+                backend.put_enrollment(built.enrollment.as_ref().expect("checked above")),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(ClusterError::Unreachable {
+                    backend: backend.kind().as_str(),
+                    reason: "no answer storing the enrollment".into(),
+                })
+            });
+            stored.map(|()| built).map_err(BuildError::Cluster)
+        }
+        (r, _) => r,
+    };
     match result {
         Ok(built) => Ok(ClusterBuild {
             built,
             shared_credentials,
+            enrollment_note,
             credential: req.node_credential,
         }),
         Err(e) => {
@@ -502,14 +672,51 @@ pub async fn build_for_cluster(
     }
 }
 
-/// Deletes the node user of a package that was not delivered (logged when it cannot be).
+/// Makes the Redis user that may only take this package's enrollment record. `None`: not
+/// Redis, or this Redis refuses user management (the bootstrap then carries the shared
+/// credentials, and the build says so).
+async fn enrollment_user(
+    primary: &Config,
+    token_id: &str,
+) -> Result<Option<NodeCredential>, BuildError> {
+    if primary.cluster.backend != BackendKind::Redis {
+        return Ok(None);
+    }
+    match redis_of(primary)?.create_enrollment_user(token_id).await {
+        Ok((user, password)) => Ok(Some(NodeCredential { user, password })),
+        Err(ClusterError::Auth { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn redis_of(primary: &Config) -> Result<crate::cluster::redis::RedisMembership, BuildError> {
+    let timing = crate::cluster::Timing {
+        interval: primary.cluster.heartbeat_interval(),
+        timeout: primary.cluster.heartbeat_timeout(),
+    };
+    Ok(crate::cluster::redis::RedisMembership::new(
+        &primary.cluster,
+        timing,
+    )?)
+}
+
+/// Deletes the backend users of a package that was not delivered (logged when it cannot be).
 pub async fn discard_after_failure(primary: &Config, req: &BuildRequest) {
     if let (Some(cred), Some(name)) = (&req.node_credential, &req.node_name)
         && let Err(e) = discard_node_credential(primary, name, cred).await
     {
         log::warn!(
-            "the etcd user {} made for this build remains: {e}",
+            "the backend user {} made for this build remains: {e}",
             cred.user
+        );
+    }
+    if let Some(EnrollmentPlan { user: Some(u), .. }) = &req.enrollment
+        && let Ok(r) = redis_of(primary)
+        && let Err(e) = r.delete_user(&u.user).await
+    {
+        log::warn!(
+            "the enrollment user {} made for this build remains: {e}",
+            u.user
         );
     }
 }
@@ -545,6 +752,15 @@ pub async fn record_built(primary: &Config, pkg: &BuiltPackage, by: &str) {
         ("package_id".to_string(), pkg.package_id.clone()),
         ("format".to_string(), pkg.format.as_str().to_string()),
         ("not_after".to_string(), pkg.not_after.to_string()),
+        (
+            "enrollment".to_string(),
+            if pkg.enrollment.is_some() {
+                "yes"
+            } else {
+                "no"
+            }
+            .to_string(),
+        ),
     ]
     .into();
     if !pkg.ips.is_empty() {

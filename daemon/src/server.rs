@@ -91,6 +91,16 @@ pub async fn run(
         (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
         _ => None,
     };
+    // A package's first start: redeem its enrollment token for the full configuration.
+    let (config, refused) = if config.enrollment.is_some() {
+        match crate::enrollment::redeem(&config, &shutdown).await {
+            crate::enrollment::Redemption::Redeemed(c) => (Arc::new(*c), None),
+            crate::enrollment::Redemption::Stopped => return Ok(()),
+            crate::enrollment::Redemption::Refused(reason) => (config, Some(reason)),
+        }
+    } else {
+        (config, None)
+    };
     let local = listener
         .local_addr()
         .context("reading the listener's address")?;
@@ -105,7 +115,10 @@ pub async fn run(
     let node = Arc::new(node_record(&config, id, name, local.port()));
     let tracker = TaskTracker::new();
 
-    let (backend, state) = if config.cluster.enabled {
+    let (backend, state) = if let Some(reason) = refused {
+        // Not in the cluster: serve health (503, with the reason) until stopped; no retries.
+        (None, Arc::new(NodeState::refused(reason)))
+    } else if config.cluster.enabled {
         let timing = Timing {
             interval: config.cluster.heartbeat_interval(),
             timeout: config.cluster.heartbeat_timeout(),

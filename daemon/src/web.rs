@@ -377,12 +377,64 @@ Enable it in the configuration and restart the server:</p>\
 <option value=\"{days}d\" selected>in {days} days</option><option value=\"30d\">in 30 days</option></select></label>\
 <label>Ethernet <select name=\"ethernet\" id=\"ethernet\"><option value=\"require\">require wired Ethernet</option>\
 <option value=\"allow-virtual\">also accept virtual Ethernet (VMs)</option><option value=\"skip\">do not check</option></select></label>\
+<label class=\"check\"><input type=\"checkbox\" name=\"no_enrollment\" id=\"no_enrollment\"> Offline install (no enrollment)\
+<small>Only for a node that cannot reach the cluster at first start: the package then carries the cluster's long-lived secrets.</small></label>\
 <div class=\"actions\"><button type=\"submit\" id=\"build\">📦 Build Cluster Node Package</button></div>\
 </form><p id=\"build-status\" role=\"status\" aria-live=\"polite\"></p>\
 <p class=\"muted\">⚠️ The package contains this cluster's settings and keys: keep it secure, transfer it over \
 encrypted channels, and delete it after installation.</p>",
                 days = app.config.package.expiry_days
             ));
+            if backend.supports_enrollment() {
+                let pending = tokio::time::timeout(Duration::from_secs(3), backend.list_enrollments())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
+                body.push_str("<h3>Pending packages</h3><p class=\"muted\">Each package enrolls one node, once, before it expires. Revoke a package that was lost or not needed.</p>");
+                body.push_str("<div class=\"table-wrap\"><table id=\"pending\"><thead><tr><th>Package</th><th>Node</th><th>Built by</th><th>Expires</th><th></th></tr></thead><tbody>");
+                for r in &pending {
+                    body.push_str(&format!(
+                        "<tr data-token=\"{t}\"><td><code>{short}</code></td><td>{node}</td><td>{by}</td><td>{exp}</td><td><button class=\"danger revoke\" data-token=\"{t}\">Revoke</button></td></tr>",
+                        t = esc(&r.token_id),
+                        short = esc(&r.token_id[..12.min(r.token_id.len())]),
+                        node = esc(if r.node_name.is_empty() { "(hostname)" } else { &r.node_name }),
+                        by = esc(&r.built_by),
+                        exp = esc(&crate::logging::timestamp(UNIX_EPOCH + Duration::from_millis(r.expires_ms))),
+                    ));
+                }
+                if pending.is_empty() {
+                    body.push_str("<tr class=\"empty\"><td colspan=\"5\" class=\"muted\">No pending packages.</td></tr>");
+                }
+                body.push_str("</tbody></table></div>");
+            }
+            let recent: Vec<_> = tokio::time::timeout(Duration::from_secs(3), backend.events(200))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| e.kind == crate::cluster::EventKind::PackageBuilt)
+                .take(10)
+                .collect();
+            if !recent.is_empty() {
+                body.push_str("<h3>Recent packages</h3><div class=\"table-wrap\"><table id=\"recent\"><thead><tr><th>Built</th><th>Node</th><th>By</th><th>Kind</th></tr></thead><tbody>");
+                for e in &recent {
+                    let kind = if e.detail.get("enrollment").map(String::as_str) == Some("yes") {
+                        "single-use enrollment token".to_string()
+                    } else {
+                        "<span class=\"warn-text\">⚠️ carries long-lived secrets</span>".to_string()
+                    };
+                    let node = e.detail.get("node_name").cloned().unwrap_or_default();
+                    body.push_str(&format!(
+                        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{kind}</td></tr>",
+                        esc(&crate::logging::timestamp(UNIX_EPOCH + Duration::from_millis(e.at_ms))),
+                        esc(if node.is_empty() { "(hostname)" } else { &node }),
+                        esc(e.detail.get("by").map(String::as_str).unwrap_or_default()),
+                    ));
+                }
+                body.push_str("</tbody></table></div>");
+            }
             body.push_str("<h3>Nodes</h3><div class=\"table-wrap\"><table id=\"nodes\"><thead><tr><th>Name</th><th>ID</th><th>Addresses</th><th>State</th><th>Last heartbeat</th><th></th></tr></thead><tbody>");
             for m in &members {
                 let remove = if m.node.id == app.node.id {

@@ -112,6 +112,7 @@ pub enum EventKind {
     PackageBuilt,
     EnrollmentRedeemed,
     EnrollmentRejected,
+    PackageRevoked,
 }
 
 impl EventKind {
@@ -124,6 +125,7 @@ impl EventKind {
             EventKind::PackageBuilt => "package_built",
             EventKind::EnrollmentRedeemed => "enrollment_redeemed",
             EventKind::EnrollmentRejected => "enrollment_rejected",
+            EventKind::PackageRevoked => "package_revoked",
         }
     }
 
@@ -136,6 +138,7 @@ impl EventKind {
             EventKind::PackageBuilt,
             EventKind::EnrollmentRedeemed,
             EventKind::EnrollmentRejected,
+            EventKind::PackageRevoked,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -244,6 +247,51 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
 
     /// The newest `limit` events, newest first.
     async fn events(&self, limit: usize) -> Result<Vec<Event>, ClusterError>;
+
+    /// Whether this backend keeps enrollment records (packages then carry a token, not secrets).
+    fn supports_enrollment(&self) -> bool {
+        false
+    }
+
+    /// Stores a pending enrollment until its expiry.
+    async fn put_enrollment(
+        &self,
+        _record: &crate::enrollment::EnrollmentRecord,
+    ) -> Result<(), ClusterError> {
+        Err(self.no_enrollment())
+    }
+
+    /// Takes a pending enrollment atomically: of two takers, exactly one gets it; after, it is
+    /// gone. `None`: used, revoked, expired or unknown.
+    async fn take_enrollment(
+        &self,
+        _token_id: &str,
+    ) -> Result<Option<crate::enrollment::EnrollmentRecord>, ClusterError> {
+        Err(self.no_enrollment())
+    }
+
+    /// The pending enrollments, oldest first.
+    async fn list_enrollments(
+        &self,
+    ) -> Result<Vec<crate::enrollment::EnrollmentRecord>, ClusterError> {
+        Err(self.no_enrollment())
+    }
+
+    /// Deletes a pending enrollment; returns it if it was pending.
+    async fn revoke_enrollment(
+        &self,
+        _token_id: &str,
+    ) -> Result<Option<crate::enrollment::EnrollmentRecord>, ClusterError> {
+        Err(self.no_enrollment())
+    }
+
+    #[doc(hidden)]
+    fn no_enrollment(&self) -> ClusterError {
+        ClusterError::Backend {
+            backend: self.kind().as_str(),
+            reason: "this backend keeps no enrollment records (build with --no-enrollment)".into(),
+        }
+    }
 }
 
 /// Opens the backend the configuration names. Never blocks on the network: a backend that is

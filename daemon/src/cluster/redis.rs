@@ -18,7 +18,8 @@ use super::{
     ClusterError, EVENTS_CAP, Event, EventKind, Heartbeat, Member, MemberState, Membership,
     NodeRecord, REMOVAL_TOMBSTONE, Timing,
 };
-use crate::config::{BackendKind, ClusterConfig};
+use crate::config::{BackendKind, ClusterConfig, Secret};
+use crate::enrollment::EnrollmentRecord;
 
 const NAME: &str = "redis";
 
@@ -369,6 +370,111 @@ fn parse_outcome(reply: (String, String), node: &str) -> Result<Heartbeat, Clust
     }
 }
 
+impl RedisMembership {
+    async fn remove_member(&self, node_id: &str, by: &str) -> Result<bool, ClusterError> {
+        let mut args = self.base_args();
+        args.extend([
+            node_id.into(),
+            "removed".into(),
+            REMOVAL_TOMBSTONE.as_millis().to_string(),
+            if by.is_empty() { "admin" } else { by }.into(),
+        ]);
+        let was: i64 = self.run(&LEAVE_SCRIPT, &args).await?;
+        Ok(was == 1)
+    }
+
+    /// The ACL user name for a node or an enrollment: `fleet-node-server-03`,
+    /// `fleet-enroll-<token id>` (the key prefix, reduced to letters and digits, first).
+    pub fn user_name(&self, kind: &str, id: &str) -> String {
+        let p: String = self
+            .prefix
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        format!("{}-{kind}-{id}", p.trim_matches('-'))
+    }
+
+    async fn acl(&self, args: &[String]) -> Result<(), ClusterError> {
+        let mut cmd = redis::cmd("ACL");
+        for a in args {
+            cmd.arg(a);
+        }
+        self.query::<()>(redis::pipe().add_command(cmd).ignore())
+            .await
+    }
+
+    /// A Redis user of the node's own, limited to the cluster's key prefix (no admin or
+    /// dangerous commands). `Err(Auth)` when this connection may not manage users (a managed
+    /// Redis): the caller falls back to the shared credentials.
+    pub async fn create_node_user(
+        &self,
+        node_name: &str,
+    ) -> Result<(String, Secret), ClusterError> {
+        let user = self.user_name("node", node_name);
+        let password = Secret::new(crate::auth::random_hex(32));
+        self.acl(&[
+            "SETUSER".into(),
+            user.clone(),
+            "reset".into(),
+            "on".into(),
+            format!(">{}", password.expose()),
+            format!("~{}*", self.prefix),
+            format!("&{}*", self.prefix),
+            "+@all".into(),
+            "-@dangerous".into(),
+            "-@admin".into(),
+        ])
+        .await
+        .map_err(acl_refused)?;
+        Ok((user, password))
+    }
+
+    /// The user a package uses to take its own enrollment record and nothing else: it may
+    /// GETDEL that one key and append to the events stream (to record a rejection). Once the
+    /// record is taken, it can read nothing.
+    pub async fn create_enrollment_user(
+        &self,
+        token_id: &str,
+    ) -> Result<(String, Secret), ClusterError> {
+        let user = self.user_name("enroll", token_id);
+        let password = Secret::new(crate::auth::random_hex(32));
+        self.acl(&[
+            "SETUSER".into(),
+            user.clone(),
+            "reset".into(),
+            "on".into(),
+            format!(">{}", password.expose()),
+            format!("~{}", self.key(&format!("enroll:{token_id}"))),
+            format!("~{}", self.key("events")),
+            "-@all".into(),
+            "+getdel".into(),
+            "+xadd".into(),
+            "+eval".into(),
+            "+evalsha".into(),
+            "+time".into(),
+            "+ping".into(),
+            "+select".into(),
+        ])
+        .await
+        .map_err(acl_refused)?;
+        Ok((user, password))
+    }
+
+    /// Deletes a user (Redis closes its connections).
+    pub async fn delete_user(&self, user: &str) -> Result<(), ClusterError> {
+        self.acl(&["DELUSER".into(), user.into()]).await
+    }
+}
+
+/// ACL management refused (`NOPERM`, or ACL commands renamed away): an `Auth` error, so the
+/// caller can fall back to the shared credentials.
+fn acl_refused(e: ClusterError) -> ClusterError {
+    match e {
+        ClusterError::Backend { backend, reason } => ClusterError::Auth { backend, reason },
+        other => other,
+    }
+}
+
 #[async_trait::async_trait]
 impl Membership for RedisMembership {
     fn kind(&self) -> BackendKind {
@@ -418,15 +524,101 @@ impl Membership for RedisMembership {
     }
 
     async fn remove(&self, node_id: &str, by: &str) -> Result<bool, ClusterError> {
-        let mut args = self.base_args();
-        args.extend([
-            node_id.into(),
-            "removed".into(),
-            REMOVAL_TOMBSTONE.as_millis().to_string(),
-            if by.is_empty() { "admin" } else { by }.into(),
-        ]);
-        let was: i64 = self.run(&LEAVE_SCRIPT, &args).await?;
-        Ok(was == 1)
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(self.key(&format!("node:{node_id}"))).arg("name");
+        let name: Option<String> = self
+            .query::<(Option<String>,)>(redis::pipe().add_command(cmd))
+            .await
+            .map(|(n,)| n)
+            .unwrap_or(None);
+        let removed = self.remove_member(node_id, by).await?;
+        // Its own ACL user goes with it, so its credentials stop working at once (Redis also
+        // closes that user's connections). A node without one (shared credentials) is fine.
+        if let Some(name) = name {
+            let user = self.user_name("node", &name);
+            if let Err(e) = self.delete_user(&user).await {
+                log::warn!("node {node_id} removed, but its Redis user {user} may remain: {e}");
+            }
+        }
+        Ok(removed)
+    }
+
+    fn supports_enrollment(&self) -> bool {
+        true
+    }
+
+    async fn put_enrollment(&self, record: &EnrollmentRecord) -> Result<(), ClusterError> {
+        // Strings and numbers only: serialising cannot fail.
+        let json = serde_json::to_string(record).unwrap_or_default();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(&format!("enroll:{}", record.token_id)))
+            .arg(json)
+            .arg("PXAT")
+            .arg(record.expires_ms);
+        self.query::<()>(redis::pipe().add_command(cmd).ignore())
+            .await
+    }
+
+    async fn take_enrollment(
+        &self,
+        token_id: &str,
+    ) -> Result<Option<EnrollmentRecord>, ClusterError> {
+        let mut cmd = redis::cmd("GETDEL");
+        cmd.arg(self.key(&format!("enroll:{token_id}")));
+        let (v,): (Option<String>,) = self.query(redis::pipe().add_command(cmd)).await?;
+        Ok(v.and_then(|s| serde_json::from_str(&s).ok()))
+    }
+
+    async fn list_enrollments(&self) -> Result<Vec<EnrollmentRecord>, ClusterError> {
+        let pattern = self.key("enroll:*");
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor = 0u64;
+        // SCAN in bounded steps: pending enrollments are few.
+        for _ in 0..1000 {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500);
+            let ((next, batch),): ((u64, Vec<String>),) =
+                self.query(redis::pipe().add_command(cmd)).await?;
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for k in &keys {
+            pipe.get(k);
+        }
+        let values: Vec<Option<String>> = self.query(&pipe).await?;
+        let mut out: Vec<EnrollmentRecord> = values
+            .into_iter()
+            .flatten()
+            .filter_map(|v| serde_json::from_str(&v).ok())
+            .collect();
+        out.sort_by_key(|r| r.created_ms);
+        Ok(out)
+    }
+
+    async fn revoke_enrollment(
+        &self,
+        token_id: &str,
+    ) -> Result<Option<EnrollmentRecord>, ClusterError> {
+        let taken = self.take_enrollment(token_id).await?;
+        if let Some(rec) = &taken {
+            for user in &rec.users {
+                if let Err(e) = self.delete_user(user).await {
+                    log::warn!("package revoked, but its Redis user {user} remains: {e}");
+                }
+            }
+        }
+        Ok(taken)
     }
 
     async fn members(&self) -> Result<Vec<Member>, ClusterError> {

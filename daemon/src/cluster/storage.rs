@@ -27,6 +27,7 @@ use super::{
     NodeRecord, REMOVAL_TOMBSTONE, Timing,
 };
 use crate::config::BackendKind;
+use crate::enrollment::EnrollmentRecord;
 use crate::identity::write_atomically;
 
 const NAME: &str = "storage";
@@ -567,5 +568,95 @@ impl Membership for StorageMembership {
                 .collect())
         })
         .await
+    }
+
+    fn supports_enrollment(&self) -> bool {
+        true
+    }
+
+    async fn put_enrollment(&self, record: &EnrollmentRecord) -> Result<(), ClusterError> {
+        let record = record.clone();
+        self.with(move |d| {
+            let dir = d.ensure("enroll")?;
+            let path = dir.join(format!("{}.json", record.token_id));
+            // Strings and numbers only: serialising cannot fail.
+            let bytes = serde_json::to_vec(&record).unwrap_or_default();
+            // Readable by the service account only: the shared directory's permissions are
+            // this backend's access control.
+            write_atomically(&path, &bytes, 0o600).map_err(|e| io_err("cannot write", &path, e))
+        })
+        .await
+    }
+
+    async fn take_enrollment(
+        &self,
+        token_id: &str,
+    ) -> Result<Option<EnrollmentRecord>, ClusterError> {
+        if !token_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        let id = token_id.to_string();
+        self.with(move |d| {
+            let dir = d.sub("enroll");
+            let path = dir.join(format!("{id}.json"));
+            // The rename is the atomic take: of two nodes, exactly one moves the file.
+            let taken = dir.join(format!(".taken-{id}-{:08x}", rand::rng().random::<u32>()));
+            match std::fs::rename(&path, &taken) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    d.check_root()?;
+                    return Ok(None);
+                }
+                Err(e) => return Err(io_err("cannot take", &path, e)),
+            }
+            let bytes = std::fs::read(&taken);
+            let _ = std::fs::remove_file(&taken);
+            let record: Option<EnrollmentRecord> =
+                bytes.ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let now = d.now_ms()?;
+            Ok(record.filter(|r| r.expires_ms > now))
+        })
+        .await
+    }
+
+    async fn list_enrollments(&self) -> Result<Vec<EnrollmentRecord>, ClusterError> {
+        self.with(|d| {
+            let dir = d.sub("enroll");
+            let rd = match std::fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(io_err("cannot list", &dir, e)),
+            };
+            let now = d.now_ms()?;
+            let mut out = Vec::new();
+            for entry in rd.filter_map(|e| e.ok()) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') || !name.ends_with(".json") {
+                    continue;
+                }
+                let Some(rec) = std::fs::read(entry.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<EnrollmentRecord>(&b).ok())
+                else {
+                    continue;
+                };
+                if rec.expires_ms <= now {
+                    // Expired: forgotten, as Redis forgets an expired key.
+                    let _ = std::fs::remove_file(entry.path());
+                    continue;
+                }
+                out.push(rec);
+            }
+            out.sort_by_key(|r| r.created_ms);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn revoke_enrollment(
+        &self,
+        token_id: &str,
+    ) -> Result<Option<EnrollmentRecord>, ClusterError> {
+        self.take_enrollment(token_id).await
     }
 }

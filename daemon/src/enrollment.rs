@@ -1,0 +1,364 @@
+//! Enrollment: what makes a leaked package worthless once used. A package carries a
+//! single-use, expiring token instead of the cluster's secrets; the node's real configuration
+//! waits in the backend (`<prefix>cluster:enroll:<token_id>`), encrypted under a key derived
+//! from the token's secret. At first start the node takes the record atomically (it is gone
+//! after), decrypts it, writes its full configuration and joins.
+
+use std::time::Duration;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Nonce};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{ClusterError, Event, EventKind, Membership};
+use crate::config::{Config, Secret};
+
+/// A pending enrollment as the backend keeps it: metadata in clear (for `package list`), the
+/// node's configuration sealed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollmentRecord {
+    /// 32 hex characters; names the record. Not secret.
+    pub token_id: String,
+    /// The intended node name (empty: the machine's hostname).
+    pub node_name: String,
+    /// ms since the epoch.
+    pub created_ms: u64,
+    /// ms since the epoch; the backend forgets the record then.
+    pub expires_ms: u64,
+    /// Who built the package (`web:admin`, `cli:root`, `api-key`).
+    pub built_by: String,
+    /// The sealed header's package id.
+    pub package_id: String,
+    /// The backend users made for this package (deleted on revoke), if any.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// ChaCha20-Poly1305 nonce, hex.
+    pub nonce: String,
+    /// The node's configuration (YAML), encrypted; hex.
+    pub ciphertext: String,
+}
+
+impl std::fmt::Debug for EnrollmentRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollmentRecord")
+            .field("token_id", &self.token_id)
+            .field("node_name", &self.node_name)
+            .field("expires_ms", &self.expires_ms)
+            .field("built_by", &self.built_by)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A new token: its id (public) and secret (only in the package).
+#[derive(Clone)]
+pub struct Token {
+    pub id: String,
+    pub secret: Secret,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("id", &self.id)
+            .field("secret", &"***")
+            .finish()
+    }
+}
+
+impl Token {
+    pub fn generate() -> Token {
+        Token {
+            id: crate::auth::random_hex(16),
+            secret: Secret::new(crate::auth::random_hex(32)),
+        }
+    }
+}
+
+/// Why a record cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollmentError {
+    #[error("the enrollment record does not match this package's token")]
+    WrongToken,
+    #[error("the enrollment record is damaged: {0}")]
+    Damaged(String),
+}
+
+fn key_of(secret: &Secret) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"fleet-enrollment-v1\0");
+    h.update(secret.expose().as_bytes());
+    h.finalize().into()
+}
+
+fn cipher(secret: &Secret) -> ChaCha20Poly1305 {
+    // A 32-byte key is always accepted.
+    ChaCha20Poly1305::new_from_slice(&key_of(secret)).expect("32-byte key")
+}
+
+/// Seals `config_yaml` for `token`; the token id is authenticated with it.
+pub fn seal(token: &Token, config_yaml: &str) -> (String, String) {
+    let nonce: [u8; 12] = rand::rng().random();
+    let ct = cipher(&token.secret)
+        .encrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: config_yaml.as_bytes(),
+                aad: token.id.as_bytes(),
+            },
+        )
+        // Encryption of an in-memory buffer of this size does not fail.
+        .expect("encrypting the enrollment record");
+    (hex::encode(nonce), hex::encode(ct))
+}
+
+/// Opens a record with the token from the package.
+pub fn open(record: &EnrollmentRecord, token: &Token) -> Result<String, EnrollmentError> {
+    if record.token_id != token.id {
+        return Err(EnrollmentError::WrongToken);
+    }
+    let nonce: [u8; 12] = hex::decode(&record.nonce)
+        .ok()
+        .and_then(|n| n.try_into().ok())
+        .ok_or_else(|| EnrollmentError::Damaged("bad nonce".into()))?;
+    let ct = hex::decode(&record.ciphertext)
+        .map_err(|_| EnrollmentError::Damaged("bad ciphertext encoding".into()))?;
+    let pt = cipher(&token.secret)
+        .decrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: &ct,
+                aad: token.id.as_bytes(),
+            },
+        )
+        .map_err(|_| EnrollmentError::WrongToken)?;
+    String::from_utf8(pt).map_err(|_| EnrollmentError::Damaged("not UTF-8".into()))
+}
+
+/// How a node's first start went.
+#[derive(Debug)]
+pub enum Redemption {
+    /// The full configuration, written to the configuration file and loaded.
+    Redeemed(Box<Config>),
+    /// Refused for good (used, revoked, expired, unknown, or not this package's record).
+    Refused(String),
+    /// Shut down while waiting for the backend.
+    Stopped,
+}
+
+/// Redeems the package's token: takes the record (atomically; a second taker finds nothing),
+/// opens it, writes the full configuration over the bootstrap one (0600, atomically) and loads
+/// it. Backend outages are retried with capped backoff; a refusal is final (no retry storm) and
+/// recorded as `enrollment_rejected`.
+pub async fn redeem(config: &Config, shutdown: &CancellationToken) -> Redemption {
+    let Some(enroll) = &config.enrollment else {
+        return Redemption::Redeemed(Box::new(config.clone()));
+    };
+    let token = Token {
+        id: enroll.token_id.clone(),
+        secret: enroll.token_secret.clone(),
+    };
+    let short = &token.id[..8.min(token.id.len())];
+    let Some(path) = config.source.clone() else {
+        return Redemption::Refused("the configuration file's path is unknown".into());
+    };
+    let backend = match crate::cluster::open(config) {
+        Ok(b) => b,
+        Err(e) => return Redemption::Refused(format!("cannot open the cluster backend: {e}")),
+    };
+    let mut backoff = crate::node::Backoff::new(Duration::from_secs(60));
+    let mut logged = false;
+    log::info!("🔑 Enrolling with package token {short}… at the cluster backend");
+    let record = loop {
+        match tokio::time::timeout(Duration::from_secs(10), backend.take_enrollment(&token.id))
+            .await
+        {
+            Ok(Ok(r)) => break r,
+            Ok(Err(e)) if !e.is_transient() => {
+                return refuse(
+                    &*backend,
+                    &token,
+                    format!("the cluster backend refused: {e}"),
+                )
+                .await;
+            }
+            Ok(Err(e)) => {
+                if !logged {
+                    log::error!("❌ Cluster backend unavailable for enrollment: {e} (retrying)");
+                    logged = true;
+                }
+            }
+            Err(_) => {
+                if !logged {
+                    log::error!(
+                        "❌ Cluster backend unavailable for enrollment: no answer (retrying)"
+                    );
+                    logged = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Redemption::Stopped,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    };
+    let Some(record) = record else {
+        return refuse(
+            &*backend,
+            &token,
+            format!(
+                "package token {short}… was already used, revoked, expired or is unknown to this cluster"
+            ),
+        )
+        .await;
+    };
+    let yaml = match open(&record, &token) {
+        Ok(y) => y,
+        Err(e) => return refuse(&*backend, &token, e.to_string()).await,
+    };
+    let mut full = match Config::parse(&yaml, &path).and_then(|c| {
+        c.validate(&path)?;
+        Ok(c)
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            return refuse(
+                &*backend,
+                &token,
+                format!("the enrolled configuration is invalid: {e}"),
+            )
+            .await;
+        }
+    };
+    let text = format!(
+        "# Fleet Server node configuration, received by enrollment (package {}).\n{}",
+        &record.package_id[..12.min(record.package_id.len())],
+        yaml
+    );
+    if let Err(e) = crate::identity::write_atomically(&path, text.as_bytes(), 0o600) {
+        // The record is gone: say loudly that this machine must be re-provisioned.
+        return Redemption::Refused(format!(
+            "the configuration could not be written to {}: {e}; build a new package",
+            path.display()
+        ));
+    }
+    full.source = Some(path.clone());
+    full.root = config.root.clone();
+    full.port_override = config.port_override;
+    full.apply_overrides();
+    full.hash_plain_password();
+    log::info!(
+        "✅ Enrollment redeemed: package {} for node {}; configuration written to {}",
+        &record.package_id[..12.min(record.package_id.len())],
+        if record.node_name.is_empty() {
+            "(hostname)"
+        } else {
+            &record.node_name
+        },
+        path.display()
+    );
+    if let Ok(b) = crate::cluster::open(&full) {
+        let ev = Event {
+            kind: EventKind::EnrollmentRedeemed,
+            node_id: record.node_name.clone(),
+            at_ms: 0,
+            detail: [
+                ("token_id".to_string(), record.token_id.clone()),
+                ("package_id".to_string(), record.package_id.clone()),
+                ("host".to_string(), crate::identity::hostname()),
+            ]
+            .into(),
+        };
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(5), b.record_event(&ev))
+            .await
+            .unwrap_or(Err(ClusterError::Unreachable {
+                backend: "cluster",
+                reason: "no answer".into(),
+            }))
+        {
+            log::warn!("enrollment redeemed, but not recorded in the cluster's events: {e}");
+        }
+    }
+    Redemption::Redeemed(Box::new(full))
+}
+
+async fn refuse(backend: &dyn Membership, token: &Token, reason: String) -> Redemption {
+    log::error!("❌ Enrollment refused: {reason}");
+    let ev = Event {
+        kind: EventKind::EnrollmentRejected,
+        node_id: crate::identity::hostname_node_name(),
+        at_ms: 0,
+        detail: [
+            ("token_id".to_string(), token.id.clone()),
+            ("reason".to_string(), reason.clone()),
+            ("host".to_string(), crate::identity::hostname()),
+        ]
+        .into(),
+    };
+    match tokio::time::timeout(Duration::from_secs(5), backend.record_event(&ev)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::warn!("the rejection could not be recorded in the cluster: {e}"),
+        Err(_) => log::warn!("the rejection could not be recorded in the cluster: no answer"),
+    }
+    Redemption::Refused(reason)
+}
+
+/// Writes nothing; checks that a bootstrap configuration's token looks like one.
+pub fn validate_token(id: &str, secret: &str) -> Result<(), String> {
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("token_id must be 32 hex characters".into());
+    }
+    if secret.len() != 64 || !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("token_secret must be 64 hex characters".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(token: &Token, yaml: &str) -> EnrollmentRecord {
+        let (nonce, ciphertext) = seal(token, yaml);
+        EnrollmentRecord {
+            token_id: token.id.clone(),
+            node_name: "n".into(),
+            created_ms: 1,
+            expires_ms: 2,
+            built_by: "t".into(),
+            package_id: "p".into(),
+            users: vec![],
+            nonce,
+            ciphertext,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_wrong_token() {
+        let t = Token::generate();
+        let r = record(&t, "cluster:\n  enabled: true\n");
+        assert_eq!(open(&r, &t).unwrap(), "cluster:\n  enabled: true\n");
+        let other = Token::generate();
+        assert!(matches!(open(&r, &other), Err(EnrollmentError::WrongToken)));
+        let mut same_id = Token::generate();
+        same_id.id = t.id.clone();
+        assert!(matches!(
+            open(&r, &same_id),
+            Err(EnrollmentError::WrongToken)
+        ));
+        let mut tampered = r.clone();
+        tampered.ciphertext.replace_range(
+            0..2,
+            if &r.ciphertext[0..2] == "00" {
+                "01"
+            } else {
+                "00"
+            },
+        );
+        assert!(open(&tampered, &t).is_err());
+        assert!(validate_token(&t.id, t.secret.expose()).is_ok());
+        assert!(!format!("{t:?}").contains(t.secret.expose()));
+    }
+}
