@@ -100,6 +100,22 @@ impl Package {
 }
 
 /// Runs the stub with `args` (and no inherited environment, as Installer does).
+/// `cmd.output()`, retried while the program is "text file busy": a file this test process
+/// just wrote can be held open for a moment by a child that another test thread is forking
+/// (until that child's exec closes it). Bounded: 50 tries, 20 ms apart.
+pub fn output_retrying(cmd: &mut Command) -> std::io::Result<Output> {
+    let mut tries = 0;
+    loop {
+        match cmd.output() {
+            Err(e) if e.raw_os_error() == Some(26) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 pub fn run_stub<S: AsRef<OsStr>>(args: &[S]) -> Output {
     Command::new(STUB)
         .args(args)

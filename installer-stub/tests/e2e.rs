@@ -61,15 +61,16 @@ fn installer_arguments_and_files_beside_the_stub() {
     let stub = pkg.dir.path().join("preinstall");
     fs::copy(crate::common::STUB, &stub).unwrap();
     let root = tempfile::tempdir().unwrap();
-    let o = std::process::Command::new(&stub)
-        .arg(pkg.dir.path().join("Node.pkg"))
-        .arg("/")
-        .arg(root.path())
-        .arg("/")
-        .env_clear()
-        .current_dir("/") // Installer's cwd is unknown: the stub must not depend on it.
-        .output()
-        .unwrap();
+    let o = crate::common::output_retrying(
+        std::process::Command::new(&stub)
+            .arg(pkg.dir.path().join("Node.pkg"))
+            .arg("/")
+            .arg(root.path())
+            .arg("/")
+            .env_clear()
+            .current_dir("/"), // Installer's cwd is unknown: the stub must not depend on it.
+    )
+    .unwrap();
     assert_exit(&o, 0);
     assert!(
         root.path()

@@ -191,11 +191,12 @@ fn provision_refuses_an_incomplete_bundle() {
         .arg("-C")
         .arg(dir.path()));
     std::fs::remove_file(dir.path().join("n_provision/fleet-config.sealed")).unwrap();
-    let out = Command::new("./provision.sh")
-        .current_dir(dir.path().join("n_provision"))
-        .args(["--root", "r", "--no-systemd"])
-        .output()
-        .unwrap();
+    let out = crate::common::output_retrying(
+        Command::new("./provision.sh")
+            .current_dir(dir.path().join("n_provision"))
+            .args(["--root", "r", "--no-systemd"]),
+    )
+    .unwrap();
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("missing"),

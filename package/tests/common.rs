@@ -59,9 +59,7 @@ pub fn tool(name: &str) -> PathBuf {
 
 /// Runs `cmd`, asserting success; returns its output.
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = output_retrying(cmd).unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
@@ -70,6 +68,22 @@ pub fn run(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// `cmd.output()`, retried while the program is "text file busy": a file this test process
+/// just wrote can be held open for a moment by a child that another test thread is forking
+/// (until that child's exec closes it). Bounded: 50 tries, 20 ms apart.
+pub fn output_retrying(cmd: &mut Command) -> std::io::Result<Output> {
+    let mut tries = 0;
+    loop {
+        match cmd.output() {
+            Err(e) if e.raw_os_error() == Some(26) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
 
 pub fn stdout(out: &Output) -> String {

@@ -110,7 +110,7 @@ impl Install {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.output().unwrap()
+        crate::common::output_retrying(&mut cmd).unwrap()
     }
 
     fn calls(&self) -> Vec<String> {

@@ -109,10 +109,27 @@ impl ExpandedPkg {
         for e in std::fs::read_dir(&self.scripts).expect("listing Scripts") {
             let e = e.expect("Scripts entry");
             let dest = to.join(e.file_name());
-            std::fs::copy(e.path(), &dest).expect("copying a script");
+            // Copied by a child process: see `install_executable`.
+            run_ok(Command::new("cp").arg("-p").arg(e.path()).arg(&dest));
         }
         to.to_path_buf()
     }
+}
+
+/// Writes an executable file through a child process (`install -m 0755`). A file this test
+/// process wrote itself could still be open, for an instant, in a child that another test
+/// thread is forking, and executing it then fails with "text file busy" (ETXTBSY).
+pub fn install_executable(bytes: &[u8], dest: &Path) {
+    let staged = dest.with_extension("staged");
+    std::fs::write(&staged, bytes).expect("staging an executable");
+    run_ok(
+        Command::new("install")
+            .arg("-m")
+            .arg("0755")
+            .arg(&staged)
+            .arg(dest),
+    );
+    let _ = std::fs::remove_file(&staged);
 }
 
 /// `gzip -dc ARCHIVE | cpio -idmu` in `into` (GNU cpio reads odc), with umask 022 as Installer.
@@ -158,13 +175,10 @@ impl Launchctl {
     pub fn new(dir: &Path) -> Launchctl {
         let path = dir.join("launchctl");
         let calls = dir.join("launchctl-calls");
-        std::fs::write(
+        install_executable(
+            format!("#!/bin/sh\necho \"$*\" >> '{}'\nexit 0\n", calls.display()).as_bytes(),
             &path,
-            format!("#!/bin/sh\necho \"$*\" >> '{}'\nexit 0\n", calls.display()),
-        )
-        .expect("writing the launchctl stand-in");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-            .expect("chmod of the launchctl stand-in");
+        );
         Launchctl { path, calls }
     }
 
