@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: deps build test lint fmt fmt-check ci run demo bench clean node-template pkg
+.PHONY: deps build test lint fmt fmt-check ci fuzz run demo bench clean node-template pkg
 
 ## Install what the tests and the demo need (Debian: apt; macOS: prints the brew line).
 deps:
@@ -24,7 +24,11 @@ fmt-check:
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-ci: deps fmt-check lint test
+## The installer stub's unsealer under cargo-fuzz for a bounded time (FUZZ_SECONDS, default 30).
+fuzz:
+	bash scripts/fuzz.sh
+
+ci: deps fmt-check lint test fuzz
 
 ## A single-node server on the embedded storage backend in ./.run (no external service).
 run:
