@@ -381,8 +381,9 @@ Enable it in the configuration and restart the server:</p>\
 <small>Only for a node that cannot reach the cluster at first start: the package then carries the cluster's long-lived secrets.</small></label>\
 <div class=\"actions\"><button type=\"submit\" id=\"build\">📦 Build Cluster Node Package</button></div>\
 </form><p id=\"build-status\" role=\"status\" aria-live=\"polite\"></p>\
-<p class=\"muted\">⚠️ The package contains this cluster's settings and keys: keep it secure, transfer it over \
-encrypted channels, and delete it after installation.</p>",
+<p class=\"muted\">⚠️ Until it is used, a package can enroll one machine into this cluster: keep it private, \
+transfer it over encrypted channels, and revoke it below if it goes astray. An offline package carries the \
+cluster's keys: delete it after installation.</p>",
                 days = app.config.package.expiry_days
             ));
             if backend.supports_enrollment() {
