@@ -153,6 +153,9 @@ impl Backoff {
     }
 }
 
+/// How often a node runs the backend's housekeeping (expired enrollment users).
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+
 /// Registers and heartbeats until `shutdown`, then leaves the cluster.
 /// `first_attempt` is cancelled once the first registration attempt has ended (either way), so
 /// that startup can print its lines in the guide's order.
@@ -166,6 +169,7 @@ pub async fn run_membership(
 ) {
     let mut backoff = Backoff::new(timing.interval);
     let mut registered = false;
+    let mut last_housekeeping: Option<Instant> = None;
     let mut ever_registered = false;
     // The last problem logged, so each state change is logged once, not each retry.
     let mut logged: Option<String> = None;
@@ -214,6 +218,12 @@ pub async fn run_membership(
                     backoff.reset();
                     if logged.take().is_some() {
                         log::info!("✅ Cluster backend reachable again");
+                    }
+                    if last_housekeeping.is_none_or(|t| t.elapsed() >= HOUSEKEEPING_EVERY) {
+                        last_housekeeping = Some(Instant::now());
+                        if let Err(e) = backend.housekeeping().await {
+                            log::debug!("housekeeping: {e}");
+                        }
                     }
                     timing.interval
                 }

@@ -616,7 +616,8 @@ pub async fn build_for_cluster(
             );
         } else if backend.supports_enrollment() {
             let token = crate::enrollment::Token::generate();
-            let user = match enrollment_user(primary, &token.id).await {
+            let expires_ms = (now_secs() + req.expires.as_secs()) * 1000;
+            let user = match enrollment_user(primary, &token.id, expires_ms).await {
                 Ok(u) => u,
                 Err(e) => {
                     discard_after_failure(primary, &req).await;
@@ -678,11 +679,15 @@ pub async fn build_for_cluster(
 async fn enrollment_user(
     primary: &Config,
     token_id: &str,
+    expires_ms: u64,
 ) -> Result<Option<NodeCredential>, BuildError> {
     if primary.cluster.backend != BackendKind::Redis {
         return Ok(None);
     }
-    match redis_of(primary)?.create_enrollment_user(token_id).await {
+    match redis_of(primary)?
+        .create_enrollment_user(token_id, expires_ms)
+        .await
+    {
         Ok((user, password)) => Ok(Some(NodeCredential { user, password })),
         Err(ClusterError::Auth { .. }) => Ok(None),
         Err(e) => Err(e.into()),

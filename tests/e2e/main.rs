@@ -1,5 +1,6 @@
 //! End-to-end tests across crates, compiled into one binary to keep link time down.
 
+mod acl;
 mod badinput;
 mod blackbox;
 mod browser;

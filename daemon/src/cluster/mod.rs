@@ -285,6 +285,12 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
         Err(self.no_enrollment())
     }
 
+    /// Occasional cleanup any node may run (idempotent): on Redis, deletes the enrollment
+    /// users of expired packages, where this node may manage users.
+    async fn housekeeping(&self) -> Result<(), ClusterError> {
+        Ok(())
+    }
+
     #[doc(hidden)]
     fn no_enrollment(&self) -> ClusterError {
         ClusterError::Backend {

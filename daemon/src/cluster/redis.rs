@@ -435,6 +435,7 @@ impl RedisMembership {
     pub async fn create_enrollment_user(
         &self,
         token_id: &str,
+        expires_ms: u64,
     ) -> Result<(String, Secret), ClusterError> {
         let user = self.user_name("enroll", token_id);
         let password = Secret::new(crate::auth::random_hex(32));
@@ -457,6 +458,12 @@ impl RedisMembership {
         ])
         .await
         .map_err(acl_refused)?;
+        // Remembered with the package's expiry: housekeeping deletes the user then, so a used
+        // package keeps its one remaining right (appending events) no longer than it is valid.
+        let mut cmd = redis::cmd("ZADD");
+        cmd.arg(self.key("enroll-users")).arg(expires_ms).arg(&user);
+        self.query::<()>(redis::pipe().add_command(cmd).ignore())
+            .await?;
         Ok((user, password))
     }
 
@@ -541,6 +548,38 @@ impl Membership for RedisMembership {
             }
         }
         Ok(removed)
+    }
+
+    async fn housekeeping(&self) -> Result<(), ClusterError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("TIME");
+        pipe.cmd("ZRANGEBYSCORE")
+            .arg(self.key("enroll-users"))
+            .arg("-inf")
+            .arg("(+inf")
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(50);
+        let ((secs, micros), due): ((u64, u64), Vec<(String, u64)>) = self.query(&pipe).await?;
+        let now = secs * 1000 + micros / 1000;
+        for (user, expires) in due.into_iter().filter(|(_, e)| *e <= now) {
+            match self.delete_user(&user).await {
+                Ok(()) => {
+                    let mut cmd = redis::cmd("ZREM");
+                    cmd.arg(self.key("enroll-users")).arg(&user);
+                    self.query::<()>(redis::pipe().add_command(cmd).ignore())
+                        .await?;
+                    log::debug!(
+                        "deleted the enrollment user {user} (package expired at {expires})"
+                    );
+                }
+                // This node may not manage users: a node that may will do it.
+                Err(ClusterError::Auth { .. }) | Err(ClusterError::Backend { .. }) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     fn supports_enrollment(&self) -> bool {
