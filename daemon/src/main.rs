@@ -525,9 +525,11 @@ fn real_main() -> anyhow::Result<()> {
                 let ips: Vec<String> = built.ips.iter().map(ToString::to_string).collect();
                 println!("   Intended address: {}", ips.join(", "));
             }
+            // The backend whose user this is (etcd or Redis), never a hard-coded name.
+            let backend_name = c.cluster.backend.as_str();
             if let Some(user) = &built.node_user {
                 println!(
-                    "   etcd user: {user} (its own, limited to the cluster prefix {}; deleted when the node is removed)",
+                    "   {backend_name} user: {user} (its own, limited to the cluster prefix {}; deleted when the node is removed)",
                     c.cluster.key_prefix
                 );
             }
@@ -541,7 +543,7 @@ fn real_main() -> anyhow::Result<()> {
                 (None, None) => {}
             }
             if let Some(why) = shared_note {
-                println!("   ⚠️  etcd user: shared with the primary: {why}");
+                println!("   ⚠️  {backend_name} user: shared with the primary: {why}");
             }
             Ok(())
         }

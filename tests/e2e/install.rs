@@ -190,9 +190,9 @@ fn assert_refused(o: &Output, code: i32, message: &str, target: &Path, case: &st
 
 /// A daemon started by `provision.sh --no-systemd` (`--daemonize`): not our child, known by
 /// its pid file. Killed on drop when the pid file still names a live fleet-server.
-struct Daemonized {
-    pid_file: PathBuf,
-    log: PathBuf,
+pub(crate) struct Daemonized {
+    pub(crate) pid_file: PathBuf,
+    pub(crate) log: PathBuf,
 }
 
 impl Daemonized {

@@ -6,6 +6,7 @@ mod blackbox;
 mod browser;
 mod conformance;
 mod demo;
+mod enrollment;
 mod etcd;
 mod install;
 mod netns;

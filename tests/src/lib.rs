@@ -260,6 +260,60 @@ impl RedisServer {
     }
 }
 
+/// A raw RESP connection to a redis-server, kept open: for tests that act as a given ACL user
+/// (`AUTH user password`) and watch what happens to an open connection. Reads are bounded.
+#[derive(Debug)]
+pub struct RespConn {
+    reader: BufReader<TcpStream>,
+}
+
+impl RespConn {
+    /// Connects without authenticating.
+    pub fn connect(host: &str, port: u16) -> std::io::Result<RespConn> {
+        let s = TcpStream::connect_timeout(
+            &format!("{host}:{port}").parse().expect("address"),
+            Duration::from_secs(1),
+        )?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(RespConn {
+            reader: BufReader::new(s),
+        })
+    }
+
+    /// Sends one command; returns the raw reply (`+OK\r\n`, `-NOPERM …`, `$-1\r\n`, …), or an
+    /// error when the server closed the connection.
+    pub fn call(&mut self, args: &[&str]) -> std::io::Result<String> {
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        self.reader.get_mut().write_all(req.as_bytes())?;
+        let reply = read_reply(&mut self.reader)?;
+        if reply.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            ));
+        }
+        Ok(reply)
+    }
+}
+
+impl RedisServer {
+    /// A new connection to this server, not authenticated (from this namespace: not for a
+    /// server started with [`RedisServer::start_in_netns`]).
+    pub fn connect(&self) -> std::io::Result<RespConn> {
+        RespConn::connect(&self.host, self.port)
+    }
+
+    /// `AUTH user password` on a new connection: the reply to AUTH, and the connection.
+    pub fn connect_as(&self, user: &str, password: &str) -> std::io::Result<(String, RespConn)> {
+        let mut c = self.connect()?;
+        let auth = c.call(&["AUTH", user, password])?;
+        Ok((auth, c))
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         if std::thread::panicking() {

@@ -123,12 +123,6 @@ local now = now_ms()
 return {tostring(now), tostring(active(ARGV[1], now, tonumber(ARGV[2])))}
 "#;
 
-/// ARGV: prefix, cap, kind, node_id, field, value, …
-const EVENT: &str = r#"
-event(ARGV[1], ARGV[2], ARGV[3], ARGV[4], now_ms(), unpack(ARGV, 5))
-return 1
-"#;
-
 /// ARGV: none → now in ms
 const NOW: &str = r#"
 return tostring(now_ms())
@@ -143,7 +137,6 @@ static HEARTBEAT_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(HEARTBEAT));
 static LEAVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(LEAVE));
 static PRUNE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(PRUNE));
 static ACTIVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(ACTIVE));
-static EVENT_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(EVENT));
 static NOW_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(NOW));
 
 /// The fields of a node's hash, as `NodeRecord::to_fields` writes them.
@@ -447,11 +440,11 @@ impl RedisMembership {
             format!(">{}", password.expose()),
             format!("~{}", self.key(&format!("enroll:{token_id}"))),
             format!("~{}", self.key("events")),
+            // No EVAL: a script can hold the server (a busy loop), and a package's holder
+            // must not be able to stop the cluster's Redis. Events are a plain XADD.
             "-@all".into(),
             "+getdel".into(),
             "+xadd".into(),
-            "+eval".into(),
-            "+evalsha".into(),
             "+time".into(),
             "+ping".into(),
             "+select".into(),
@@ -465,6 +458,20 @@ impl RedisMembership {
         self.query::<()>(redis::pipe().add_command(cmd).ignore())
             .await?;
         Ok((user, password))
+    }
+
+    /// The node users that pending packages or members (by name) use.
+    async fn node_users_in_use(&self) -> Result<std::collections::BTreeSet<String>, ClusterError> {
+        let mut used: std::collections::BTreeSet<String> = self
+            .list_enrollments()
+            .await?
+            .into_iter()
+            .flat_map(|r| r.users)
+            .collect();
+        for m in self.members().await? {
+            used.insert(self.user_name("node", &m.node.name));
+        }
+        Ok(used)
     }
 
     /// Deletes a user (Redis closes its connections).
@@ -651,7 +658,25 @@ impl Membership for RedisMembership {
     ) -> Result<Option<EnrollmentRecord>, ClusterError> {
         let taken = self.take_enrollment(token_id).await?;
         if let Some(rec) = &taken {
-            for user in &rec.users {
+            // The enrollment user stays until the package expires (housekeeping deletes it
+            // then): it can read nothing, and with it the revoked package's node records its
+            // rejection. The node user goes, unless a pending
+            // package or a member still uses it: a later build for the same name shares it
+            // (and reset its password), so it may be the one a live node runs with.
+            let enroll_user = self.user_name("enroll", &rec.token_id);
+            let in_use = self.node_users_in_use().await;
+            for user in rec.users.iter().filter(|u| **u != enroll_user) {
+                match &in_use {
+                    Ok(used) if used.contains(user) => {
+                        log::info!("package revoked; its Redis user {user} stays (in use)");
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        log::warn!("package revoked; its Redis user {user} stays: {e}");
+                        continue;
+                    }
+                }
                 if let Err(e) = self.delete_user(user).await {
                     log::warn!("package revoked, but its Redis user {user} remains: {e}");
                 }
@@ -728,15 +753,24 @@ impl Membership for RedisMembership {
     }
 
     async fn record_event(&self, event: &Event) -> Result<(), ClusterError> {
-        let mut args = self.base_args();
-        args.push(event.kind.as_str().into());
-        args.push(event.node_id.clone());
+        // A plain XADD, not a script: the enrollment user records rejections with it and may
+        // run no script (nor load one into an empty script cache). The entry's id carries
+        // the server's time, which `events` reads as `at_ms`.
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(self.key("events"))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(EVENTS_CAP)
+            .arg("*")
+            .arg("kind")
+            .arg(event.kind.as_str())
+            .arg("node_id")
+            .arg(&event.node_id);
         for (k, v) in &event.detail {
-            args.push(k.clone());
-            args.push(v.clone());
+            cmd.arg(k).arg(v);
         }
-        let _: i64 = self.run(&EVENT_SCRIPT, &args).await?;
-        Ok(())
+        self.query::<()>(redis::pipe().add_command(cmd).ignore())
+            .await
     }
 
     async fn events(&self, limit: usize) -> Result<Vec<Event>, ClusterError> {
@@ -750,12 +784,14 @@ impl Membership for RedisMembership {
         let (entries,): (Vec<(String, BTreeMap<String, String>)>,) = self.query(&pipe).await?;
         Ok(entries
             .into_iter()
-            .filter_map(|(_, fields)| {
+            .filter_map(|(id, fields)| {
                 let mut detail = fields;
                 let kind = EventKind::parse(&detail.remove("kind")?)?;
                 let node_id = detail.remove("node_id").unwrap_or_default();
+                // Scripts write `at_ms`; a plain XADD leaves it to the id (`<ms>-<seq>`).
                 let at_ms = detail
                     .remove("at_ms")
+                    .or_else(|| id.split('-').next().map(str::to_string))
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(0);
                 Some(Event {
