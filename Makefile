@@ -57,6 +57,7 @@ demo:
 bench: deps
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench -p fleet-tests --bench cluster
+	$(CARGO) bench -p fleet-package --bench build
 
 clean:
 	$(CARGO) clean

@@ -15,9 +15,10 @@ BIN_DIR=${BIN_DIR:-}
 
 if [ -z "$BIN_DIR" ]; then
   cargo build --release -p fleet-server --bin fleet-server
-  cargo build --profile stub -p fleet-installer-stub --bin fleet-installer-stub
+  RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile stub \
+    --target x86_64-unknown-linux-gnu -p fleet-installer-stub --bin fleet-installer-stub
   SERVER=target/release/fleet-server
-  STUB=target/stub/fleet-installer-stub
+  STUB=target/x86_64-unknown-linux-gnu/stub/fleet-installer-stub
 else
   SERVER=$BIN_DIR/fleet-server
   STUB=$BIN_DIR/fleet-installer-stub

@@ -25,10 +25,14 @@ case "$(uname -s)" in
     ;;
   Linux)
     cargo build --release -p fleet-server --bin fleet-server
-    cargo build --profile stub -p fleet-installer-stub --bin fleet-installer-stub
+    # The stub runs on machines we know nothing about: linked statically (glibc's static
+    # libraries; no NSS lookups in the stub), built for size.
+    RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile stub \
+      --target x86_64-unknown-linux-gnu -p fleet-installer-stub --bin fleet-installer-stub
     mkdir -p "$OUT/linux-x86_64"
     install -m 0755 target/release/fleet-server "$OUT/linux-x86_64/fleet-server"
-    install -m 0755 target/stub/fleet-installer-stub "$OUT/linux-x86_64/fleet-installer-stub"
+    install -m 0755 target/x86_64-unknown-linux-gnu/stub/fleet-installer-stub \
+      "$OUT/linux-x86_64/fleet-installer-stub"
     if [ "${FOREIGN:-0}" = 1 ]; then
       mkdir -p "$OUT/macos"
       install -m 0755 "$OUT/linux-x86_64/fleet-server" "$OUT/linux-x86_64/fleet-installer-stub" "$OUT/macos/"

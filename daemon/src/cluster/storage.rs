@@ -82,7 +82,8 @@ impl StorageMembership {
         f: impl FnOnce(&Dir) -> Result<T, ClusterError> + Send + 'static,
     ) -> Result<T, ClusterError> {
         let dir = self.inner.clone();
-        let deadline = self.inner.timing.op_timeout() * 4;
+        // A busy file server (or a loaded machine) gets more slack than a Redis round trip.
+        let deadline = (self.inner.timing.op_timeout() * 4).max(Duration::from_secs(5));
         match tokio::time::timeout(deadline, tokio::task::spawn_blocking(move || f(&dir))).await {
             Ok(Ok(r)) => r,
             Ok(Err(join)) => Err(ClusterError::Backend {
