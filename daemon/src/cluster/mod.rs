@@ -47,24 +47,6 @@ impl NodeRecord {
             ("url", self.url.clone()),
         ]
     }
-
-    pub(crate) fn from_fields(id: &str, fields: &BTreeMap<String, String>) -> NodeRecord {
-        let get = |k: &str| fields.get(k).cloned().unwrap_or_default();
-        NodeRecord {
-            id: id.to_string(),
-            name: get("name"),
-            hostname: get("hostname"),
-            addresses: get("addresses")
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect(),
-            version: get("version"),
-            os: get("os"),
-            started_at: get("started_at").parse().unwrap_or(0),
-            url: get("url"),
-        }
-    }
 }
 
 /// Whether a member still counts.
