@@ -38,11 +38,15 @@ run:
 node-template:
 	bash scripts/node-template.sh target/node-template
 
-## A node package built from config_cluster_example.yaml, into target/.
+## A node package built from config_cluster_example.yaml, into target/ (its shared directory
+## is moved to target/pkg-share, so the build can record the enrollment without a real share).
 ## On Linux the macOS slot holds Linux binaries, so the pkg is a development build.
 pkg:
 	FOREIGN=$$( [ "$$(uname -s)" = Darwin ] && echo 0 || echo 1 ) bash scripts/node-template.sh target/node-template
-	target/release/fleet-server package build --config config_cluster_example.yaml \
+	mkdir -p target/pkg-share
+	sed "s|storage_path: /Volumes/fleet-share|storage_path: $(CURDIR)/target/pkg-share|" \
+	  config_cluster_example.yaml > target/pkg-example.yaml
+	target/release/fleet-server package build --config target/pkg-example.yaml \
 	  --template-dir target/node-template --node-name server-03 \
 	  --output target/FleetServerClusterNode.pkg --force \
 	  $$( [ "$$(uname -s)" = Darwin ] || echo --allow-foreign-binaries )

@@ -204,8 +204,14 @@ pub enum BuildError {
     NameInUse { name: String, holder: String },
     #[error("IP {ip} is already used by the live node {holder}")]
     IpInUse { ip: IpAddr, holder: String },
-    #[error("checking the cluster: {0}")]
-    Cluster(#[from] ClusterError),
+    #[error("the cluster: {0}")]
+    Cluster(ClusterError),
+}
+
+impl From<ClusterError> for BuildError {
+    fn from(e: ClusterError) -> Self {
+        BuildError::Cluster(e)
+    }
 }
 
 impl BuildError {
