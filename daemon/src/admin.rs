@@ -33,6 +33,17 @@ async fn timed<T>(
     }
 }
 
+async fn members_and_active(
+    backend: &dyn cluster::Membership,
+) -> anyhow::Result<(Vec<Member>, usize)> {
+    let members = timed(backend.members()).await?;
+    let active = members
+        .iter()
+        .filter(|m| m.state == MemberState::Active)
+        .count();
+    Ok((members, active))
+}
+
 /// `fleet-server cluster status`.
 pub async fn cluster_status(
     config: &Config,
@@ -40,11 +51,7 @@ pub async fn cluster_status(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let backend = backend_of(config)?;
-    let members = timed(backend.members()).await?;
-    let active = members
-        .iter()
-        .filter(|m| m.state == MemberState::Active)
-        .count();
+    let (members, active) = members_and_active(&*backend).await?;
     let this_id = std::fs::read_to_string(config.server.state_dir.join(identity::NODE_ID_FILE))
         .ok()
         .map(|s| s.trim().to_string());
@@ -116,11 +123,7 @@ pub async fn cluster_info(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let backend = backend_of(config)?;
-    let members = timed(backend.members()).await?;
-    let active = members
-        .iter()
-        .filter(|m| m.state == MemberState::Active)
-        .count();
+    let (members, active) = members_and_active(&*backend).await?;
     let location = backend_location(config);
     if as_json {
         writeln!(
@@ -279,19 +282,7 @@ pub async fn package_list(
     let backend = backend_of(config)?;
     let pending = timed(backend.list_enrollments()).await?;
     if as_json {
-        let rows: Vec<serde_json::Value> = pending
-            .iter()
-            .map(|r| {
-                json!({
-                    "token_id": r.token_id,
-                    "node_name": r.node_name,
-                    "created_ms": r.created_ms,
-                    "expires_ms": r.expires_ms,
-                    "built_by": r.built_by,
-                    "package_id": r.package_id,
-                })
-            })
-            .collect();
+        let rows: Vec<serde_json::Value> = pending.iter().map(|r| r.summary()).collect();
         writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(());
     }

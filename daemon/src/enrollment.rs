@@ -52,6 +52,20 @@ impl std::fmt::Debug for EnrollmentRecord {
     }
 }
 
+impl EnrollmentRecord {
+    /// What `package list` and the API show of a pending package: no ciphertext, no users.
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "token_id": self.token_id,
+            "node_name": self.node_name,
+            "created_ms": self.created_ms,
+            "expires_ms": self.expires_ms,
+            "built_by": self.built_by,
+            "package_id": self.package_id,
+        })
+    }
+}
+
 /// A new token: its id (public) and secret (only in the package).
 #[derive(Clone)]
 pub struct Token {

@@ -484,19 +484,7 @@ async fn list_packages(
         return Ok(axum::Json(json!({ "pending": [], "enrollment": false })).into_response());
     }
     let pending = with_deadline(backend.list_enrollments()).await?;
-    let rows: Vec<serde_json::Value> = pending
-        .iter()
-        .map(|r| {
-            json!({
-                "token_id": r.token_id,
-                "node_name": r.node_name,
-                "created_ms": r.created_ms,
-                "expires_ms": r.expires_ms,
-                "built_by": r.built_by,
-                "package_id": r.package_id,
-            })
-        })
-        .collect();
+    let rows: Vec<serde_json::Value> = pending.iter().map(|r| r.summary()).collect();
     Ok(axum::Json(json!({ "pending": rows, "enrollment": true })).into_response())
 }
 

@@ -12,21 +12,6 @@ const GUIDE_LINES: [&str; 3] = [
     "✅ Fleet server started on ",
 ];
 
-fn wait_active(d: &Daemon, expected: &[&str], limit: Duration) {
-    let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
-    want.sort();
-    wait_for(
-        &format!("active nodes {want:?} as seen by {}", d.name),
-        limit,
-        Duration::from_millis(25),
-        || {
-            let mut ids = d.active_ids()?;
-            ids.sort();
-            (ids == want).then_some(())
-        },
-    );
-}
-
 #[test]
 fn three_nodes_kill9_sigterm_and_a_redis_outage() {
     let mut redis = RedisServer::start_with(Some("blackbox-pw"), &[]);
@@ -60,7 +45,7 @@ fn three_nodes_kill9_sigterm_and_a_redis_outage() {
         ia.starts_with("node-a-") && ia.len() == "node-a-".len() + 6,
         "{ia}"
     );
-    wait_active(&a, &[&ia, &ib, &ic], Duration::from_secs(5));
+    a.wait_active(&[&ia, &ib, &ic], Duration::from_secs(5));
 
     // The status endpoint: public count, node list only with the key.
     let (s, public) = get_json(a.port, "/api/fleet/cluster/status", None).unwrap();
@@ -83,7 +68,7 @@ fn three_nodes_kill9_sigterm_and_a_redis_outage() {
     // kill -9: c expires within the 3 s timeout plus a heartbeat.
     let killed = Instant::now();
     c.kill9();
-    wait_active(&a, &[&ia, &ib], Duration::from_secs(8));
+    a.wait_active(&[&ia, &ib], Duration::from_secs(8));
     eprintln!("kill -9 detected after {:?}", killed.elapsed());
     assert!(
         killed.elapsed() >= Duration::from_secs(2),
@@ -94,7 +79,7 @@ fn three_nodes_kill9_sigterm_and_a_redis_outage() {
     let termed = Instant::now();
     b.signal(Signal::SIGTERM);
     assert_eq!(b.wait_exit(Duration::from_secs(5)), Some(0), "{}", b.log());
-    wait_active(&a, &[&ia], Duration::from_millis(500));
+    a.wait_active(&[&ia], Duration::from_millis(500));
     eprintln!("SIGTERM to gone: {:?}", termed.elapsed());
     assert!(b.log().contains("👋 Left the cluster: "), "{}", b.log());
 
@@ -117,7 +102,7 @@ fn three_nodes_kill9_sigterm_and_a_redis_outage() {
     redis.restart();
     let up = Instant::now();
     a.wait_health(200, Duration::from_secs(8));
-    wait_active(&a, &[&ia], Duration::from_secs(3));
+    a.wait_active(&[&ia], Duration::from_secs(3));
     eprintln!("backend back → healthy after {:?}", up.elapsed());
     let log = a.log();
     assert_eq!(
@@ -140,10 +125,10 @@ fn sigint_also_leaves_cleanly_on_storage() {
     a.wait_health(200, Duration::from_secs(10));
     b.wait_health(200, Duration::from_secs(10));
     let (ia, ib) = (a.node_id(), b.node_id());
-    wait_active(&a, &[&ia, &ib], Duration::from_secs(5));
+    a.wait_active(&[&ia, &ib], Duration::from_secs(5));
     b.signal(Signal::SIGINT);
     assert_eq!(b.wait_exit(Duration::from_secs(5)), Some(0));
-    wait_active(&a, &[&ia], Duration::from_millis(500));
+    a.wait_active(&[&ia], Duration::from_millis(500));
     // The CLI reads the same shared directory.
     let (code, out, err) = run_cli(&[
         "cluster",

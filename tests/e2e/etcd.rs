@@ -13,21 +13,6 @@ use fleet_tests::netns::{Site, Topology};
 use fleet_tests::{Daemon, wait_for};
 use nix::sys::signal::Signal;
 
-fn wait_active(d: &Daemon, expected: &[&str], limit: Duration) {
-    let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
-    want.sort();
-    wait_for(
-        &format!("active nodes {want:?} as seen by {}", d.name),
-        limit,
-        Duration::from_millis(25),
-        || {
-            let mut ids = d.active_ids()?;
-            ids.sort();
-            (ids == want).then_some(())
-        },
-    );
-}
-
 #[test]
 fn etcd_nodes_kill9_sigterm_and_an_etcd_restart() {
     let mut etcd = EtcdServer::start();
@@ -40,12 +25,12 @@ fn etcd_nodes_kill9_sigterm_and_an_etcd_restart() {
         d.wait_log("backend: etcd)", Duration::from_secs(2));
     }
     let (ia, ib, ic) = (a.node_id(), b.node_id(), c.node_id());
-    wait_active(&a, &[&ia, &ib, &ic], Duration::from_secs(5));
+    a.wait_active(&[&ia, &ib, &ic], Duration::from_secs(5));
 
     // kill -9: c's lease (TTL = the 3 s timeout) runs out, etcd deletes its keys.
     let killed = Instant::now();
     c.kill9();
-    wait_active(&a, &[&ia, &ib], Duration::from_secs(8));
+    a.wait_active(&[&ia, &ib], Duration::from_secs(8));
     eprintln!("etcd: kill -9 detected after {:?}", killed.elapsed());
     assert!(
         killed.elapsed() >= Duration::from_secs(2),
@@ -56,7 +41,7 @@ fn etcd_nodes_kill9_sigterm_and_an_etcd_restart() {
     let termed = Instant::now();
     b.signal(Signal::SIGTERM);
     assert_eq!(b.wait_exit(Duration::from_secs(5)), Some(0), "{}", b.log());
-    wait_active(&a, &[&ia], Duration::from_millis(500));
+    a.wait_active(&[&ia], Duration::from_millis(500));
     eprintln!("etcd: SIGTERM to gone: {:?}", termed.elapsed());
 
     // etcd goes down: 503 naming etcd; it comes back without its data: a registers again.
@@ -70,7 +55,7 @@ fn etcd_nodes_kill9_sigterm_and_an_etcd_restart() {
     etcd.restart();
     let up = Instant::now();
     a.wait_health(200, Duration::from_secs(10));
-    wait_active(&a, &[&ia], Duration::from_secs(5));
+    a.wait_active(&[&ia], Duration::from_secs(5));
     eprintln!("etcd: back → healthy after {:?}", up.elapsed());
     let log = a.log();
     assert!(log.contains("✅ Re-registered node in cluster: "), "{log}");
@@ -95,7 +80,7 @@ fn a_node_started_while_etcd_is_down_joins_when_it_comes_up() {
     etcd.restart();
     a.wait_health(200, Duration::from_secs(10));
     let id = a.node_id();
-    wait_active(&a, &[&id], Duration::from_secs(3));
+    a.wait_active(&[&id], Duration::from_secs(3));
 }
 
 const ROOT_PW: &str = "etcd-root-pw-123";

@@ -590,6 +590,22 @@ impl Daemon {
         )
     }
 
+    /// Waits until this node lists exactly `expected` as the active nodes.
+    pub fn wait_active(&self, expected: &[&str], limit: Duration) {
+        let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        wait_for(
+            &format!("active nodes {want:?} as seen by {}", self.name),
+            limit,
+            Duration::from_millis(25),
+            || {
+                let mut ids = self.active_ids()?;
+                ids.sort();
+                (ids == want).then_some(())
+            },
+        );
+    }
+
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         if let Some(c) = &self.child {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
