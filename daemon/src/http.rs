@@ -422,7 +422,7 @@ async fn build_package(
     if let Some(why) = &cb.shared_credentials {
         log::warn!("package for {}: {why}", built.node_name);
     }
-    crate::packages::record_built(&app.config, &built, &req.built_by).await;
+    crate::packages::record_built(app.backend.as_deref(), &built, &req.built_by).await;
     log::info!(
         "📦 {} built {} for node {} (package {}, {} bytes)",
         who.label(),

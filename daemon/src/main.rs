@@ -514,12 +514,12 @@ fn real_main() -> anyhow::Result<()> {
                     packages::discard_after_failure(&c, &sent).await;
                     return Err(anyhow::Error::from(e));
                 }
+                packages::record_built(backend.as_deref(), &cb.built, &built_by).await;
                 anyhow::Ok((path, cb))
             });
             let (path, cb) = result?;
             let (built, shared_note, enrollment_note) =
                 (cb.built, cb.shared_credentials, cb.enrollment_note);
-            rt.block_on(packages::record_built(&c, &built, &built_by));
             print_built(&path, &built, passphrase);
             if !built.ips.is_empty() {
                 let ips: Vec<String> = built.ips.iter().map(ToString::to_string).collect();

@@ -751,12 +751,10 @@ fn template_fits(t: &Template, target: Target) -> bool {
     fleet_package::BinaryFormat::detect(t.fleet_server()) == want
 }
 
-/// Records `package_built` in the cluster's events (best effort: a build on a machine that
-/// cannot reach the backend still succeeds, with a warning).
-pub async fn record_built(primary: &Config, pkg: &BuiltPackage, by: &str) {
-    if !primary.cluster.enabled {
-        return;
-    }
+/// Records `package_built` in the cluster's events, through the backend the build used (best
+/// effort: a build whose event cannot be written still succeeds, with a warning).
+pub async fn record_built(backend: Option<&dyn Membership>, pkg: &BuiltPackage, by: &str) {
+    let Some(backend) = backend else { return };
     let mut detail: std::collections::BTreeMap<String, String> = [
         ("by".to_string(), by.to_string()),
         ("node_name".to_string(), pkg.node_name.clone()),
@@ -787,17 +785,14 @@ pub async fn record_built(primary: &Config, pkg: &BuiltPackage, by: &str) {
         at_ms: 0,
         detail,
     };
-    let result = match crate::cluster::open(primary) {
-        Ok(b) => tokio::time::timeout(Duration::from_secs(5), b.record_event(&event))
-            .await
-            .unwrap_or_else(|_| {
-                Err(crate::cluster::ClusterError::Unreachable {
-                    backend: "cluster",
-                    reason: "no answer".into(),
-                })
-            }),
-        Err(e) => Err(e),
-    };
+    let result = tokio::time::timeout(Duration::from_secs(5), backend.record_event(&event))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ClusterError::Unreachable {
+                backend: backend.kind().as_str(),
+                reason: "no answer".into(),
+            })
+        });
     if let Err(e) = result {
         log::warn!("package built, but not recorded in the cluster's events: {e}");
     }

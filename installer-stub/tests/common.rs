@@ -153,9 +153,11 @@ pub fn assert_exit(o: &Output, code: i32) {
     );
 }
 
-/// Every path under `root` with its mode and (for files) content: "nothing written"
-/// means this is unchanged.
-pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u32, Option<Vec<u8>>)> {
+/// Every path under a root with its mode and (for files) content.
+pub type Snapshot = BTreeMap<PathBuf, (u32, Option<Vec<u8>>)>;
+
+/// A snapshot of everything under `root`: "nothing written" means this is unchanged.
+pub fn snapshot(root: &Path) -> Snapshot {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     // Bounded: a test root holds a handful of entries.

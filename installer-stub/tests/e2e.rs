@@ -102,13 +102,21 @@ fn passphrase_package_installs_linux_layout_and_removes_the_passphrase() {
     assert!(!pass.exists(), "the passphrase file was not removed");
 }
 
-#[test]
-fn passphrase_file_readable_by_others_is_refused() {
-    let pkg = Package::passphrase(opts(EthernetPolicy::Skip, TargetLayout::Linux), "pw");
+/// Runs the stub on `pkg` with a passphrase file holding `content` in mode `mode`; returns the
+/// target root, the run's output and a snapshot of the root taken before the run.
+fn with_passphrase_file(
+    pkg: &Package,
+    content: &str,
+    mode: u32,
+) -> (
+    tempfile::TempDir,
+    std::process::Output,
+    crate::common::Snapshot,
+) {
     let root = tempfile::tempdir().unwrap();
     let pass = root.path().join("pass");
-    fs::write(&pass, "pw").unwrap();
-    fs::set_permissions(&pass, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&pass, content).unwrap();
+    fs::set_permissions(&pass, fs::Permissions::from_mode(mode)).unwrap();
     let before = snapshot(root.path());
     let o = run_in(
         root.path(),
@@ -119,6 +127,13 @@ fn passphrase_file_readable_by_others_is_refused() {
             pass.as_os_str(),
         ],
     );
+    (root, o, before)
+}
+
+#[test]
+fn passphrase_file_readable_by_others_is_refused() {
+    let pkg = Package::passphrase(opts(EthernetPolicy::Skip, TargetLayout::Linux), "pw");
+    let (root, o, before) = with_passphrase_file(&pkg, "pw", 0o644);
     assert_exit(&o, 24);
     assert!(
         stderr(&o).contains("readable by group or others"),
@@ -142,20 +157,7 @@ fn missing_passphrase_file() {
 #[test]
 fn wrong_passphrase() {
     let pkg = Package::passphrase(opts(EthernetPolicy::Skip, TargetLayout::Linux), "right");
-    let root = tempfile::tempdir().unwrap();
-    let pass = root.path().join("p");
-    fs::write(&pass, "wrong").unwrap();
-    fs::set_permissions(&pass, fs::Permissions::from_mode(0o600)).unwrap();
-    let before = snapshot(root.path());
-    let o = run_in(
-        root.path(),
-        &[
-            OsStr::new("--sealed"),
-            pkg.sealed.as_os_str(),
-            OsStr::new("--passphrase-file"),
-            pass.as_os_str(),
-        ],
-    );
+    let (root, o, before) = with_passphrase_file(&pkg, "wrong", 0o600);
     assert_exit(&o, 21);
     assert!(stderr(&o).contains("wrong key or passphrase"));
     assert_eq!(snapshot(root.path()), before);

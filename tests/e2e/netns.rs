@@ -49,17 +49,7 @@ impl Cluster {
 
         let spawned = Instant::now();
         let node = topo.daemon(Site::Datacenter, "server-02", &cluster_yaml);
-        let node_id = wait_for(
-            "the primary to list server-02 as active",
-            Duration::from_secs(15),
-            Duration::from_millis(10),
-            || {
-                primary
-                    .active_ids()?
-                    .into_iter()
-                    .find(|id| id.starts_with("server-02-"))
-            },
-        );
+        let node_id = primary.wait_listed("server-02-", Duration::from_secs(15));
         let join_time = spawned.elapsed();
         eprintln!("netns: join time (node process start → listed by the primary): {join_time:?}");
         Cluster {
@@ -483,17 +473,7 @@ fn a_package_built_from_the_office_installs_in_the_datacenter_and_joins() {
     );
     let spawned = Instant::now();
     let node = job.spawn(topo.command(Site::Datacenter, &job.argv[0]));
-    let node_id = wait_for(
-        "the primary to list the installed server-02 as active",
-        Duration::from_secs(20),
-        Duration::from_millis(10),
-        || {
-            primary
-                .active_ids()?
-                .into_iter()
-                .find(|id| id.starts_with("server-02-"))
-        },
-    );
+    let node_id = primary.wait_listed("server-02-", Duration::from_secs(20));
     let join_time = spawned.elapsed();
     eprintln!(
         "netns: join time of the installed node (daemon start → listed by the primary): {join_time:?}"

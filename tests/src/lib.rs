@@ -590,6 +590,20 @@ impl Daemon {
         )
     }
 
+    /// Waits until this node lists an active node whose id starts with `prefix`; returns its id.
+    pub fn wait_listed(&self, prefix: &str, limit: Duration) -> String {
+        wait_for(
+            &format!("{} to list a node {prefix}… as active", self.name),
+            limit,
+            Duration::from_millis(10),
+            || {
+                self.active_ids()?
+                    .into_iter()
+                    .find(|id| id.starts_with(prefix))
+            },
+        )
+    }
+
     /// Waits until this node lists exactly `expected` as the active nodes.
     pub fn wait_active(&self, expected: &[&str], limit: Duration) {
         let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
@@ -649,6 +663,25 @@ impl Drop for Daemon {
         }
         self.kill9();
     }
+}
+
+/// The two ways a node leaves, as every backend must handle them: `c` is killed with -9 and
+/// expires (not before 2 s, within the 3 s timeout and a heartbeat), then `b` gets SIGTERM,
+/// exits 0 within 5 s and is gone from `a`'s list at once. `a`, `b`, `c` start active.
+/// Returns the detection time and the leave time.
+pub fn kill9_then_sigterm(a: &Daemon, b: &mut Daemon, c: &mut Daemon) -> (Duration, Duration) {
+    let (ia, ib) = (a.node_id(), b.node_id());
+    let killed = Instant::now();
+    c.kill9();
+    a.wait_active(&[&ia, &ib], Duration::from_secs(8));
+    let detected = killed.elapsed();
+    assert!(detected >= Duration::from_secs(2), "expired too early");
+
+    let termed = Instant::now();
+    b.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(b.wait_exit(Duration::from_secs(5)), Some(0), "{}", b.log());
+    a.wait_active(&[&ia], Duration::from_millis(500));
+    (detected, termed.elapsed())
 }
 
 /// Runs the built `fleet-server` with arguments; returns the exit code, stdout and stderr.

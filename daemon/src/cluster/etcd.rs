@@ -602,28 +602,9 @@ impl EtcdMembership {
         let mut gone = Vec::new();
         // Every member has its alive key while it lives: equal counts, nothing to prune.
         if members != alive {
-            let lists = client
-                .txn(Txn::new().and_then([
-                    TxnOp::get(self.key("members/"), Some(GetOptions::new().with_prefix())),
-                    TxnOp::get(
-                        self.key("alive/"),
-                        Some(GetOptions::new().with_prefix().with_keys_only()),
-                    ),
-                ]))
-                .await
-                .map_err(|e| map_err(&e))?;
-            let alive_prefix = self.key("alive/");
-            let live: BTreeSet<String> = kvs_of(&lists, 1)
-                .iter()
-                .filter_map(|kv| {
-                    kv.key_str()
-                        .ok()?
-                        .strip_prefix(&alive_prefix)
-                        .map(str::to_string)
-                })
-                .collect();
+            let (records, live) = self.member_snapshot(client).await?;
             let member_prefix = self.key("members/");
-            for kv in kvs_of(&lists, 0) {
+            for kv in records {
                 if gone.len() >= PRUNE_LIMIT {
                     break;
                 }
@@ -800,7 +781,11 @@ impl EtcdMembership {
         Ok(was)
     }
 
-    async fn members_inner(&self, mut client: Client) -> Result<Vec<Member>, ClusterError> {
+    /// Every member record and the ids whose `alive/` key exists, read in one transaction.
+    async fn member_snapshot(
+        &self,
+        client: &mut Client,
+    ) -> Result<(Vec<KeyValue>, BTreeSet<String>), ClusterError> {
         let lists = client
             .txn(Txn::new().and_then([
                 TxnOp::get(self.key("members/"), Some(GetOptions::new().with_prefix())),
@@ -811,9 +796,8 @@ impl EtcdMembership {
             ]))
             .await
             .map_err(|e| map_err(&e))?;
-        let now = now_ms();
         let alive_prefix = self.key("alive/");
-        let live: BTreeSet<String> = kvs_of(&lists, 1)
+        let live = kvs_of(&lists, 1)
             .iter()
             .filter_map(|kv| {
                 kv.key_str()
@@ -822,7 +806,13 @@ impl EtcdMembership {
                     .map(str::to_string)
             })
             .collect();
-        let mut out: Vec<Member> = kvs_of(&lists, 0)
+        Ok((kvs_of(&lists, 0), live))
+    }
+
+    async fn members_inner(&self, mut client: Client) -> Result<Vec<Member>, ClusterError> {
+        let (records, live) = self.member_snapshot(&mut client).await?;
+        let now = now_ms();
+        let mut out: Vec<Member> = records
             .iter()
             .filter_map(parse_stored)
             .map(|s| Member {
