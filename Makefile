@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: deps build test lint fmt fmt-check ci fuzz run demo bench clean node-template pkg
+.PHONY: deps build test lint fmt fmt-check ci fuzz run demo bench clean node-template pkg check-generated
 
 ## Install what the tests and the demo need (Debian: apt; macOS: prints the brew line).
 deps:
@@ -28,7 +28,11 @@ lint:
 fuzz:
 	bash scripts/fuzz.sh
 
-ci: deps fmt-check lint test fuzz
+ci: deps fmt-check lint check-generated test fuzz
+
+## The descriptor set that stands in for protoc (tools/protoc/) is what a real protoc makes.
+check-generated:
+	bash tools/protoc/regenerate.sh --check
 
 ## A single-node server on the embedded storage backend in ./.run (no external service).
 run:
@@ -53,8 +57,10 @@ pkg:
 	target/release/fleet-server package inspect target/FleetServerClusterNode.pkg
 
 ## Two nodes on one machine: a primary builds a bundle over HTTP, the bundle joins. No root,
-## no external service (BACKEND=redis uses a private redis-server). Ctrl-C stops it.
+## no external service (BACKEND=redis uses a private redis-server). Ctrl-C or SIGTERM stops it.
+## Installs only what it needs (curl, python3; redis-server for BACKEND=redis), not the test deps.
 demo:
+	bash scripts/install-deps.sh --demo
 	bash scripts/demo.sh
 
 ## Benchmarks: print figures beside their targets (no assertions).

@@ -3,7 +3,7 @@
 # A primary on the storage backend (a temporary directory; BACKEND=redis: a private
 # redis-server) builds a Linux provision bundle through its HTTP API; the bundle is provisioned
 # with `provision.sh --root DIR --no-systemd`; the new node joins; the status shows
-# Active Nodes: 2. Ctrl-C stops everything and removes the temporary directory.
+# Active Nodes: 2. Ctrl-C or SIGTERM stops everything and removes the temporary directory.
 #   BACKEND=storage|redis   PORT=8768 (the node uses PORT+1)   BIN_DIR=target/release
 #   DEMO_ONCE=1: stop right after showing the status (for tests).
 set -euo pipefail
@@ -31,8 +31,9 @@ cleanup() {
   trap - EXIT INT TERM
   echo
   echo "Stopping the demo…"
+  if [ -n "${SLEEPER:-}" ]; then kill "$SLEEPER" 2>/dev/null || true; fi
   if [ -f "$DEMO/node2/run/fleet-server.pid" ]; then
-    kill -TERM "$(cat "$DEMO/node2/run/fleet-server.pid")" 2>/dev/null || true
+    PIDS+=("$(cat "$DEMO/node2/run/fleet-server.pid")")
   fi
   for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for _ in $(seq 1 50); do
@@ -44,7 +45,9 @@ cleanup() {
   rm -rf "$DEMO"
   echo "Stopped."
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+# A signal ends the script after cleaning up; exit 0, as the user asked for the stop.
+trap 'cleanup; exit 0' INT TERM
 
 mkdir -p "$DEMO/template/linux-x86_64" "$DEMO/shared" "$DEMO/primary"
 cp "$SERVER" "$STUB" "$DEMO/template/linux-x86_64/"
@@ -107,4 +110,9 @@ echo
 echo "Dashboard: http://127.0.0.1:$PORT/settings  (login: admin / $PASSWORD)"
 if [ "${DEMO_ONCE:-0}" = 1 ]; then exit 0; fi
 echo "Press Ctrl-C to stop the demo."
-while sleep 3600; do :; done
+# `wait` (not a foreground sleep) lets bash run the TERM trap at once.
+while :; do
+  sleep 3600 &
+  SLEEPER=$!
+  wait "$SLEEPER" || true
+done

@@ -2,7 +2,11 @@
 # Installs what `make run`, `make test`, `make demo` and `make bench` need.
 # Debian/Ubuntu: apt packages (run as root, or with sudo available).
 # macOS: prints the Homebrew equivalent; nothing is installed behind your back.
+#   scripts/install-deps.sh          everything (make test, make bench)
+#   scripts/install-deps.sh --demo   only what `make demo` needs (BACKEND=redis: also redis-server)
 set -euo pipefail
+MODE=${1:-all}
+case "$MODE" in all|--demo) ;; *) echo "usage: install-deps.sh [--demo]" >&2; exit 2 ;; esac
 
 # Debian packages, one line each with why it is needed.
 APT_PACKAGES=(
@@ -26,10 +30,16 @@ APT_PACKAGES=(
   chromium-driver
   fonts-noto-color-emoji  # so the Settings page screenshot shows its emoji
 )
+# `make demo`: curl (the HTTP build request), python3 (reads JSON), redis-server for BACKEND=redis.
+DEMO_PACKAGES=(curl python3 ca-certificates)
+[ "${BACKEND:-storage}" = redis ] && DEMO_PACKAGES+=(redis-server)
+if [ "$MODE" = --demo ]; then APT_PACKAGES=("${DEMO_PACKAGES[@]}"); fi
 # Node.js and npm drive the browser test; Debian's only when none is installed
 # (a machine may carry its own Node.js, which conflicts with Debian's npm).
-command -v node >/dev/null 2>&1 || APT_PACKAGES+=(nodejs)
-command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(npm)
+if [ "$MODE" = all ]; then
+  command -v node >/dev/null 2>&1 || APT_PACKAGES+=(nodejs)
+  command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(npm)
+fi
 
 case "$(uname -s)" in
   Darwin)
@@ -47,17 +57,18 @@ if ! command -v apt-get >/dev/null 2>&1; then
   exit 1
 fi
 
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
 SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
+if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
     echo "install-deps.sh: run as root (or install sudo)" >&2; exit 1
   fi
 fi
 
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps.sh: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -69,7 +80,7 @@ fi
 # private servers and never touch it, so leave it as it is.
 
 # Node packages for the browser test (playwright-core drives Debian's chromium).
-if [ -f tests/browser/package.json ] && [ ! -d tests/browser/node_modules/playwright-core ]; then
+if [ "$MODE" = all ] && [ -f tests/browser/package.json ] && [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm install --no-audit --no-fund --silent)
 fi
 

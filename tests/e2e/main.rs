@@ -4,6 +4,7 @@ mod acl;
 mod badinput;
 mod blackbox;
 mod browser;
+mod build;
 mod conformance;
 mod demo;
 mod enrollment;
