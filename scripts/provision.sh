@@ -14,6 +14,13 @@
 #   --no-systemd   do not touch systemd: start the daemon in the background
 #                  (pid file DIR/run/fleet-server.pid, log DIR/var/log/fleet-server.log)
 #   --port N       with --no-systemd: listen on port N (several nodes on one machine)
+#
+# Then it waits (PROVISION_WAIT seconds, default 30) for the daemon's first outcome and prints
+# "✅ Joined the cluster as <id>" or "❌ Enrollment refused: <reason>".
+# Exit codes: 0 joined; the installer stub's own code when it refuses (10 no Ethernet adapter,
+# 11 no active Ethernet, 21 wrong key or tampered, 22 expired, …: see installer-stub/README.md);
+# 40 enrollment refused; 41 installed and started, but not joined within the wait (the daemon
+# keeps trying: see its log); 1 any other failure; 2 usage.
 set -eu
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
@@ -86,13 +93,24 @@ if [ -f "$PIDFILE" ]; then
 fi
 
 # 1. Ethernet check and configuration (writes nothing when it refuses).
-"$HERE/fleet-installer-stub" --target-root "${ROOT:-/}" || die "installer stub failed (exit $?): nothing was installed"
+set +e
+"$HERE/fleet-installer-stub" --target-root "${ROOT:-/}"
+rc=$?
+set -e
+if [ "$rc" -ne 0 ]; then
+    echo "provision.sh: installer stub failed (exit $rc): nothing was installed" >&2
+    exit "$rc"
+fi
 
 # 2. Files.
 install -d -m 0755 "$ROOT/usr/local/bin" "$ROOT/usr/local/lib/fleet-server"
 install -m 0755 "$HERE/fleet-server" "$ROOT/usr/local/bin/fleet-server"
 install -m 0755 "$HERE/uninstall.sh" "$ROOT/usr/local/lib/fleet-server/uninstall.sh"
-install -d -m 0700 "$ROOT/var/lib/fleet-server"
+STATE="$ROOT/var/lib/fleet-server"
+install -d -m 0700 "$STATE"
+# The daemon writes its first outcome here (joined / refused); an old one says nothing new.
+OUTCOME="$STATE/first-outcome"
+rm -f "$OUTCOME"
 CONFIG="$ROOT/etc/fleet-server/config.yaml"
 [ -f "$CONFIG" ] || die "the installer stub did not write $CONFIG"
 
@@ -105,6 +123,8 @@ if [ "$SYSTEMD" -eq 1 ]; then
         systemctl enable fleet-server.service
         systemctl restart fleet-server.service
         echo "✅ fleet-server installed and started (systemctl status fleet-server)"
+        STARTED=1
+        LOG_HINT="journalctl -u fleet-server"
     else
         systemctl --root="$ROOT" enable fleet-server.service
         echo "✅ fleet-server installed under $ROOT and enabled (starts when that system boots)"
@@ -114,4 +134,35 @@ else
     "$ROOT/usr/local/bin/fleet-server" serve --config "$CONFIG" --daemonize \
         ${ROOT:+--root "$ROOT"} ${PORT:+--port "$PORT"} --pid-file "$PIDFILE" --log-file "$ROOT/var/log/fleet-server.log"
     echo "✅ fleet-server installed under ${ROOT:-/} and started (pid file $PIDFILE, log $ROOT/var/log/fleet-server.log)"
+    STARTED=1
+    LOG_HINT="$ROOT/var/log/fleet-server.log"
 fi
+
+# 4. The daemon's first outcome (bounded wait).
+[ "${STARTED:-0}" -eq 1 ] || exit 0
+WAIT=${PROVISION_WAIT:-30}
+case "$WAIT" in '' | *[!0-9]*) die "PROVISION_WAIT must be a number of seconds" ;; esac
+i=0
+while [ ! -s "$OUTCOME" ] && [ "$i" -lt $((WAIT * 10)) ]; do
+    if [ "$SYSTEMD" -eq 0 ] && ! kill -0 "$(cat "$PIDFILE" 2>/dev/null || echo 0)" 2>/dev/null; then
+        echo "❌ fleet-server stopped before joining the cluster:" >&2
+        tail -n 20 "$ROOT/var/log/fleet-server.log" >&2 2>/dev/null || true
+        exit 1
+    fi
+    sleep 0.1
+    i=$((i + 1))
+done
+outcome=$(cat "$OUTCOME" 2>/dev/null || true)
+case "$outcome" in
+    "joined "*)
+        echo "✅ Joined the cluster as ${outcome#joined }"
+        ;;
+    "refused "*)
+        echo "❌ Enrollment refused: ${outcome#refused }" >&2
+        exit 40
+        ;;
+    *)
+        echo "⏳ fleet-server has not joined the cluster within ${WAIT} s; it keeps trying (see $LOG_HINT)" >&2
+        exit 41
+        ;;
+esac

@@ -43,6 +43,23 @@ pub fn local_addresses() -> Vec<String> {
     addrs.iter().map(ToString::to_string).collect()
 }
 
+/// The file in the state directory that says how this start's first step ended: `joined <id>`
+/// once the node registered, or `refused <reason>` when its enrollment was refused. Installers
+/// (`provision.sh`, the pkg's postinstall) remove it, start the daemon and wait for it.
+pub const OUTCOME_FILE: &str = "first-outcome";
+
+fn record_outcome(state_dir: &std::path::Path, line: &str) {
+    // One line, whatever the reason held.
+    let line: String = line
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let path = state_dir.join(OUTCOME_FILE);
+    if let Err(e) = identity::write_atomically(&path, format!("{line}\n").as_bytes(), 0o644) {
+        log::warn!("cannot write {}: {e}", path.display());
+    }
+}
+
 /// The record this node publishes about itself.
 pub fn node_record(config: &Config, id: String, name: String, port: u16) -> NodeRecord {
     let addresses = local_addresses();
@@ -116,6 +133,7 @@ pub async fn run(
     let tracker = TaskTracker::new();
 
     let (backend, state) = if let Some(reason) = refused {
+        record_outcome(state_dir, &format!("refused {reason}"));
         // Not in the cluster: serve health (503, with the reason) until stopped; no retries.
         (None, Arc::new(NodeState::refused(reason)))
     } else if config.cluster.enabled {
@@ -139,6 +157,22 @@ pub async fn run(
             shutdown.child_token(),
             first.clone(),
         ));
+        let (joined, stopping, id, dir) = (
+            state.clone(),
+            shutdown.child_token(),
+            node.id.clone(),
+            state_dir.clone(),
+        );
+        tracker.spawn(async move {
+            // Until the first registration (a backend that is down may take a while) or a stop.
+            while !joined.is_registered() {
+                tokio::select! {
+                    _ = stopping.cancelled() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                }
+            }
+            record_outcome(&dir, &format!("joined {id}"));
+        });
         // Startup lines come in the guide's order when the backend answers promptly; a backend
         // that is down does not hold up serving (health says 503 meanwhile).
         let _ = tokio::time::timeout(timing.op_timeout() * 3, first.cancelled()).await;

@@ -87,12 +87,16 @@ chmod 600 "$2/etc/fleet-server/config.yaml"
 "#;
 
 const FAKE_DAEMON: &str = r#"#!/bin/sh
-# records its arguments, writes the pid file it is given, and stays up
-for a in "$@"; do echo "$a"; done > "$(dirname "$0")/../../../daemon-args"
+# records its arguments, writes the pid file it is given, reports the outcome that the file
+# $root/fake-outcome names (default: joined), and stays up
+root="$(dirname "$0")/../../.."
+for a in "$@"; do echo "$a"; done > "$root/daemon-args"
 pidfile=""
 while [ $# -gt 0 ]; do [ "$1" = --pid-file ] && pidfile="$2"; shift; done
 sleep 300 </dev/null >/dev/null 2>&1 &
 echo $! > "$pidfile"
+outcome=$(cat "$root/fake-outcome" 2>/dev/null || echo "joined node2-fake01")
+echo "$outcome" > "$root/var/lib/fleet-server/first-outcome"
 "#;
 
 #[test]
@@ -119,7 +123,8 @@ fn provision_then_uninstall_in_a_directory() {
         .arg(&root)
         .arg("--no-systemd"));
     assert!(
-        stdout(&out).contains("fleet-server installed"),
+        stdout(&out).contains("fleet-server installed")
+            && stdout(&out).contains("✅ Joined the cluster as node2-fake01"),
         "{}",
         stdout(&out)
     );
@@ -203,4 +208,63 @@ fn provision_refuses_an_incomplete_bundle() {
         "{out:?}"
     );
     assert!(!dir.path().join("n_provision/r/usr").exists());
+}
+
+/// provision.sh keeps the installer stub's exit code (10: no Ethernet adapter), and a refused
+/// enrollment ends it with 40 and the reason.
+#[test]
+fn provision_reports_the_stubs_code_and_a_refusal() {
+    const REFUSING_STUB: &str =
+        "#!/bin/sh\necho '❌ ERROR: No Ethernet adapter found on this machine' >&2\nexit 10\n";
+    let dir = tempfile::tempdir().unwrap();
+    let unpack = |name: &str, stub: &str| {
+        let t = Template::from_bytes(
+            Target::LinuxX86_64,
+            FAKE_DAEMON.as_bytes().to_vec(),
+            stub.as_bytes().to_vec(),
+            true,
+        )
+        .unwrap();
+        let bytes = build_bundle(&t, &PkgRoot::embedded(), name, &node()).unwrap();
+        let path = write(dir.path(), &format!("{name}_provision.tar.gz"), &bytes);
+        run(Command::new(tool("tar"))
+            .arg("-xzf")
+            .arg(&path)
+            .arg("-C")
+            .arg(dir.path()));
+        dir.path().join(format!("{name}_provision"))
+    };
+    let provision = |bundle: &std::path::Path, root: &std::path::Path| {
+        crate::common::output_retrying(
+            Command::new("./provision.sh")
+                .current_dir(bundle)
+                .arg("--root")
+                .arg(root)
+                .arg("--no-systemd"),
+        )
+        .unwrap()
+    };
+
+    let root = dir.path().join("root-a");
+    let out = provision(&unpack("a", REFUSING_STUB), &root);
+    assert_eq!(out.status.code(), Some(10), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("No Ethernet adapter found"),
+        "{out:?}"
+    );
+    assert!(!root.join("usr").exists(), "nothing installed");
+
+    let root = dir.path().join("root-b");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("fake-outcome"), "refused package already used\n").unwrap();
+    let out = provision(&unpack("b", FAKE_STUB), &root);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(40), "{out:?}");
+    assert!(
+        err.contains("❌ Enrollment refused: package already used"),
+        "{err}"
+    );
+    if let Ok(pid) = std::fs::read_to_string(root.join("run/fleet-server.pid")) {
+        let _ = Command::new("kill").arg(pid.trim()).status();
+    }
 }

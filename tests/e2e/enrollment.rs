@@ -188,11 +188,12 @@ impl Cluster {
             node,
             "--format",
             "bundle",
-            "--ethernet",
-            "skip",
             "--output",
             out.to_str().expect("UTF-8 path"),
         ];
+        if !extra.contains(&"--ethernet") {
+            args.extend_from_slice(&["--ethernet", "skip"]);
+        }
         args.extend_from_slice(extra);
         let o = self.cli(&args);
         assert_ok(&o, "fleet-server package build");
@@ -299,8 +300,26 @@ impl Cluster {
         dirs[0].clone()
     }
 
-    /// `provision.sh --root <label>/root --no-systemd --port P` from a fresh extraction.
+    /// `provision.sh` on a new machine, which must say the node joined (exit 0).
     fn provision(&self, bundle: &Path, label: &str) -> Machine {
+        let (m, o) = self.provision_with(bundle, label);
+        assert_ok(&o, &format!("provision.sh on {label}"));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("✅ Joined the cluster as "), "{out}");
+        m
+    }
+
+    /// `provision.sh` on a machine whose enrollment is refused: exit 40 and the reason.
+    fn provision_refused(&self, bundle: &Path, label: &str) -> Machine {
+        let (m, o) = self.provision_with(bundle, label);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(40), "provision.sh on {label}: {err}");
+        assert!(err.contains(REFUSED), "{err}");
+        m
+    }
+
+    /// `provision.sh --root <label>/root --no-systemd --port P` from a fresh extraction.
+    fn provision_with(&self, bundle: &Path, label: &str) -> (Machine, Output) {
         let dir = self.extract(bundle, label);
         let root = self.dir.path().join(label).join("root");
         let port = free_port();
@@ -320,13 +339,13 @@ impl Cluster {
                 .current_dir(&dir),
             LIMIT,
         );
-        assert_ok(&o, &format!("provision.sh on {label}"));
-        Machine {
+        let m = Machine {
             daemon,
             root,
             port,
             dir,
-        }
+        };
+        (m, o)
     }
 }
 
@@ -464,7 +483,7 @@ fn one_package_on_two_machines(backend: Backend) {
             .expect("SCRIPT FLUSH");
         assert!(r.starts_with("+OK"), "{r}");
     }
-    let b = c.provision(&bundle, "machine-b");
+    let b = c.provision_refused(&bundle, "machine-b");
     let reason = b.wait_refused();
     assert!(reason.contains("already used"), "{reason}");
     assert_refused_once(&c, &b, &token);
@@ -561,8 +580,8 @@ fn revoked_and_expired(backend: Backend) {
     assert!(!o.status.success());
     assert!(text(&o).contains("no pending package"), "{}", text(&o));
 
-    let m3 = c.provision(&revoked, "machine-3");
-    let m4 = c.provision(&expired, "machine-4");
+    let m3 = c.provision_refused(&revoked, "machine-3");
+    let m4 = c.provision_refused(&expired, "machine-4");
     for (m, t) in [(&m3, &t3), (&m4, &t4)] {
         let reason = m.wait_refused();
         assert!(reason.contains(&t[..8]), "{reason}");
@@ -1082,7 +1101,50 @@ fn revoking_an_older_package_keeps_the_newer_nodes_user() {
     assert_eq!(c.active_named("node2"), vec![id]);
     assert_eq!(m.health().map(|h| h.0), Some(200), "{}", m.log());
 
-    let refused = c.provision(&old, "machine-old");
+    let refused = c.provision_refused(&old, "machine-old");
     refused.wait_refused();
     assert_refused_once(&c, &refused, &old_token);
+}
+
+/// provision.sh on a machine without Ethernet (a network namespace with only loopback) exits
+/// with the installer stub's own code, 10, and the guide's message; nothing is installed and
+/// the package stays pending.
+#[test]
+fn provision_without_ethernet_exits_with_the_stubs_code() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test makes a network namespace (ip netns add): run `cargo test` as root"
+    );
+    let c = Cluster::start(Backend::Storage);
+    let (bundle, _) = c.build("node5", &["--ethernet", "require"]);
+    let dir = c.extract(&bundle, "no-ethernet");
+    let root = c.dir.path().join("no-ethernet/root");
+    let ns = format!("fleetprov-{}", std::process::id());
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let made = Command::new("ip").args(["netns", "add", &ns]).status();
+    assert!(made.is_ok_and(|s| s.success()), "ip netns add {ns} failed");
+    let _ns = Netns(ns.clone());
+    let o = output_within(
+        Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(dir.join("provision.sh"))
+            .arg("--root")
+            .arg(&root)
+            .arg("--no-systemd")
+            .env_clear()
+            .env("PATH", pkginstall::INSTALLER_PATH)
+            .current_dir(&dir),
+        LIMIT,
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(10), "{err}");
+    assert!(err.contains("No Ethernet adapter found"), "{err}");
+    assert!(!root.join("usr/local/bin/fleet-server").exists());
+    assert!(!root.join("etc/fleet-server/config.yaml").exists());
+    assert_eq!(c.pending().len(), 1, "the package is still pending");
 }
