@@ -768,7 +768,7 @@ impl Config {
         }
     }
 
-    /// Moves the node's own absolute paths (state directory, TLS files) under `root`, for a
+    /// Moves the node's own absolute paths (state directory, TLS and etcd files) under `root`, for a
     /// node installed into a directory instead of `/` (`serve --root`). The shared storage
     /// path is left alone: it names a shared mount, not a file of this node.
     pub fn rebase(&mut self, root: &Path) {
@@ -781,6 +781,13 @@ impl Config {
         self.server.state_dir = under(root, &self.server.state_dir);
         self.server.tls_cert = self.server.tls_cert.as_deref().map(|p| under(root, p));
         self.server.tls_key = self.server.tls_key.as_deref().map(|p| under(root, p));
+        for p in [
+            &mut self.cluster.etcd_ca,
+            &mut self.cluster.etcd_cert,
+            &mut self.cluster.etcd_key,
+        ] {
+            *p = p.as_deref().map(|p| under(root, p));
+        }
     }
 
     /// The directory the `storage` backend uses.

@@ -151,6 +151,50 @@ pub fn open(record: &EnrollmentRecord, token: &Token) -> Result<String, Enrollme
     String::from_utf8(pt).map_err(|_| EnrollmentError::Damaged("not UTF-8".into()))
 }
 
+/// What an enrollment record holds once opened: the node's configuration and the files it
+/// names (the primary's TLS certificate and key). Records of configurations without files
+/// hold the YAML alone, as records did before files travelled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrolledConfig {
+    pub config_yaml: String,
+    pub files: Vec<fleet_installer_stub::sealed::ConfigFile>,
+}
+
+impl EnrolledConfig {
+    /// The plaintext to [`seal`]: the YAML, or with files the sealed body's JSON form.
+    pub fn to_plaintext(&self) -> String {
+        if self.files.is_empty() {
+            return self.config_yaml.clone();
+        }
+        let body = fleet_installer_stub::SealedPayload {
+            node_name: String::new(),
+            config_yaml: self.config_yaml.clone(),
+            files: self.files.clone(),
+        };
+        // A struct of strings and numbers always serializes.
+        serde_json::to_string(&body).expect("serializing the enrolled configuration")
+    }
+
+    /// The inverse of [`EnrolledConfig::to_plaintext`]: a YAML configuration never starts
+    /// with `{` (serde_yaml writes a mapping in block style), the JSON form always does.
+    pub fn from_plaintext(text: String) -> Result<Self, EnrollmentError> {
+        if !text.starts_with('{') {
+            return Ok(EnrolledConfig {
+                config_yaml: text,
+                files: Vec::new(),
+            });
+        }
+        let body: fleet_installer_stub::SealedPayload = serde_json::from_str(&text)
+            .map_err(|e| EnrollmentError::Damaged(format!("bad record body: {e}")))?;
+        fleet_installer_stub::sealed::ConfigFile::validate_all(&body.files)
+            .map_err(EnrollmentError::Damaged)?;
+        Ok(EnrolledConfig {
+            config_yaml: body.config_yaml,
+            files: body.files,
+        })
+    }
+}
+
 /// How a node's first start went.
 #[derive(Debug)]
 pub enum Redemption {
@@ -228,7 +272,10 @@ pub async fn redeem(config: &Config, shutdown: &CancellationToken) -> Redemption
         )
         .await;
     };
-    let yaml = match open(&record, &token) {
+    let EnrolledConfig {
+        config_yaml: yaml,
+        files,
+    } = match open(&record, &token).and_then(EnrolledConfig::from_plaintext) {
         Ok(y) => y,
         Err(e) => return refuse(&*backend, &token, e.to_string()).await,
     };
@@ -246,6 +293,13 @@ pub async fn redeem(config: &Config, shutdown: &CancellationToken) -> Redemption
             .await;
         }
     };
+    // The files first: the configuration that names them is written only once they are there.
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    if let Err(e) = fleet_installer_stub::install::write_config_files(dir, &files) {
+        return Redemption::Refused(format!(
+            "the configuration's files could not be written: {e}; build a new package"
+        ));
+    }
     let text = format!(
         "# Fleet Server node configuration, received by enrollment (package {}).\n{}",
         &record.package_id[..12.min(record.package_id.len())],

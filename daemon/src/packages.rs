@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fleet_installer_stub::sealed::{
-    self, FileKey, KdfParams, KeySource, SealOptions, SealedPayload,
+    self, ConfigFile, FileKey, KdfParams, KeySource, SealOptions, SealedPayload,
 };
 use fleet_installer_stub::{EthernetPolicy, TargetLayout};
 use fleet_package::{ArtifactCache, NodeFiles, PkgBuilder, PkgOptions, PkgRoot, Target, Template};
@@ -206,6 +206,12 @@ pub enum BuildError {
     IpInUse { ip: IpAddr, holder: String },
     #[error("the cluster: {0}")]
     Cluster(ClusterError),
+    #[error("{field}: reading {}: {source}", path.display())]
+    NodeFile {
+        field: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl From<ClusterError> for BuildError {
@@ -270,6 +276,72 @@ pub fn node_config(primary: &Config, node_name: Option<&str>, format: Format) ->
     c.package = Default::default();
     c.load_warnings.clear();
     c
+}
+
+/// Files the node's configuration names, by the field that names them and the name they
+/// get in the node's configuration directory.
+const NODE_FILES: [(&str, &str, u32); 5] = [
+    ("server.tls_cert", "server-tls.crt", 0o644),
+    ("server.tls_key", "server-tls.key", 0o600),
+    ("cluster.etcd_ca", "etcd-ca.pem", 0o644),
+    ("cluster.etcd_cert", "etcd-client.crt", 0o644),
+    ("cluster.etcd_key", "etcd-client.key", 0o600),
+];
+
+fn file_field<'a>(c: &'a mut Config, field: &str) -> &'a mut Option<PathBuf> {
+    match field {
+        "server.tls_cert" => &mut c.server.tls_cert,
+        "server.tls_key" => &mut c.server.tls_key,
+        "cluster.etcd_ca" => &mut c.cluster.etcd_ca,
+        "cluster.etcd_cert" => &mut c.cluster.etcd_cert,
+        "cluster.etcd_key" => &mut c.cluster.etcd_key,
+        _ => unreachable!("NODE_FILES names only these fields"),
+    }
+}
+
+/// The primary's TLS certificate and key and etcd's CA and client certificate, as files that
+/// travel with the node's configuration (sealed, or inside the encrypted enrollment record),
+/// and the node's configuration pointing at them in its own configuration directory.
+pub fn node_files(
+    primary: &Config,
+    node: &mut Config,
+    format: Format,
+) -> Result<Vec<ConfigFile>, BuildError> {
+    let layout = match format {
+        Format::Pkg => TargetLayout::Macos,
+        Format::Bundle => TargetLayout::Linux,
+    };
+    let dir = layout.config_dir(Path::new("/"));
+    let mut primary = primary.clone();
+    let mut files = Vec::new();
+    for (field, name, mode) in NODE_FILES {
+        let Some(path) = file_field(&mut primary, field).clone() else {
+            continue;
+        };
+        let content = std::fs::read(&path)
+            .and_then(|b| {
+                if b.len() > ConfigFile::MAX_LEN {
+                    return Err(std::io::Error::other(format!(
+                        "{} bytes, more than {}",
+                        b.len(),
+                        ConfigFile::MAX_LEN
+                    )));
+                }
+                String::from_utf8(b).map_err(|_| std::io::Error::other("not a PEM text file"))
+            })
+            .map_err(|source| BuildError::NodeFile {
+                field,
+                path: path.clone(),
+                source,
+            })?;
+        *file_field(node, field) = Some(dir.join(name));
+        files.push(ConfigFile {
+            name: name.to_string(),
+            mode,
+            content,
+        });
+    }
+    Ok(files)
 }
 
 /// Puts a node's own backend user into its configuration.
@@ -381,18 +453,25 @@ impl Builder {
         let foreign_binaries = allow_foreign && !template_fits(&template, target);
 
         let mut node = node_config(primary, req.node_name.as_deref(), req.format);
+        let node_files = node_files(primary, &mut node, req.format)?;
         if let Some(cred) = &req.node_credential {
             use_credential(&mut node, cred);
         }
         let full_yaml =
             serde_yaml::to_string(&node).map_err(|e| BuildError::Seal(e.to_string()))?;
-        let (yaml, mut record) = match &req.enrollment {
-            None => (full_yaml, None),
+        let (yaml, files, mut record) = match &req.enrollment {
+            None => (full_yaml, node_files, None),
             Some(plan) => {
                 let boot = bootstrap_config(&node, plan);
                 let boot_yaml =
                     serde_yaml::to_string(&boot).map_err(|e| BuildError::Seal(e.to_string()))?;
-                let (nonce, ciphertext) = crate::enrollment::seal(&plan.token, &full_yaml);
+                // The files (the TLS key is a long-lived secret) wait in the record too.
+                let enrolled = crate::enrollment::EnrolledConfig {
+                    config_yaml: full_yaml,
+                    files: node_files,
+                };
+                let (nonce, ciphertext) =
+                    crate::enrollment::seal(&plan.token, &enrolled.to_plaintext());
                 let now_ms = now_secs() * 1000;
                 let users = [&req.node_credential, &plan.user]
                     .into_iter()
@@ -410,7 +489,7 @@ impl Builder {
                     nonce,
                     ciphertext,
                 };
-                (boot_yaml, Some(record))
+                (boot_yaml, Vec::new(), Some(record))
             }
         };
         let created_at = now_secs();
@@ -429,6 +508,7 @@ impl Builder {
             config_yaml: format!(
                 "# Fleet Server node configuration, from the primary's package builder.\n{yaml}"
             ),
+            files,
         };
         let key;
         let source = match &req.passphrase {

@@ -103,11 +103,6 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    // TLS settings are checked before anything joins the cluster.
-    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
-        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
-        _ => None,
-    };
     // A package's first start: redeem its enrollment token for the full configuration.
     let (config, refused) = if config.enrollment.is_some() {
         match crate::enrollment::redeem(&config, &shutdown).await {
@@ -117,6 +112,11 @@ pub async fn run(
         }
     } else {
         (config, None)
+    };
+    // TLS settings (which enrollment may have brought) are checked before anything joins.
+    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+        _ => None,
     };
     let local = listener
         .local_addr()

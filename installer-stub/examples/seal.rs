@@ -22,6 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let payload = SealedPayload {
         node_name: a[1].clone(),
         config_yaml: std::fs::read_to_string(&a[2])?,
+        files: Vec::new(),
     };
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let days: u64 = a.get(5).map_or(Ok(7), |d| d.parse())?;

@@ -11,6 +11,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::layout::{NODE_ID_FILE_NAME, TargetLayout};
+use crate::sealed::ConfigFile;
 
 /// A failed write, naming the path.
 #[derive(Debug, thiserror::Error)]
@@ -33,9 +34,9 @@ pub struct Written {
     pub node_id_kept: bool,
 }
 
-/// Writes `config_yaml` to the layout's configuration file under `root` and makes sure
-/// the state directory exists. An existing `node_id` in the state directory is never
-/// touched, so a reinstall keeps the node's identity.
+/// Writes `config_yaml` to the layout's configuration file under `root`, and `files` beside
+/// it, and makes sure the state directory exists. An existing `node_id` in the state
+/// directory is never touched, so a reinstall keeps the node's identity.
 ///
 /// On failure, the directories this call created are removed again, so the target
 /// root is as it was.
@@ -43,9 +44,10 @@ pub fn write_config(
     layout: TargetLayout,
     root: &Path,
     config_yaml: &str,
+    files: &[ConfigFile],
 ) -> Result<Written, WriteError> {
     let mut created = Vec::new();
-    let result = write_inner(layout, root, config_yaml, &mut created);
+    let result = write_inner(layout, root, config_yaml, files, &mut created);
     if result.is_err() {
         // Deepest first; a directory that is not empty (someone else's file) stays.
         for d in created.iter().rev() {
@@ -59,12 +61,9 @@ fn write_inner(
     layout: TargetLayout,
     root: &Path,
     config_yaml: &str,
+    files: &[ConfigFile],
     created: &mut Vec<PathBuf>,
 ) -> Result<Written, WriteError> {
-    let err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| WriteError { path, source }
-    };
     if !root.is_dir() {
         return Err(WriteError {
             path: root.to_path_buf(),
@@ -78,33 +77,80 @@ fn write_inner(
     let node_id_kept = state_dir.join(NODE_ID_FILE_NAME).exists();
 
     let config_file = layout.config_file(root);
-    let tmp = config_dir.join(format!(".config.yaml.{}.tmp", std::process::id()));
-    let write_tmp = || -> io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(config_yaml.as_bytes())?;
-        f.sync_all()
-    };
-    if let Err(e) = write_tmp() {
-        let _ = fs::remove_file(&tmp);
-        return Err(err(&tmp)(e));
-    }
-    if let Err(e) = fs::rename(&tmp, &config_file) {
-        let _ = fs::remove_file(&tmp);
-        return Err(err(&config_file)(e));
-    }
-    // The rename is durable only once the directory entry is.
-    File::open(&config_dir)
-        .and_then(|d| d.sync_all())
-        .map_err(err(&config_dir))?;
+    // The configuration goes last: a node never finds a configuration naming a file that is
+    // not there yet.
+    let mut all: Vec<(&str, u32, &[u8])> = files
+        .iter()
+        .map(|f| (f.name.as_str(), f.mode, f.content.as_bytes()))
+        .collect();
+    all.push((
+        crate::layout::CONFIG_FILE_NAME,
+        0o600,
+        config_yaml.as_bytes(),
+    ));
+    replace_files(&config_dir, &all)?;
     Ok(Written {
         config_file,
         state_dir,
         node_id_kept,
     })
+}
+
+/// Writes `files` (a node's TLS certificate and key, …) into the existing configuration
+/// directory `dir`, as [`write_config`] does: all or nothing.
+pub fn write_config_files(dir: &Path, files: &[ConfigFile]) -> Result<(), WriteError> {
+    ConfigFile::validate_all(files).map_err(|e| WriteError {
+        path: dir.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, e),
+    })?;
+    let all: Vec<(&str, u32, &[u8])> = files
+        .iter()
+        .map(|f| (f.name.as_str(), f.mode, f.content.as_bytes()))
+        .collect();
+    replace_files(dir, &all)
+}
+
+/// Replaces the files `(name, mode, content)` in `dir`: each is first written in full to a
+/// temporary file created with its final mode and fsynced; only when all are written are they
+/// renamed into place, in order, and the directory fsynced. A failure before the renames leaves
+/// `dir` as it was.
+fn replace_files(dir: &Path, files: &[(&str, u32, &[u8])]) -> Result<(), WriteError> {
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| WriteError { path, source }
+    };
+    let mut staged: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(files.len());
+    let remove_staged = |staged: &[(PathBuf, PathBuf)]| {
+        for (tmp, _) in staged {
+            let _ = fs::remove_file(tmp);
+        }
+    };
+    for (name, mode, content) in files {
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let write_tmp = || -> io::Result<()> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(*mode)
+                .open(&tmp)?;
+            f.write_all(content)?;
+            f.sync_all()
+        };
+        if let Err(e) = write_tmp() {
+            let _ = fs::remove_file(&tmp);
+            remove_staged(&staged);
+            return Err(err(&tmp)(e));
+        }
+        staged.push((tmp, dir.join(name)));
+    }
+    for (i, (tmp, path)) in staged.iter().enumerate() {
+        if let Err(e) = fs::rename(tmp, path) {
+            remove_staged(&staged[i..]);
+            return Err(err(path)(e));
+        }
+    }
+    // The renames are durable only once the directory entries are.
+    File::open(dir).and_then(|d| d.sync_all()).map_err(err(dir))
 }
 
 /// Creates `dir` (and missing parents below `root`) and leaves it mode 0700. Parents
@@ -160,7 +206,7 @@ mod tests {
         let state = TargetLayout::Linux.state_dir(t.path());
         fs::create_dir_all(&state).unwrap();
         fs::write(state.join("node_id"), "n1-abc123").unwrap();
-        let w = write_config(TargetLayout::Linux, t.path(), "a: 1\n").unwrap();
+        let w = write_config(TargetLayout::Linux, t.path(), "a: 1\n", &[]).unwrap();
         assert!(w.node_id_kept);
         assert_eq!(fs::read_to_string(&w.config_file).unwrap(), "a: 1\n");
         assert_eq!(mode(&w.config_file), 0o600);
@@ -171,7 +217,7 @@ mod tests {
             "n1-abc123"
         );
         // A second install replaces the file and leaves no temporary behind.
-        write_config(TargetLayout::Linux, t.path(), "a: 2\n").unwrap();
+        write_config(TargetLayout::Linux, t.path(), "a: 2\n", &[]).unwrap();
         assert_eq!(fs::read_to_string(&w.config_file).unwrap(), "a: 2\n");
         let names: Vec<_> = fs::read_dir(w.config_file.parent().unwrap())
             .unwrap()
@@ -187,8 +233,47 @@ mod tests {
         // created first, then the state dir fails.
         fs::create_dir_all(t.path().join("Library/FleetServer")).unwrap();
         fs::write(t.path().join("Library/FleetServer/state"), "x").unwrap();
-        let e = write_config(TargetLayout::Macos, t.path(), "a: 1\n").unwrap_err();
+        let e = write_config(TargetLayout::Macos, t.path(), "a: 1\n", &[]).unwrap_err();
         assert!(e.path.ends_with("state"), "{e}");
         assert!(!t.path().join("Library/FleetServer/config").exists());
+    }
+
+    #[test]
+    fn files_travel_beside_the_configuration() {
+        let t = tempfile::tempdir().unwrap();
+        let files = [
+            ConfigFile {
+                name: "server-tls.crt".into(),
+                mode: 0o644,
+                content: "CERT".into(),
+            },
+            ConfigFile {
+                name: "server-tls.key".into(),
+                mode: 0o600,
+                content: "KEY".into(),
+            },
+        ];
+        let w = write_config(TargetLayout::Linux, t.path(), "a: 1\n", &files).unwrap();
+        let dir = w.config_file.parent().unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join("server-tls.key")).unwrap(),
+            "KEY"
+        );
+        assert_eq!(mode(&dir.join("server-tls.key")), 0o600);
+        assert_eq!(mode(&dir.join("server-tls.crt")), 0o644);
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["config.yaml", "server-tls.crt", "server-tls.key"]);
+        // A name that leaves the directory is refused, and nothing is written.
+        let bad = [ConfigFile {
+            name: "../escape".into(),
+            mode: 0o600,
+            content: "x".into(),
+        }];
+        assert!(write_config_files(dir, &bad).is_err());
+        assert!(!t.path().join("etc/escape").exists());
     }
 }

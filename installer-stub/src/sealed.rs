@@ -321,6 +321,90 @@ pub struct SealedPayload {
     pub node_name: String,
     /// The node's `config.yaml`, written as it is: it holds secrets.
     pub config_yaml: String,
+    /// Files the configuration names, written beside it (the primary's TLS certificate and
+    /// key, etcd's CA and client certificate). Absent in packages built before they existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<ConfigFile>,
+}
+
+/// A file that travels with a node's configuration and is written into its configuration
+/// directory (`/etc/fleet-server/`, `/Library/FleetServer/config/`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// File name in the configuration directory ([`ConfigFile::validate`] says which).
+    pub name: String,
+    /// 0600 (private keys) or 0644 (certificates).
+    pub mode: u32,
+    /// The file's text (PEM).
+    pub content: String,
+}
+
+impl fmt::Debug for ConfigFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigFile")
+            .field("name", &self.name)
+            .field("mode", &format_args!("{:o}", self.mode))
+            .field(
+                "content",
+                &format_args!("*** ({} bytes)", self.content.len()),
+            )
+            .finish()
+    }
+}
+
+impl ConfigFile {
+    /// At most this many files travel with one configuration.
+    pub const MAX_FILES: usize = 8;
+    /// At most this many bytes each (a certificate chain is a few KB).
+    pub const MAX_LEN: usize = 256 * 1024;
+
+    /// A name of `[a-z0-9._-]`, starting with a letter or digit, at most 64 characters, not
+    /// the configuration file itself; mode 0600 or 0644; at most [`Self::MAX_LEN`] bytes.
+    pub fn validate(&self) -> Result<(), String> {
+        let n = &self.name;
+        let ok_name = !n.is_empty()
+            && n.len() <= 64
+            && n.as_bytes()[0].is_ascii_alphanumeric()
+            && n.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+            })
+            && n != crate::layout::CONFIG_FILE_NAME;
+        if !ok_name {
+            return Err(format!(
+                "file name {n:?} is not 1 to 64 characters of [a-z0-9._-] (or names config.yaml)"
+            ));
+        }
+        if self.mode != 0o600 && self.mode != 0o644 {
+            return Err(format!("file {n}: mode {:o} is not 600 or 644", self.mode));
+        }
+        if self.content.len() > Self::MAX_LEN {
+            return Err(format!(
+                "file {n}: {} bytes, more than {}",
+                self.content.len(),
+                Self::MAX_LEN
+            ));
+        }
+        Ok(())
+    }
+
+    /// Validates a whole list: each file, no name twice, at most [`Self::MAX_FILES`].
+    pub fn validate_all(files: &[ConfigFile]) -> Result<(), String> {
+        if files.len() > Self::MAX_FILES {
+            return Err(format!(
+                "{} files travel with the configuration, more than {}",
+                files.len(),
+                Self::MAX_FILES
+            ));
+        }
+        for (i, f) in files.iter().enumerate() {
+            f.validate()?;
+            if files[..i].iter().any(|g| g.name == f.name) {
+                return Err(format!("file {} appears twice", f.name));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Debug for SealedPayload {
@@ -331,6 +415,7 @@ impl fmt::Debug for SealedPayload {
                 "config_yaml",
                 &format_args!("*** ({} bytes)", self.config_yaml.len()),
             )
+            .field("files", &self.files)
             .finish()
     }
 }
@@ -350,7 +435,7 @@ impl SealedPayload {
         if self.config_yaml.trim().is_empty() {
             return Err("config_yaml is empty".into());
         }
-        Ok(())
+        ConfigFile::validate_all(&self.files)
     }
 }
 
@@ -823,6 +908,7 @@ mod tests {
         SealedPayload {
             node_name: "server-02".into(),
             config_yaml: "cluster:\n  redis_password: hunter2\n".into(),
+            files: Vec::new(),
         }
     }
 

@@ -359,8 +359,13 @@ pub fn run(
     let written = if args.check_only {
         None
     } else {
-        let w = install::write_config(header.layout, &args.target_root, &payload.config_yaml)
-            .map_err(write_error)?;
+        let w = install::write_config(
+            header.layout,
+            &args.target_root,
+            &payload.config_yaml,
+            &payload.files,
+        )
+        .map_err(write_error)?;
         Some(w)
     };
 

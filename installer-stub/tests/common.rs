@@ -32,6 +32,7 @@ pub fn payload() -> SealedPayload {
         config_yaml: format!(
             "cluster:\n  enabled: true\n  backend: redis\n  redis_password: {SECRET}\n"
         ),
+        files: Vec::new(),
     }
 }
 

@@ -164,11 +164,16 @@ impl Cluster {
 
     /// `fleet-server ARGS --config <primary's>`, bounded.
     fn cli(&self, args: &[&str]) -> Output {
+        self.cli_as(&self.primary.config_path(), args)
+    }
+
+    /// `fleet-server ARGS --config CONFIG`, bounded.
+    fn cli_as(&self, config: &Path, args: &[&str]) -> Output {
         output_within(
             Command::new(bin_path("fleet-server"))
                 .args(args)
                 .arg("--config")
-                .arg(self.primary.config_path()),
+                .arg(config),
             LIMIT,
         )
     }
@@ -176,6 +181,11 @@ impl Cluster {
     /// `package build` of a Linux bundle for `node` on the primary's configuration; returns
     /// the bundle and the build's output.
     fn build(&self, node: &str, extra: &[&str]) -> (PathBuf, String) {
+        self.build_as(&self.primary.config_path(), node, extra)
+    }
+
+    /// The same, with another configuration of this cluster.
+    fn build_as(&self, config: &Path, node: &str, extra: &[&str]) -> (PathBuf, String) {
         let started = Instant::now();
         let out = self.dir.path().join(format!(
             "{node}-{}.tar.gz",
@@ -195,7 +205,7 @@ impl Cluster {
             args.extend_from_slice(&["--ethernet", "skip"]);
         }
         args.extend_from_slice(extra);
-        let o = self.cli(&args);
+        let o = self.cli_as(config, &args);
         assert_ok(&o, "fleet-server package build");
         eprintln!(
             "enrollment: package build {node} {extra:?} took {:?}",
@@ -1147,4 +1157,88 @@ fn provision_without_ethernet_exits_with_the_stubs_code() {
     assert!(!root.join("usr/local/bin/fleet-server").exists());
     assert!(!root.join("etc/fleet-server/config.yaml").exists());
     assert_eq!(c.pending().len(), 1, "the package is still pending");
+}
+
+/// A primary with `server.tls_cert`/`tls_key` builds nodes that serve HTTPS with that
+/// certificate: the certificate and key travel inside the encrypted enrollment record (or,
+/// with --no-enrollment, the sealed body) and are written beside the node's configuration,
+/// the key 0600; the node's configuration points at them.
+#[test]
+fn the_primarys_certificate_travels_with_the_node() {
+    let openssl = require_tool("openssl");
+    let curl = require_tool("curl");
+    let c = Cluster::start(Backend::Storage);
+    let tls = c.dir.path().join("primary-tls");
+    std::fs::create_dir(&tls).unwrap();
+    let (cert, key) = (tls.join("cert.pem"), tls.join("key.pem"));
+    let o = output_within(
+        Command::new(openssl)
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args([
+                "-subj",
+                "/CN=fleet-test",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+        LIMIT,
+    );
+    assert_ok(&o, "openssl req");
+    // The same cluster, seen through a configuration with the certificate (the running primary
+    // keeps serving plain HTTP, which the kit's helpers speak).
+    let primary = std::fs::read_to_string(c.primary.config_path()).unwrap();
+    assert!(primary.starts_with("server:\n"), "{primary}");
+    let with_tls = primary.replacen(
+        "server:\n",
+        &format!(
+            "server:\n  tls_cert: {}\n  tls_key: {}\n",
+            cert.display(),
+            key.display()
+        ),
+        1,
+    );
+    let config = c.dir.path().join("primary-tls.yaml");
+    std::fs::write(&config, with_tls).unwrap();
+
+    for (label, extra) in [("enrolled", &[][..]), ("sealed", &["--no-enrollment"][..])] {
+        let node = format!("tls-{label}");
+        let (bundle, _) = c.build_as(&config, &node, extra);
+        let m = c.provision(&bundle, &node);
+        c.wait_joined(&node);
+        let etc = m.root.join("etc/fleet-server");
+        assert_eq!(mode(&etc.join("server-tls.key")), 0o600, "{label}");
+        assert_eq!(
+            std::fs::read(etc.join("server-tls.key")).unwrap(),
+            std::fs::read(&key).unwrap()
+        );
+        let cfg = m.config();
+        assert_eq!(
+            cfg.server.tls_cert.as_deref(),
+            // As written; `serve --root` takes it under the root.
+            Some(Path::new("/etc/fleet-server/server-tls.crt")),
+            "{label}"
+        );
+        // HTTPS, verified against the primary's own (self-signed) certificate.
+        let url = format!("https://127.0.0.1:{}/api/fleet/cluster/health", m.port);
+        let o = output_within(
+            Command::new(&curl)
+                .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+                .arg(&cert)
+                .arg(&url),
+            LIMIT,
+        );
+        assert_ok(&o, &format!("curl {url}"));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "200",
+            "{label}: {}",
+            m.log()
+        );
+        assert!(m.log().contains("(HTTPS)"), "{}", m.log());
+    }
 }

@@ -483,6 +483,7 @@ fn seal_into(scripts: &Path, created_at: u64, not_after: u64) {
         &SealedPayload {
             node_name: NODE.into(),
             config_yaml: "cluster:\n  enabled: true\n".into(),
+            files: Vec::new(),
         },
         &SealOptions {
             created_at,
