@@ -25,6 +25,9 @@
       var data = {};
       new FormData(form).forEach(function (v, k) { if (v !== "") { data[k] = v; } });
       data.no_enrollment = !!(document.getElementById("no_enrollment") || {}).checked;
+      data.download_link = !!(document.getElementById("download_link") || {}).checked;
+      var linkBox = document.getElementById("download-link");
+      if (linkBox) { linkBox.hidden = true; }
       button.disabled = true;
       status.className = "";
       status.textContent = "⏳ Building the package…";
@@ -36,6 +39,17 @@
         body: JSON.stringify(data)
       }).then(function (resp) {
         if (!resp.ok) { return errorOf(resp).then(function (e) { throw new Error(e); }); }
+        if (data.download_link) {
+          return resp.json().then(function (j) {
+            var d = j.download;
+            document.getElementById("download-curl").textContent = d.curl;
+            document.getElementById("download-install").textContent = d.install;
+            linkBox.hidden = false;
+            status.className = "ok-text";
+            status.textContent = "✅ Built " + d.file_name + ": it waits on this node for one download, until " +
+              d.expires + ".";
+          });
+        }
         var name = fileNameOf(resp, "FleetServerClusterNode.pkg");
         var until = resp.headers.get("X-Package-Expires") || "";
         var creds = resp.headers.get("X-Package-Credentials") || "";

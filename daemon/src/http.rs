@@ -33,6 +33,8 @@ pub struct AppState {
     pub builder: crate::packages::Builder,
     /// Served over TLS: cookies get `Secure`.
     pub tls: bool,
+    /// Packages left on this node behind a direct download link.
+    pub downloads: Arc<crate::downloads::DownloadStore>,
 }
 
 impl AppState {
@@ -141,6 +143,10 @@ pub fn router(app: AppState) -> Router {
         .route(
             "/api/fleet/cluster/packages/{id}",
             axum::routing::delete(revoke_package),
+        )
+        .route(
+            "/api/fleet/cluster/packages/{id}/download",
+            get(download_package),
         )
         .route("/metrics", get(metrics))
         .route("/", get(crate::web::index))
@@ -350,6 +356,19 @@ pub struct PackageForm {
     /// An offline package: the node's full configuration instead of an enrollment token.
     #[serde(default)]
     no_enrollment: Option<serde_json::Value>,
+    /// Leave the package on this node behind a single-use link instead of sending it.
+    #[serde(default)]
+    download_link: Option<serde_json::Value>,
+    /// How long the link lives (`30s`, `10m`, `12h`, `1d`; at most a day and the package's
+    /// own expiry; default: both).
+    #[serde(default)]
+    download_expires: Option<String>,
+}
+
+/// A form checkbox or a JSON boolean.
+fn is_on(v: &Option<serde_json::Value>) -> bool {
+    matches!(v, Some(serde_json::Value::Bool(true)))
+        || matches!(v, Some(serde_json::Value::String(s)) if s == "on" || s == "true")
 }
 
 fn bad_request(msg: impl Into<String>) -> ApiError {
@@ -396,9 +415,14 @@ async fn build_package(
         template_dir: None,
         allow_foreign_binaries: false,
         built_by: who.label(),
-        no_enrollment: matches!(form.no_enrollment, Some(serde_json::Value::Bool(true)))
-            || matches!(&form.no_enrollment, Some(serde_json::Value::String(v)) if v == "on" || v == "true"),
+        no_enrollment: is_on(&form.no_enrollment),
         ..Default::default()
+    };
+    let link_lifetime = match blank(form.download_expires) {
+        Some(l) => {
+            Some(crate::downloads::parse_lifetime(&l).map_err(|e| bad_request(e.to_string()))?)
+        }
+        None => is_on(&form.download_link).then_some(crate::downloads::MAX_LIFETIME),
     };
     let cb = crate::packages::build_for_cluster(
         &app.config,
@@ -438,6 +462,9 @@ async fn build_package(
     let until =
         crate::logging::timestamp(std::time::UNIX_EPOCH + Duration::from_secs(built.not_after))
             + " UTC";
+    if let Some(lifetime) = link_lifetime {
+        return offer_download(&app, &built, lifetime, until).await;
+    }
     let disposition = format!("attachment; filename=\"{}\"", built.file_name);
     Ok((
         [
@@ -468,6 +495,156 @@ async fn build_package(
             ),
         ],
         built.bytes,
+    )
+        .into_response())
+}
+
+/// Method C: keeps the built package on this node and answers with its single-use link and
+/// the lines to copy onto the new machine.
+async fn offer_download(
+    app: &AppState,
+    built: &crate::packages::BuiltPackage,
+    lifetime: Duration,
+    package_until: String,
+) -> Result<Response, ApiError> {
+    let (store, bytes, name) = (
+        app.downloads.clone(),
+        built.bytes.clone(),
+        built.file_name.clone(),
+    );
+    let token = built.enrollment.as_ref().map(|r| r.token_id.clone());
+    let not_after_ms = built.not_after * 1000;
+    let offered = tokio::task::spawn_blocking(move || {
+        store.offer(&name, &bytes, token.as_deref(), not_after_ms, lifetime)
+    })
+    .await
+    .map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the download task failed: {e}"),
+        )
+    })?
+    .map_err(|e| match e {
+        crate::downloads::DownloadError::TooMany => {
+            ApiError(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+        }
+        crate::downloads::DownloadError::Lifetime => bad_request(e.to_string()),
+        e => {
+            log::warn!("keeping a package for download: {e}");
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the package could not be kept for download".into(),
+            )
+        }
+    })?;
+    // The link names this node (the package is here only), not the load balancer.
+    let url = format!(
+        "{}/api/fleet/cluster/packages/{}/download?key={}",
+        app.node.url.trim_end_matches('/'),
+        offered.id,
+        offered.key.expose()
+    );
+    let install = if built.format == crate::packages::Format::Bundle {
+        let dir = built.file_name.trim_end_matches(".tar.gz");
+        format!(
+            "sudo tar -xzf {} && cd {dir} && sudo ./provision.sh",
+            built.file_name
+        )
+    } else {
+        format!("sudo installer -pkg {} -target /", built.file_name)
+    };
+    let link_until = crate::logging::timestamp(
+        std::time::UNIX_EPOCH + Duration::from_millis(offered.not_after_ms),
+    ) + " UTC";
+    log::info!(
+        "📦 package {} waits for download on this node until {link_until} (link {})",
+        &built.package_id[..12.min(built.package_id.len())],
+        &offered.id[..12]
+    );
+    Ok((
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(json!({
+            "download": {
+                "id": offered.id,
+                "url": url,
+                "file_name": built.file_name,
+                "size": built.bytes.len(),
+                "sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&built.bytes)),
+                "expires": link_until,
+                "curl": format!("curl -fOJ '{url}'"),
+                "install": install,
+            },
+            "package_id": built.package_id,
+            "package_expires": package_until,
+        })),
+    )
+        .into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct DownloadQuery {
+    #[serde(default)]
+    key: String,
+}
+
+/// `GET /api/fleet/cluster/packages/<id>/download?key=…`: the package, once. 404 unknown link,
+/// 403 wrong key, 410 downloaded, revoked (or used) or expired.
+async fn download_package(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<DownloadQuery>,
+) -> Result<Response, ApiError> {
+    use crate::downloads::DownloadError as E;
+    let status_of = |e: &E| match e {
+        E::NotFound => StatusCode::NOT_FOUND,
+        E::WrongKey => StatusCode::FORBIDDEN,
+        E::Gone(_) => StatusCode::GONE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let fail = |e: E| {
+        if matches!(e, E::Io { .. }) {
+            log::warn!("download link {}: {e}", &id[..12.min(id.len())]);
+            return ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the package could not be read".into(),
+            );
+        }
+        ApiError(status_of(&e), e.to_string())
+    };
+    let (store, i, k) = (app.downloads.clone(), id.clone(), q.key.clone());
+    let token = tokio::task::spawn_blocking(move || store.token_of(&i, &k))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(&fail)?;
+    // An enrolling package is handed out only while its enrollment is pending (revoked on any
+    // node, or already used: 410).
+    let pending = match (&token, &app.backend) {
+        (Some(t), Some(backend)) => with_deadline(backend.list_enrollments())
+            .await?
+            .iter()
+            .any(|r| &r.token_id == t),
+        _ => true,
+    };
+    let (store, i, k) = (app.downloads.clone(), id.clone(), q.key.clone());
+    let taken = tokio::task::spawn_blocking(move || store.take(&i, &k, pending))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(&fail)?;
+    log::info!(
+        "📦 download link {} used: {} sent",
+        &id[..12],
+        taken.file_name
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}\"", taken.file_name),
+            ),
+            (header::CACHE_CONTROL, "no-store".to_string()),
+        ],
+        taken.bytes,
     )
         .into_response())
 }
@@ -518,6 +695,9 @@ async fn revoke_package(
             if let Err(e) = with_deadline(backend.record_event(&ev)).await {
                 log::warn!("package revoked, but not recorded: {}", e.1);
             }
+            let store = app.downloads.clone();
+            let token = rec.token_id.clone();
+            let _ = tokio::task::spawn_blocking(move || store.revoke_token(&token)).await;
             log::info!("🚫 {} revoked package {}", who.label(), &id[..12]);
             Ok(axum::Json(json!({ "revoked": id })).into_response())
         }

@@ -195,7 +195,20 @@ pub async fn run(
         limiter: Default::default(),
         builder: crate::packages::Builder::new(),
         tls: tls.is_some(),
+        downloads: Arc::new(crate::downloads::DownloadStore::new(state_dir)),
     };
+    // Expired download links go within a minute, even if nobody asks for them.
+    let (downloads, stopping) = (app.downloads.clone(), shutdown.child_token());
+    tracker.spawn(async move {
+        loop {
+            let d = downloads.clone();
+            let _ = tokio::task::spawn_blocking(move || d.sweep()).await;
+            tokio::select! {
+                _ = stopping.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+            }
+        }
+    });
     let app_router = router(app);
     let serve_shutdown = shutdown.clone();
     let stop = async move { serve_shutdown.cancelled().await };

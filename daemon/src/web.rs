@@ -379,8 +379,12 @@ Enable it in the configuration and restart the server:</p>\
 <option value=\"allow-virtual\">also accept virtual Ethernet (VMs)</option><option value=\"skip\">do not check</option></select></label>\
 <label class=\"check\"><input type=\"checkbox\" name=\"no_enrollment\" id=\"no_enrollment\"> Offline install (no enrollment)\
 <small>Only for a node that cannot reach the cluster at first start: the package then carries the cluster's long-lived secrets.</small></label>\
+<label class=\"check\"><input type=\"checkbox\" name=\"download_link\" id=\"download_link\"> Direct download link (Method C)\
+<small>Keep the package on this node behind a single-use link (at most a day) to fetch with <code>curl</code> on the new machine.</small></label>\
 <div class=\"actions\"><button type=\"submit\" id=\"build\">📦 Build Cluster Node Package</button></div>\
 </form><p id=\"build-status\" role=\"status\" aria-live=\"polite\"></p>\
+<div id=\"download-link\" hidden><p>On the new machine (the link works once):</p>\
+<pre id=\"download-curl\"></pre><pre id=\"download-install\"></pre></div>\
 <p class=\"muted\">⚠️ Until it is used, a package can enroll one machine into this cluster: keep it private, \
 transfer it over encrypted channels, and revoke it below if it goes astray. An offline package carries the \
 cluster's keys: delete it after installation.</p>",

@@ -1242,3 +1242,120 @@ fn the_primarys_certificate_travels_with_the_node() {
         assert!(m.log().contains("(HTTPS)"), "{}", m.log());
     }
 }
+
+/// Method C, direct download: a build with `download_link` leaves the package on the node that
+/// built it; the link works once (the bytes are the build's), a second use gets 410, so do a
+/// revoked and an expired link, and a wrong key gets 403.
+#[test]
+fn direct_download_links_work_once() {
+    let curl = require_tool("curl");
+    let c = Cluster::start(Backend::Storage);
+    let port = c.primary.port;
+    let out = c.dir.path().join("downloads");
+    std::fs::create_dir(&out).unwrap();
+    // POST a build; returns the response's JSON.
+    let build = |node: &str, extra: &str| -> serde_json::Value {
+        let body = format!(
+            r#"{{"node_name":"{node}","format":"bundle","ethernet":"skip","download_link":true{extra}}}"#
+        );
+        let o = output_within(
+            Command::new(&curl)
+                .args(["-sS", "-H", &format!("X-API-Key: {TEST_API_KEY}")])
+                .args(["-H", "Content-Type: application/json", "-d", &body])
+                .arg(format!(
+                    "http://127.0.0.1:{port}/api/fleet/cluster/packages"
+                )),
+            LIMIT,
+        );
+        assert_ok(&o, "curl POST packages");
+        serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+    };
+    // GET a link's path on the primary; returns the status and the file it wrote.
+    let fetch = |url: &str, n: usize| -> (String, PathBuf) {
+        let path = &url[url.find("/api/").expect("a link to the API")..];
+        let file = out.join(format!("got-{n}"));
+        let o = output_within(
+            Command::new(&curl)
+                .args(["-sS", "-o"])
+                .arg(&file)
+                .args(["-w", "%{http_code}"])
+                .arg(format!("http://127.0.0.1:{port}{path}")),
+            LIMIT,
+        );
+        assert_ok(&o, "curl GET download");
+        (String::from_utf8_lossy(&o.stdout).into_owned(), file)
+    };
+
+    let j = build("dl-once", "");
+    let d = &j["download"];
+    let url = d["url"].as_str().expect("a link").to_string();
+    assert!(url.contains("/api/fleet/cluster/packages/") && url.contains("/download?key="));
+    assert!(
+        d["curl"].as_str().unwrap().starts_with("curl -fOJ '"),
+        "{d}"
+    );
+    assert!(
+        d["install"]
+            .as_str()
+            .unwrap()
+            .contains("sudo ./provision.sh"),
+        "{d}"
+    );
+    let (wrong, _) = fetch(&format!("{}x", &url[..url.len() - 1]), 0);
+    assert_eq!(wrong, "403");
+    let (code, file) = fetch(&url, 1);
+    assert_eq!(code, "200");
+    let bytes = std::fs::read(&file).unwrap();
+    assert_eq!(bytes.len() as u64, d["size"].as_u64().unwrap());
+    let sum = output_within(Command::new(require_tool("sha256sum")).arg(&file), LIMIT);
+    assert_ok(&sum, "sha256sum");
+    assert_eq!(
+        String::from_utf8_lossy(&sum.stdout)
+            .split_whitespace()
+            .next(),
+        d["sha256"].as_str(),
+        "the downloaded bytes are the build's"
+    );
+    // It is a real bundle: it provisions a node that joins.
+    let bundle = out.join("dl-once_provision.tar.gz");
+    std::fs::rename(&file, &bundle).unwrap();
+    let _m = c.provision(&bundle, "dl-once");
+    c.wait_joined("dl-once");
+    let (again, _) = fetch(&url, 2);
+    assert_eq!(again, "410", "a second download");
+
+    // Revoked (by token, on the API) → 410.
+    let j = build("dl-revoked", "");
+    let token = c.pending_token("dl-revoked");
+    let o = output_within(
+        Command::new(&curl)
+            .args([
+                "-sS",
+                "-X",
+                "DELETE",
+                "-H",
+                &format!("X-API-Key: {TEST_API_KEY}"),
+            ])
+            .arg(format!(
+                "http://127.0.0.1:{port}/api/fleet/cluster/packages/{token}"
+            )),
+        LIMIT,
+    );
+    assert_ok(&o, "curl DELETE package");
+    let (code, _) = fetch(j["download"]["url"].as_str().unwrap(), 3);
+    assert_eq!(code, "410", "a revoked package's link");
+
+    // Expired → 410.
+    let j = build("dl-expired", r#","download_expires":"1s""#);
+    std::thread::sleep(Duration::from_millis(1300));
+    let (code, _) = fetch(j["download"]["url"].as_str().unwrap(), 4);
+    assert_eq!(code, "410", "an expired link");
+    // The files are gone from the primary's state directory.
+    let kept: Vec<_> = std::fs::read_dir(c.primary.dir.path().join("state/downloads"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".pkg"))
+        .collect();
+    assert!(kept.is_empty(), "{kept:?}");
+}
