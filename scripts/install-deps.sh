@@ -25,6 +25,9 @@ APT_PACKAGES=(
   chromium          # headless browser for the Settings page test
   chromium-driver
   fonts-noto-color-emoji  # so the Settings page screenshot shows its emoji
+  haproxy           # `lb haproxy` tests drive a real HAProxy's runtime API
+  nginx-light       # `lb render --format nginx` tests reload a real nginx
+  prometheus        # promtool checks the sd/prometheus output against Prometheus's own rules
 )
 # Node.js and npm drive the browser test; Debian's only when none is installed
 # (a machine may carry its own Node.js, which conflicts with Debian's npm).

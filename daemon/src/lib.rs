@@ -8,6 +8,7 @@ pub mod config;
 pub mod enrollment;
 pub mod http;
 pub mod identity;
+pub mod lb;
 pub mod logging;
 pub mod node;
 pub mod packages;
