@@ -239,9 +239,6 @@ fn server_line(t: &Target, opts: &Options) -> String {
     );
     if t.scheme == "https" {
         s.push_str(&format!(" ssl verify required ca-file {}", opts.ca_file));
-        if t.host.parse::<std::net::IpAddr>().is_err() {
-            s.push_str(&format!(" sni str({}) verifyhost {}", t.host, t.host));
-        }
     }
     s
 }
@@ -345,6 +342,25 @@ pub async fn sync(
     Ok(changes)
 }
 
+/// Splits off targets whose host is a DNS name: HAProxy 2.6 does not resolve the address of a
+/// server added at run time, so such a server would never come up.
+pub fn by_address(targets: Vec<Target>) -> (Vec<Target>, Vec<super::Skipped>) {
+    let (ips, names): (Vec<Target>, Vec<Target>) = targets
+        .into_iter()
+        .partition(|t| t.host.parse::<std::net::IpAddr>().is_ok());
+    let skipped = names
+        .into_iter()
+        .map(|t| super::Skipped {
+            reason: format!(
+                "its url names the host `{}`: HAProxy does not resolve names of servers added at run time (give the node an IP address in server.public_url, or use `lb render --format haproxy`)",
+                t.host
+            ),
+            id: t.id,
+        })
+        .collect();
+    (ips, skipped)
+}
+
 /// Logs a line when a state turns bad or good again, not on every pass.
 #[derive(Debug, Default)]
 pub struct Transitions {
@@ -394,7 +410,9 @@ pub async fn run(
         match tokio::time::timeout(deadline, backend.members()).await {
             Ok(Ok(members)) => {
                 cluster_state.ok("cluster backend");
-                let (targets, skipped) = super::targets(&members);
+                let (targets, mut skipped) = super::targets(&members);
+                let (targets, named) = by_address(targets);
+                skipped.extend(named);
                 for s in &skipped {
                     if !skipped_logged.contains(&s.id) {
                         log::warn!("⚠️ node {} left out of HAProxy: {}", s.id, s.reason);
@@ -484,6 +502,19 @@ mod tests {
             Socket::Tcp("127.0.0.1:9999".into())
         );
         assert!(Socket::parse("haproxy.sock").is_err());
+    }
+
+    #[test]
+    fn names_are_left_to_files() {
+        use crate::cluster::MemberState;
+        use crate::lb::tests::member;
+        let (t, _) = crate::lb::targets(&[
+            member("a-111111", "http://192.0.2.1:8768", MemberState::Active),
+            member("b-222222", "http://b.example:8768", MemberState::Active),
+        ]);
+        let (ips, named) = by_address(t);
+        assert_eq!(ips.len(), 1);
+        assert_eq!(named[0].id, "b-222222");
     }
 
     #[tokio::test]
