@@ -177,6 +177,15 @@ fn haproxy_keeps_its_servers_through_a_cluster_backend_outage() {
     a.wait_health(200, Duration::from_secs(10));
     let ia = a.node_id();
     let haproxy = Haproxy::start();
+    // Left from before: the node's server at a stale port, in maintenance, and a server of a
+    // node the cluster does not know.
+    for cmd in [
+        format!("add server fleet/{ia} 127.0.0.1:1 check"),
+        "add server fleet/gone-000000 127.0.0.1:2".to_string(),
+    ] {
+        let r = haproxy.command(&cmd).unwrap();
+        assert!(r.contains("New server registered"), "{cmd}: {r}");
+    }
     let work = tempfile::tempdir().unwrap();
     let cfg = lb_config(work.path(), &cluster);
     let socket = haproxy.socket.display().to_string();
@@ -185,10 +194,30 @@ fn haproxy_keeps_its_servers_through_a_cluster_backend_outage() {
         work.path().join("lb.log"),
     );
     wait_for(
-        "the node in HAProxy",
+        "the node in HAProxy at its address, the unknown server gone",
         Duration::from_secs(10),
         Duration::from_millis(100),
-        || (haproxy.servers()? == [ia.clone()]).then_some(()),
+        || {
+            (haproxy.servers()? == [ia.clone()]
+                && seen(haproxy.port, 2) == BTreeSet::from([ia.clone()]))
+            .then_some(())
+        },
+    );
+    let log = lb.log();
+    assert!(
+        log.contains(&format!(
+            "🔁 HAProxy: server fleet/{ia} now at 127.0.0.1:{}",
+            a.port
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("✅ HAProxy: server fleet/{ia} back in rotation")),
+        "{log}"
+    );
+    assert!(
+        log.contains("➖ HAProxy: removed server fleet/gone-000000"),
+        "{log}"
     );
     redis.stop();
     std::thread::sleep(Duration::from_secs(3));

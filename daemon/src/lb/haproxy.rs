@@ -290,25 +290,32 @@ pub async fn sync(
                 changes.added.push(t.id.clone());
             }
             Some(s) => {
-                if s.addr != t.host || s.port != t.port {
-                    // A DNS name shows as the address it resolved to: only IPs are compared.
-                    if t.host.parse::<std::net::IpAddr>().is_ok() || s.port != t.port {
-                        let cmd = format!("set server {srv} addr {} port {}", t.host, t.port);
-                        let reply = client.command(&cmd).await?;
-                        if !(reply.contains("changed") || reply.contains("no need")) {
-                            return Err(HaproxyError::Refused {
-                                command: cmd,
-                                reply: reply.trim().chars().take(300).collect(),
-                            });
-                        }
-                        log::info!(
-                            "🔁 HAProxy: server {srv} now at {} (was {}:{})",
-                            t.host_port(),
-                            s.addr,
-                            s.port
-                        );
-                        changes.updated.push(t.id.clone());
+                // Compared as addresses (HAProxy may print an IPv6 address in another form);
+                // a DNS name is HAProxy's to resolve, so only its port is compared.
+                let same_addr = match (
+                    s.addr.parse::<std::net::IpAddr>(),
+                    t.host.parse::<std::net::IpAddr>(),
+                ) {
+                    (Ok(a), Ok(b)) => a == b,
+                    (_, Err(_)) => true,
+                    (Err(_), Ok(_)) => false,
+                };
+                if !same_addr || s.port != t.port {
+                    let cmd = format!("set server {srv} addr {} port {}", t.host, t.port);
+                    let reply = client.command(&cmd).await?;
+                    if !(reply.contains("changed") || reply.contains("no need")) {
+                        return Err(HaproxyError::Refused {
+                            command: cmd,
+                            reply: reply.trim().chars().take(300).collect(),
+                        });
                     }
+                    log::info!(
+                        "🔁 HAProxy: server {srv} now at {} (was {}:{})",
+                        t.host_port(),
+                        s.addr,
+                        s.port
+                    );
+                    changes.updated.push(t.id.clone());
                 }
                 if s.in_maintenance() {
                     run_expect_empty(client, format!("enable health {srv}")).await?;
