@@ -29,6 +29,9 @@ APT_PACKAGES=(
   chromium          # headless browser for the Settings page test
   chromium-driver
   fonts-noto-color-emoji  # so the Settings page screenshot shows its emoji
+  haproxy           # `lb haproxy` tests drive a real HAProxy's runtime API
+  nginx-light       # `lb render --format nginx` tests reload a real nginx
+  prometheus        # promtool checks the sd/prometheus output against Prometheus's own rules
 )
 # `make demo`: curl (the HTTP build request), python3 (reads JSON), redis-server for BACKEND=redis.
 DEMO_PACKAGES=(curl python3 ca-certificates)

@@ -1,5 +1,6 @@
-//! The HTTP API: cluster status, health for load balancers, the node list, node removal and
-//! Prometheus metrics. Errors are logged in full and answered with a short reason.
+//! The HTTP API: cluster status, health for load balancers, the node list, node removal,
+//! Prometheus metrics and the discovery documents for Prometheus and Traefik (`lb::sd`).
+//! Errors are logged in full and answered with a short reason.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -148,6 +149,8 @@ pub fn router(app: AppState) -> Router {
             "/api/fleet/cluster/packages/{id}/download",
             get(download_package),
         )
+        .route("/api/fleet/cluster/sd/prometheus", get(sd_prometheus))
+        .route("/api/fleet/cluster/sd/traefik", get(sd_traefik))
         .route("/metrics", get(metrics))
         .route("/", get(crate::web::index))
         .route(
@@ -706,6 +709,39 @@ async fn revoke_package(
             format!("no pending package {id} (already used, revoked or expired)"),
         )),
     }
+}
+
+/// The active nodes for the discovery documents, and the backend's name (`none` without
+/// cluster mode: then this node alone).
+async fn lb_targets(app: &AppState) -> Result<(Vec<crate::lb::Target>, &'static str), ApiError> {
+    let Some(backend) = &app.backend else {
+        let me = Member {
+            node: (*app.node).clone(),
+            last_heartbeat_ms: 0,
+            age_ms: 0,
+            state: crate::cluster::MemberState::Active,
+        };
+        return Ok((crate::lb::targets(&[me]).0, "none"));
+    };
+    let members = with_deadline(backend.members()).await?;
+    Ok((crate::lb::targets(&members).0, backend.kind().as_str()))
+}
+
+/// Prometheus `http_sd_configs` (behind the API key, which Prometheus sends as a bearer token).
+async fn sd_prometheus(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers, false).await?;
+    let (targets, backend) = lb_targets(&app).await?;
+    Ok(axum::Json(crate::lb::sd::prometheus(&targets, backend)).into_response())
+}
+
+/// Traefik's HTTP provider (behind the API key: `providers.http.headers`).
+async fn sd_traefik(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&app, &headers, false).await?;
+    let (targets, _) = lb_targets(&app).await?;
+    Ok(axum::Json(crate::lb::sd::traefik(&targets, "fleet")).into_response())
 }
 
 async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {

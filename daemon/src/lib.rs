@@ -9,6 +9,7 @@ pub mod downloads;
 pub mod enrollment;
 pub mod http;
 pub mod identity;
+pub mod lb;
 pub mod logging;
 pub mod node;
 pub mod packages;

@@ -58,6 +58,53 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Keep load balancers in step with the cluster (HAProxy live, HAProxy/nginx by file).
+    Lb {
+        #[command(subcommand)]
+        command: LbCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LbCommand {
+    /// Keep an HAProxy backend's servers in step with the cluster through HAProxy's runtime
+    /// API (no reload): one pass per heartbeat interval.
+    Haproxy {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// HAProxy's runtime API: a unix socket path (`stats socket … level admin`) or host:port.
+        #[arg(long, default_value = "/var/run/haproxy.sock")]
+        socket: String,
+        /// The HAProxy backend to manage (dedicated to the cluster).
+        #[arg(long, default_value = "fleet")]
+        backend: String,
+        /// CA certificates for nodes served over https.
+        #[arg(long, default_value = "@system-ca")]
+        ca_file: String,
+        /// One pass, then exit (non-zero when it failed).
+        #[arg(long)]
+        once: bool,
+    },
+    /// Write an HAProxy backend section or an nginx upstream block for the active nodes.
+    Render {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// `haproxy` or `nginx`.
+        #[arg(long)]
+        format: String,
+        /// Backend / upstream name.
+        #[arg(long, default_value = "fleet")]
+        name: String,
+        /// Write here (atomically) instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Keep running: rewrite the file when the cluster changes (needs --output).
+        #[arg(long)]
+        watch: bool,
+        /// Run this shell command after the file changed (e.g. 'nginx -s reload').
+        #[arg(long)]
+        reload: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -342,7 +389,10 @@ fn real_main() -> anyhow::Result<()> {
     // rustls needs one process-wide crypto provider (for `rediss://`); a second install is a no-op.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve { .. }) {
+    if matches!(cli.command, Command::Lb { .. }) {
+        // `lb` commands run for long and log each change they make.
+        logging::init(log::LevelFilter::Info, false);
+    } else if !matches!(cli.command, Command::Serve { .. }) {
         // The CLI's warnings (an event not recorded, …) go to stderr; `serve` sets up its own.
         logging::init(log::LevelFilter::Warn, false);
     }
@@ -597,7 +647,58 @@ fn real_main() -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Lb { command } => lb_command(command),
     }
+}
+
+fn lb_command(command: LbCommand) -> anyhow::Result<()> {
+    use fleet_server::lb;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            signals.cancel();
+        });
+        match command {
+            LbCommand::Haproxy {
+                config,
+                socket,
+                backend,
+                ca_file,
+                once,
+            } => {
+                let c = load(config)?;
+                lb::haproxy_command(&c, &socket, &backend, &ca_file, once, shutdown).await
+            }
+            LbCommand::Render {
+                config,
+                format,
+                name,
+                output,
+                watch,
+                reload,
+            } => {
+                let c = load(config)?;
+                let opts = lb::render::Options {
+                    format: format.parse().map_err(anyhow::Error::msg)?,
+                    name,
+                    output,
+                    reload,
+                    watch,
+                };
+                lb::render_command(&c, opts, shutdown).await
+            }
+        }
+    })
 }
 
 fn main() -> ExitCode {

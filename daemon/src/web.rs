@@ -463,6 +463,15 @@ cluster's keys: delete it after installation.</p>",
                 ));
             }
             body.push_str("</tbody></table></div>");
+            body.push_str("<h3>Load balancer views</h3><p class=\"muted\">Load balancers and monitors that follow the nodes above by themselves (see the README). The URLs need the API key.</p><div class=\"table-wrap\"><table id=\"lb-views\"><thead><tr><th>For</th><th>URL or command</th></tr></thead><tbody>");
+            for v in crate::lb::views(&app.node.url) {
+                body.push_str(&format!(
+                    "<tr><td>{}</td><td><code>{}</code></td></tr>",
+                    esc(v.0),
+                    esc(&v.1)
+                ));
+            }
+            body.push_str("</tbody></table></div>");
         }
     }
     body.push_str("</section>");

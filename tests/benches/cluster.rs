@@ -1,6 +1,7 @@
 //! `make bench` for the cluster daemon: prints figures beside their targets, asserts nothing.
 //! Join latency, failure detection, graceful leave, 10,000 simulated members in one Redis,
-//! an idle daemon's memory and CPU, and health-endpoint throughput under `wrk`.
+//! an idle daemon's memory and CPU, health-endpoint throughput under `wrk`, and the load
+//! balancer views with 1,000 simulated members (`lb render`, `sd/prometheus`, join → HAProxy).
 
 use std::process::Command;
 use std::sync::Arc;
@@ -324,9 +325,236 @@ fn idle_and_throughput() {
     );
 }
 
+/// A simulated member whose URL is a loopback address nobody listens on (port 1), so HAProxy's
+/// health checks get an immediate refusal and never leave the machine.
+fn loopback_node(i: usize) -> NodeRecord {
+    let mut n = fake_node(i);
+    n.id = format!("lbsim-{i:04}-abc123");
+    n.name = format!("lbsim-{i:04}");
+    n.url = format!("http://127.1.{}.{}:1", i / 250, i % 250 + 1);
+    n
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    percentile(v, 0.5)
+}
+
+fn ratio(a: Duration, floor: Duration) -> String {
+    format!("{:.1}×", a.as_secs_f64() / floor.as_secs_f64().max(1e-9))
+}
+
+/// `lb render`, `sd/prometheus` and join → HAProxy routing with 1,000 simulated members, each
+/// beside a floor measured in the same run: the bare member-list read, the `nodes` endpoint,
+/// and the join as another node sees it.
+async fn load_balancer_views() {
+    use fleet_tests::lb::{Haproxy, LbProcess, health_via, node_config, start_node};
+    const N: usize = 1000;
+    let redis = RedisServer::start_with(Some("bench-pw"), &[]);
+    let cluster = redis.cluster_yaml();
+    let text = format!("cluster:\n  enabled: true\n{cluster}");
+    let c = Config::parse(&text, std::path::Path::new("bench.yaml")).unwrap();
+    let timing = Timing {
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_secs(15),
+    };
+    let sim = Arc::new(RedisMembership::new(&c.cluster, timing).unwrap());
+    let nodes: Arc<Vec<NodeRecord>> = Arc::new((0..N).map(loopback_node).collect());
+    let now = sim.server_now_ms().await.unwrap();
+    sim.simulate_members(&nodes, now).await.unwrap();
+    let stop = stop_flag();
+    let hb = {
+        let (sim, nodes, stop) = (sim.clone(), nodes.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = sim.server_now_ms().await.unwrap();
+                sim.simulate_members(&nodes, t).await.unwrap();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        })
+    };
+    let work = tempfile::tempdir().unwrap();
+    let lb_yaml = work.path().join("lb.yaml");
+    // Timeout 15 s for the simulated members; the `lb` passes run every 1 s (the interval).
+    let cfg_text = node_config("bench-lb", 1, work.path(), &cluster)
+        .replace("heartbeat_timeout: 3", "heartbeat_timeout: 15");
+    std::fs::write(&lb_yaml, cfg_text).unwrap();
+    let cfg = lb_yaml.display().to_string();
+
+    // Floor: the member list straight from the backend.
+    let mut reads = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let m = sim.members().await.unwrap();
+        reads.push(t.elapsed());
+        assert!(m.len() >= N);
+    }
+    let read = median(&mut reads);
+    // The pure rendering of those members.
+    let members = sim.members().await.unwrap();
+    let mut pure = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        let (targets, _) = fleet_server::lb::targets(&members);
+        let out = fleet_server::lb::render::render(
+            fleet_server::lb::render::Format::Haproxy,
+            "fleet",
+            &targets,
+        );
+        pure.push(t.elapsed());
+        assert!(out.len() > N * 40);
+    }
+    let pure = median(&mut pure);
+    // The whole command, process start to exit.
+    let bin = fleet_tests::fleet_server_bin();
+    let mut cli = Vec::new();
+    for format in ["haproxy", "nginx"] {
+        for _ in 0..5 {
+            let t = Instant::now();
+            let out = Command::new(&bin)
+                .args(["lb", "render", "--config", &cfg, "--format", format])
+                .output()
+                .unwrap();
+            cli.push(t.elapsed());
+            assert!(out.status.success());
+        }
+    }
+    let cli = median(&mut cli);
+
+    // sd/prometheus from a real daemon, against the nodes list as its floor.
+    let d = Daemon::start(
+        "bench-sd",
+        &format!("  heartbeat_interval: 1\n  heartbeat_timeout: 15\n{cluster}"),
+    );
+    d.wait_health(200, Duration::from_secs(10));
+    let mut sd = Vec::new();
+    let mut list = Vec::new();
+    for _ in 0..30 {
+        let t = Instant::now();
+        let (s, v) = get_json(
+            d.port,
+            "/api/fleet/cluster/sd/prometheus",
+            Some(TEST_API_KEY),
+        )
+        .unwrap();
+        sd.push(t.elapsed());
+        assert_eq!(s, 200);
+        assert!(v.as_array().map(Vec::len).unwrap_or(0) > N);
+        let t = Instant::now();
+        let (s, _) = get_json(d.port, "/api/fleet/cluster/nodes", Some(TEST_API_KEY)).unwrap();
+        list.push(t.elapsed());
+        assert_eq!(s, 200);
+    }
+    sd.sort();
+    let (sd50, sd99) = (percentile(&sd, 0.5), percentile(&sd, 0.99));
+    let list = median(&mut list);
+    drop(d);
+
+    // HAProxy: the first pass adds all 1,000; then real nodes join and are routed to.
+    let haproxy = Haproxy::start();
+    let socket = haproxy.socket.display().to_string();
+    let first = Instant::now();
+    let out = Command::new(&bin)
+        .args([
+            "lb", "haproxy", "--config", &cfg, "--socket", &socket, "--once",
+        ])
+        .output()
+        .unwrap();
+    let first = first.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lb = LbProcess::spawn(
+        &["lb", "haproxy", "--config", &cfg, "--socket", &socket],
+        work.path().join("lb.log"),
+    );
+    // Let HAProxy's checks mark the simulated (unreachable) servers down first.
+    std::thread::sleep(Duration::from_secs(4));
+    let mut joins = Vec::new();
+    let mut listed = Vec::new();
+    for round in 0..3 {
+        let started = Instant::now();
+        let mut node = start_node(&format!("bench-join-{round}"), &cluster);
+        let mut seen_listed = None;
+        let id = loop {
+            assert!(started.elapsed() < Duration::from_secs(15), "never routed");
+            if seen_listed.is_none()
+                && fleet_tests::get_json(node.port, "/api/fleet/cluster/health", None)
+                    .is_ok_and(|(s, _)| s == 200)
+            {
+                seen_listed = Some(started.elapsed());
+            }
+            if let Some(id) = health_via(haproxy.port) {
+                break id;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        joins.push(started.elapsed());
+        listed.push(seen_listed.unwrap_or_else(|| started.elapsed()));
+        assert!(id.starts_with("bench-join-"));
+        node.signal(nix::sys::signal::Signal::SIGTERM);
+        node.wait_exit(Duration::from_secs(5));
+        // Until HAProxy no longer routes to it (its server drained and deleted).
+        let gone = Instant::now();
+        while health_via(haproxy.port).is_some() && gone.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let join = median(&mut joins);
+    let registered = median(&mut listed);
+    let _ = lb.stop();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = hb.await;
+
+    println!("\nLoad balancer views, {N} simulated members + real nodes (one redis-server):");
+    row(
+        "member list from the backend (floor, median of 20)",
+        ms(read),
+        "",
+    );
+    row(
+        "targets + HAProxy section rendered in-process (median of 50)",
+        format!("{} ({})", ms(pure), ratio(pure, read)),
+        "",
+    );
+    row(
+        "`fleet-server lb render` process, start → exit (median of 10)",
+        format!("{} ({})", ms(cli), ratio(cli, read)),
+        "< 200 ms",
+    );
+    row(
+        "GET /api/fleet/cluster/nodes (floor, median of 30)",
+        ms(list),
+        "",
+    );
+    row(
+        "GET /api/fleet/cluster/sd/prometheus, p50",
+        format!("{} ({})", ms(sd50), ratio(sd50, list)),
+        "< 50 ms",
+    );
+    row("GET /api/fleet/cluster/sd/prometheus, p99", ms(sd99), "");
+    row(
+        &format!("`lb haproxy --once`: first pass adding {N} servers"),
+        ms(first),
+        "",
+    );
+    row(
+        "node start → healthy (registered; floor, median of 3)",
+        ms(registered),
+        "",
+    );
+    row(
+        "node start → routed by HAProxy (median of 3)",
+        format!("{} (+{})", ms(join), ms(join.saturating_sub(registered))),
+        "< interval + 1 s",
+    );
+}
+
 fn main() {
     // `cargo bench -p fleet-tests --bench cluster [-- SECTION…]`: sections are `membership`,
-    // `members` (10,000 simulated) and `idle`; all by default. cargo passes `--bench`.
+    // `members` (10,000 simulated), `idle` and `lb`; all by default. cargo passes `--bench`.
     let wanted: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
@@ -348,5 +576,8 @@ fn main() {
     }
     if run("idle") {
         idle_and_throughput();
+    }
+    if run("lb") {
+        rt.block_on(load_balancer_views());
     }
 }

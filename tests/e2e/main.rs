@@ -10,5 +10,6 @@ mod demo;
 mod enrollment;
 mod etcd;
 mod install;
+mod lb;
 mod netns;
 mod web;

@@ -257,6 +257,19 @@ fn unauthenticated_and_forged_requests_are_refused() {
         "{html}"
     );
     assert!(html.contains("📦 Build Cluster Node Package"));
+    // Beside the node table: the load-balancer views and their URLs, readable with the session.
+    let views = &html[html
+        .find("id=\"lb-views\"")
+        .expect("the load-balancer views")..];
+    for needle in [
+        "/api/fleet/cluster/sd/prometheus</code>",
+        "/api/fleet/cluster/sd/traefik</code>",
+        "fleet-server lb haproxy --socket",
+        "fleet-server lb render --format nginx",
+    ] {
+        assert!(views.contains(needle), "{needle} missing: {views}");
+    }
+    assert_eq!(c.get("/api/fleet/cluster/sd/prometheus").status, 200);
     assert!(
         !html.contains(TEST_API_KEY) && !html.contains("argon2"),
         "a secret reached the page"
