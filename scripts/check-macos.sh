@@ -88,4 +88,27 @@ for c in "${CRATES[@]}"; do
             --cfg 'target_os="macos"' -A explicit_builtin_cfgs_in_flags -D warnings
     done
 done
+echo "check-macos: the macOS paths type-check"
+
+# Self-test: the same check must fail on a deliberately broken macOS line (a method that
+# does not exist, in the gatherer), or it proves nothing.
+target_file=installer-stub/src/mac_ethernet.rs
+good='SCDynamicStoreBuilder::new("fleet-installer-stub")'
+grep -qF "$good" "$target_file" || {
+    echo "check-macos: self-test line not found in $target_file: update the self-test" >&2
+    exit 1
+}
+sed -i 's/SCDynamicStoreBuilder::new("fleet-installer-stub")/SCDynamicStoreBuilder::no_such_method("fleet-installer-stub")/' "$target_file"
+if "$CARGO" rustc --locked --offline --quiet --profile check -p fleet-installer-stub --lib -- \
+    --cfg 'target_os="macos"' -A explicit_builtin_cfgs_in_flags -D warnings \
+    >"$base/self-test.log" 2>&1; then
+    echo "check-macos: self-test FAILED: a broken macOS line type-checked" >&2
+    exit 1
+fi
+if ! grep -q "no_such_method" "$base/self-test.log"; then
+    echo "check-macos: self-test FAILED: the broken line was not what failed:" >&2
+    cat "$base/self-test.log" >&2
+    exit 1
+fi
+echo "check-macos: self-test: a broken macOS line fails the check, as it must"
 echo "check-macos: ok ($(($(date +%s) - start)) s)"
