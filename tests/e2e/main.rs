@@ -9,5 +9,6 @@ mod demo;
 mod enrollment;
 mod etcd;
 mod install;
+mod logrotate;
 mod netns;
 mod web;
