@@ -251,11 +251,11 @@ fn serve(
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&log_file)
+            .open(log_file)
             .with_context(|| format!("opening the log file {}", log_file.display()))?;
         let log2 = log.try_clone().context("duplicating the log file handle")?;
         daemonize::Daemonize::new()
-            .pid_file(&pid_file)
+            .pid_file(pid_file)
             .working_directory("/")
             .stdout(log)
             .stderr(log2)

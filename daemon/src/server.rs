@@ -18,13 +18,16 @@ use crate::node::{NodeState, run_membership};
 /// How long in-flight HTTP requests may take to finish once shutdown starts.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
 
-/// This node's name: the configured one, or the hostname reduced to `[a-z0-9-]`.
-pub fn node_name(config: &Config) -> String {
-    config
-        .cluster
-        .node_name
-        .clone()
-        .unwrap_or_else(identity::hostname_node_name)
+/// This node's name: the configured one, or the hostname reduced to `[a-z0-9-]` at first
+/// start, kept in the state directory (a later hostname does not rename the node).
+pub fn node_name(config: &Config) -> std::io::Result<String> {
+    match &config.cluster.node_name {
+        Some(n) => Ok(n.clone()),
+        None => identity::load_or_keep_derived_name(
+            &config.server.state_dir,
+            &identity::hostname_node_name(),
+        ),
+    }
 }
 
 /// Non-loopback addresses of this machine, IPv4 first.
@@ -104,8 +107,13 @@ pub async fn run(
     let local = listener
         .local_addr()
         .context("reading the listener's address")?;
-    let name = node_name(&config);
     let state_dir = &config.server.state_dir;
+    let name = node_name(&config).with_context(|| {
+        format!(
+            "keeping the node name in server.state_dir {}",
+            state_dir.display()
+        )
+    })?;
     let id = identity::load_or_create_node_id(state_dir, &name).with_context(|| {
         format!(
             "keeping the node identity in server.state_dir {}",

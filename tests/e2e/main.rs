@@ -8,6 +8,7 @@ mod conformance;
 mod demo;
 mod enrollment;
 mod etcd;
+mod identity;
 mod install;
 mod logrotate;
 mod netns;
