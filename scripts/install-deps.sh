@@ -25,6 +25,8 @@ APT_PACKAGES=(
   chromium          # headless browser for the Settings page test
   chromium-driver
   fonts-noto-color-emoji  # so the Settings page screenshot shows its emoji
+  shellcheck        # make check-workflows: the workflows' run: blocks
+  python3-yaml      # make check-workflows: reads the workflows to hand their run: blocks to shellcheck
 )
 # Node.js and npm drive the browser test; Debian's only when none is installed
 # (a machine may carry its own Node.js, which conflicts with Debian's npm).

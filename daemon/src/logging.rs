@@ -7,6 +7,8 @@
 //! stdout writes into the renamed file forever. The daemon opens the log itself, appending,
 //! and on SIGHUP (newsyslog signals the pid file's process) opens the path anew and closes the
 //! old descriptor; each line is written whole under one lock, so none is lost or split.
+//! Standard output and error are pointed at the same file each time (launchd's descriptors
+//! would otherwise keep the renamed file alive, and its disk space, until a restart).
 
 use std::fs::File;
 use std::io::Write;
@@ -41,6 +43,14 @@ fn open_log(path: &Path) -> std::io::Result<File> {
                 format!("opening the log file {}: {e}", path.display()),
             )
         })
+}
+
+/// Points the process's stdout and stderr at `file`, closing what they held (launchd's
+/// descriptors of a file that rotation renamed).
+fn point_stdio_at(file: &File) -> std::io::Result<()> {
+    nix::unistd::dup2_stdout(file)
+        .and_then(|()| nix::unistd::dup2_stderr(file))
+        .map_err(std::io::Error::from)
 }
 
 struct Logger {
@@ -117,9 +127,11 @@ pub fn init_with_file(
     use_syslog: bool,
     path: &Path,
 ) -> std::io::Result<()> {
+    let opened = open_log(path)?;
+    point_stdio_at(&opened)?;
     let file = Arc::new(LogFile {
         path: path.to_path_buf(),
-        file: Mutex::new(open_log(path)?),
+        file: Mutex::new(opened),
     });
     if LOG_FILE.set(file.clone()).is_err() {
         return Ok(());
@@ -141,6 +153,7 @@ pub fn reopen() -> std::io::Result<Option<PathBuf>> {
     };
     // Opened before the lock is taken: lines keep going to the old file meanwhile.
     let new = open_log(&f.path)?;
+    point_stdio_at(&new)?;
     let old = match f.file.lock() {
         Ok(mut guard) => std::mem::replace(&mut *guard, new),
         Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), new),

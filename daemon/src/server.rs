@@ -30,20 +30,12 @@ pub fn node_name(config: &Config) -> std::io::Result<String> {
     }
 }
 
-/// Non-loopback addresses of this machine, IPv4 first.
+/// This machine's addresses to publish, best first (see [`crate::advertise`]).
 pub fn local_addresses() -> Vec<String> {
-    let mut addrs: Vec<std::net::IpAddr> = if_addrs::get_if_addrs()
-        .map(|list| {
-            list.into_iter()
-                .filter(|i| !i.is_loopback())
-                .map(|i| i.ip())
-                .filter(|ip| !matches!(ip, std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
-                .collect()
-        })
-        .unwrap_or_default();
-    addrs.sort_by_key(|ip| (ip.is_ipv6(), *ip));
-    addrs.dedup();
-    addrs.iter().map(ToString::to_string).collect()
+    crate::advertise::local_addresses()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 /// The record this node publishes about itself.

@@ -462,6 +462,40 @@ impl NetworkInventory for MacFactsInventory {
     }
 }
 
+/// The interface of the IPv4 default route (what the node advertises first): configd's
+/// `PrimaryInterface` on macOS, `/proc/net/route` on Linux. `None` when there is none.
+pub fn default_route_interface() -> Option<String> {
+    #[cfg(target_os = "macos")]
+    {
+        crate::mac_ethernet::primary_interface()
+    }
+    #[cfg(not(target_os = "macos"))]
+    {
+        std::fs::read_to_string("/proc/net/route")
+            .ok()
+            .and_then(|t| default_route_in_proc_net_route(&t))
+    }
+}
+
+/// The default route's interface in the text of Linux's `/proc/net/route` (destination and
+/// mask 0, flag RTF_UP), the lowest metric first.
+pub fn default_route_in_proc_net_route(text: &str) -> Option<String> {
+    const RTF_UP: u32 = 0x1;
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (iface, dest, flags, metric, mask) =
+                (f.first()?, f.get(1)?, f.get(3)?, f.get(6)?, f.get(7)?);
+            let flags = u32::from_str_radix(flags, 16).ok()?;
+            let metric: u32 = metric.parse().ok()?;
+            (*dest == "00000000" && *mask == "00000000" && flags & RTF_UP != 0)
+                .then(|| (metric, iface.to_string()))
+        })
+        .min()
+        .map(|(_, i)| i)
+}
+
 /// The inventory for the running OS.
 pub fn system_inventory() -> Box<dyn NetworkInventory> {
     #[cfg(target_os = "macos")]
@@ -570,6 +604,22 @@ mod tests {
         let v = evaluate(EthernetPolicy::AllowVirtual, &ifs, M).unwrap();
         assert!(
             matches!(v, Verdict::Accepted { ref interface, is_virtual: false, .. } if interface == "eth1")
+        );
+    }
+
+    #[test]
+    fn default_route_from_proc() {
+        let text = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+            wlan0\t00000000\t0102000A\t0003\t0\t0\t600\t00000000\t0\t0\t0\n\
+            eth0\t00000000\t01020A0A\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
+            eth0\t0002000A\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n";
+        assert_eq!(
+            default_route_in_proc_net_route(text).as_deref(),
+            Some("eth0")
+        );
+        assert_eq!(
+            default_route_in_proc_net_route("Iface\tDestination\n"),
+            None
         );
     }
 

@@ -1,6 +1,7 @@
 //! End-to-end tests across crates, compiled into one binary to keep link time down.
 
 mod acl;
+mod advertise;
 mod badinput;
 mod blackbox;
 mod browser;
