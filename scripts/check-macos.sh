@@ -15,7 +15,7 @@
 # "macos" at once, so `cfg(target_os = "macos")` items are compiled and `cfg(not(target_os =
 # "macos"))` ones are not, which is what this check is for.
 #
-#   scripts/check-macos.sh     (offline; after `cargo fetch` on a fresh machine)
+#   scripts/check-macos.sh     (offline once the locked crates are fetched; it fetches them if not)
 # The copy, the vendored crates and the check results live in target/check-macos.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,9 +32,15 @@ work="$base/workspace"
 vendor="$base/vendor"
 mkdir -p "$base"
 
-# The locked crates, from the local registry.
+# The locked crates, from the local registry; on a machine that has not fetched the
+# macOS-only ones yet, `cargo fetch` (crates.io) first.
 rm -rf "$vendor"
-"$CARGO" vendor --locked --offline --quiet "$vendor" >/dev/null
+if ! "$CARGO" vendor --locked --offline --quiet "$vendor" >/dev/null 2>&1; then
+    echo "check-macos: fetching the locked crates for every target (cargo fetch --locked)"
+    "$CARGO" fetch --locked
+    rm -rf "$vendor"
+    "$CARGO" vendor --locked --offline --quiet "$vendor" >/dev/null
+fi
 
 # patch CRATE FILE SED-EXPR PATTERN: edits one vendored file, failing when PATTERN is not
 # there (a new crate version needs a new look). The crate's file checksums are dropped so
