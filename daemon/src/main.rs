@@ -267,11 +267,6 @@ fn serve(
         Some(path) => logging::init_with_file(level, syslog, path)?,
         None => logging::init(level, syslog),
     }
-    // Daemonize wrote (and locks) its pid file; otherwise it is ours to write and remove.
-    let own_pid_file = match (&pid_file, daemonize) {
-        (Some(path), false) => Some(PidFile::write(path)?),
-        _ => None,
-    };
     for w in &config.load_warnings {
         log::warn!("{w}");
     }
@@ -283,16 +278,19 @@ fn serve(
             .with_context(|| format!("binding {addr} (server.host, server.port)"))?;
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
+        use tokio::signal::unix::{SignalKind, signal};
+        let (mut term, mut int, mut hup) = (
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        );
+        // Only now the pid file: whoever reads it may signal at once (newsyslog's SIGHUP would
+        // otherwise end the process). Daemonize wrote and locks its own.
+        let _pid_file = match (&pid_file, daemonize) {
+            (Some(path), false) => Some(PidFile::write(path)?),
+            _ => None,
+        };
         tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::hangup()),
-            ) else {
-                log::error!("cannot install signal handlers");
-                return;
-            };
             loop {
                 tokio::select! {
                     _ = term.recv() => { log::info!("SIGTERM received"); break; }
@@ -310,7 +308,6 @@ fn serve(
         server::run(config, listener, shutdown).await
     })?;
     rt.shutdown_timeout(std::time::Duration::from_millis(500));
-    drop(own_pid_file);
     Ok(())
 }
 
