@@ -224,3 +224,22 @@ fn newsyslog_rotation_loses_no_line_and_closes_the_old_file() {
     let last = std::fs::read_to_string(&log).unwrap();
     assert!(last.contains("stopped"), "{last}");
 }
+
+#[test]
+fn sighup_without_a_log_file_is_harmless() {
+    let share = tempfile::tempdir().unwrap();
+    let d = fleet_tests::Daemon::start(
+        "hup",
+        &format!(
+            "  backend: storage\n  storage_path: {}\n",
+            share.path().display()
+        ),
+    );
+    d.wait_health(200, Duration::from_secs(10));
+    d.signal(Signal::SIGHUP);
+    d.wait_log(
+        "SIGHUP: logging to stderr, nothing to reopen",
+        Duration::from_secs(5),
+    );
+    d.wait_health(200, Duration::from_secs(5));
+}
