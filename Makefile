@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: deps build test lint fmt fmt-check ci fuzz run demo bench clean node-template pkg check-generated
+.PHONY: deps build test lint fmt fmt-check ci fuzz run demo bench clean node-template pkg check-generated check-macos check-workflows
 
 ## Install what the tests and the demo need (Debian: apt; macOS: prints the brew line).
 deps:
@@ -28,7 +28,16 @@ lint:
 fuzz:
 	bash scripts/fuzz.sh
 
-ci: deps fmt-check lint check-generated test fuzz
+## Type-check every cfg(target_os = "macos") path on Linux against the locked crates, and
+## show that a broken macOS line fails it (scripts/check-macos.sh; offline after cargo fetch).
+check-macos:
+	bash scripts/check-macos.sh
+
+## Validate .github/workflows/*.yml with actionlint (installed by scripts/install-deps.sh).
+check-workflows:
+	bash scripts/check-workflows.sh
+
+ci: deps fmt-check lint check-generated check-macos check-workflows test fuzz
 
 ## The descriptor set that stands in for protoc (tools/protoc/) is what a real protoc makes.
 check-generated:

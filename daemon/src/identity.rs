@@ -1,5 +1,8 @@
 //! Node identity: the node name (`[a-z0-9-]`, at most 63 characters) and the node id
 //! `<name>-<6 random [a-z0-9]>`, made at first start and kept in the state directory.
+//!
+//! A name derived from the hostname is kept too: a Mac's hostname follows DHCP and reverse
+//! DNS, so deriving it at every start would make a new node after a reboot or a move.
 
 use std::io::Write;
 use std::path::Path;
@@ -8,6 +11,12 @@ use rand::Rng;
 
 /// File in the state directory that holds the node id.
 pub const NODE_ID_FILE: &str = "node_id";
+/// File in the state directory that holds a node name derived from the hostname.
+pub const NODE_NAME_FILE: &str = "node_name";
+
+/// Hostnames that name no machine in particular: a name derived from them is used for the
+/// run but not kept, so that the first start with a real hostname fixes the name.
+const PLACEHOLDER_NAMES: [&str; 2] = ["localhost", "node"];
 
 const SUFFIX_LEN: usize = 6;
 const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
@@ -75,6 +84,43 @@ pub fn hostname() -> String {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_default()
+}
+
+/// The node's name when the configuration gives none: the one kept in `state_dir`, or, at
+/// first start, `derived` (the hostname reduced to a name), kept from then on.
+pub fn load_or_keep_derived_name(state_dir: &Path, derived: &str) -> std::io::Result<String> {
+    let path = state_dir.join(NODE_NAME_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let kept = text.trim();
+            if validate_node_name(kept).is_ok() {
+                return Ok(kept.to_string());
+            }
+            log::warn!(
+                "{} holds no valid node name ({kept:?}): using the hostname's",
+                path.display()
+            );
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("reading {}: {e}", path.display()),
+            ));
+        }
+    }
+    if PLACEHOLDER_NAMES.contains(&derived) {
+        log::warn!(
+            "the hostname gives no real name (`{derived}`): not keeping it; set cluster.node_name or a hostname"
+        );
+        return Ok(derived.to_string());
+    }
+    write_atomically(&path, format!("{derived}\n").as_bytes(), 0o644)?;
+    log::info!(
+        "node name `{derived}` (from the hostname) kept in {}",
+        path.display()
+    );
+    Ok(derived.to_string())
 }
 
 /// A new id for `name`.
@@ -196,6 +242,33 @@ mod tests {
         assert!(id_belongs_to(&id, "server-02"), "{id}");
         assert!(!id_belongs_to(&id, "server"));
         assert!(!id_belongs_to("server-02-ABCDEF", "server-02"));
+    }
+
+    #[test]
+    fn a_derived_name_is_kept_but_not_a_placeholder() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            load_or_keep_derived_name(dir.path(), "localhost").unwrap(),
+            "localhost"
+        );
+        assert!(!dir.path().join(NODE_NAME_FILE).exists());
+        assert_eq!(
+            load_or_keep_derived_name(dir.path(), "alpha").unwrap(),
+            "alpha"
+        );
+        assert_eq!(
+            load_or_keep_derived_name(dir.path(), "beta").unwrap(),
+            "alpha"
+        );
+        std::fs::write(dir.path().join(NODE_NAME_FILE), "Not Valid\n").unwrap();
+        assert_eq!(
+            load_or_keep_derived_name(dir.path(), "gamma").unwrap(),
+            "gamma"
+        );
+        assert_eq!(
+            load_or_keep_derived_name(dir.path(), "delta").unwrap(),
+            "gamma"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! behind one trait (`cluster`), the HTTP API (`http`), configuration, identity and the admin CLI.
 
 pub mod admin;
+pub mod advertise;
 pub mod auth;
 pub mod cluster;
 pub mod config;

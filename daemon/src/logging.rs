@@ -1,12 +1,61 @@
-//! Logging through `log`: one line per record to stderr (launchd and systemd capture it into
-//! `/var/log/fleet-server.log` or the journal), and to syslog when configured.
+//! Logging through `log`: one line per record to the daemon's own log file (`serve
+//! --log-file`, reopened on SIGHUP for newsyslog/logrotate) or else to stderr (systemd's
+//! journal), and to syslog when configured.
+//!
+//! Why its own file: launchd opens `StandardOutPath` for the job and keeps that descriptor,
+//! and macOS newsyslog rotates by renaming (it has no copytruncate), so a daemon writing to
+//! stdout writes into the renamed file forever. The daemon opens the log itself, appending,
+//! and on SIGHUP (newsyslog signals the pid file's process) opens the path anew and closes the
+//! old descriptor; each line is written whole under one lock, so none is lost or split.
+//! Standard output and error are pointed at the same file each time (launchd's descriptors
+//! would otherwise keep the renamed file alive, and its disk space, until a restart).
 
+use std::fs::File;
 use std::io::Write;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The log file's mode when the daemon creates it: readable by the file's group (on macOS
+/// newsyslog and postinstall make it `root:admin`, so admins can `tail -f` it).
+pub const LOG_FILE_MODE: u32 = 0o640;
+
+/// The daemon's own log file: its path, and the descriptor lines go to.
+#[derive(Debug)]
+struct LogFile {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+/// Set once by [`init_with_file`]; [`reopen`] swaps its descriptor.
+static LOG_FILE: OnceLock<Arc<LogFile>> = OnceLock::new();
+
+fn open_log(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(LOG_FILE_MODE)
+        .open(path)
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("opening the log file {}: {e}", path.display()),
+            )
+        })
+}
+
+/// Points the process's stdout and stderr at `file`, closing what they held (launchd's
+/// descriptors of a file that rotation renamed).
+fn point_stdio_at(file: &File) -> std::io::Result<()> {
+    nix::unistd::dup2_stdout(file)
+        .and_then(|()| nix::unistd::dup2_stderr(file))
+        .map_err(std::io::Error::from)
+}
 
 struct Logger {
     level: log::LevelFilter,
+    file: Option<Arc<LogFile>>,
     syslog: Option<Mutex<syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>>>,
 }
 
@@ -28,7 +77,16 @@ impl log::Log for Logger {
             record.args()
         );
         // A log line that cannot be written has nowhere else to go.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        match &self.file {
+            Some(f) => {
+                if let Ok(mut file) = f.file.lock() {
+                    let _ = file.write_all(line.as_bytes());
+                }
+            }
+            None => {
+                let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            }
+        }
         if let Some(sys) = &self.syslog
             && let Ok(mut w) = sys.lock()
         {
@@ -43,12 +101,68 @@ impl log::Log for Logger {
     }
 
     fn flush(&self) {
-        let _ = std::io::stderr().flush();
+        match &self.file {
+            Some(f) => {
+                if let Ok(mut file) = f.file.lock() {
+                    let _ = file.flush();
+                }
+            }
+            None => {
+                let _ = std::io::stderr().flush();
+            }
+        }
     }
 }
 
-/// Installs the logger once per process; later calls are ignored.
+/// Installs the logger once per process, writing to stderr; later calls are ignored.
 pub fn init(level: log::LevelFilter, use_syslog: bool) {
+    install(level, use_syslog, None);
+}
+
+/// Installs the logger once per process, appending to the log file at `path` (created with
+/// [`LOG_FILE_MODE`]); [`reopen`] reopens it. A panic's message goes there too (stderr is
+/// launchd's descriptor, which rotation leaves behind).
+pub fn init_with_file(
+    level: log::LevelFilter,
+    use_syslog: bool,
+    path: &Path,
+) -> std::io::Result<()> {
+    let opened = open_log(path)?;
+    point_stdio_at(&opened)?;
+    let file = Arc::new(LogFile {
+        path: path.to_path_buf(),
+        file: Mutex::new(opened),
+    });
+    if LOG_FILE.set(file.clone()).is_err() {
+        return Ok(());
+    }
+    install(level, use_syslog, Some(file));
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        log::error!("panic: {info}");
+        default_hook(info);
+    }));
+    Ok(())
+}
+
+/// Opens the log file's path anew and closes the old descriptor (after a rotation moved the
+/// file away). Returns the path, or `None` when logging goes to stderr.
+pub fn reopen() -> std::io::Result<Option<PathBuf>> {
+    let Some(f) = LOG_FILE.get() else {
+        return Ok(None);
+    };
+    // Opened before the lock is taken: lines keep going to the old file meanwhile.
+    let new = open_log(&f.path)?;
+    point_stdio_at(&new)?;
+    let old = match f.file.lock() {
+        Ok(mut guard) => std::mem::replace(&mut *guard, new),
+        Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), new),
+    };
+    drop(old);
+    Ok(Some(f.path.clone()))
+}
+
+fn install(level: log::LevelFilter, use_syslog: bool, file: Option<Arc<LogFile>>) {
     let syslog = if use_syslog {
         let formatter = syslog::Formatter3164 {
             facility: syslog::Facility::LOG_DAEMON,
@@ -66,7 +180,13 @@ pub fn init(level: log::LevelFilter, use_syslog: bool) {
     } else {
         None
     };
-    if log::set_boxed_logger(Box::new(Logger { level, syslog })).is_ok() {
+    if log::set_boxed_logger(Box::new(Logger {
+        level,
+        file,
+        syslog,
+    }))
+    .is_ok()
+    {
         log::set_max_level(level);
     }
 }

@@ -29,12 +29,15 @@ enum Command {
         /// Detach and run in the background (not under launchd or systemd).
         #[arg(long)]
         daemonize: bool,
-        /// With --daemonize: where to write the process id.
-        #[arg(long, default_value = "/var/run/fleet-server.pid")]
-        pid_file: PathBuf,
-        /// With --daemonize: where log lines go (stderr is closed).
-        #[arg(long, default_value = "/var/log/fleet-server.log")]
-        log_file: PathBuf,
+        /// Write the process id here (newsyslog signals it); with --daemonize the default
+        /// is /var/run/fleet-server.pid.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        /// Append log lines to this file, opened by the daemon and reopened on SIGHUP (after
+        /// a rotation); without it lines go to stderr. With --daemonize the default is
+        /// /var/log/fleet-server.log.
+        #[arg(long)]
+        log_file: Option<PathBuf>,
         /// Run a node installed under DIR instead of `/` (state directory and TLS files are
         /// taken under DIR), as `provision.sh --root DIR` and the emulated installs do.
         #[arg(long, value_name = "DIR")]
@@ -269,8 +272,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn serve(
     config: Option<PathBuf>,
     daemonize: bool,
-    pid_file: PathBuf,
-    log_file: PathBuf,
+    pid_file: Option<PathBuf>,
+    log_file: Option<PathBuf>,
     root: Option<PathBuf>,
     port: Option<u16>,
 ) -> anyhow::Result<()> {
@@ -282,23 +285,35 @@ fn serve(
     config.port_override = port;
     config.apply_overrides();
     let config = Arc::new(config);
-    if daemonize {
+    let (pid_file, log_file) = if daemonize {
+        (
+            Some(pid_file.unwrap_or_else(|| "/var/run/fleet-server.pid".into())),
+            Some(log_file.unwrap_or_else(|| "/var/log/fleet-server.log".into())),
+        )
+    } else {
+        (pid_file, log_file)
+    };
+    if let (true, Some(pid_file), Some(log_file)) = (daemonize, &pid_file, &log_file) {
         // Before any thread exists: fork and threads do not mix.
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&log_file)
+            .open(log_file)
             .with_context(|| format!("opening the log file {}", log_file.display()))?;
         let log2 = log.try_clone().context("duplicating the log file handle")?;
         daemonize::Daemonize::new()
-            .pid_file(&pid_file)
+            .pid_file(pid_file)
             .working_directory("/")
             .stdout(log)
             .stderr(log2)
             .start()
             .with_context(|| format!("daemonizing (pid file {})", pid_file.display()))?;
     }
-    logging::init(config.logging.level.to_filter(), config.logging.syslog);
+    let (level, syslog) = (config.logging.level.to_filter(), config.logging.syslog);
+    match &log_file {
+        Some(path) => logging::init_with_file(level, syslog, path)?,
+        None => logging::init(level, syslog),
+    }
     for w in &config.load_warnings {
         log::warn!("{w}");
     }
@@ -310,18 +325,30 @@ fn serve(
             .with_context(|| format!("binding {addr} (server.host, server.port)"))?;
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
+        use tokio::signal::unix::{SignalKind, signal};
+        let (mut term, mut int, mut hup) = (
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        );
+        // Only now the pid file: whoever reads it may signal at once (newsyslog's SIGHUP would
+        // otherwise end the process). Daemonize wrote and locks its own.
+        let _pid_file = match (&pid_file, daemonize) {
+            (Some(path), false) => Some(PidFile::write(path)?),
+            _ => None,
+        };
         tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                log::error!("cannot install signal handlers");
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => log::info!("SIGTERM received"),
-                _ = int.recv() => log::info!("SIGINT received"),
+            loop {
+                tokio::select! {
+                    _ = term.recv() => { log::info!("SIGTERM received"); break; }
+                    _ = int.recv() => { log::info!("SIGINT received"); break; }
+                    // newsyslog (or logrotate) renamed the log: continue in a new file.
+                    _ = hup.recv() => match logging::reopen() {
+                        Ok(Some(path)) => log::info!("SIGHUP: log file {} reopened", path.display()),
+                        Ok(None) => log::info!("SIGHUP: logging to stderr, nothing to reopen"),
+                        Err(e) => log::error!("SIGHUP: {e}; still writing to the old log file"),
+                    },
+                }
             }
             signals.cancel();
         });
@@ -329,6 +356,29 @@ fn serve(
     })?;
     rt.shutdown_timeout(std::time::Duration::from_millis(500));
     Ok(())
+}
+
+/// A pid file written at start and removed at a clean stop (when it still holds our pid).
+#[derive(Debug)]
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn write(path: &std::path::Path) -> anyhow::Result<Self> {
+        let pid = std::process::id();
+        fleet_server::identity::write_atomically(path, format!("{pid}\n").as_bytes(), 0o644)
+            .with_context(|| format!("writing the pid file {}", path.display()))?;
+        Ok(Self(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let ours = std::fs::read_to_string(&self.0)
+            .is_ok_and(|s| s.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
 }
 
 fn whoami() -> String {

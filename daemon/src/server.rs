@@ -18,29 +18,24 @@ use crate::node::{NodeState, run_membership};
 /// How long in-flight HTTP requests may take to finish once shutdown starts.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
 
-/// This node's name: the configured one, or the hostname reduced to `[a-z0-9-]`.
-pub fn node_name(config: &Config) -> String {
-    config
-        .cluster
-        .node_name
-        .clone()
-        .unwrap_or_else(identity::hostname_node_name)
+/// This node's name: the configured one, or the hostname reduced to `[a-z0-9-]` at first
+/// start, kept in the state directory (a later hostname does not rename the node).
+pub fn node_name(config: &Config) -> std::io::Result<String> {
+    match &config.cluster.node_name {
+        Some(n) => Ok(n.clone()),
+        None => identity::load_or_keep_derived_name(
+            &config.server.state_dir,
+            &identity::hostname_node_name(),
+        ),
+    }
 }
 
-/// Non-loopback addresses of this machine, IPv4 first.
+/// This machine's addresses to publish, best first (see [`crate::advertise`]).
 pub fn local_addresses() -> Vec<String> {
-    let mut addrs: Vec<std::net::IpAddr> = if_addrs::get_if_addrs()
-        .map(|list| {
-            list.into_iter()
-                .filter(|i| !i.is_loopback())
-                .map(|i| i.ip())
-                .filter(|ip| !matches!(ip, std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
-                .collect()
-        })
-        .unwrap_or_default();
-    addrs.sort_by_key(|ip| (ip.is_ipv6(), *ip));
-    addrs.dedup();
-    addrs.iter().map(ToString::to_string).collect()
+    crate::advertise::local_addresses()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 /// The file in the state directory that says how this start's first step ended: `joined <id>`
@@ -121,8 +116,13 @@ pub async fn run(
     let local = listener
         .local_addr()
         .context("reading the listener's address")?;
-    let name = node_name(&config);
     let state_dir = &config.server.state_dir;
+    let name = node_name(&config).with_context(|| {
+        format!(
+            "keeping the node name in server.state_dir {}",
+            state_dir.display()
+        )
+    })?;
     let id = identity::load_or_create_node_id(state_dir, &name).with_context(|| {
         format!(
             "keeping the node identity in server.state_dir {}",

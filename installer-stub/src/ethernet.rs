@@ -1,9 +1,11 @@
 //! The wired-Ethernet check: one inventory trait, a Linux (sysfs) and a macOS (SystemConfiguration) implementation, and a pure verdict.
 //!
 //! "Active wired Ethernet" means: an Ethernet-type interface that is a physical NIC (not
-//! Wi-Fi, Bluetooth, Thunderbolt Bridge, a tethered phone, or, unless the package allows
-//! it, a virtual interface), whose link is up, with a usable IPv4 address (not
-//! link-local: 169.254.x.x is what a Mac assigns itself when DHCP failed).
+//! Wi-Fi, Bluetooth, Thunderbolt IP or Bridge, a tethered phone, or, unless the package
+//! allows it, a virtual interface), whose link is up, with a usable IPv4 address (not
+//! link-local: 169.254.x.x is what a Mac assigns itself when DHCP failed). A link whose state
+//! is unknown (a Mac driver that reports no media status) is settled by that address.
+//! How macOS interfaces are told apart is in [`crate::mac_ethernet`].
 //!
 //! The messages are the user guide's, word for word; only "this Mac" becomes
 //! "this machine" on Linux.
@@ -100,6 +102,9 @@ pub struct Interface {
     pub kind: InterfaceKind,
     /// Link (carrier) up.
     pub link_up: bool,
+    /// The system does not know the link state (`link_up` is then false): a usable IPv4
+    /// address decides.
+    pub link_unknown: bool,
     /// Its IPv4 addresses.
     pub ipv4: Vec<Ipv4Addr>,
 }
@@ -241,14 +246,24 @@ pub fn evaluate(
         let is_virtual = i.kind == InterfaceKind::Virtual;
         let accepted_kind = !is_virtual || policy == EthernetPolicy::AllowVirtual;
         let usable = i.ipv4.iter().copied().find(|a| usable_ipv4(*a));
-        if let (true, true, Some(address)) = (accepted_kind, i.link_up, usable) {
+        let link_up = i.link_up || (i.link_unknown && usable.is_some());
+        if let (true, true, Some(address)) = (accepted_kind, link_up, usable) {
             return Ok(Verdict::Accepted {
                 interface: i.name.clone(),
                 address,
                 is_virtual,
             });
         }
-        let mut status = if !i.link_up {
+        let mut status = if i.link_unknown {
+            // Without a link state, only an address could have settled it.
+            if i.ipv4.is_empty() {
+                "link state unknown, no IPv4 address".to_string()
+            } else if usable.is_some() {
+                "link state unknown".to_string()
+            } else {
+                "link state unknown, link-local IPv4 address only".to_string()
+            }
+        } else if !link_up {
             "inactive".to_string()
         } else if usable.is_some() {
             "active".to_string()
@@ -368,6 +383,7 @@ impl<A: Ipv4Source> NetworkInventory for SysfsInventory<A> {
                 display_name: name.clone(),
                 kind: e.kind.clone(),
                 link_up,
+                link_unknown: false,
                 ipv4,
             });
         }
@@ -423,11 +439,7 @@ fn classify_sysfs(dir: &Path) -> SysfsEntry {
     }
 }
 
-/// macOS: SystemConfiguration's interface list, link state from the dynamic store.
-///
-/// Nothing builds this on Linux (no darwin target here): it is kept small and plain,
-/// and uses no `unsafe` (the `Active` flag is compared with the `kCFBooleanTrue`
-/// singleton by pointer, as Apple's own code does).
+/// macOS: SystemConfiguration's interfaces, classified by [`crate::mac_ethernet::classify`].
 #[cfg(target_os = "macos")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MacInventory;
@@ -435,76 +447,53 @@ pub struct MacInventory;
 #[cfg(target_os = "macos")]
 impl NetworkInventory for MacInventory {
     fn interfaces(&self) -> Result<Vec<Interface>, EthernetError> {
-        use system_configuration::core_foundation::base::TCFType;
-        use system_configuration::core_foundation::boolean::CFBoolean;
-        use system_configuration::core_foundation::dictionary::CFDictionary;
-        use system_configuration::core_foundation::propertylist::CFPropertyList;
-        use system_configuration::core_foundation::string::CFString;
-        use system_configuration::dynamic_store::SCDynamicStoreBuilder;
-        use system_configuration::network_configuration::{SCNetworkInterfaceType, get_interfaces};
-
-        let store = SCDynamicStoreBuilder::new("fleet-installer-stub")
-            .build()
-            .ok_or_else(|| EthernetError::Inventory("cannot open the dynamic store".into()))?;
-        let active_key = CFString::from_static_string("Active");
-        // kCFBooleanTrue is a process-wide singleton: a pointer comparison is exact.
-        let cf_true = CFBoolean::true_value();
-        let true_ref = cf_true.as_CFTypeRef();
-        let mut addrs: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
-        for (name, a) in SystemIpv4.ipv4_addresses()? {
-            addrs.entry(name).or_default().push(a);
-        }
-        let mut out = Vec::new();
-        for iface in get_interfaces().iter() {
-            let Some(bsd) = iface.bsd_name().map(|s| s.to_string()) else {
-                continue;
-            };
-            let display_name = iface
-                .display_name()
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| bsd.clone());
-            let kind = match iface.interface_type() {
-                Some(SCNetworkInterfaceType::Ethernet) => mac_ethernet_kind(&display_name),
-                Some(SCNetworkInterfaceType::IEEE80211) => InterfaceKind::Wireless,
-                Some(SCNetworkInterfaceType::Bridge | SCNetworkInterfaceType::Bond) => {
-                    InterfaceKind::Virtual
-                }
-                Some(other) => InterfaceKind::Other(format!("{other:?}")),
-                None => InterfaceKind::Other("unknown".into()),
-            };
-            let link_key = CFString::new(&format!("State:/Network/Interface/{bsd}/Link"));
-            let link_up = store
-                .get(link_key)
-                .and_then(CFPropertyList::downcast_into::<CFDictionary>)
-                .and_then(|d| d.find(active_key.as_CFTypeRef()).map(|v| *v == true_ref))
-                .unwrap_or(false);
-            out.push(Interface {
-                ipv4: addrs.get(&bsd).cloned().unwrap_or_default(),
-                name: bsd,
-                display_name,
-                kind,
-                link_up,
-            });
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        let facts = crate::mac_ethernet::gather::facts()?;
+        Ok(crate::mac_ethernet::classify(&facts))
     }
 }
 
-/// Thunderbolt Bridge, Bluetooth PAN and tethered iPhones/iPads also report type
-/// Ethernet; their display names tell them apart.
-pub fn mac_ethernet_kind(display_name: &str) -> InterfaceKind {
-    for (needle, why) in [
-        ("Thunderbolt Bridge", "Thunderbolt Bridge"),
-        ("Bluetooth", "Bluetooth"),
-        ("iPhone", "tethered phone"),
-        ("iPad", "tethered tablet"),
-    ] {
-        if display_name.contains(needle) {
-            return InterfaceKind::Other(why.into());
-        }
+/// Mac facts given as data: the macOS classifier run anywhere (the tests' Macs).
+#[derive(Debug, Clone)]
+pub struct MacFactsInventory(pub Vec<crate::mac_ethernet::MacInterfaceFacts>);
+
+impl NetworkInventory for MacFactsInventory {
+    fn interfaces(&self) -> Result<Vec<Interface>, EthernetError> {
+        Ok(crate::mac_ethernet::classify(&self.0))
     }
-    InterfaceKind::Wired
+}
+
+/// The interface of the IPv4 default route (what the node advertises first): configd's
+/// `PrimaryInterface` on macOS, `/proc/net/route` on Linux. `None` when there is none.
+pub fn default_route_interface() -> Option<String> {
+    #[cfg(target_os = "macos")]
+    {
+        crate::mac_ethernet::primary_interface()
+    }
+    #[cfg(not(target_os = "macos"))]
+    {
+        std::fs::read_to_string("/proc/net/route")
+            .ok()
+            .and_then(|t| default_route_in_proc_net_route(&t))
+    }
+}
+
+/// The default route's interface in the text of Linux's `/proc/net/route` (destination and
+/// mask 0, flag RTF_UP), the lowest metric first.
+pub fn default_route_in_proc_net_route(text: &str) -> Option<String> {
+    const RTF_UP: u32 = 0x1;
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (iface, dest, flags, metric, mask) =
+                (f.first()?, f.get(1)?, f.get(3)?, f.get(6)?, f.get(7)?);
+            let flags = u32::from_str_radix(flags, 16).ok()?;
+            let metric: u32 = metric.parse().ok()?;
+            (*dest == "00000000" && *mask == "00000000" && flags & RTF_UP != 0)
+                .then(|| (metric, iface.to_string()))
+        })
+        .min()
+        .map(|(_, i)| i)
 }
 
 /// The inventory for the running OS.
@@ -529,6 +518,7 @@ mod tests {
             display_name: name.into(),
             kind,
             link_up: up,
+            link_unknown: false,
             ipv4: ipv4.iter().map(|a| Ipv4Addr::from(*a)).collect(),
         }
     }
@@ -618,23 +608,19 @@ mod tests {
     }
 
     #[test]
-    fn mac_display_names() {
+    fn default_route_from_proc() {
+        let text = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+            wlan0\t00000000\t0102000A\t0003\t0\t0\t600\t00000000\t0\t0\t0\n\
+            eth0\t00000000\t01020A0A\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
+            eth0\t0002000A\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n";
         assert_eq!(
-            mac_ethernet_kind("USB 10/100/1000 LAN"),
-            InterfaceKind::Wired
+            default_route_in_proc_net_route(text).as_deref(),
+            Some("eth0")
         );
-        assert_eq!(mac_ethernet_kind("Ethernet"), InterfaceKind::Wired);
-        for n in [
-            "Thunderbolt Bridge",
-            "Bluetooth PAN",
-            "iPhone USB",
-            "iPad USB",
-        ] {
-            assert!(
-                matches!(mac_ethernet_kind(n), InterfaceKind::Other(_)),
-                "{n}"
-            );
-        }
+        assert_eq!(
+            default_route_in_proc_net_route("Iface\tDestination\n"),
+            None
+        );
     }
 
     #[test]

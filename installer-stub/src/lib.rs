@@ -10,6 +10,7 @@
 pub mod ethernet;
 pub mod install;
 pub mod layout;
+pub mod mac_ethernet;
 pub mod sealed;
 pub mod stub;
 pub mod timefmt;

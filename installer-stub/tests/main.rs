@@ -3,6 +3,7 @@
 mod common;
 mod e2e;
 mod format;
+mod macs;
 mod netns;
 mod randomized;
 mod sysfs;

@@ -8,12 +8,25 @@ use crate::{Error, IDENTIFIER, Result};
 pub(crate) const DAEMON_BIN: &str = "/Library/FleetServer/bin/fleet-server";
 /// The configuration the installer stub writes.
 pub(crate) const CONFIG_PATH: &str = "/Library/FleetServer/config/config.yaml";
-/// launchd sends the daemon's stdout and stderr here.
+/// The daemon's own log (`--log-file`, reopened on SIGHUP); launchd's StandardOutPath and
+/// StandardErrorPath name it too, for what is printed before logging starts (a bad
+/// configuration).
 pub(crate) const LOG_PATH: &str = "/var/log/fleet-server.log";
+/// The pid file newsyslog signals after a rotation (`--pid-file`; the newsyslog conf names it).
+pub(crate) const PID_PATH: &str = "/var/run/fleet-server.pid";
 
 /// The LaunchDaemon job the package installs.
 pub fn expected_launchd_plist() -> Launchd {
-    let args = [DAEMON_BIN, "serve", "--config", CONFIG_PATH];
+    let args = [
+        DAEMON_BIN,
+        "serve",
+        "--config",
+        CONFIG_PATH,
+        "--log-file",
+        LOG_PATH,
+        "--pid-file",
+        PID_PATH,
+    ];
     let job = Launchd::default()
         .with_label(IDENTIFIER)
         .with_program_arguments(args.iter().map(|s| s.to_string()).collect())

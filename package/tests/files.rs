@@ -20,7 +20,11 @@ fn plist_has_the_keys() {
             "/Library/FleetServer/bin/fleet-server",
             "serve",
             "--config",
-            "/Library/FleetServer/config/config.yaml"
+            "/Library/FleetServer/config/config.yaml",
+            "--log-file",
+            "/var/log/fleet-server.log",
+            "--pid-file",
+            "/var/run/fleet-server.pid"
         ]
     );
     assert_eq!(d["RunAtLoad"].as_boolean(), Some(true));
@@ -53,7 +57,7 @@ fn a_wrong_plist_is_refused() {
 }
 
 #[test]
-fn newsyslog_lines_have_seven_fields() {
+fn newsyslog_line_signals_the_daemon_through_its_pid_file() {
     let conf = String::from_utf8(PkgRoot::embedded().newsyslog_conf).unwrap();
     let lines: Vec<&str> = conf
         .lines()
@@ -61,12 +65,18 @@ fn newsyslog_lines_have_seven_fields() {
         .collect();
     assert_eq!(lines.len(), 1);
     let f: Vec<&str> = lines[0].split_whitespace().collect();
-    // logfile owner:group mode count size when flags
-    assert_eq!(f.len(), 7, "{f:?}");
+    // logfile owner:group mode count size when flags pid_file sig_num
+    assert_eq!(f.len(), 9, "{f:?}");
     assert_eq!(f[0], "/var/log/fleet-server.log");
-    assert_eq!(f[1], "root:wheel");
-    assert!(u32::from_str_radix(f[2], 8).is_ok());
+    // Admins read it (`tail -f`), others do not.
+    assert_eq!(f[1], "root:admin");
+    assert_eq!(f[2], "640");
     assert!(f[3].parse::<u32>().is_ok() && f[4].parse::<u32>().is_ok());
+    // N would mean "signal nobody": the daemon must hear of the rename.
+    assert!(!f[6].contains('N'), "{f:?}");
+    // The pid file the plist's --pid-file names, and SIGHUP (1), which reopens the log.
+    assert_eq!(f[7], "/var/run/fleet-server.pid");
+    assert_eq!(f[8], "1");
 }
 
 #[test]

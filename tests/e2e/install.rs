@@ -407,7 +407,11 @@ fn pkg_install_emulated_end_to_end_joins_the_cluster() {
             "/Library/FleetServer/bin/fleet-server",
             "serve",
             "--config",
-            "/Library/FleetServer/config/config.yaml"
+            "/Library/FleetServer/config/config.yaml",
+            "--log-file",
+            "/var/log/fleet-server.log",
+            "--pid-file",
+            "/var/run/fleet-server.pid"
         ]
     );
     let spawned = Instant::now();

@@ -1,6 +1,7 @@
 //! End-to-end tests across crates, compiled into one binary to keep link time down.
 
 mod acl;
+mod advertise;
 mod badinput;
 mod blackbox;
 mod browser;
@@ -9,7 +10,9 @@ mod conformance;
 mod demo;
 mod enrollment;
 mod etcd;
+mod identity;
 mod install;
 mod lb;
+mod logrotate;
 mod netns;
 mod web;

@@ -468,7 +468,11 @@ fn a_package_built_from_the_office_installs_in_the_datacenter_and_joins() {
         [
             "serve",
             "--config",
-            "/Library/FleetServer/config/config.yaml"
+            "/Library/FleetServer/config/config.yaml",
+            "--log-file",
+            "/var/log/fleet-server.log",
+            "--pid-file",
+            "/var/run/fleet-server.pid"
         ]
     );
     let spawned = Instant::now();

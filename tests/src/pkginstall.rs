@@ -231,8 +231,10 @@ impl LaunchdJob {
             .collect();
         let mut argv: Vec<PathBuf> = args.iter().map(PathBuf::from).collect();
         argv[0] = under(target, &args[0]);
-        if let Some(c) = args.iter().position(|a| a == "--config") {
-            argv[c + 1] = under(target, &args[c + 1]);
+        for flag in ["--config", "--log-file", "--pid-file"] {
+            if let Some(c) = args.iter().position(|a| a == flag) {
+                argv[c + 1] = under(target, &args[c + 1]);
+            }
         }
         argv.push("--root".into());
         argv.push(target.to_path_buf());
@@ -256,7 +258,14 @@ impl LaunchdJob {
     pub fn spawn(&self, mut cmd: Command) -> Running {
         std::fs::create_dir_all(self.log.parent().expect("log directory"))
             .expect("creating the log directory");
-        let log = std::fs::File::create(&self.log).expect("creating the log");
+        // Appending, as launchd opens StandardOutPath and as the daemon opens its own log
+        // (the same file).
+        let _ = std::fs::remove_file(&self.log);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("creating the log");
         let child = cmd
             .args(&self.argv[1..])
             .env_clear()
