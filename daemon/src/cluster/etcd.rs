@@ -62,8 +62,28 @@ struct Stored {
     node: NodeRecord,
     /// The lease `alive/<id>` and `names/<name>` are bound to.
     lease: i64,
-    /// The node's clock at its last heartbeat, ms (reported only; see the module comment).
+    /// The node's clock when it registered, ms (heartbeats no longer rewrite the record: the
+    /// list derives the last renewal from the lease; see the module comment).
     last_heartbeat_ms: u64,
+}
+
+/// What `active` holds: the active count as of the last prune (adjusted by joins and leaves
+/// since), and the revision that prune saw, which the next one compacts to.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ActiveCount {
+    n: usize,
+    #[serde(default)]
+    rev: i64,
+}
+
+impl ActiveCount {
+    fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+fn parse_active(kv: &KeyValue) -> ActiveCount {
+    serde_json::from_slice(kv.value()).unwrap_or_default()
 }
 
 /// Membership in etcd.
@@ -368,17 +388,6 @@ impl EtcdMembership {
         }
     }
 
-    async fn count_alive(&self, client: &mut Client) -> Result<usize, ClusterError> {
-        let resp = client
-            .get(
-                self.key("alive/"),
-                Some(GetOptions::new().with_prefix().with_count_only()),
-            )
-            .await
-            .map_err(|e| map_err(&e))?;
-        Ok(resp.count().max(0) as usize)
-    }
-
     async fn register_inner(
         &self,
         mut client: Client,
@@ -399,6 +408,7 @@ impl EtcdMembership {
                     TxnOp::get(k_name.clone(), None),
                     TxnOp::get(k_alive.clone(), None),
                     TxnOp::get(k_member.clone(), None),
+                    TxnOp::get(self.key("active"), None),
                 ]))
                 .await
                 .map_err(|e| map_err(&e))?;
@@ -411,6 +421,10 @@ impl EtcdMembership {
             let name_kv = kvs_of(&read, 1).into_iter().next();
             let alive_kv = kvs_of(&read, 2).into_iter().next();
             let member_kv = kvs_of(&read, 3).into_iter().next();
+            let mut count = kvs_of(&read, 4)
+                .first()
+                .map(parse_active)
+                .unwrap_or_default();
             if let Some(kv) = &name_kv {
                 let holder = String::from_utf8_lossy(kv.value()).into_owned();
                 if holder != id {
@@ -475,6 +489,9 @@ impl EtcdMembership {
                     id,
                     BTreeMap::from([("name".into(), node.name.clone())]),
                 ));
+                // Not compared: two joins at once may count one; the next prune recounts.
+                count.n += 1;
+                ops.push(TxnOp::put(self.key("active"), count.to_json(), None));
             }
             let resp = client
                 .txn(
@@ -504,7 +521,7 @@ impl EtcdMembership {
                 }
             }
             self.set_local_lease(id, Some(lease));
-            return self.count_alive(&mut client).await;
+            return Ok(count.n.max(1));
         }
         if let Some(l) = granted {
             let _ = Self::revoke(&mut client, l).await;
@@ -552,22 +569,22 @@ impl EtcdMembership {
                 Heartbeat::Removed
             });
         };
-        let stored = Stored {
-            node: node.clone(),
-            lease,
-            last_heartbeat_ms: now_ms(),
-        };
+        // Liveness is the lease: no write here (a write per heartbeat was a revision of history
+        // each, and a disk sync). One read-only transaction checks that this node is still a
+        // member, reads the stored count, and sees whether the pruner's turn is free.
         let txn = Txn::new()
             .when([
                 Compare::lease(k_alive, CompareOp::Equal, lease),
-                Compare::version(k_member.clone(), CompareOp::Greater, 0),
+                Compare::version(k_member, CompareOp::Greater, 0),
                 Compare::version(k_removed.clone(), CompareOp::Equal, 0),
             ])
-            .and_then([TxnOp::put(
-                k_member,
-                serde_json::to_vec(&stored).unwrap_or_default(),
-                None,
-            )])
+            .and_then([
+                TxnOp::get(self.key("active"), None),
+                TxnOp::get(
+                    self.key("pruner"),
+                    Some(GetOptions::new().with_count_only()),
+                ),
+            ])
             .or_else([TxnOp::get(k_removed, None)]);
         let resp = client.txn(txn).await.map_err(|e| map_err(&e))?;
         if !resp.succeeded() {
@@ -577,8 +594,81 @@ impl EtcdMembership {
                 Heartbeat::Removed
             });
         }
-        let (_, active) = self.prune_inner(&mut client).await?;
-        Ok(Heartbeat::Alive { active })
+        let stored = kvs_of(&resp, 0)
+            .first()
+            .map(parse_active)
+            .unwrap_or_default();
+        if count_of(&resp, 1) == 0
+            && let Some(active) = self.prune_turn(&mut client, id).await?
+        {
+            return Ok(Heartbeat::Alive { active });
+        }
+        Ok(Heartbeat::Alive {
+            active: stored.n.max(1),
+        })
+    }
+
+    /// Claims the pruner's turn (`pruner`, on a lease of one timeout that nobody renews): of the
+    /// nodes that find it free, one wins, so across the cluster the prune runs about once per
+    /// timeout. The winner prunes, stores the active count, and compacts etcd's history to the
+    /// revision the previous turn stored (at least one timeout old: nothing of ours reads older).
+    /// `None`: another node won.
+    async fn prune_turn(
+        &self,
+        client: &mut Client,
+        id: &str,
+    ) -> Result<Option<usize>, ClusterError> {
+        let k_pruner = self.key("pruner");
+        let lease = client
+            .lease_grant(self.lease_ttl_secs(), None)
+            .await
+            .map_err(|e| map_err(&e))?
+            .id();
+        let claim = client
+            .txn(
+                Txn::new()
+                    .when([Compare::version(k_pruner.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(
+                        k_pruner,
+                        id,
+                        Some(PutOptions::new().with_lease(lease)),
+                    )])
+                    .or_else([]),
+            )
+            .await
+            .map_err(|e| map_err(&e))?;
+        if !claim.succeeded() {
+            Self::revoke(client, lease).await?;
+            return Ok(None);
+        }
+        Ok(Some(self.prune_and_count(client).await?))
+    }
+
+    /// Prunes, stores the active count with the current revision, and compacts to the
+    /// revision stored before; returns the active count.
+    async fn prune_and_count(&self, client: &mut Client) -> Result<usize, ClusterError> {
+        let k_active = self.key("active");
+        let read = client
+            .get(k_active.clone(), None)
+            .await
+            .map_err(|e| map_err(&e))?;
+        let rev = read.header().map(|h| h.revision()).unwrap_or(0);
+        let before = read.kvs().first().map(parse_active).unwrap_or_default();
+        let (_, active) = self.prune_inner(client).await?;
+        client
+            .put(k_active, ActiveCount { n: active, rev }.to_json(), None)
+            .await
+            .map_err(|e| map_err(&e))?;
+        if before.rev > 0 && before.rev < rev {
+            match client.compact(before.rev, None).await {
+                Ok(_) => {}
+                // Compacted already (by another node, or etcd's own auto-compaction).
+                Err(etcd_client::Error::GRpcStatus(s))
+                    if s.message().contains("compacted") || s.message().contains("future") => {}
+                Err(e) => return Err(map_err(&e)),
+            }
+        }
+        Ok(active)
     }
 
     /// Prunes members without a live lease, recording `expired` for each, and trims the events;
@@ -616,7 +706,7 @@ impl EtcdMembership {
                 else {
                     continue;
                 };
-                if live.contains(&id) {
+                if live.contains_key(&id) {
                     continue;
                 }
                 let name = parse_stored(&kv).map(|s| s.node.name).unwrap_or_default();
@@ -720,11 +810,16 @@ impl EtcdMembership {
                     "leaving {id} kept conflicting with other nodes' changes"
                 )));
             }
-            let resp = client
-                .get(k_member.clone(), None)
+            let read = client
+                .txn(Txn::new().and_then([
+                    TxnOp::get(k_member.clone(), None),
+                    TxnOp::get(k_alive.clone(), Some(GetOptions::new().with_count_only())),
+                    TxnOp::get(self.key("active"), None),
+                ]))
                 .await
                 .map_err(|e| map_err(&e))?;
-            let Some(kv) = resp.kvs().first() else {
+            let member = kvs_of(&read, 0);
+            let Some(kv) = member.first() else {
                 if let Some(t) = &tombstone {
                     client
                         .txn(Txn::new().and_then([t.clone()]))
@@ -756,6 +851,15 @@ impl EtcdMembership {
                 self.event_put(kind, id, detail),
             ];
             ops.extend(tombstone.clone());
+            if count_of(&read, 1) > 0 {
+                // It counted as active: it counts no more (not compared, as in `register`).
+                let mut count = kvs_of(&read, 2)
+                    .first()
+                    .map(parse_active)
+                    .unwrap_or_default();
+                count.n = count.n.saturating_sub(1);
+                ops.push(TxnOp::put(self.key("active"), count.to_json(), None));
+            }
             let resp = client
                 .txn(
                     Txn::new()
@@ -781,11 +885,12 @@ impl EtcdMembership {
         Ok(was)
     }
 
-    /// Every member record and the ids whose `alive/` key exists, read in one transaction.
+    /// Every member record and the ids whose `alive/` key exists (with their lease), read in
+    /// one transaction.
     async fn member_snapshot(
         &self,
         client: &mut Client,
-    ) -> Result<(Vec<KeyValue>, BTreeSet<String>), ClusterError> {
+    ) -> Result<(Vec<KeyValue>, BTreeMap<String, i64>), ClusterError> {
         let lists = client
             .txn(Txn::new().and_then([
                 TxnOp::get(self.key("members/"), Some(GetOptions::new().with_prefix())),
@@ -800,39 +905,113 @@ impl EtcdMembership {
         let live = kvs_of(&lists, 1)
             .iter()
             .filter_map(|kv| {
-                kv.key_str()
-                    .ok()?
-                    .strip_prefix(&alive_prefix)
-                    .map(str::to_string)
+                let id = kv.key_str().ok()?.strip_prefix(&alive_prefix)?;
+                Some((id.to_string(), kv.lease()))
             })
             .collect();
         Ok((kvs_of(&lists, 0), live))
     }
 
-    async fn members_inner(&self, mut client: Client) -> Result<Vec<Member>, ClusterError> {
+    /// Seconds since each lease was last renewed, from etcd's remaining TTL (whole seconds,
+    /// rounded down by etcd, so the age is a lower bound with a resolution of one second);
+    /// `None` for a lease that has run out. Asked with a few requests in flight at once.
+    async fn lease_ages(
+        client: &Client,
+        leases: Vec<i64>,
+    ) -> Result<HashMap<i64, Option<u64>>, ClusterError> {
+        const IN_FLIGHT: usize = 16;
+        let mut tasks = tokio::task::JoinSet::new();
+        let per = leases.len().div_ceil(IN_FLIGHT).max(1);
+        for chunk in leases.chunks(per) {
+            let (mut c, chunk) = (client.clone(), chunk.to_vec());
+            tasks.spawn(async move {
+                let mut out = Vec::with_capacity(chunk.len());
+                for l in chunk {
+                    let age = match c.lease_time_to_live(l, None).await {
+                        Ok(r) if r.ttl() >= 0 => {
+                            Some((r.granted_ttl() - r.ttl() - 1).max(0) as u64)
+                        }
+                        Ok(_) => None,
+                        Err(etcd_client::Error::GRpcStatus(s))
+                            if s.message().contains("not found") =>
+                        {
+                            None
+                        }
+                        Err(e) => return Err(map_err(&e)),
+                    };
+                    out.push((l, age));
+                }
+                Ok(out)
+            });
+        }
+        let mut ages = HashMap::with_capacity(leases.len());
+        while let Some(done) = tasks.join_next().await {
+            let part = done.map_err(|e| backend_err(format!("lease lookup failed: {e}")))??;
+            ages.extend(part);
+        }
+        Ok(ages)
+    }
+
+    /// The member list, or one page of it (`page`: limit and cursor).
+    async fn members_inner(
+        &self,
+        mut client: Client,
+        page: Option<(usize, Option<&str>)>,
+    ) -> Result<(Vec<Member>, Option<String>), ClusterError> {
         let (records, live) = self.member_snapshot(&mut client).await?;
-        let now = now_ms();
-        let mut out: Vec<Member> = records
-            .iter()
-            .filter_map(parse_stored)
-            .map(|s| Member {
-                state: if live.contains(&s.node.id) {
-                    MemberState::Active
-                } else {
-                    MemberState::Expired
-                },
-                last_heartbeat_ms: s.last_heartbeat_ms,
-                age_ms: now.saturating_sub(s.last_heartbeat_ms),
-                node: s.node,
-            })
-            .collect();
-        out.sort_by(|a, b| {
+        let mut stored: Vec<Stored> = records.iter().filter_map(parse_stored).collect();
+        stored.sort_by(|a, b| {
             a.node
                 .name
                 .cmp(&b.node.name)
                 .then(a.node.id.cmp(&b.node.id))
         });
-        Ok(out)
+        let mut next = None;
+        if let Some((limit, cursor)) = page {
+            let after = cursor.and_then(super::parse_cursor);
+            stored.retain(|s| match &after {
+                Some((n, i)) => {
+                    (s.node.name.as_str(), s.node.id.as_str()) > (n.as_str(), i.as_str())
+                }
+                None => true,
+            });
+            if stored.len() > limit {
+                stored.truncate(limit);
+                next = stored.last().map(|s| super::cursor_of(&s.node));
+            }
+        }
+        let leases: Vec<i64> = stored
+            .iter()
+            .filter_map(|s| live.get(&s.node.id).copied())
+            .collect();
+        let ages = Self::lease_ages(&client, leases).await?;
+        let now = now_ms();
+        let timeout_ms = self.timing.timeout.as_millis() as u64;
+        let out = stored
+            .into_iter()
+            .map(|s| {
+                let age = live
+                    .get(&s.node.id)
+                    .and_then(|l| ages.get(l).copied().flatten());
+                let (state, last) = match age {
+                    Some(secs) => (MemberState::Active, now.saturating_sub(secs * 1000)),
+                    // Its lease is gone, so its last renewal is at least a timeout old; not
+                    // older than its registration, which the record keeps.
+                    None => (
+                        MemberState::Expired,
+                        now.saturating_sub(timeout_ms)
+                            .max(s.last_heartbeat_ms.min(now)),
+                    ),
+                };
+                Member {
+                    state,
+                    last_heartbeat_ms: last,
+                    age_ms: now.saturating_sub(last),
+                    node: s.node,
+                }
+            })
+            .collect();
+        Ok((out, next))
     }
 
     /// The user name `create_node_user` gives a node: `<prefix>-node-<name>`, with the key
@@ -1039,19 +1218,49 @@ impl Membership for EtcdMembership {
     }
 
     async fn members(&self) -> Result<Vec<Member>, ClusterError> {
-        self.run("members", |c| self.members_inner(c)).await
+        self.run("members", |c| async move {
+            self.members_inner(c, None).await.map(|(m, _)| m)
+        })
+        .await
+    }
+
+    async fn members_page(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<Member>, Option<String>), ClusterError> {
+        self.run("members", |c| self.members_inner(c, Some((limit, cursor))))
+            .await
     }
 
     async fn active_count(&self) -> Result<usize, ClusterError> {
         self.run("active count", |mut c| async move {
-            self.count_alive(&mut c).await
+            let resp = c
+                .get(self.key("active"), None)
+                .await
+                .map_err(|e| map_err(&e))?;
+            Ok(resp.kvs().first().map(parse_active).unwrap_or_default().n)
         })
         .await
     }
 
     async fn prune(&self) -> Result<Vec<String>, ClusterError> {
         self.run("prune", |mut c| async move {
-            self.prune_inner(&mut c).await.map(|(gone, _)| gone)
+            let (gone, active) = self.prune_inner(&mut c).await?;
+            let k_active = self.key("active");
+            let rev = c
+                .get(k_active.clone(), None)
+                .await
+                .map_err(|e| map_err(&e))?
+                .kvs()
+                .first()
+                .map(parse_active)
+                .unwrap_or_default()
+                .rev;
+            c.put(k_active, ActiveCount { n: active, rev }.to_json(), None)
+                .await
+                .map_err(|e| map_err(&e))?;
+            Ok(gone)
         })
         .await
     }
