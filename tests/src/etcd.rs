@@ -226,6 +226,11 @@ impl EtcdServer {
         }
     }
 
+    /// The server's process id (the benchmarks read its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Adds `root` with the root role and enables auth.
     pub fn enable_auth(&mut self, root_password: &str) {
         self.call(

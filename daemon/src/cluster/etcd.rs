@@ -1014,6 +1014,92 @@ impl EtcdMembership {
         Ok((out, next))
     }
 
+    /// For the benchmarks: writes members as registrations would (a lease each, the record, the
+    /// alive and name keys) in few transactions, and remembers their leases so that
+    /// `heartbeat` renews them; then adds them to the stored count.
+    pub async fn simulate_members(&self, nodes: &[NodeRecord]) -> Result<(), ClusterError> {
+        let ttl = self.lease_ttl_secs();
+        for chunk in nodes.chunks(TXN_BATCH / 3) {
+            let chunk = chunk.to_vec();
+            let leases = self
+                .run("simulating members", |client| async move {
+                    let mut tasks = tokio::task::JoinSet::new();
+                    for n in chunk {
+                        let mut c = client.clone();
+                        tasks.spawn(async move {
+                            let l = c.lease_grant(ttl, None).await.map_err(|e| map_err(&e))?;
+                            Ok::<_, ClusterError>((n, l.id()))
+                        });
+                    }
+                    let mut leases = Vec::new();
+                    while let Some(r) = tasks.join_next().await {
+                        leases.push(r.map_err(|e| backend_err(e.to_string()))??);
+                    }
+                    let mut ops = Vec::new();
+                    for (n, l) in &leases {
+                        let stored = Stored {
+                            node: n.clone(),
+                            lease: *l,
+                            last_heartbeat_ms: now_ms(),
+                        };
+                        let with = || Some(PutOptions::new().with_lease(*l));
+                        ops.push(TxnOp::put(self.key(&format!("alive/{}", n.id)), l.to_string(), with()));
+                        ops.push(TxnOp::put(
+                            self.key(&format!("members/{}", n.id)),
+                            serde_json::to_vec(&stored).unwrap_or_default(),
+                            None,
+                        ));
+                        ops.push(TxnOp::put(self.key(&format!("names/{}", n.name)), n.id.clone(), with()));
+                    }
+                    let mut c = client.clone();
+                    c.txn(Txn::new().and_then(ops)).await.map_err(|e| map_err(&e))?;
+                    Ok(leases)
+                })
+                .await?;
+            for (n, l) in leases {
+                self.set_local_lease(&n.id, Some(l));
+            }
+        }
+        let added = nodes.len();
+        self.run("simulating members", |mut c| async move {
+            let k = self.key("active");
+            let mut count = c
+                .get(k.clone(), None)
+                .await
+                .map_err(|e| map_err(&e))?
+                .kvs()
+                .first()
+                .map(parse_active)
+                .unwrap_or_default();
+            count.n += added;
+            c.put(k, count.to_json(), None).await.map_err(|e| map_err(&e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// For the benchmarks: the one operation a lease-based heartbeat cannot do without, the
+    /// keepalive of the member's lease.
+    pub async fn bench_floor_heartbeat(&self, id: &str) -> Result<(), ClusterError> {
+        let Some(l) = self.local_lease(id) else {
+            return Err(backend_err(format!("no lease for {id}")));
+        };
+        self.run("keepalive", |mut c| async move {
+            c.lease_keep_alive(l).await.map_err(|e| map_err(&e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// etcd's revision and database size in bytes (`Status`).
+    pub async fn bench_status(&self) -> Result<(i64, i64), ClusterError> {
+        self.run("status", |mut c| async move {
+            let s = c.status().await.map_err(|e| map_err(&e))?;
+            Ok((s.header().map(|h| h.revision()).unwrap_or(0), s.db_size()))
+        })
+        .await
+    }
+
     /// The user name `create_node_user` gives a node: `<prefix>-node-<name>`, with the key
     /// prefix reduced to `[a-z0-9-]` (`fleet:` gives `fleet-node-server-03`).
     pub fn node_user_name(&self, node_name: &str) -> String {

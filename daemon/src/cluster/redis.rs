@@ -437,6 +437,18 @@ fn order_entry(name: &str, id: &str) -> Vec<u8> {
     e
 }
 
+impl RedisMembership {
+    /// For the benchmarks: the raw commands a heartbeat cannot do without (move the member's
+    /// score, extend its record's expiry), without the script's checks.
+    pub async fn bench_floor_heartbeat(&self, id: &str, ms: u64) -> Result<(), ClusterError> {
+        let mut pipe = redis::pipe();
+        pipe.zadd(self.key("members"), id, ms).ignore();
+        pipe.pexpire(self.key(&format!("node:{id}")), (self.timeout_ms() * 2) as i64)
+            .ignore();
+        self.query::<()>(&pipe).await
+    }
+}
+
 fn parse_outcome(reply: (String, String), node: &str) -> Result<Heartbeat, ClusterError> {
     match reply.0.as_str() {
         "ok" => Ok(Heartbeat::Alive {

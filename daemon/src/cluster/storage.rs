@@ -83,6 +83,42 @@ impl StorageMembership {
         &self.inner.root
     }
 
+    /// For the benchmarks: writes members as registrations would (record, name file, stamped
+    /// now) and adds them to the stored count.
+    pub async fn simulate_members(&self, nodes: &[NodeRecord]) -> Result<(), ClusterError> {
+        let nodes = nodes.to_vec();
+        self.with(move |d| {
+            d.check_root()?;
+            d.ensure("members")?;
+            let names = d.ensure("names")?;
+            for n in &nodes {
+                let path = d.member_path(&n.id);
+                let bytes = serde_json::to_vec(n).unwrap_or_default();
+                write_atomically(&path, &bytes, 0o644)
+                    .map_err(|e| io_err("cannot write", &path, e))?;
+                touch(&path)?;
+                let np = names.join(&n.name);
+                write_atomically(&np, n.id.as_bytes(), 0o644)
+                    .map_err(|e| io_err("cannot write", &np, e))?;
+            }
+            let _lock = d.lock()?;
+            d.write_active(d.read_active() + nodes.len())
+        })
+        .await
+    }
+
+    /// For the benchmarks: the file calls a heartbeat cannot do without (stamp its own file
+    /// and read back the time), without the checks.
+    pub async fn bench_floor_heartbeat(&self, id: &str) -> Result<(), ClusterError> {
+        let id = id.to_string();
+        self.with(move |d| {
+            let path = d.member_path(&id);
+            touch(&path)?;
+            mtime_ms(&path).map(|_| ())
+        })
+        .await
+    }
+
     /// Runs blocking file work off the async threads, with a deadline: a hung NFS server
     /// must not hang the daemon.
     async fn with<T: Send + 'static>(
