@@ -197,6 +197,8 @@ fn record_from_row(id: String, row: Vec<Option<String>>) -> NodeRecord {
 
 /// Members pruned at most per heartbeat, so one heartbeat stays short after a mass outage.
 const PRUNE_LIMIT: usize = 100;
+/// Records read per pipeline by the member list.
+const LIST_BATCH: usize = 1000;
 
 /// Membership in Redis.
 pub struct RedisMembership {
@@ -443,8 +445,11 @@ impl RedisMembership {
     pub async fn bench_floor_heartbeat(&self, id: &str, ms: u64) -> Result<(), ClusterError> {
         let mut pipe = redis::pipe();
         pipe.zadd(self.key("members"), id, ms).ignore();
-        pipe.pexpire(self.key(&format!("node:{id}")), (self.timeout_ms() * 2) as i64)
-            .ignore();
+        pipe.pexpire(
+            self.key(&format!("node:{id}")),
+            (self.timeout_ms() * 2) as i64,
+        )
+        .ignore();
         self.query::<()>(&pipe).await
     }
 }
@@ -478,14 +483,20 @@ impl RedisMembership {
         if scores.is_empty() {
             return Ok(Vec::new());
         }
-        // HMGET of fixed fields parses faster than HGETALL into maps (10,000 members).
-        let mut pipe = redis::pipe();
-        for (id, _) in &scores {
-            pipe.cmd("HMGET")
-                .arg(self.key(&format!("node:{id}")))
-                .arg(&RECORD_FIELDS[..]);
+        // HMGET of fixed fields parses faster than HGETALL into maps (10,000 members). In
+        // pipelines of a bounded size: between two, Redis serves the other clients (heartbeats,
+        // status reads), and this task yields to the others on its runtime.
+        let mut rows: Vec<Vec<Option<String>>> = Vec::with_capacity(scores.len());
+        for chunk in scores.chunks(LIST_BATCH) {
+            let mut pipe = redis::pipe();
+            for (id, _) in chunk {
+                pipe.cmd("HMGET")
+                    .arg(self.key(&format!("node:{id}")))
+                    .arg(&RECORD_FIELDS[..]);
+            }
+            let part: Vec<Vec<Option<String>>> = self.query_list(&pipe).await?;
+            rows.extend(part);
         }
-        let rows: Vec<Vec<Option<String>>> = self.query_list(&pipe).await?;
         let timeout = self.timeout_ms();
         Ok(scores
             .into_iter()
