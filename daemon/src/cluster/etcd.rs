@@ -60,6 +60,8 @@ const NAME: &str = "etcd";
 const PRUNE_LIMIT: usize = 100;
 /// etcd refuses transactions with more operations (`--max-txn-ops`, 128 by default).
 const TXN_BATCH: usize = 100;
+/// The longest a member list may take (callers such as the HTTP API set shorter deadlines).
+const LIST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Attempts of an optimistic transaction before giving up (another node kept changing a key).
 const TXN_ATTEMPTS: usize = 5;
 
@@ -387,7 +389,21 @@ impl EtcdMembership {
         F: FnOnce(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClusterError>>,
     {
-        let deadline = self.timing.op_timeout() * 3;
+        self.run_within(what, self.timing.op_timeout() * 3, f).await
+    }
+
+    /// `run` with its own deadline (the member list of a large cluster asks one lease
+    /// lookup per active member: 10,000 take seconds).
+    async fn run_within<T, F, Fut>(
+        &self,
+        what: &str,
+        deadline: std::time::Duration,
+        f: F,
+    ) -> Result<T, ClusterError>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClusterError>>,
+    {
         let result = match tokio::time::timeout(deadline, async {
             let client = self.client().await?;
             f(client).await
@@ -971,7 +987,7 @@ impl EtcdMembership {
         client: &Client,
         leases: Vec<i64>,
     ) -> Result<HashMap<i64, Option<u64>>, ClusterError> {
-        const IN_FLIGHT: usize = 16;
+        const IN_FLIGHT: usize = 64;
         let mut tasks = tokio::task::JoinSet::new();
         let per = leases.len().div_ceil(IN_FLIGHT).max(1);
         for chunk in leases.chunks(per) {
@@ -1370,7 +1386,7 @@ impl Membership for EtcdMembership {
     }
 
     async fn members(&self) -> Result<Vec<Member>, ClusterError> {
-        self.run("members", |c| async move {
+        self.run_within("members", LIST_DEADLINE, |c| async move {
             self.members_inner(c, None).await.map(|(m, _)| m)
         })
         .await
@@ -1381,8 +1397,10 @@ impl Membership for EtcdMembership {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<(Vec<Member>, Option<String>), ClusterError> {
-        self.run("members", |c| self.members_inner(c, Some((limit, cursor))))
-            .await
+        self.run_within("members", LIST_DEADLINE, |c| {
+            self.members_inner(c, Some((limit, cursor)))
+        })
+        .await
     }
 
     async fn active_count(&self) -> Result<usize, ClusterError> {

@@ -394,3 +394,51 @@ pub fn open(config: &Config) -> Result<Arc<dyn Membership>, ClusterError> {
         BackendKind::Etcd => Arc::new(etcd::EtcdMembership::new(&config.cluster, timing)?),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, id: &str) -> Member {
+        Member {
+            node: NodeRecord {
+                id: id.into(),
+                name: name.into(),
+                hostname: String::new(),
+                addresses: Vec::new(),
+                version: String::new(),
+                os: String::new(),
+                started_at: 0,
+                url: String::new(),
+            },
+            last_heartbeat_ms: 0,
+            age_ms: 0,
+            state: MemberState::Active,
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip_and_order_as_name_then_id() {
+        let m = member("alpha", "alpha-abc123");
+        let c = cursor_of(&m.node);
+        assert_eq!(
+            parse_cursor(&c),
+            Some(("alpha".into(), "alpha-abc123".into()))
+        );
+        assert_eq!(parse_cursor("zz"), None);
+        assert_eq!(parse_cursor(&hex::encode("no-separator")), None);
+        // "alpha" sorts before "alpha-2" by name, as the list does.
+        let all = vec![
+            member("alpha", "alpha-xxxxxx"),
+            member("alpha-2", "alpha-2-aaaaaa"),
+            member("bravo", "bravo-bbbbbb"),
+        ];
+        let (first, next) = page_of(all.clone(), 1, None);
+        assert_eq!(first[0].node.name, "alpha");
+        let (second, next) = page_of(all.clone(), 1, next.as_deref());
+        assert_eq!(second[0].node.name, "alpha-2");
+        let (third, next) = page_of(all, 5, next.as_deref());
+        assert_eq!(third.len(), 1);
+        assert_eq!(next, None);
+    }
+}
