@@ -1403,6 +1403,38 @@ impl Membership for EtcdMembership {
         .await
     }
 
+    async fn live_holders(
+        &self,
+        name: Option<&str>,
+        ips: &[std::net::IpAddr],
+    ) -> Result<super::Holders, ClusterError> {
+        // The records and the alive keys in one read; no lease lookups (ages are not needed).
+        self.run_within("members", LIST_DEADLINE, |mut c| async move {
+            let (records, live) = self.member_snapshot(&mut c).await?;
+            let mut out = super::Holders::default();
+            for s in records.iter().filter_map(parse_stored) {
+                if !live.contains_key(&s.node.id) {
+                    continue;
+                }
+                if out.name.is_none() && name == Some(s.node.name.as_str()) {
+                    out.name = Some(s.node.id.clone());
+                }
+                if out.ip.is_none()
+                    && let Some(ip) = ips.iter().find(|ip| {
+                        s.node
+                            .addresses
+                            .iter()
+                            .any(|a| a.parse().ok() == Some(**ip))
+                    })
+                {
+                    out.ip = Some((*ip, s.node.id.clone()));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn active_count(&self) -> Result<usize, ClusterError> {
         self.run("active count", |mut c| async move {
             let resp = c
