@@ -293,22 +293,63 @@ async fn health(State(app): State<AppState>) -> Response {
     }
 }
 
-async fn nodes(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// Members per page when `cursor` comes without `limit`, and the most one page may hold.
+const NODES_PAGE_DEFAULT: usize = 1000;
+const NODES_PAGE_MAX: usize = 10_000;
+
+/// `GET /api/fleet/cluster/nodes`: the whole list, or with `limit` and/or `cursor` one page of
+/// it and `next_cursor` (null on the last page), so that a large cluster is read in pieces.
+async fn nodes(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     authorize(&app, &headers, false).await?;
     let Some(backend) = &app.backend else {
         return Ok(axum::Json(json!({ "enabled": false, "nodes": [] })).into_response());
     };
-    let members = with_deadline(backend.members()).await?;
     #[derive(serde::Serialize)]
     struct Nodes<'a> {
         enabled: bool,
         backend: &'a str,
         nodes: Vec<Member>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next_cursor: Option<Option<String>>,
     }
+    let (limit, cursor) = (query.get("limit"), query.get("cursor"));
+    let (members, next_cursor) = if limit.is_none() && cursor.is_none() {
+        (with_deadline(backend.members()).await?, None)
+    } else {
+        let limit = match limit {
+            None => NODES_PAGE_DEFAULT,
+            Some(l) => match l.parse::<usize>() {
+                Ok(n) if (1..=NODES_PAGE_MAX).contains(&n) => n,
+                _ => {
+                    return Err(ApiError(
+                        StatusCode::BAD_REQUEST,
+                        format!("limit must be a whole number from 1 to {NODES_PAGE_MAX}"),
+                    ));
+                }
+            },
+        };
+        let cursor = cursor.filter(|c| !c.is_empty());
+        if let Some(c) = cursor
+            && crate::cluster::parse_cursor(c).is_none()
+        {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "cursor is not one this API returned (use next_cursor of the previous page)".into(),
+            ));
+        }
+        let (page, next) =
+            with_deadline(backend.members_page(limit, cursor.map(String::as_str))).await?;
+        (page, Some(next))
+    };
     Ok(axum::Json(Nodes {
         enabled: true,
         backend: backend.kind().as_str(),
         nodes: members,
+        next_cursor,
     })
     .into_response())
 }

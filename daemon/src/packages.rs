@@ -13,7 +13,7 @@ use fleet_installer_stub::sealed::{
 use fleet_installer_stub::{EthernetPolicy, TargetLayout};
 use fleet_package::{ArtifactCache, NodeFiles, PkgBuilder, PkgOptions, PkgRoot, Target, Template};
 
-use crate::cluster::{ClusterError, MemberState, Membership};
+use crate::cluster::{ClusterError, Membership};
 use crate::config::{BackendKind, Config, Secret};
 
 /// Which installer to build.
@@ -566,35 +566,26 @@ pub async fn check_available(
     name: Option<&str>,
     ips: &[IpAddr],
 ) -> Result<(), BuildError> {
-    let members = match tokio::time::timeout(CHECK_DEADLINE, backend.members()).await {
+    // By index where the backend keeps one (Redis: the names and addresses hashes), not by
+    // reading the whole member list.
+    let holders = match tokio::time::timeout(CHECK_DEADLINE, backend.live_holders(name, ips)).await
+    {
         Ok(r) => r?,
         Err(_) => {
             return Err(BuildError::Cluster(ClusterError::Unreachable {
                 backend: backend.kind().as_str(),
-                reason: format!("no member list within {CHECK_DEADLINE:?}"),
+                reason: format!("no answer about names and addresses within {CHECK_DEADLINE:?}"),
             }));
         }
     };
-    let live = members.iter().filter(|m| m.state == MemberState::Active);
-    for m in live {
-        if name == Some(m.node.name.as_str()) {
-            return Err(BuildError::NameInUse {
-                name: m.node.name.clone(),
-                holder: m.node.id.clone(),
-            });
-        }
-        let held: Vec<IpAddr> = m
-            .node
-            .addresses
-            .iter()
-            .filter_map(|a| a.parse().ok())
-            .collect();
-        if let Some(ip) = ips.iter().find(|ip| held.contains(ip)) {
-            return Err(BuildError::IpInUse {
-                ip: *ip,
-                holder: m.node.id.clone(),
-            });
-        }
+    if let (Some(name), Some(holder)) = (name, holders.name) {
+        return Err(BuildError::NameInUse {
+            name: name.to_string(),
+            holder,
+        });
+    }
+    if let Some((ip, holder)) = holders.ip {
+        return Err(BuildError::IpInUse { ip, holder });
     }
     Ok(())
 }

@@ -328,20 +328,24 @@ Enable it in the configuration and restart the server:</p>\
 <pre>sudo systemctl restart fleet-server   # or: sudo launchctl kickstart -k system/com.fleet.server.cluster</pre>",
         ),
         Some(backend) => {
-            let members =
-                tokio::time::timeout(Duration::from_secs(3), backend.members()).await;
-            let (members, problem) = match members {
-                Ok(Ok(m)) => (m, None),
-                Ok(Err(e)) => (Vec::new(), Some(e.to_string())),
+            // The count from the backend's counter, and only the first page of the list: the
+            // page is for people, and a 10,000-member list is for the API's pages.
+            let listed = tokio::time::timeout(Duration::from_secs(3), async {
+                let count = backend.active_count().await?;
+                let (page, more) = backend.members_page(NODES_SHOWN, None).await?;
+                Ok::<_, crate::cluster::ClusterError>((count, page, more.is_some()))
+            })
+            .await;
+            let (active_count, members, more, problem) = match listed {
+                Ok(Ok((n, m, more))) => (n, m, more, None),
+                Ok(Err(e)) => (0, Vec::new(), false, Some(e.to_string())),
                 Err(_) => (
+                    0,
                     Vec::new(),
+                    false,
                     Some("the cluster backend did not answer in time".to_string()),
                 ),
             };
-            let active: Vec<_> = members
-                .iter()
-                .filter(|m| m.state == MemberState::Active)
-                .collect();
             body.push_str("<div class=\"status ok\" id=\"cluster-status\">✅ Cluster Mode Enabled</div>");
             if let Some(p) = &problem {
                 body.push_str(&format!(
@@ -357,7 +361,7 @@ Enable it in the configuration and restart the server:</p>\
                 if problem.is_some() {
                     "?".to_string()
                 } else {
-                    active.len().to_string()
+                    active_count.to_string()
                 },
                 esc(&app.node.id)
             ));
@@ -463,6 +467,11 @@ cluster's keys: delete it after installation.</p>",
                 ));
             }
             body.push_str("</tbody></table></div>");
+            if more {
+                body.push_str(&format!(
+                    "<p class=\"muted\" id=\"nodes-more\">The first {NODES_SHOWN} nodes by name; the API lists them all: <code>GET /api/fleet/cluster/nodes?limit=&amp;cursor=</code>.</p>"
+                ));
+            }
             body.push_str("<h3>Load balancer views</h3><p class=\"muted\">Load balancers and monitors that follow the nodes above by themselves (see the README). The URLs need the API key.</p><div class=\"table-wrap\"><table id=\"lb-views\"><thead><tr><th>For</th><th>URL or command</th></tr></thead><tbody>");
             for v in crate::lb::views(&app.node.url) {
                 body.push_str(&format!(
@@ -477,6 +486,9 @@ cluster's keys: delete it after installation.</p>",
     body.push_str("</section>");
     page(StatusCode::OK, layout("Settings", Some(csrf), &body))
 }
+
+/// Nodes the Settings page lists (the first page, by name).
+const NODES_SHOWN: usize = 500;
 
 #[cfg(test)]
 mod tests {

@@ -1,14 +1,18 @@
 //! `make bench` for the cluster daemon: prints figures beside their targets, asserts nothing.
 //! Join latency, failure detection, graceful leave, 10,000 simulated members in one Redis,
-//! an idle daemon's memory and CPU, health-endpoint throughput under `wrk`, and the load
-//! balancer views with 1,000 simulated members (`lb render`, `sd/prometheus`, join → HAProxy).
+//! an idle daemon's memory and CPU, health-endpoint throughput under `wrk`, the load balancer
+//! views with 1,000 simulated members (`lb render`, `sd/prometheus`, join → HAProxy), and
+//! heartbeat cost against cluster size (100 to 10,000 simulated members) on every backend,
+//! against a floor of the raw operations a heartbeat needs, measured in the same run.
 
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fleet_server::cluster::etcd::EtcdMembership;
 use fleet_server::cluster::redis::RedisMembership;
-use fleet_server::cluster::{MemberState, Membership, NodeRecord, Timing};
+use fleet_server::cluster::storage::StorageMembership;
+use fleet_server::cluster::{Heartbeat, MemberState, Membership, NodeRecord, Timing};
 use fleet_server::config::Config;
 use fleet_tests::{Daemon, RedisServer, TEST_API_KEY, get_json, require_tool};
 
@@ -552,9 +556,390 @@ async fn load_balancer_views() {
     );
 }
 
+// ---- Heartbeat cost against cluster size, on every backend (`scale`) ----
+
+type BoxFut = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A backend under the scale benchmark: the daemon's backend, how to add simulated members,
+/// the floor (the raw operations a heartbeat needs), and the CPU seconds the backend used.
+struct ScaleTarget {
+    name: &'static str,
+    backend: Arc<dyn Membership>,
+    simulate: Box<dyn Fn(Vec<NodeRecord>) -> BoxFut>,
+    floor: Arc<dyn Fn(String) -> BoxFut + Send + Sync>,
+    cpu_seconds: Box<dyn Fn() -> f64>,
+    /// What `cpu_seconds` measures, for the table's heading.
+    cpu_of: &'static str,
+}
+
+/// Timing for the scale benchmark: 5 s heartbeats, and a timeout long enough that simulated
+/// members do not expire between the windows that renew them (the prune's own cost, which
+/// runs once per timeout across the cluster, is measured on its own).
+const SCALE_TIMING: Timing = Timing {
+    interval: Duration::from_secs(5),
+    timeout: Duration::from_secs(300),
+};
+const SCALE_SIZES: [usize; 4] = [100, 1_000, 5_000, 10_000];
+const WORKERS: usize = 64;
+const WINDOW: Duration = Duration::from_secs(3);
+
+fn cpu_of_pid(pid: u32) -> f64 {
+    proc_stat_ticks(pid as i32) as f64 / 100.0
+}
+
+/// What one load window measured.
+struct Window {
+    ops: u64,
+    per_s: f64,
+    cpu_per_op_us: f64,
+    p99: Duration,
+    status_p99: Duration,
+}
+
+/// Runs `WORKERS` loops of `op` over the first `n` nodes (each worker its own stride) for
+/// `window` or until `budget` operations, with a status reader beside them.
+async fn load_window(
+    t: &ScaleTarget,
+    nodes: &Arc<Vec<NodeRecord>>,
+    n: usize,
+    window: Duration,
+    budget: Option<u64>,
+    floor: bool,
+) -> Window {
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = stop_flag();
+    let cpu0 = (t.cpu_seconds)();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        let (nodes, done, stop) = (nodes.clone(), done.clone(), stop.clone());
+        let backend = t.backend.clone();
+        let floor_op = t.floor.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = w;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(b) = budget
+                    && done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= b
+                {
+                    break;
+                }
+                let node = &nodes[i % n];
+                let t0 = Instant::now();
+                if floor {
+                    floor_op(node.id.clone()).await;
+                } else {
+                    let hb = backend.heartbeat(node).await.expect("heartbeat");
+                    assert!(matches!(hb, Heartbeat::Alive { .. }), "{}: {hb:?}", node.id);
+                }
+                lat.push(t0.elapsed());
+                if budget.is_none() {
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                i += WORKERS;
+            }
+            lat
+        }));
+    }
+    let status = {
+        let (backend, stop) = (t.backend.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t0 = Instant::now();
+                backend.active_count().await.expect("active count");
+                lat.push(t0.elapsed());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            lat
+        })
+    };
+    while started.elapsed() < window
+        && budget.is_none_or(|b| done.load(std::sync::atomic::Ordering::Relaxed) < b)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut lat = Vec::new();
+    for task in tasks {
+        lat.extend(task.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    let cpu = (t.cpu_seconds)() - cpu0;
+    let mut status_lat = status.await.unwrap();
+    lat.sort();
+    status_lat.sort();
+    let ops = lat.len() as u64;
+    Window {
+        ops,
+        per_s: ops as f64 / elapsed.as_secs_f64(),
+        cpu_per_op_us: cpu / ops.max(1) as f64 * 1e6,
+        p99: percentile(&lat, 0.99),
+        status_p99: if status_lat.is_empty() {
+            Duration::ZERO
+        } else {
+            percentile(&status_lat, 0.99)
+        },
+    }
+}
+
+/// One row per size: heartbeat and floor windows, the list, a prune.
+/// `have`: members the backend holds already (the first ones of `nodes`).
+async fn scale_table(t: &ScaleTarget, nodes: &Arc<Vec<NodeRecord>>, mut have: usize) {
+    println!(
+        "\n{} backend, 5 s heartbeats, {WORKERS} concurrent heartbeaters, {} s windows; CPU: {}",
+        t.name,
+        WINDOW.as_secs(),
+        t.cpu_of
+    );
+    println!(
+        "{:>8} {:>10} {:>12} {:>12} {:>7} {:>10} {:>11} {:>10} {:>10}",
+        "members",
+        "beats/s",
+        "CPU/beat",
+        "floor CPU",
+        "ratio",
+        "beat p99",
+        "status p99",
+        "list",
+        "prune"
+    );
+    let mut out = Vec::new();
+    for &n in &SCALE_SIZES {
+        if have < n {
+            (t.simulate)(nodes[have..n].to_vec()).await;
+            have = n;
+        }
+        let hb = load_window(t, nodes, n, WINDOW, None, false).await;
+        let fl = load_window(t, nodes, n, WINDOW, None, true).await;
+        let mut lists = Vec::new();
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            let m = t.backend.members().await.expect("members");
+            lists.push(t0.elapsed());
+            assert!(m.len() >= n, "{} listed of {n}", m.len());
+        }
+        lists.sort();
+        let t0 = Instant::now();
+        t.backend.prune().await.expect("prune");
+        let prune = t0.elapsed();
+        println!(
+            "{n:>8} {:>10.0} {:>9.1} µs {:>9.1} µs {:>6.2}x {:>10} {:>11} {:>10} {:>10}",
+            hb.per_s,
+            hb.cpu_per_op_us,
+            fl.cpu_per_op_us,
+            hb.cpu_per_op_us / fl.cpu_per_op_us.max(0.001),
+            ms(hb.p99),
+            ms(hb.status_p99),
+            ms(lists[1]),
+            ms(prune),
+        );
+        out.push((n, hb.cpu_per_op_us, hb.per_s));
+    }
+    let (first, last) = (out[0], out[out.len() - 1]);
+    row(
+        &format!("{}: CPU per heartbeat at 10,000 / at 100", t.name),
+        format!("{:.2}x", last.1 / first.1.max(0.001)),
+        "≤ 1.5x",
+    );
+    row(
+        &format!("{}: heartbeats/s sustained at 10,000", t.name),
+        format!("{:.0}/s", last.2),
+        "≥ 2,000/s (10,000 × 1 per 5 s)",
+    );
+}
+
+fn scale_nodes() -> Arc<Vec<NodeRecord>> {
+    Arc::new((0..*SCALE_SIZES.last().unwrap()).map(fake_node).collect())
+}
+
+async fn scale_redis() {
+    let redis = RedisServer::start_with(Some("bench-pw"), &[]);
+    let text = format!("cluster:\n  enabled: true\n{}", redis.cluster_yaml());
+    let c = Config::parse(&text, std::path::Path::new("bench.yaml")).unwrap();
+    let sim = Arc::new(RedisMembership::new(&c.cluster, SCALE_TIMING).unwrap());
+    let pid = redis.pid().expect("redis pid");
+    let (s1, s2) = (sim.clone(), sim.clone());
+    let t = ScaleTarget {
+        name: "redis",
+        backend: sim.clone(),
+        simulate: Box::new(move |nodes| {
+            let s = s1.clone();
+            Box::pin(async move {
+                let now = s.server_now_ms().await.unwrap();
+                for chunk in nodes.chunks(1000) {
+                    s.simulate_members(chunk, now).await.unwrap();
+                }
+            })
+        }),
+        floor: Arc::new(move |id| {
+            let s = s2.clone();
+            Box::pin(async move {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as u64;
+                s.bench_floor_heartbeat(&id, now).await.unwrap();
+            })
+        }),
+        cpu_seconds: Box::new(move || cpu_of_pid(pid)),
+        cpu_of: "redis-server process; floor: ZADD + PEXPIRE pipelined",
+    };
+    let nodes = scale_nodes();
+    scale_table(&t, &nodes, 0).await;
+
+    // 100,000 members: lists run back to back on the list's connection while the same backend
+    // (the same process's connection manager) answers status reads and heartbeats.
+    const BIG: usize = 100_000;
+    let big: Vec<NodeRecord> = (SCALE_SIZES[3]..BIG).map(fake_node).collect();
+    (t.simulate)(big).await;
+    let stop = stop_flag();
+    let lister = {
+        let (b, stop) = (sim.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut times = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || times.is_empty() {
+                let t0 = Instant::now();
+                let m = b.members().await.expect("the 100,000-member list");
+                times.push(t0.elapsed());
+                assert!(m.len() >= BIG);
+            }
+            times
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut status = Vec::new();
+    let mut beats = Vec::new();
+    let started = Instant::now();
+    let mut i = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        let t0 = Instant::now();
+        sim.active_count().await.unwrap();
+        status.push(t0.elapsed());
+        let t0 = Instant::now();
+        sim.heartbeat(&nodes[i % nodes.len()]).await.unwrap();
+        beats.push(t0.elapsed());
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut lists = lister.await.unwrap();
+    lists.sort();
+    status.sort();
+    beats.sort();
+    println!("\nredis, 100,000 members, member lists running back to back:");
+    row(
+        &format!("full list of 100,000 (median of {})", lists.len()),
+        ms(percentile(&lists, 0.5)),
+        "",
+    );
+    row(
+        "status (active count) p99 while the lists run",
+        ms(percentile(&status, 0.99)),
+        "< 5 ms",
+    );
+    row(
+        "heartbeat p99 while the lists run",
+        ms(percentile(&beats, 0.99)),
+        "",
+    );
+}
+
+async fn scale_etcd() {
+    let etcd = fleet_tests::etcd::EtcdServer::start();
+    let text = format!("cluster:\n  enabled: true\n{}", etcd.cluster_yaml());
+    let c = Config::parse(&text, std::path::Path::new("bench.yaml")).unwrap();
+    let sim = Arc::new(EtcdMembership::new(&c.cluster, SCALE_TIMING).unwrap());
+    let pid = etcd.pid().expect("etcd pid");
+    let (s1, s2) = (sim.clone(), sim.clone());
+    let t = ScaleTarget {
+        name: "etcd",
+        backend: sim.clone(),
+        simulate: Box::new(move |nodes| {
+            let s = s1.clone();
+            Box::pin(async move {
+                s.simulate_members(&nodes).await.unwrap();
+            })
+        }),
+        floor: Arc::new(move |id| {
+            let s = s2.clone();
+            Box::pin(async move {
+                s.bench_floor_heartbeat(&id).await.unwrap();
+            })
+        }),
+        cpu_seconds: Box::new(move || cpu_of_pid(pid)),
+        cpu_of: "etcd process; floor: the lease keepalive alone",
+    };
+    let nodes = scale_nodes();
+    scale_table(&t, &nodes, 0).await;
+    // The database at 10,000 members after 1,000 heartbeats, and after 100,000 more.
+    let n = SCALE_SIZES[3];
+    load_window(&t, &nodes, n, Duration::from_secs(60), Some(1_000), false).await;
+    let (rev_1k, db_1k) = sim.bench_status().await.unwrap();
+    let mut total = 0;
+    while total < 100_000 {
+        let w = load_window(
+            &t,
+            &nodes,
+            n,
+            Duration::from_secs(60),
+            Some(100_000 - total),
+            false,
+        )
+        .await;
+        total += w.ops;
+    }
+    let (rev_100k, db_100k) = sim.bench_status().await.unwrap();
+    println!("\netcd history (heartbeats write nothing; the pruner's turn compacts):");
+    row(
+        "database size, 10,000 members, after 1,000 heartbeats",
+        format!("{:.1} MiB", db_1k as f64 / 1048576.0),
+        "",
+    );
+    row(
+        "  … after 100,000 more heartbeats",
+        format!("{:.1} MiB", db_100k as f64 / 1048576.0),
+        &format!("≤ 2x: {:.2}x", db_100k as f64 / db_1k as f64),
+    );
+    row(
+        "  … revisions those 100,000 heartbeats added",
+        format!("{}", rev_100k - rev_1k),
+        "",
+    );
+}
+
+async fn scale_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Arc::new(StorageMembership::new(dir.path(), SCALE_TIMING).unwrap());
+    let (s1, s2) = (sim.clone(), sim.clone());
+    let t = ScaleTarget {
+        name: "storage",
+        backend: sim.clone(),
+        simulate: Box::new(move |nodes| {
+            let s = s1.clone();
+            Box::pin(async move {
+                for chunk in nodes.chunks(100) {
+                    s.simulate_members(chunk).await.unwrap();
+                }
+            })
+        }),
+        floor: Arc::new(move |id| {
+            let s = s2.clone();
+            Box::pin(async move {
+                s.bench_floor_heartbeat(&id).await.unwrap();
+            })
+        }),
+        cpu_seconds: Box::new(|| cpu_of_pid(std::process::id())),
+        cpu_of: "this process (its file calls; the kernel's work is in its system time); floor: stamp + stat of its own file",
+    };
+    let nodes = scale_nodes();
+    scale_table(&t, &nodes, 0).await;
+}
+
 fn main() {
     // `cargo bench -p fleet-tests --bench cluster [-- SECTION…]`: sections are `membership`,
-    // `members` (10,000 simulated), `idle` and `lb`; all by default. cargo passes `--bench`.
+    // `members` (10,000 simulated), `idle`, `lb` and `scale` (heartbeat cost against cluster
+    // size on every backend); all by default. cargo passes `--bench`.
     let wanted: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
@@ -579,5 +964,10 @@ fn main() {
     }
     if run("lb") {
         rt.block_on(load_balancer_views());
+    }
+    if run("scale") {
+        rt.block_on(scale_redis());
+        rt.block_on(scale_etcd());
+        rt.block_on(scale_storage());
     }
 }

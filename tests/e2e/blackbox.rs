@@ -64,6 +64,48 @@ fn three_nodes_kill9_sigterm_and_a_redis_outage() {
     )
     .unwrap();
     assert_eq!(s, 401);
+    // The list in pages: `limit` and the `next_cursor` each page returns.
+    let (s, whole) = get_json(a.port, "/api/fleet/cluster/nodes", Some(TEST_API_KEY)).unwrap();
+    assert_eq!(s, 200);
+    assert!(whole.get("next_cursor").is_none(), "{whole}");
+    let (s, p1) = get_json(
+        a.port,
+        "/api/fleet/cluster/nodes?limit=2",
+        Some(TEST_API_KEY),
+    )
+    .unwrap();
+    assert_eq!(s, 200, "{p1}");
+    assert_eq!(p1["nodes"].as_array().map(Vec::len), Some(2), "{p1}");
+    let next = p1["next_cursor"]
+        .as_str()
+        .expect("a next cursor")
+        .to_string();
+    let (s, p2) = get_json(
+        a.port,
+        &format!("/api/fleet/cluster/nodes?limit=2&cursor={next}"),
+        Some(TEST_API_KEY),
+    )
+    .unwrap();
+    assert_eq!(s, 200, "{p2}");
+    assert!(p2["next_cursor"].is_null(), "{p2}");
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!([ids(&p1), ids(&p2)].concat(), ids(&whole));
+    for bad in ["limit=0", "limit=many", "cursor=zz"] {
+        let (s, v) = get_json(
+            a.port,
+            &format!("/api/fleet/cluster/nodes?{bad}"),
+            Some(TEST_API_KEY),
+        )
+        .unwrap();
+        assert_eq!(s, 400, "{bad}: {v}");
+    }
 
     // kill -9: c expires within the 3 s timeout plus a heartbeat; SIGTERM: b leaves at once.
     let (detected, left) = fleet_tests::kill9_then_sigterm(&a, &mut b, &mut c);

@@ -436,6 +436,50 @@ async fn custom_events_round_trip(f: impl Fixture) {
     );
 }
 
+/// The pages of the member list, read with the cursor each returns, are the whole list in its
+/// order; a member that leaves between pages is simply not on the later ones.
+async fn member_pages_cover_the_list(f: impl Fixture) {
+    let b = f.open();
+    let nodes: Vec<NodeRecord> = [
+        "golf", "alpha", "echo", "bravo", "foxtrot", "delta", "charlie",
+    ]
+    .iter()
+    .map(|n| node(n))
+    .collect();
+    for n in &nodes {
+        b.register(n).await.unwrap();
+    }
+    let all: Vec<String> = b
+        .members()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.node.id)
+        .collect();
+    assert_eq!(all.len(), 7);
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let (page, next) = b.members_page(3, cursor.as_deref()).await.unwrap();
+        assert!(page.len() <= 3);
+        paged.extend(page.into_iter().map(|m| m.node.id));
+        pages += 1;
+        assert!(pages <= 5, "the pages never end");
+        match next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(paged, all, "pages in list order");
+    assert_eq!(pages, 3);
+    // A member that leaves is gone from the pages too.
+    b.deregister(&nodes[1].id).await.unwrap();
+    let (first, _) = b.members_page(3, None).await.unwrap();
+    assert!(first.iter().all(|m| m.node.id != nodes[1].id));
+    assert_eq!(first[0].node.name, "bravo");
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod redis_backend {
@@ -476,6 +520,7 @@ conformance!(
     removed_node_is_told_and_kept_out,
     custom_events_round_trip,
     build_check_refuses_live_names_and_ips,
+    member_pages_cover_the_list,
 );
 
 #[tokio::test]
@@ -490,4 +535,43 @@ async fn wrong_redis_password_is_an_auth_error() {
     let err = b.register(&node("alpha")).await.unwrap_err();
     assert!(matches!(err, ClusterError::Auth { .. }), "{err:?}");
     assert!(!err.to_string().contains("wrong-password"), "{err}");
+}
+
+/// Redis keeps indexes beside the members (names, addresses, list order): leaving, removal and
+/// expiry take a member out of each of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_indexes_follow_the_members() {
+    let f = redis();
+    let b = f.open();
+    let (a, c, d) = (node("alpha"), node("charlie"), node("delta"));
+    for n in [&a, &c, &d] {
+        b.register(n).await.unwrap();
+    }
+    let count = |key: &str, cmd: &str| -> usize {
+        f.server
+            .command(&[cmd, &format!("fleet:cluster:{key}")])
+            .unwrap()
+            .trim()
+            .trim_start_matches(":")
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(count("order", "ZCARD"), 3);
+    assert_eq!(
+        count("ips", "HLEN"),
+        1,
+        "all three share 192.0.2.10: the last one holds it"
+    );
+    b.deregister(&d.id).await.unwrap();
+    assert_eq!(count("order", "ZCARD"), 2);
+    assert_eq!(count("ips", "HLEN"), 0, "the holder of the address left");
+    b.remove(&c.id, "admin").await.unwrap();
+    assert_eq!(count("order", "ZCARD"), 1);
+    // alpha expires and a later heartbeat's prune takes it out of the order too.
+    let e = node("echo");
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    b.register(&e).await.unwrap();
+    b.heartbeat(&e).await.unwrap();
+    assert_eq!(count("order", "ZCARD"), 1, "only echo is left");
+    assert_eq!(count("ips", "HLEN"), 1);
 }

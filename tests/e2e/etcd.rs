@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use fleet_server::cluster::etcd::EtcdMembership;
-use fleet_server::cluster::{ClusterError, Membership, NodeRecord, Timing};
+use fleet_server::cluster::{ClusterError, Heartbeat, Membership, NodeRecord, Timing};
 use fleet_server::config::{ClusterConfig, Config};
 use fleet_tests::etcd::EtcdServer;
 use fleet_tests::netns::{Site, Topology};
@@ -618,4 +618,63 @@ fn etcd_bundle_provisions_and_joins_across_networks() {
     assert_eq!(code, 0, "{stdout}{stderr}");
     drop(primary);
     drop(etcd);
+}
+
+/// Heartbeats add no revision to etcd's history (liveness is the lease), the pruner's turn
+/// compacts what joins and prunes wrote, and the database does not grow with heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_do_not_grow_etcd_history() {
+    let etcd = EtcdServer::start();
+    let text = format!(
+        "cluster:\n  enabled: true\n  heartbeat_interval: 1\n  heartbeat_timeout: 2\n{}",
+        etcd.cluster_yaml()
+    );
+    let config = Config::parse(&text, std::path::Path::new("t.yaml")).unwrap();
+    let b = fleet_server::cluster::open(&config).unwrap();
+    let nodes: Vec<NodeRecord> = (0..20).map(|i| node(&format!("hist-{i:02}"))).collect();
+    for n in &nodes {
+        b.register(n).await.unwrap();
+    }
+    // 20 nodes, 50 rounds to warm up (the database file takes its first pages, pruner turns
+    // write and compact), then 150 rounds: 3,000 heartbeats over several pruner turns.
+    let warm = std::time::Instant::now();
+    for round in 0..50 {
+        for n in &nodes {
+            b.heartbeat(n).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(warm.elapsed() < Duration::from_secs(60), "round {round}");
+    }
+    let (rev0, size0) = etcd.status();
+    let started = std::time::Instant::now();
+    let mut beats = 0;
+    for _ in 0..150 {
+        for n in &nodes {
+            assert_eq!(
+                b.heartbeat(n).await.unwrap(),
+                Heartbeat::Alive { active: 20 },
+                "{}",
+                n.id
+            );
+            beats += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(started.elapsed() < Duration::from_secs(60));
+    }
+    let (rev1, size1) = etcd.status();
+    let turns = started.elapsed().as_secs() / 2 + 2;
+    // Each pruner turn writes its claim and the count: a few revisions per turn, none per beat.
+    assert!(
+        rev1 - rev0 <= 3 * turns as i64,
+        "{beats} heartbeats moved the revision {rev0} → {rev1} in {turns} turns"
+    );
+    assert!(
+        size1 <= size0 * 2,
+        "database {size0} → {size1} bytes after {beats} heartbeats"
+    );
+    // The turns compacted: the revision from before the heartbeats is gone from the history.
+    let err = etcd
+        .read_at_revision("fleet:cluster/active", rev0)
+        .expect_err("the history before the heartbeats was not compacted");
+    assert!(err.contains("compacted"), "{err}");
 }

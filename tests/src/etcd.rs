@@ -226,6 +226,11 @@ impl EtcdServer {
         }
     }
 
+    /// The server's process id (the benchmarks read its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Adds `root` with the root role and enables auth.
     pub fn enable_auth(&mut self, root_password: &str) {
         self.call(
@@ -316,6 +321,43 @@ impl EtcdServer {
             .unwrap_or_default();
         out.sort();
         out
+    }
+
+    /// The member's current revision and database size in bytes (`Status`), as root with auth.
+    pub fn status(&self) -> (i64, i64) {
+        let token = self
+            .root_password
+            .as_ref()
+            .map(|pw| self.authenticate("root", pw).expect("root token"));
+        let v = self
+            .call(
+                "/v3/maintenance/status",
+                serde_json::json!({}),
+                token.as_deref(),
+            )
+            .expect("etcd status");
+        // The gateway writes 64-bit integers as strings.
+        let num = |v: &serde_json::Value| {
+            v.as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                .unwrap_or(0)
+        };
+        (num(&v["header"]["revision"]), num(&v["dbSize"]))
+    }
+
+    /// Reads `key` as it was at revision `rev`: Err with etcd's message once that revision has
+    /// been compacted away.
+    pub fn read_at_revision(&self, key: &str, rev: i64) -> Result<(), String> {
+        let token = self
+            .root_password
+            .as_ref()
+            .map(|pw| self.authenticate("root", pw).expect("root token"));
+        self.call(
+            "/v3/kv/range",
+            serde_json::json!({"key": b64(key.as_bytes()), "revision": rev.to_string()}),
+            token.as_deref(),
+        )
+        .map(|_| ())
     }
 
     /// POSTs JSON to the gateway; the answer as JSON, or the error etcd gave.

@@ -215,6 +215,11 @@ impl RedisServer {
         read_reply(&mut reader)
     }
 
+    /// The server's process id (the benchmarks read its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Stops the server (as an outage would); its data is gone (no persistence).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -2,9 +2,12 @@
 //! transaction, with the same semantics as the Redis and storage backends.
 //!
 //! Keys, under `<key_prefix>cluster/` (default prefix `fleet:`, so `fleet:cluster/…`):
-//! - `members/<id>`: the node's record as JSON, plus its lease id and the time of its last
-//!   heartbeat. No lease: the record outlives its node, so that the next prune still knows the
-//!   node and records `expired` for it (with etcd a lease's expiry deletes its keys by itself).
+//! - `members/<id>`: the node's record as JSON, plus its lease id and its registration time;
+//!   written at registration only. No lease: the record outlives its node, so that the next
+//!   prune still knows the node and records `expired` for it (with etcd a lease's expiry
+//!   deletes its keys by itself).
+//! - `active`: the active count and the revision of the last pruner turn (JSON).
+//! - `pruner`: the node that took the prune's turn, on a lease of one timeout nobody renews.
 //! - `alive/<id>`: the lease id, bound to the node's lease (TTL = the heartbeat timeout). It is
 //!   the liveness: a member is active exactly while this key exists.
 //! - `names/<name>`: id of the holder, bound to the holder's lease, so the name frees itself
@@ -23,6 +26,11 @@
 //! A lease that has run out but that etcd has not revoked yet (its expiry loop runs every 500 ms)
 //! still holds its name; a registration under that name asks etcd for the lease's remaining TTL
 //! and, when under a second, revokes it and takes the name.
+//!
+//! Cost. A heartbeat is one keepalive on the node's open keepalive stream and one read-only
+//! transaction: no revision, no disk write, the same at 10 members and at 10,000. The prune, the
+//! recount and the compaction run in the pruner's turn, about once per timeout per cluster.
+//! The member list derives each active member's last renewal from its lease's remaining TTL.
 //!
 //! No watch: every read is a linearizable range on the leader, so a change shows on the next
 //! call already; a watch would only save that one round trip.
@@ -52,6 +60,8 @@ const NAME: &str = "etcd";
 const PRUNE_LIMIT: usize = 100;
 /// etcd refuses transactions with more operations (`--max-txn-ops`, 128 by default).
 const TXN_BATCH: usize = 100;
+/// The longest a member list may take (callers such as the HTTP API set shorter deadlines).
+const LIST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Attempts of an optimistic transaction before giving up (another node kept changing a key).
 const TXN_ATTEMPTS: usize = 5;
 
@@ -62,8 +72,28 @@ struct Stored {
     node: NodeRecord,
     /// The lease `alive/<id>` and `names/<name>` are bound to.
     lease: i64,
-    /// The node's clock at its last heartbeat, ms (reported only; see the module comment).
+    /// The node's clock when it registered, ms (heartbeats no longer rewrite the record: the
+    /// list derives the last renewal from the lease; see the module comment).
     last_heartbeat_ms: u64,
+}
+
+/// What `active` holds: the active count as of the last prune (adjusted by joins and leaves
+/// since), and the revision that prune saw, which the next one compacts to.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ActiveCount {
+    n: usize,
+    #[serde(default)]
+    rev: i64,
+}
+
+impl ActiveCount {
+    fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+fn parse_active(kv: &KeyValue) -> ActiveCount {
+    serde_json::from_slice(kv.value()).unwrap_or_default()
 }
 
 /// Membership in etcd.
@@ -81,7 +111,12 @@ pub struct EtcdMembership {
     client: tokio::sync::Mutex<Option<Client>>,
     /// Lease of each node this process registered (the daemon: one).
     leases: Mutex<HashMap<String, i64>>,
+    /// An open keepalive stream per lease: a heartbeat sends one request on it, rather than
+    /// opening a stream (a goroutine and an HTTP/2 stream in etcd) every time.
+    keepers: Mutex<HashMap<i64, Keeper>>,
 }
+
+type Keeper = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
 
 impl std::fmt::Debug for EtcdMembership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -263,6 +298,7 @@ impl EtcdMembership {
             timing,
             client: tokio::sync::Mutex::new(None),
             leases: Mutex::new(HashMap::new()),
+            keepers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -284,10 +320,53 @@ impl EtcdMembership {
 
     fn set_local_lease(&self, id: &str, lease: Option<i64>) {
         let mut map = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-        match lease {
+        let old = match lease {
             Some(l) => map.insert(id.to_string(), l),
             None => map.remove(id),
         };
+        drop(map);
+        if let Some(old) = old.filter(|o| Some(*o) != lease) {
+            // Dropping the keeper ends its stream.
+            self.keepers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&old);
+        }
+    }
+
+    /// Renews `lease` on its keepalive stream, opening one when there is none or the last one
+    /// broke (an outage, a new connection). `Ok(false)`: the lease ran out or etcd lost it.
+    async fn keep_alive(&self, client: &mut Client, lease: i64) -> Result<bool, ClusterError> {
+        let kept = self
+            .keepers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&lease);
+        if let Some((mut keeper, mut stream)) = kept
+            && keeper.keep_alive().await.is_ok()
+            && let Ok(Some(resp)) = stream.message().await
+        {
+            if resp.ttl() <= 0 {
+                return Ok(false);
+            }
+            self.keepers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(lease, (keeper, stream));
+            return Ok(true);
+        }
+        match client.lease_keep_alive(lease).await {
+            Ok(k) => {
+                self.keepers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(lease, k);
+                Ok(true)
+            }
+            // The lease ran out or etcd lost it: the client reports a zero TTL this way.
+            Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => Ok(false),
+            Err(e) => Err(map_err(&e)),
+        }
     }
 
     /// The connected client, connecting (and authenticating) first when needed.
@@ -310,7 +389,21 @@ impl EtcdMembership {
         F: FnOnce(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClusterError>>,
     {
-        let deadline = self.timing.op_timeout() * 3;
+        self.run_within(what, self.timing.op_timeout() * 3, f).await
+    }
+
+    /// `run` with its own deadline (the member list of a large cluster asks one lease
+    /// lookup per active member: 10,000 take seconds).
+    async fn run_within<T, F, Fut>(
+        &self,
+        what: &str,
+        deadline: std::time::Duration,
+        f: F,
+    ) -> Result<T, ClusterError>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClusterError>>,
+    {
         let result = match tokio::time::timeout(deadline, async {
             let client = self.client().await?;
             f(client).await
@@ -368,17 +461,6 @@ impl EtcdMembership {
         }
     }
 
-    async fn count_alive(&self, client: &mut Client) -> Result<usize, ClusterError> {
-        let resp = client
-            .get(
-                self.key("alive/"),
-                Some(GetOptions::new().with_prefix().with_count_only()),
-            )
-            .await
-            .map_err(|e| map_err(&e))?;
-        Ok(resp.count().max(0) as usize)
-    }
-
     async fn register_inner(
         &self,
         mut client: Client,
@@ -399,6 +481,7 @@ impl EtcdMembership {
                     TxnOp::get(k_name.clone(), None),
                     TxnOp::get(k_alive.clone(), None),
                     TxnOp::get(k_member.clone(), None),
+                    TxnOp::get(self.key("active"), None),
                 ]))
                 .await
                 .map_err(|e| map_err(&e))?;
@@ -411,6 +494,10 @@ impl EtcdMembership {
             let name_kv = kvs_of(&read, 1).into_iter().next();
             let alive_kv = kvs_of(&read, 2).into_iter().next();
             let member_kv = kvs_of(&read, 3).into_iter().next();
+            let mut count = kvs_of(&read, 4)
+                .first()
+                .map(parse_active)
+                .unwrap_or_default();
             if let Some(kv) = &name_kv {
                 let holder = String::from_utf8_lossy(kv.value()).into_owned();
                 if holder != id {
@@ -475,6 +562,9 @@ impl EtcdMembership {
                     id,
                     BTreeMap::from([("name".into(), node.name.clone())]),
                 ));
+                // Not compared: two joins at once may count one; the next prune recounts.
+                count.n += 1;
+                ops.push(TxnOp::put(self.key("active"), count.to_json(), None));
             }
             let resp = client
                 .txn(
@@ -504,7 +594,7 @@ impl EtcdMembership {
                 }
             }
             self.set_local_lease(id, Some(lease));
-            return self.count_alive(&mut client).await;
+            return Ok(count.n.max(1));
         }
         if let Some(l) = granted {
             let _ = Self::revoke(&mut client, l).await;
@@ -536,12 +626,7 @@ impl EtcdMembership {
         };
         let kept = match lease {
             None => false,
-            Some(l) => match client.lease_keep_alive(l).await {
-                Ok(_) => true,
-                // The lease ran out or etcd lost it: the client reports a zero TTL this way.
-                Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => false,
-                Err(e) => return Err(map_err(&e)),
-            },
+            Some(l) => self.keep_alive(&mut client, l).await?,
         };
         let Some(lease) = lease.filter(|_| kept) else {
             // Nothing to renew: only the tombstone is worth a look.
@@ -552,22 +637,22 @@ impl EtcdMembership {
                 Heartbeat::Removed
             });
         };
-        let stored = Stored {
-            node: node.clone(),
-            lease,
-            last_heartbeat_ms: now_ms(),
-        };
+        // Liveness is the lease: no write here (a write per heartbeat was a revision of history
+        // each, and a disk sync). One read-only transaction checks that this node is still a
+        // member, reads the stored count, and sees whether the pruner's turn is free.
         let txn = Txn::new()
             .when([
                 Compare::lease(k_alive, CompareOp::Equal, lease),
-                Compare::version(k_member.clone(), CompareOp::Greater, 0),
+                Compare::version(k_member, CompareOp::Greater, 0),
                 Compare::version(k_removed.clone(), CompareOp::Equal, 0),
             ])
-            .and_then([TxnOp::put(
-                k_member,
-                serde_json::to_vec(&stored).unwrap_or_default(),
-                None,
-            )])
+            .and_then([
+                TxnOp::get(self.key("active"), None),
+                TxnOp::get(
+                    self.key("pruner"),
+                    Some(GetOptions::new().with_count_only()),
+                ),
+            ])
             .or_else([TxnOp::get(k_removed, None)]);
         let resp = client.txn(txn).await.map_err(|e| map_err(&e))?;
         if !resp.succeeded() {
@@ -577,8 +662,81 @@ impl EtcdMembership {
                 Heartbeat::Removed
             });
         }
-        let (_, active) = self.prune_inner(&mut client).await?;
-        Ok(Heartbeat::Alive { active })
+        let stored = kvs_of(&resp, 0)
+            .first()
+            .map(parse_active)
+            .unwrap_or_default();
+        if count_of(&resp, 1) == 0
+            && let Some(active) = self.prune_turn(&mut client, id).await?
+        {
+            return Ok(Heartbeat::Alive { active });
+        }
+        Ok(Heartbeat::Alive {
+            active: stored.n.max(1),
+        })
+    }
+
+    /// Claims the pruner's turn (`pruner`, on a lease of one timeout that nobody renews): of the
+    /// nodes that find it free, one wins, so across the cluster the prune runs about once per
+    /// timeout. The winner prunes, stores the active count, and compacts etcd's history to the
+    /// revision the previous turn stored (at least one timeout old: nothing of ours reads older).
+    /// `None`: another node won.
+    async fn prune_turn(
+        &self,
+        client: &mut Client,
+        id: &str,
+    ) -> Result<Option<usize>, ClusterError> {
+        let k_pruner = self.key("pruner");
+        let lease = client
+            .lease_grant(self.lease_ttl_secs(), None)
+            .await
+            .map_err(|e| map_err(&e))?
+            .id();
+        let claim = client
+            .txn(
+                Txn::new()
+                    .when([Compare::version(k_pruner.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(
+                        k_pruner,
+                        id,
+                        Some(PutOptions::new().with_lease(lease)),
+                    )])
+                    .or_else([]),
+            )
+            .await
+            .map_err(|e| map_err(&e))?;
+        if !claim.succeeded() {
+            Self::revoke(client, lease).await?;
+            return Ok(None);
+        }
+        Ok(Some(self.prune_and_count(client).await?))
+    }
+
+    /// Prunes, stores the active count with the current revision, and compacts to the
+    /// revision stored before; returns the active count.
+    async fn prune_and_count(&self, client: &mut Client) -> Result<usize, ClusterError> {
+        let k_active = self.key("active");
+        let read = client
+            .get(k_active.clone(), None)
+            .await
+            .map_err(|e| map_err(&e))?;
+        let rev = read.header().map(|h| h.revision()).unwrap_or(0);
+        let before = read.kvs().first().map(parse_active).unwrap_or_default();
+        let (_, active) = self.prune_inner(client).await?;
+        client
+            .put(k_active, ActiveCount { n: active, rev }.to_json(), None)
+            .await
+            .map_err(|e| map_err(&e))?;
+        if before.rev > 0 && before.rev < rev {
+            match client.compact(before.rev, None).await {
+                Ok(_) => {}
+                // Compacted already (by another node, or etcd's own auto-compaction).
+                Err(etcd_client::Error::GRpcStatus(s))
+                    if s.message().contains("compacted") || s.message().contains("future") => {}
+                Err(e) => return Err(map_err(&e)),
+            }
+        }
+        Ok(active)
     }
 
     /// Prunes members without a live lease, recording `expired` for each, and trims the events;
@@ -616,7 +774,7 @@ impl EtcdMembership {
                 else {
                     continue;
                 };
-                if live.contains(&id) {
+                if live.contains_key(&id) {
                     continue;
                 }
                 let name = parse_stored(&kv).map(|s| s.node.name).unwrap_or_default();
@@ -720,11 +878,16 @@ impl EtcdMembership {
                     "leaving {id} kept conflicting with other nodes' changes"
                 )));
             }
-            let resp = client
-                .get(k_member.clone(), None)
+            let read = client
+                .txn(Txn::new().and_then([
+                    TxnOp::get(k_member.clone(), None),
+                    TxnOp::get(k_alive.clone(), Some(GetOptions::new().with_count_only())),
+                    TxnOp::get(self.key("active"), None),
+                ]))
                 .await
                 .map_err(|e| map_err(&e))?;
-            let Some(kv) = resp.kvs().first() else {
+            let member = kvs_of(&read, 0);
+            let Some(kv) = member.first() else {
                 if let Some(t) = &tombstone {
                     client
                         .txn(Txn::new().and_then([t.clone()]))
@@ -756,6 +919,15 @@ impl EtcdMembership {
                 self.event_put(kind, id, detail),
             ];
             ops.extend(tombstone.clone());
+            if count_of(&read, 1) > 0 {
+                // It counted as active: it counts no more (not compared, as in `register`).
+                let mut count = kvs_of(&read, 2)
+                    .first()
+                    .map(parse_active)
+                    .unwrap_or_default();
+                count.n = count.n.saturating_sub(1);
+                ops.push(TxnOp::put(self.key("active"), count.to_json(), None));
+            }
             let resp = client
                 .txn(
                     Txn::new()
@@ -781,11 +953,12 @@ impl EtcdMembership {
         Ok(was)
     }
 
-    /// Every member record and the ids whose `alive/` key exists, read in one transaction.
+    /// Every member record and the ids whose `alive/` key exists (with their lease), read in
+    /// one transaction.
     async fn member_snapshot(
         &self,
         client: &mut Client,
-    ) -> Result<(Vec<KeyValue>, BTreeSet<String>), ClusterError> {
+    ) -> Result<(Vec<KeyValue>, BTreeMap<String, i64>), ClusterError> {
         let lists = client
             .txn(Txn::new().and_then([
                 TxnOp::get(self.key("members/"), Some(GetOptions::new().with_prefix())),
@@ -800,39 +973,213 @@ impl EtcdMembership {
         let live = kvs_of(&lists, 1)
             .iter()
             .filter_map(|kv| {
-                kv.key_str()
-                    .ok()?
-                    .strip_prefix(&alive_prefix)
-                    .map(str::to_string)
+                let id = kv.key_str().ok()?.strip_prefix(&alive_prefix)?;
+                Some((id.to_string(), kv.lease()))
             })
             .collect();
         Ok((kvs_of(&lists, 0), live))
     }
 
-    async fn members_inner(&self, mut client: Client) -> Result<Vec<Member>, ClusterError> {
+    /// Seconds since each lease was last renewed, from etcd's remaining TTL (whole seconds,
+    /// rounded down by etcd, so the age is a lower bound with a resolution of one second);
+    /// `None` for a lease that has run out. Asked with a few requests in flight at once.
+    async fn lease_ages(
+        client: &Client,
+        leases: Vec<i64>,
+    ) -> Result<HashMap<i64, Option<u64>>, ClusterError> {
+        const IN_FLIGHT: usize = 64;
+        let mut tasks = tokio::task::JoinSet::new();
+        let per = leases.len().div_ceil(IN_FLIGHT).max(1);
+        for chunk in leases.chunks(per) {
+            let (mut c, chunk) = (client.clone(), chunk.to_vec());
+            tasks.spawn(async move {
+                let mut out = Vec::with_capacity(chunk.len());
+                for l in chunk {
+                    let age = match c.lease_time_to_live(l, None).await {
+                        Ok(r) if r.ttl() >= 0 => {
+                            Some((r.granted_ttl() - r.ttl() - 1).max(0) as u64)
+                        }
+                        Ok(_) => None,
+                        Err(etcd_client::Error::GRpcStatus(s))
+                            if s.message().contains("not found") =>
+                        {
+                            None
+                        }
+                        Err(e) => return Err(map_err(&e)),
+                    };
+                    out.push((l, age));
+                }
+                Ok(out)
+            });
+        }
+        let mut ages = HashMap::with_capacity(leases.len());
+        while let Some(done) = tasks.join_next().await {
+            let part = done.map_err(|e| backend_err(format!("lease lookup failed: {e}")))??;
+            ages.extend(part);
+        }
+        Ok(ages)
+    }
+
+    /// The member list, or one page of it (`page`: limit and cursor).
+    async fn members_inner(
+        &self,
+        mut client: Client,
+        page: Option<(usize, Option<&str>)>,
+    ) -> Result<(Vec<Member>, Option<String>), ClusterError> {
         let (records, live) = self.member_snapshot(&mut client).await?;
-        let now = now_ms();
-        let mut out: Vec<Member> = records
-            .iter()
-            .filter_map(parse_stored)
-            .map(|s| Member {
-                state: if live.contains(&s.node.id) {
-                    MemberState::Active
-                } else {
-                    MemberState::Expired
-                },
-                last_heartbeat_ms: s.last_heartbeat_ms,
-                age_ms: now.saturating_sub(s.last_heartbeat_ms),
-                node: s.node,
-            })
-            .collect();
-        out.sort_by(|a, b| {
+        let mut stored: Vec<Stored> = records.iter().filter_map(parse_stored).collect();
+        stored.sort_by(|a, b| {
             a.node
                 .name
                 .cmp(&b.node.name)
                 .then(a.node.id.cmp(&b.node.id))
         });
-        Ok(out)
+        let mut next = None;
+        if let Some((limit, cursor)) = page {
+            let after = cursor.and_then(super::parse_cursor);
+            stored.retain(|s| match &after {
+                Some((n, i)) => {
+                    (s.node.name.as_str(), s.node.id.as_str()) > (n.as_str(), i.as_str())
+                }
+                None => true,
+            });
+            if stored.len() > limit {
+                stored.truncate(limit);
+                next = stored.last().map(|s| super::cursor_of(&s.node));
+            }
+        }
+        let leases: Vec<i64> = stored
+            .iter()
+            .filter_map(|s| live.get(&s.node.id).copied())
+            .collect();
+        let ages = Self::lease_ages(&client, leases).await?;
+        let now = now_ms();
+        let timeout_ms = self.timing.timeout.as_millis() as u64;
+        let out = stored
+            .into_iter()
+            .map(|s| {
+                let age = live
+                    .get(&s.node.id)
+                    .and_then(|l| ages.get(l).copied().flatten());
+                let (state, last) = match age {
+                    Some(secs) => (MemberState::Active, now.saturating_sub(secs * 1000)),
+                    // Its lease is gone, so its last renewal is at least a timeout old; not
+                    // older than its registration, which the record keeps.
+                    None => (
+                        MemberState::Expired,
+                        now.saturating_sub(timeout_ms)
+                            .max(s.last_heartbeat_ms.min(now)),
+                    ),
+                };
+                Member {
+                    state,
+                    last_heartbeat_ms: last,
+                    age_ms: now.saturating_sub(last),
+                    node: s.node,
+                }
+            })
+            .collect();
+        Ok((out, next))
+    }
+
+    /// For the benchmarks: writes members as registrations would (a lease each, the record, the
+    /// alive and name keys) in few transactions, and remembers their leases so that
+    /// `heartbeat` renews them; then adds them to the stored count.
+    pub async fn simulate_members(&self, nodes: &[NodeRecord]) -> Result<(), ClusterError> {
+        let ttl = self.lease_ttl_secs();
+        for chunk in nodes.chunks(TXN_BATCH / 3) {
+            let chunk = chunk.to_vec();
+            let leases = self
+                .run("simulating members", |client| async move {
+                    let mut tasks = tokio::task::JoinSet::new();
+                    for n in chunk {
+                        let mut c = client.clone();
+                        tasks.spawn(async move {
+                            let l = c.lease_grant(ttl, None).await.map_err(|e| map_err(&e))?;
+                            Ok::<_, ClusterError>((n, l.id()))
+                        });
+                    }
+                    let mut leases = Vec::new();
+                    while let Some(r) = tasks.join_next().await {
+                        leases.push(r.map_err(|e| backend_err(e.to_string()))??);
+                    }
+                    let mut ops = Vec::new();
+                    for (n, l) in &leases {
+                        let stored = Stored {
+                            node: n.clone(),
+                            lease: *l,
+                            last_heartbeat_ms: now_ms(),
+                        };
+                        let with = || Some(PutOptions::new().with_lease(*l));
+                        ops.push(TxnOp::put(
+                            self.key(&format!("alive/{}", n.id)),
+                            l.to_string(),
+                            with(),
+                        ));
+                        ops.push(TxnOp::put(
+                            self.key(&format!("members/{}", n.id)),
+                            serde_json::to_vec(&stored).unwrap_or_default(),
+                            None,
+                        ));
+                        ops.push(TxnOp::put(
+                            self.key(&format!("names/{}", n.name)),
+                            n.id.clone(),
+                            with(),
+                        ));
+                    }
+                    let mut c = client.clone();
+                    c.txn(Txn::new().and_then(ops))
+                        .await
+                        .map_err(|e| map_err(&e))?;
+                    Ok(leases)
+                })
+                .await?;
+            for (n, l) in leases {
+                self.set_local_lease(&n.id, Some(l));
+            }
+        }
+        let added = nodes.len();
+        self.run("simulating members", |mut c| async move {
+            let k = self.key("active");
+            let mut count = c
+                .get(k.clone(), None)
+                .await
+                .map_err(|e| map_err(&e))?
+                .kvs()
+                .first()
+                .map(parse_active)
+                .unwrap_or_default();
+            count.n += added;
+            c.put(k, count.to_json(), None)
+                .await
+                .map_err(|e| map_err(&e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// For the benchmarks: the one operation a lease-based heartbeat cannot do without, the
+    /// keepalive of the member's lease.
+    pub async fn bench_floor_heartbeat(&self, id: &str) -> Result<(), ClusterError> {
+        let Some(l) = self.local_lease(id) else {
+            return Err(backend_err(format!("no lease for {id}")));
+        };
+        self.run("keepalive", |mut c| async move {
+            match self.keep_alive(&mut c, l).await? {
+                true => Ok(()),
+                false => Err(backend_err(format!("the lease of {id} ran out"))),
+            }
+        })
+        .await
+    }
+
+    /// etcd's revision and database size in bytes (`Status`).
+    pub async fn bench_status(&self) -> Result<(i64, i64), ClusterError> {
+        self.run("status", |mut c| async move {
+            let s = c.status().await.map_err(|e| map_err(&e))?;
+            Ok((s.header().map(|h| h.revision()).unwrap_or(0), s.db_size()))
+        })
+        .await
     }
 
     /// The user name `create_node_user` gives a node: `<prefix>-node-<name>`, with the key
@@ -1039,19 +1386,83 @@ impl Membership for EtcdMembership {
     }
 
     async fn members(&self) -> Result<Vec<Member>, ClusterError> {
-        self.run("members", |c| self.members_inner(c)).await
+        self.run_within("members", LIST_DEADLINE, |c| async move {
+            self.members_inner(c, None).await.map(|(m, _)| m)
+        })
+        .await
+    }
+
+    async fn members_page(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<Member>, Option<String>), ClusterError> {
+        self.run_within("members", LIST_DEADLINE, |c| {
+            self.members_inner(c, Some((limit, cursor)))
+        })
+        .await
+    }
+
+    async fn live_holders(
+        &self,
+        name: Option<&str>,
+        ips: &[std::net::IpAddr],
+    ) -> Result<super::Holders, ClusterError> {
+        // The records and the alive keys in one read; no lease lookups (ages are not needed).
+        self.run_within("members", LIST_DEADLINE, |mut c| async move {
+            let (records, live) = self.member_snapshot(&mut c).await?;
+            let mut out = super::Holders::default();
+            for s in records.iter().filter_map(parse_stored) {
+                if !live.contains_key(&s.node.id) {
+                    continue;
+                }
+                if out.name.is_none() && name == Some(s.node.name.as_str()) {
+                    out.name = Some(s.node.id.clone());
+                }
+                if out.ip.is_none()
+                    && let Some(ip) = ips.iter().find(|ip| {
+                        s.node
+                            .addresses
+                            .iter()
+                            .any(|a| a.parse().ok() == Some(**ip))
+                    })
+                {
+                    out.ip = Some((*ip, s.node.id.clone()));
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn active_count(&self) -> Result<usize, ClusterError> {
         self.run("active count", |mut c| async move {
-            self.count_alive(&mut c).await
+            let resp = c
+                .get(self.key("active"), None)
+                .await
+                .map_err(|e| map_err(&e))?;
+            Ok(resp.kvs().first().map(parse_active).unwrap_or_default().n)
         })
         .await
     }
 
     async fn prune(&self) -> Result<Vec<String>, ClusterError> {
         self.run("prune", |mut c| async move {
-            self.prune_inner(&mut c).await.map(|(gone, _)| gone)
+            let (gone, active) = self.prune_inner(&mut c).await?;
+            let k_active = self.key("active");
+            let rev = c
+                .get(k_active.clone(), None)
+                .await
+                .map_err(|e| map_err(&e))?
+                .kvs()
+                .first()
+                .map(parse_active)
+                .unwrap_or_default()
+                .rev;
+            c.put(k_active, ActiveCount { n: active, rev }.to_json(), None)
+                .await
+                .map_err(|e| map_err(&e))?;
+            Ok(gone)
         })
         .await
     }

@@ -7,6 +7,7 @@ pub mod redis;
 pub mod storage;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -179,6 +180,57 @@ impl ClusterError {
     }
 }
 
+/// Who holds a name or an address among the live members (`live_holders`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holders {
+    /// The id of the live node holding the name.
+    pub name: Option<String>,
+    /// The first of the addresses asked about that a live node holds, and that node's id.
+    pub ip: Option<(IpAddr, String)>,
+}
+
+/// The position of a member in the list order, as a page cursor: hex of `<name>\0<id>`, so
+/// that it is opaque in a URL and orders as (name, id) does.
+pub fn cursor_of(node: &NodeRecord) -> String {
+    let mut raw = node.name.clone().into_bytes();
+    raw.push(0);
+    raw.extend_from_slice(node.id.as_bytes());
+    hex::encode(raw)
+}
+
+/// The (name, id) a cursor stands for; `None` when it is not one of ours.
+pub fn parse_cursor(cursor: &str) -> Option<(String, String)> {
+    let raw = hex::decode(cursor).ok()?;
+    let at = raw.iter().position(|b| *b == 0)?;
+    let name = String::from_utf8(raw[..at].to_vec()).ok()?;
+    let id = String::from_utf8(raw[at + 1..].to_vec()).ok()?;
+    Some((name, id))
+}
+
+/// A page of a list sorted by (name, id): the members after `cursor`, at most `limit`.
+pub fn page_of(
+    sorted: Vec<Member>,
+    limit: usize,
+    cursor: Option<&str>,
+) -> (Vec<Member>, Option<String>) {
+    let after = cursor.and_then(parse_cursor);
+    let mut page: Vec<Member> = sorted
+        .into_iter()
+        .filter(|m| match &after {
+            Some((n, i)) => (m.node.name.as_str(), m.node.id.as_str()) > (n.as_str(), i.as_str()),
+            None => true,
+        })
+        .take(limit.saturating_add(1))
+        .collect();
+    let next = if page.len() > limit {
+        page.truncate(limit);
+        page.last().map(|m| cursor_of(&m.node))
+    } else {
+        None
+    };
+    (page, next)
+}
+
 /// Heartbeat settings every backend needs.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
@@ -205,7 +257,9 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
     /// heartbeat on the backend's clock, and records `joined` when the node was not a member.
     async fn register(&self, node: &NodeRecord) -> Result<usize, ClusterError>;
 
-    /// Records a heartbeat, and prunes members whose heartbeat is older than the timeout.
+    /// Records a heartbeat: constant work, whatever the cluster's size. About once per timeout
+    /// across the whole cluster (a backend-side "pruner" claim that expires after the timeout),
+    /// one heartbeat also prunes expired members and refreshes the stored active count.
     async fn heartbeat(&self, node: &NodeRecord) -> Result<Heartbeat, ClusterError>;
 
     /// Leaves at once (graceful shutdown): gone from the list, `left` recorded.
@@ -218,7 +272,49 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
     /// Every member with its state and last heartbeat, sorted by name.
     async fn members(&self) -> Result<Vec<Member>, ClusterError>;
 
-    /// How many members are active.
+    /// One page of the member list, in the order of `members` (name, then id), starting after
+    /// `cursor` (from the previous page); returns the page and the next cursor (`None`: the last
+    /// page). Backends override it to read only the page.
+    async fn members_page(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<Member>, Option<String>), ClusterError> {
+        let all = self.members().await?;
+        Ok(page_of(all, limit, cursor))
+    }
+
+    /// The live holders of a node name and of any of `ips` (the build's checks). Backends with
+    /// an index override it; the default reads the whole list.
+    async fn live_holders(
+        &self,
+        name: Option<&str>,
+        ips: &[IpAddr],
+    ) -> Result<Holders, ClusterError> {
+        let mut out = Holders::default();
+        for m in self.members().await? {
+            if m.state != MemberState::Active {
+                continue;
+            }
+            if out.name.is_none() && name == Some(m.node.name.as_str()) {
+                out.name = Some(m.node.id.clone());
+            }
+            if out.ip.is_none()
+                && let Some(ip) = ips.iter().find(|ip| {
+                    m.node
+                        .addresses
+                        .iter()
+                        .any(|a| a.parse().ok() == Some(**ip))
+                })
+            {
+                out.ip = Some((*ip, m.node.id.clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many members are active. Redis counts them exactly; etcd and storage read the count
+    /// that joins and leaves adjust and the periodic prune recounts (at most one timeout old).
     async fn active_count(&self) -> Result<usize, ClusterError>;
 
     /// Removes members older than the timeout, recording `expired` for each; returns their ids.
@@ -297,4 +393,52 @@ pub fn open(config: &Config) -> Result<Arc<dyn Membership>, ClusterError> {
         )?),
         BackendKind::Etcd => Arc::new(etcd::EtcdMembership::new(&config.cluster, timing)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, id: &str) -> Member {
+        Member {
+            node: NodeRecord {
+                id: id.into(),
+                name: name.into(),
+                hostname: String::new(),
+                addresses: Vec::new(),
+                version: String::new(),
+                os: String::new(),
+                started_at: 0,
+                url: String::new(),
+            },
+            last_heartbeat_ms: 0,
+            age_ms: 0,
+            state: MemberState::Active,
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip_and_order_as_name_then_id() {
+        let m = member("alpha", "alpha-abc123");
+        let c = cursor_of(&m.node);
+        assert_eq!(
+            parse_cursor(&c),
+            Some(("alpha".into(), "alpha-abc123".into()))
+        );
+        assert_eq!(parse_cursor("zz"), None);
+        assert_eq!(parse_cursor(&hex::encode("no-separator")), None);
+        // "alpha" sorts before "alpha-2" by name, as the list does.
+        let all = vec![
+            member("alpha", "alpha-xxxxxx"),
+            member("alpha-2", "alpha-2-aaaaaa"),
+            member("bravo", "bravo-bbbbbb"),
+        ];
+        let (first, next) = page_of(all.clone(), 1, None);
+        assert_eq!(first[0].node.name, "alpha");
+        let (second, next) = page_of(all.clone(), 1, next.as_deref());
+        assert_eq!(second[0].node.name, "alpha-2");
+        let (third, next) = page_of(all, 5, next.as_deref());
+        assert_eq!(third.len(), 1);
+        assert_eq!(next, None);
+    }
 }

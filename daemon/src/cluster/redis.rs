@@ -3,8 +3,12 @@
 //!
 //! Keys, under the configured prefix (default `fleet:`):
 //! `cluster:members` ZSET id → last heartbeat ms; `cluster:node:<id>` HASH, expiring after twice
-//! the timeout; `cluster:names` HASH name → id of its holder; `cluster:events` STREAM (capped);
+//! the timeout; `cluster:names` HASH name → id of its holder; `cluster:ips` HASH address → id of
+//! the node that registered it last; `cluster:order` ZSET of `<name>\0<id>` (all scores 0: read
+//! by lex range, the pages of the member list); `cluster:events` STREAM (capped);
 //! `cluster:removed:<id>` a tombstone set when an admin removes a node.
+//! The member list runs on a connection of its own, so a node's heartbeats and status reads
+//! never wait behind a list of 100,000 members.
 //! The scripts derive keys from the prefix, which is fine for a single Redis (or a replicated
 //! pair), not for Redis Cluster.
 
@@ -29,9 +33,22 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+local function unindex(prefix, id, nkey)
+  local f = redis.call('HMGET', nkey, 'name', 'ips')
+  local name = f[1] or string.match(id, '^(.*)%-[^%-]*$') or id
+  redis.call('ZREM', prefix .. 'cluster:order', name .. '\0' .. id)
+  if f[2] then
+    for ip in string.gmatch(f[2], '[^,]+') do
+      if redis.call('HGET', prefix .. 'cluster:ips', ip) == id then
+        redis.call('HDEL', prefix .. 'cluster:ips', ip)
+      end
+    end
+  end
+  return f[1]
+end
 local function forget(prefix, id)
   local nkey = prefix .. 'cluster:node:' .. id
-  local name = redis.call('HGET', nkey, 'name')
+  local name = unindex(prefix, id, nkey)
   redis.call('DEL', nkey)
   if name and redis.call('HGET', prefix .. 'cluster:names', name) == id then
     redis.call('HDEL', prefix .. 'cluster:names', name)
@@ -57,9 +74,9 @@ local function active(prefix, now, timeout)
 end
 "#;
 
-/// ARGV: prefix, cap, timeout_ms, id, name, field, value, …
+/// ARGV: prefix, cap, timeout_ms, id, name, ips (comma-separated), field, value, …
 const REGISTER: &str = r#"
-local prefix, cap, timeout, id, name = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local prefix, cap, timeout, id, name, ips = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
 local now = now_ms()
 if redis.call('EXISTS', prefix .. 'cluster:removed:' .. id) == 1 then return {'removed', ''} end
 local members = prefix .. 'cluster:members'
@@ -73,9 +90,14 @@ local fresh = (not prev) or (now - tonumber(prev) >= timeout)
 redis.call('ZADD', members, now, id)
 redis.call('HSET', prefix .. 'cluster:names', name, id)
 local nkey = prefix .. 'cluster:node:' .. id
+unindex(prefix, id, nkey)
 redis.call('DEL', nkey)
-redis.call('HSET', nkey, unpack(ARGV, 6))
+redis.call('HSET', nkey, 'ips', ips, unpack(ARGV, 7))
 redis.call('PEXPIRE', nkey, timeout * 2)
+redis.call('ZADD', prefix .. 'cluster:order', 0, name .. '\0' .. id)
+for ip in string.gmatch(ips, '[^,]+') do
+  redis.call('HSET', prefix .. 'cluster:ips', ip, id)
+end
 if fresh then event(prefix, cap, 'joined', id, now, 'name', name) end
 return {'ok', tostring(active(prefix, now, timeout))}
 "#;
@@ -175,10 +197,14 @@ fn record_from_row(id: String, row: Vec<Option<String>>) -> NodeRecord {
 
 /// Members pruned at most per heartbeat, so one heartbeat stays short after a mass outage.
 const PRUNE_LIMIT: usize = 100;
+/// Records read per pipeline by the member list.
+const LIST_BATCH: usize = 1000;
 
 /// Membership in Redis.
 pub struct RedisMembership {
     conn: ConnectionManager,
+    /// For the member list only (see the module comment).
+    list_conn: ConnectionManager,
     prefix: String,
     timing: Timing,
     /// `host:port` or the socket path, for messages (never credentials).
@@ -291,7 +317,8 @@ impl RedisMembership {
     pub fn new(cfg: &ClusterConfig, timing: Timing) -> Result<Self, ClusterError> {
         let info = connection_info(cfg)?;
         Ok(RedisMembership {
-            conn: connect_lazy(info, &timing)?,
+            conn: connect_lazy(info.clone(), &timing)?,
+            list_conn: connect_lazy(info, &timing)?,
             prefix: cfg.key_prefix.clone(),
             timing,
             address: describe_address(cfg),
@@ -332,7 +359,23 @@ impl RedisMembership {
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, ClusterError> {
-        let mut conn = self.conn.clone();
+        self.query_on(&self.conn, pipe).await
+    }
+
+    /// A query on the member list's own connection.
+    async fn query_list<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, ClusterError> {
+        self.query_on(&self.list_conn, pipe).await
+    }
+
+    async fn query_on<T: redis::FromRedisValue>(
+        &self,
+        conn: &ConnectionManager,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, ClusterError> {
+        let mut conn = conn.clone();
         let deadline = self.timing.op_timeout() * 2;
         match tokio::time::timeout(deadline, pipe.query_async(&mut conn)).await {
             Ok(r) => r.map_err(|e| map_err(&e)),
@@ -365,9 +408,48 @@ impl RedisMembership {
             pipe.zadd(self.key("members"), &n.id, ms).ignore();
             let nkey = self.key(&format!("node:{}", n.id));
             pipe.hset_multiple(&nkey, &n.to_fields()).ignore();
+            let ips = ips_of(n);
+            pipe.hset(&nkey, "ips", ips.join(",")).ignore();
             pipe.pexpire(&nkey, (self.timeout_ms() * 2) as i64).ignore();
             pipe.hset(self.key("names"), &n.name, &n.id).ignore();
+            pipe.zadd(self.key("order"), order_entry(&n.name, &n.id), 0)
+                .ignore();
+            for ip in ips {
+                pipe.hset(self.key("ips"), ip, &n.id).ignore();
+            }
         }
+        self.query::<()>(&pipe).await
+    }
+}
+
+/// A node's addresses in their canonical form (`IpAddr`'s), the keys of `cluster:ips`.
+fn ips_of(node: &NodeRecord) -> Vec<String> {
+    node.addresses
+        .iter()
+        .filter_map(|a| a.parse::<std::net::IpAddr>().ok())
+        .map(|ip| ip.to_string())
+        .collect()
+}
+
+/// A member's entry in `cluster:order`.
+fn order_entry(name: &str, id: &str) -> Vec<u8> {
+    let mut e = name.as_bytes().to_vec();
+    e.push(0);
+    e.extend_from_slice(id.as_bytes());
+    e
+}
+
+impl RedisMembership {
+    /// For the benchmarks: the raw commands a heartbeat cannot do without (move the member's
+    /// score, extend its record's expiry), without the script's checks.
+    pub async fn bench_floor_heartbeat(&self, id: &str, ms: u64) -> Result<(), ClusterError> {
+        let mut pipe = redis::pipe();
+        pipe.zadd(self.key("members"), id, ms).ignore();
+        pipe.pexpire(
+            self.key(&format!("node:{id}")),
+            (self.timeout_ms() * 2) as i64,
+        )
+        .ignore();
         self.query::<()>(&pipe).await
     }
 }
@@ -387,6 +469,59 @@ fn parse_outcome(reply: (String, String), node: &str) -> Result<Heartbeat, Clust
 }
 
 impl RedisMembership {
+    /// Member entries from ids and their heartbeat scores (`None`: gone from the set, skipped),
+    /// reading the records with one pipelined HMGET each on the list's connection.
+    async fn rows_to_members(
+        &self,
+        scores: Vec<(String, Option<f64>)>,
+        now: u64,
+    ) -> Result<Vec<Member>, ClusterError> {
+        let scores: Vec<(String, f64)> = scores
+            .into_iter()
+            .filter_map(|(id, s)| Some((id, s?)))
+            .collect();
+        if scores.is_empty() {
+            return Ok(Vec::new());
+        }
+        // HMGET of fixed fields parses faster than HGETALL into maps (10,000 members). In
+        // pipelines of a bounded size: between two, Redis serves the other clients (heartbeats,
+        // status reads), and this task yields to the others on its runtime.
+        let mut rows: Vec<Vec<Option<String>>> = Vec::with_capacity(scores.len());
+        for chunk in scores.chunks(LIST_BATCH) {
+            let mut pipe = redis::pipe();
+            for (id, _) in chunk {
+                pipe.cmd("HMGET")
+                    .arg(self.key(&format!("node:{id}")))
+                    .arg(&RECORD_FIELDS[..]);
+            }
+            let part: Vec<Vec<Option<String>>> = self.query_list(&pipe).await?;
+            rows.extend(part);
+        }
+        let timeout = self.timeout_ms();
+        Ok(scores
+            .into_iter()
+            .zip(rows)
+            .map(|((id, score), row)| {
+                let last = score as u64;
+                let age = now.saturating_sub(last);
+                let mut node = record_from_row(id.clone(), row);
+                if node.name.is_empty() {
+                    node.name = id.rsplit_once('-').map(|(n, _)| n).unwrap_or(&id).into();
+                }
+                Member {
+                    node,
+                    last_heartbeat_ms: last,
+                    age_ms: age,
+                    state: if age < timeout {
+                        MemberState::Active
+                    } else {
+                        MemberState::Expired
+                    },
+                }
+            })
+            .collect())
+    }
+
     async fn remove_member(&self, node_id: &str, by: &str) -> Result<bool, ClusterError> {
         let mut args = self.base_args();
         args.extend([
@@ -523,6 +658,7 @@ impl Membership for RedisMembership {
         args.push(self.timeout_ms().to_string());
         args.push(node.id.clone());
         args.push(node.name.clone());
+        args.push(ips_of(node).join(","));
         for (k, v) in node.to_fields() {
             args.push(k.to_string());
             args.push(v);
@@ -712,42 +848,11 @@ impl Membership for RedisMembership {
         let mut pipe = redis::pipe();
         pipe.zrange_withscores(self.key("members"), 0, -1);
         pipe.cmd("TIME");
-        let (scores, (secs, micros)): (Vec<(String, f64)>, (u64, u64)) = self.query(&pipe).await?;
+        let (scores, (secs, micros)): (Vec<(String, f64)>, (u64, u64)) =
+            self.query_list(&pipe).await?;
         let now = secs * 1000 + micros / 1000;
-        if scores.is_empty() {
-            return Ok(Vec::new());
-        }
-        // HMGET of fixed fields parses faster than HGETALL into maps (10,000 members).
-        let mut pipe = redis::pipe();
-        for (id, _) in &scores {
-            pipe.cmd("HMGET")
-                .arg(self.key(&format!("node:{id}")))
-                .arg(&RECORD_FIELDS[..]);
-        }
-        let rows: Vec<Vec<Option<String>>> = self.query(&pipe).await?;
-        let timeout = self.timeout_ms();
-        let mut out: Vec<Member> = scores
-            .into_iter()
-            .zip(rows)
-            .map(|((id, score), row)| {
-                let last = score as u64;
-                let age = now.saturating_sub(last);
-                let mut node = record_from_row(id.clone(), row);
-                if node.name.is_empty() {
-                    node.name = id.rsplit_once('-').map(|(n, _)| n).unwrap_or(&id).into();
-                }
-                Member {
-                    node,
-                    last_heartbeat_ms: last,
-                    age_ms: age,
-                    state: if age < timeout {
-                        MemberState::Active
-                    } else {
-                        MemberState::Expired
-                    },
-                }
-            })
-            .collect();
+        let scores = scores.into_iter().map(|(id, s)| (id, Some(s))).collect();
+        let mut out = self.rows_to_members(scores, now).await?;
         out.sort_by(|a, b| {
             a.node
                 .name
@@ -755,6 +860,107 @@ impl Membership for RedisMembership {
                 .then(a.node.id.cmp(&b.node.id))
         });
         Ok(out)
+    }
+
+    async fn members_page(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<Member>, Option<String>), ClusterError> {
+        let start: Vec<u8> = match cursor.and_then(super::parse_cursor) {
+            Some((name, id)) => [b"(".as_slice(), &order_entry(&name, &id)].concat(),
+            None => b"-".to_vec(),
+        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZRANGEBYLEX")
+            .arg(self.key("order"))
+            .arg(start)
+            .arg("+")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit.saturating_add(1));
+        pipe.cmd("TIME");
+        let (entries, (secs, micros)): (Vec<Vec<u8>>, (u64, u64)) = self.query_list(&pipe).await?;
+        let now = secs * 1000 + micros / 1000;
+        let more = entries.len() > limit;
+        let ids: Vec<String> = entries
+            .iter()
+            .take(limit)
+            .filter_map(|e| {
+                let at = e.iter().position(|b| *b == 0)?;
+                String::from_utf8(e[at + 1..].to_vec()).ok()
+            })
+            .collect();
+        let next = if more {
+            entries.get(limit.saturating_sub(1)).map(hex::encode)
+        } else {
+            None
+        };
+        if ids.is_empty() {
+            return Ok((Vec::new(), next));
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.zscore(self.key("members"), id);
+        }
+        let scores: Vec<Option<f64>> = self.query_list(&pipe).await?;
+        let out = self
+            .rows_to_members(ids.into_iter().zip(scores).collect(), now)
+            .await?;
+        Ok((out, next))
+    }
+
+    async fn live_holders(
+        &self,
+        name: Option<&str>,
+        ips: &[std::net::IpAddr],
+    ) -> Result<super::Holders, ClusterError> {
+        let mut pipe = redis::pipe();
+        pipe.hget(self.key("names"), name.unwrap_or(""));
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.key("ips")).arg("");
+        for ip in ips {
+            cmd.arg(ip.to_string());
+        }
+        pipe.add_command(cmd);
+        pipe.cmd("TIME");
+        let (name_holder, ip_holders, (secs, micros)): (
+            Option<String>,
+            Vec<Option<String>>,
+            (u64, u64),
+        ) = self.query_list(&pipe).await?;
+        let now = secs * 1000 + micros / 1000;
+        // The first entry of HMGET is the "" placeholder (HMGET needs one field at least).
+        let ip_holders: Vec<(std::net::IpAddr, String)> = ips
+            .iter()
+            .zip(ip_holders.into_iter().skip(1))
+            .filter_map(|(ip, h)| Some((*ip, h?)))
+            .collect();
+        let candidates: Vec<String> = name_holder
+            .iter()
+            .filter(|_| name.is_some())
+            .cloned()
+            .chain(ip_holders.iter().map(|(_, h)| h.clone()))
+            .collect();
+        if candidates.is_empty() {
+            return Ok(super::Holders::default());
+        }
+        let mut pipe = redis::pipe();
+        for id in &candidates {
+            pipe.zscore(self.key("members"), id);
+        }
+        let scores: Vec<Option<f64>> = self.query_list(&pipe).await?;
+        let timeout = self.timeout_ms();
+        let live: std::collections::BTreeSet<&String> = candidates
+            .iter()
+            .zip(&scores)
+            .filter(|(_, s)| s.is_some_and(|s| now.saturating_sub(s as u64) < timeout))
+            .map(|(id, _)| id)
+            .collect();
+        Ok(super::Holders {
+            name: name_holder.filter(|h| name.is_some() && live.contains(h)),
+            ip: ip_holders.into_iter().find(|(_, h)| live.contains(h)),
+        })
     }
 
     async fn active_count(&self) -> Result<usize, ClusterError> {

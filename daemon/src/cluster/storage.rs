@@ -3,7 +3,15 @@
 //!
 //! Layout under `<storage_path>/cluster/`: `members/<id>.json` (the node's record; its mtime is
 //! the last heartbeat), `names/<name>` (id of the holder), `events/<ms>-<rand>.json`,
-//! `removed/<id>` (tombstones), `clock` (touched to read the file server's time), `lock`.
+//! `removed/<id>` (tombstones), `clock` (touched to read the file server's time), `lock`,
+//! `active` (the active count: joins and leaves adjust it under the lock, the prune recounts),
+//! `prune` (its mtime: the last prune's turn).
+//!
+//! Cost. A heartbeat touches only its own member file (stat, stamp, stat) and stats its
+//! tombstone, the `prune` stamp and reads `active`: the same at 10 members and at 10,000. The
+//! directory is listed only by the prune, which one heartbeat in the cluster runs when `prune`
+//! is older than the timeout, and by the member list. Registration checks its name through
+//! `names/<name>` under the lock, never by listing.
 //!
 //! Why it is safe on NFS: every write is a temporary file and a rename (atomic on NFS), the join
 //! lock is an exclusive create (atomic since NFSv3), and times come from the file server's clock:
@@ -73,6 +81,42 @@ impl StorageMembership {
     /// The shared directory this backend uses.
     pub fn root(&self) -> &Path {
         &self.inner.root
+    }
+
+    /// For the benchmarks: writes members as registrations would (record, name file, stamped
+    /// now) and adds them to the stored count.
+    pub async fn simulate_members(&self, nodes: &[NodeRecord]) -> Result<(), ClusterError> {
+        let nodes = nodes.to_vec();
+        self.with(move |d| {
+            d.check_root()?;
+            d.ensure("members")?;
+            let names = d.ensure("names")?;
+            for n in &nodes {
+                let path = d.member_path(&n.id);
+                let bytes = serde_json::to_vec(n).unwrap_or_default();
+                write_atomically(&path, &bytes, 0o644)
+                    .map_err(|e| io_err("cannot write", &path, e))?;
+                touch(&path)?;
+                let np = names.join(&n.name);
+                write_atomically(&np, n.id.as_bytes(), 0o644)
+                    .map_err(|e| io_err("cannot write", &np, e))?;
+            }
+            let _lock = d.lock()?;
+            d.write_active(d.read_active() + nodes.len())
+        })
+        .await
+    }
+
+    /// For the benchmarks: the file calls a heartbeat cannot do without (stamp its own file
+    /// and read back the time), without the checks.
+    pub async fn bench_floor_heartbeat(&self, id: &str) -> Result<(), ClusterError> {
+        let id = id.to_string();
+        self.with(move |d| {
+            let path = d.member_path(&id);
+            touch(&path)?;
+            mtime_ms(&path).map(|_| ())
+        })
+        .await
     }
 
     /// Runs blocking file work off the async threads, with a deadline: a hung NFS server
@@ -305,6 +349,95 @@ impl Dir {
         Ok(n)
     }
 
+    /// A heartbeat's file work, whatever the cluster's size: stat, stamp and stat again this
+    /// node's own file (its new mtime is the file server's "now"), and a look at its tombstone.
+    /// Returns the outcome and that "now".
+    fn beat(&self, id: &str) -> Result<(Heartbeat, u64), ClusterError> {
+        let path = self.member_path(id);
+        let tombstone = self.sub("removed").join(id);
+        let Some(before) = mtime_ms(&path)? else {
+            // Not a member: the clock file tells whether a tombstone is still in force.
+            let now = self.now_ms()?;
+            let removed = mtime_ms(&tombstone)?.is_some() && self.is_removed(id, now)?;
+            return Ok((
+                if removed {
+                    Heartbeat::Removed
+                } else {
+                    Heartbeat::NotMember
+                },
+                now,
+            ));
+        };
+        match utimensat(
+            AT_FDCWD,
+            &path,
+            &TimeSpec::UTIME_NOW,
+            &TimeSpec::UTIME_NOW,
+            UtimensatFlags::FollowSymlink,
+        ) {
+            Ok(()) => {}
+            // Pruned or wiped between the stat and the stamp: join again.
+            Err(nix::errno::Errno::ENOENT) => return Ok((Heartbeat::NotMember, before)),
+            Err(e) => return Err(io_err("cannot stamp", &path, e.into())),
+        }
+        let Some(now) = mtime_ms(&path)? else {
+            return Ok((Heartbeat::NotMember, before));
+        };
+        if self.is_removed(id, now)? {
+            return Ok((Heartbeat::Removed, now));
+        }
+        if now.saturating_sub(before) >= self.timeout_ms() {
+            // It had expired: put its old time back, so that it stays expired (the prune
+            // records it, and its registration counts as a fresh join).
+            let old = TimeSpec::from_duration(Duration::from_millis(before));
+            let _ = utimensat(AT_FDCWD, &path, &old, &old, UtimensatFlags::FollowSymlink);
+            return Ok((Heartbeat::NotMember, now));
+        }
+        Ok((Heartbeat::Alive { active: 0 }, now))
+    }
+
+    /// Whether this heartbeat takes the prune's turn: `prune` (a stamp file) is older than the
+    /// timeout, or missing. Stamping it claims the turn, so the next nodes find it fresh; two
+    /// nodes that claim at the same instant both prune, which is harmless (pruning is
+    /// idempotent). `now`: the file server's time, as this heartbeat's stamp read it.
+    fn prune_due(&self, now: u64) -> Result<bool, ClusterError> {
+        let stamp = self.sub("prune");
+        match mtime_ms(&stamp)? {
+            Some(t) if now.saturating_sub(t) < self.timeout_ms() => Ok(false),
+            Some(_) => {
+                touch(&stamp)?;
+                Ok(true)
+            }
+            None => {
+                write_atomically(&stamp, b"", 0o644)
+                    .map_err(|e| io_err("cannot write", &stamp, e))?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// The stored active count (0 when there is none yet).
+    fn read_active(&self) -> usize {
+        std::fs::read_to_string(self.sub("active"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn write_active(&self, n: usize) -> Result<(), ClusterError> {
+        let p = self.sub("active");
+        write_atomically(&p, n.to_string().as_bytes(), 0o644)
+            .map_err(|e| io_err("cannot write", &p, e))
+    }
+
+    /// Counts the active members (a scan of the directory: the prune's turn only) and stores
+    /// the count.
+    fn recount(&self, now: u64) -> Result<usize, ClusterError> {
+        let n = self.active_at(now)?;
+        self.write_active(n)?;
+        Ok(n)
+    }
+
     fn prune_at(&self, now: u64) -> Result<Vec<String>, ClusterError> {
         let timeout = self.timeout_ms();
         let mut gone = Vec::new();
@@ -365,12 +498,18 @@ impl Dir {
                 .map_err(|e| io_err("cannot write", &p, e))?;
         }
         let path = self.member_path(id);
-        let name = self
-            .read_member(id)?
-            .map(|(n, _)| n.name)
-            .unwrap_or_default();
+        let member = self.read_member(id)?;
+        let was_active = member
+            .as_ref()
+            .is_some_and(|(_, t)| now.saturating_sub(*t) < self.timeout_ms());
+        let name = member.map(|(n, _)| n.name).unwrap_or_default();
         match std::fs::remove_file(&path) {
             Ok(()) => {
+                if was_active {
+                    // The count changes under the join lock, as registrations change it.
+                    let _lock = self.lock()?;
+                    self.write_active(self.read_active().saturating_sub(1))?;
+                }
                 self.forget_name(&name, id);
                 let mut detail = BTreeMap::from([("name".to_string(), name)]);
                 if !by.is_empty() {
@@ -464,7 +603,14 @@ impl Membership for StorageMembership {
                     BTreeMap::from([("name".into(), node.name.clone())]),
                 )?;
             }
-            d.active_at(now)
+            // The count, not a scan of the directory: the lock is held here, and the next
+            // prune recounts.
+            let mut active = d.read_active();
+            if fresh {
+                active += 1;
+                d.write_active(active)?;
+            }
+            Ok(active.max(1))
         })
         .await
     }
@@ -472,30 +618,19 @@ impl Membership for StorageMembership {
     async fn heartbeat(&self, node: &NodeRecord) -> Result<Heartbeat, ClusterError> {
         let id = node.id.clone();
         self.with(move |d| {
-            let now = d.now_ms()?;
-            if d.is_removed(&id, now)? {
-                return Ok(Heartbeat::Removed);
+            let (beat, now) = d.beat(&id)?;
+            if !matches!(beat, Heartbeat::Alive { .. }) {
+                return Ok(beat);
             }
-            let path = d.member_path(&id);
-            match mtime_ms(&path)? {
-                Some(t) if now.saturating_sub(t) < d.timeout_ms() => {}
-                _ => return Ok(Heartbeat::NotMember),
+            // The prune's turn: about once per timeout across the cluster (see `prune_due`).
+            if d.prune_due(now)? {
+                d.prune_at(now)?;
+                return Ok(Heartbeat::Alive {
+                    active: d.recount(now)?.max(1),
+                });
             }
-            match utimensat(
-                AT_FDCWD,
-                &path,
-                &TimeSpec::UTIME_NOW,
-                &TimeSpec::UTIME_NOW,
-                UtimensatFlags::FollowSymlink,
-            ) {
-                Ok(()) => {}
-                // Pruned or wiped between the check and the stamp: join again.
-                Err(nix::errno::Errno::ENOENT) => return Ok(Heartbeat::NotMember),
-                Err(e) => return Err(io_err("cannot stamp", &path, e.into())),
-            }
-            d.prune_at(now)?;
             Ok(Heartbeat::Alive {
-                active: d.active_at(now)?,
+                active: d.read_active().max(1),
             })
         })
         .await
@@ -524,8 +659,8 @@ impl Membership for StorageMembership {
 
     async fn active_count(&self) -> Result<usize, ClusterError> {
         self.with(|d| {
-            let now = d.now_ms()?;
-            d.active_at(now)
+            d.check_root()?;
+            Ok(d.read_active())
         })
         .await
     }
@@ -533,7 +668,9 @@ impl Membership for StorageMembership {
     async fn prune(&self) -> Result<Vec<String>, ClusterError> {
         self.with(|d| {
             let now = d.now_ms()?;
-            d.prune_at(now)
+            let gone = d.prune_at(now)?;
+            d.recount(now)?;
+            Ok(gone)
         })
         .await
     }
