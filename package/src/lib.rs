@@ -54,5 +54,12 @@ pub const SEALED_NAME: &str = "fleet-config.sealed";
 /// File name of the key file (key-file mode), beside the sealed configuration.
 pub const KEY_NAME: &str = "fleet-config.key";
 
+/// The Bom that [`PkgBuilder`] writes for `files` (`a/b/c`, permission bits,
+/// contents; parent directories are added), for comparing it with other
+/// writers.
+pub fn bom_of(files: &[(&str, u32, &[u8])]) -> Result<Vec<u8>> {
+    bom::build_bom(&payload::tree(files))
+}
+
 /// Result of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -5,6 +5,7 @@
 mod common;
 
 mod bad_input;
+mod bom;
 mod bundle;
 mod determinism;
 mod emulated_install;

@@ -223,8 +223,8 @@ fn apple_bom_matches_the_payload() {
         .iter()
         .map(|p| {
             (
-                // apple-bom prefixes "./" to the stored names ("." and "./…").
-                p.path().strip_prefix("./").unwrap_or(p.path()).to_owned(),
+                // "." and "./…", as kpea reads the Payload.
+                p.path().to_owned(),
                 (p.file_mode(), p.user_id(), p.group_id(), p.size()),
             )
         })
