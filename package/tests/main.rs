@@ -11,3 +11,4 @@ mod determinism;
 mod emulated_install;
 mod files;
 mod readers;
+mod signing;
