@@ -10,4 +10,5 @@ mod enrollment;
 mod etcd;
 mod install;
 mod netns;
+mod signing;
 mod web;
