@@ -1,8 +1,9 @@
-# Thin wrappers that mirror CI: `make ci` = deps + fmt-check + lint + test (.ci/run calls it).
+# Thin wrappers that mirror CI: `make ci` = deps + fmt-check + lint + check-licenses + test
+# (.ci/run calls it).
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: deps build test lint fmt fmt-check ci fuzz run demo bench clean node-template pkg
+.PHONY: deps build test lint fmt fmt-check ci fuzz run demo bench clean node-template pkg check-licenses
 
 ## Install what the tests and the demo need (Debian: apt; macOS: prints the brew line).
 deps:
@@ -28,7 +29,11 @@ lint:
 fuzz:
 	bash scripts/fuzz.sh
 
-ci: deps fmt-check lint test fuzz
+## No copyleft crate (GPL, AGPL, LGPL, …; MPL-2.0 allowed) linked into fleet-server or the stub.
+check-licenses:
+	bash scripts/check-licenses.sh
+
+ci: deps fmt-check lint check-licenses test fuzz
 
 ## A single-node server on the embedded storage backend in ./.run (no external service).
 run:
