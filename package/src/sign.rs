@@ -50,6 +50,8 @@ pub struct SigningIdentity {
     chain: Vec<CapturedX509Certificate>,
     timestamp_url: Option<String>,
     developer_id: bool,
+    /// The reserved sizes, found once by a trial signature.
+    space: std::sync::OnceLock<SignatureSpace>,
 }
 
 impl std::fmt::Debug for SigningIdentity {
@@ -268,6 +270,7 @@ impl SigningIdentity {
             chain: ordered,
             timestamp_url: options.timestamp_url.clone(),
             developer_id,
+            space: std::sync::OnceLock::new(),
         })
     }
 
@@ -323,7 +326,12 @@ impl SigningIdentity {
 
 impl TocSigner for SigningIdentity {
     fn space(&self) -> Result<SignatureSpace> {
-        // A trial over a digest of the right length gives both sizes.
+        if let Some(s) = self.space.get() {
+            return Ok(s.clone());
+        }
+        // A trial over a digest of the right length gives both sizes (the same for every
+        // package: the signed attributes have fixed lengths; a timestamp token's length may
+        // vary, hence the slack).
         let trial = [0u8; 20];
         let rsa: Vec<u8> = self
             .key
@@ -331,11 +339,12 @@ impl TocSigner for SigningIdentity {
             .map(Into::into)
             .map_err(|e| Error::Signing(format!("RSA signature: {e}")))?;
         let cms = self.cms(&trial)?;
-        Ok(SignatureSpace {
+        let space = SignatureSpace {
             rsa_len: rsa.len(),
             cms_len: cms.len() + CMS_SLACK,
             certificates: self.certificates_der()?,
-        })
+        };
+        Ok(self.space.get_or_init(|| space).clone())
     }
 
     fn sign(&self, toc_digest: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
