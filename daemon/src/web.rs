@@ -467,6 +467,23 @@ cluster's keys: delete it after installation.</p>",
     page(StatusCode::OK, layout("Settings", Some(csrf), &body))
 }
 
+/// Whether the macOS packages this page builds are signed, and by whom.
+fn signing_note(identity: Option<&fleet_package::SigningIdentity>) -> String {
+    match identity {
+        Some(id) => format!(
+            "<p id=\"signing\" class=\"muted\">🔏 macOS packages are signed by {} ({}; certificate valid until {}).</p>",
+            esc(&id.subject()),
+            if id.is_developer_id_installer() {
+                "Developer ID Installer"
+            } else {
+                "not a Developer ID Installer certificate: Installer and MDMs will not trust it"
+            },
+            esc(&id.not_after())
+        ),
+        None => "<p id=\"signing\" class=\"warn-text\">⚠️ macOS packages are not signed: MDMs and Gatekeeper want a signed package. Set package.signing (p12_file, password_file) in the configuration.</p>".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -495,22 +512,5 @@ mod tests {
         );
         assert_eq!(cookie(&h, "fleet_session").as_deref(), Some("abc"));
         assert_eq!(cookie(&h, "nope"), None);
-    }
-}
-
-/// Whether the macOS packages this page builds are signed, and by whom.
-fn signing_note(identity: Option<&fleet_package::SigningIdentity>) -> String {
-    match identity {
-        Some(id) => format!(
-            "<p id=\"signing\" class=\"muted\">🔏 macOS packages are signed by {} ({}; certificate valid until {}).</p>",
-            esc(&id.subject()),
-            if id.is_developer_id_installer() {
-                "Developer ID Installer"
-            } else {
-                "not a Developer ID Installer certificate: Installer and MDMs will not trust it"
-            },
-            esc(&id.not_after())
-        ),
-        None => "<p id=\"signing\" class=\"warn-text\">⚠️ macOS packages are not signed: MDMs and Gatekeeper want a signed package. Set package.signing (p12_file, password_file) in the configuration.</p>".to_owned(),
     }
 }
