@@ -1,8 +1,9 @@
-# Thin wrappers that mirror CI: `make ci` = deps + fmt-check + lint + test (.ci/run calls it).
+# Thin wrappers that mirror CI: `make ci` = deps + fmt-check + lint + check-licenses + test
+# (.ci/run calls it).
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: deps build test lint fmt fmt-check ci fuzz run demo bench clean node-template pkg check-generated check-macos check-workflows
+.PHONY: deps build test lint fmt fmt-check ci fuzz run demo bench clean node-template pkg check-generated check-macos check-workflows check-licenses
 
 ## Install what the tests and the demo need (Debian: apt; macOS: prints the brew line).
 deps:
@@ -37,11 +38,15 @@ check-macos:
 check-workflows:
 	bash scripts/check-workflows.sh
 
-ci: deps fmt-check lint check-generated check-macos check-workflows test fuzz
+ci: deps fmt-check lint check-licenses check-generated check-macos check-workflows test fuzz
 
 ## The descriptor set that stands in for protoc (tools/protoc/) is what a real protoc makes.
 check-generated:
 	bash tools/protoc/regenerate.sh --check
+
+## No copyleft crate (GPL, AGPL, LGPL, …; MPL-2.0 allowed) linked into fleet-server or the stub.
+check-licenses:
+	bash scripts/check-licenses.sh
 
 ## A single-node server on the embedded storage backend in ./.run (no external service).
 run:

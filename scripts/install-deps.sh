@@ -24,7 +24,7 @@ APT_PACKAGES=(
   procps            # ps, for the benchmarks
   wrk               # load generator for `make bench`
   curl
-  openssl           # makes a self-signed certificate for the HTTPS test
+  openssl           # self-signed certificate for the HTTPS test; throwaway signing identities (pkg signing tests, bench)
   python3
   chromium          # headless browser for the Settings page test
   chromium-driver

@@ -403,6 +403,9 @@ pub struct PackageConfig {
     /// Build packages even when the template's binaries do not fit the target (a macOS pkg
     /// with Linux binaries): for development and tests on Linux only.
     pub allow_foreign_binaries: bool,
+    /// Sign macOS packages (Settings page and CLI) with this Developer ID Installer identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing: Option<SigningConfig>,
 }
 
 impl Default for PackageConfig {
@@ -411,8 +414,26 @@ impl Default for PackageConfig {
             template_dir: None,
             expiry_days: 7,
             allow_foreign_binaries: false,
+            signing: None,
         }
     }
+}
+
+/// `package.signing:`: a PKCS#12 identity and the file with its password (readable by its
+/// owner only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningConfig {
+    /// The `.p12` (Developer ID Installer certificate, its key and chain).
+    pub p12_file: PathBuf,
+    /// The file holding the p12's password (mode 0600 or stricter).
+    pub password_file: PathBuf,
+    /// An RFC 3161 timestamp server (e.g. `http://timestamp.apple.com/ts01`); none: no network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_url: Option<String>,
+    /// Sign with a certificate that is not a Developer ID Installer one (in-house CA, tests).
+    #[serde(default)]
+    pub allow_any_certificate: bool,
 }
 
 /// Log verbosity.

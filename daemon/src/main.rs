@@ -175,9 +175,24 @@ enum PackageCommand {
         /// The new node's name ([a-z0-9-]); default: the machine's hostname at first start.
         #[arg(long)]
         node_name: Option<String>,
-        /// `pkg` (macOS) or `bundle` (Linux provision bundle).
+        /// `pkg` (macOS product archive), `component` (bare macOS component package) or
+        /// `bundle` (Linux provision bundle).
         #[arg(long, default_value = "pkg")]
         format: String,
+        /// Sign the macOS package with the Developer ID Installer identity in this PKCS#12 file
+        /// (default: package.signing).
+        #[arg(long, value_name = "FILE", requires = "sign_password_file")]
+        sign_p12: Option<PathBuf>,
+        /// The file holding the p12's password (readable by its owner only).
+        #[arg(long, value_name = "FILE", requires = "sign_p12")]
+        sign_password_file: Option<PathBuf>,
+        /// An RFC 3161 timestamp server for the signature (default: none, no network).
+        #[arg(long, value_name = "URL")]
+        timestamp_url: Option<String>,
+        /// Sign with a certificate that is not a Developer ID Installer one (Installer and
+        /// MDMs will not trust it).
+        #[arg(long)]
+        allow_any_certificate: bool,
         /// Where to write it (default: the package name in the current directory).
         #[arg(long, short)]
         output: Option<PathBuf>,
@@ -224,7 +239,8 @@ enum PackageCommand {
         /// The token id shown by `package list` (a prefix of 8 or more characters is enough).
         id: String,
     },
-    /// Show a package's members, checksums, PackageInfo and sealed header (never a secret).
+    /// Show a package's members, checksums, Distribution, signature (signer, chain, whether it
+    /// verifies), PackageInfo and sealed header (never a secret).
     Inspect {
         /// The .pkg file.
         file: PathBuf,
@@ -419,8 +435,16 @@ fn print_built(path: &std::path::Path, b: &packages::BuiltPackage, passphrase: b
             "   ⚠️  Development build: the binaries do not fit the target (--allow-foreign-binaries)"
         );
     }
+    if b.format.is_macos() {
+        match &b.signed_by {
+            Some(who) => println!("   Signed by: {who}"),
+            None => println!(
+                "   Unsigned (MDMs and Gatekeeper want a signed package: --sign-p12 or package.signing)"
+            ),
+        }
+    }
     match b.format {
-        packages::Format::Pkg => {
+        packages::Format::Pkg | packages::Format::Component => {
             println!("   Install: sudo installer -pkg {} -target /", b.file_name)
         }
         packages::Format::Bundle => println!(
@@ -542,6 +566,10 @@ fn real_main() -> anyhow::Result<()> {
                     config,
                     node_name,
                     format,
+                    sign_p12,
+                    sign_password_file,
+                    timestamp_url,
+                    allow_any_certificate,
                     output,
                     package_name,
                     expires,
@@ -556,6 +584,34 @@ fn real_main() -> anyhow::Result<()> {
         } => {
             let c = load(config)?;
             let format: packages::Format = format.parse().map_err(anyhow::Error::msg)?;
+            // The identity is loaded (and checked) before anything is built or written.
+            let signing = match (sign_p12, sign_password_file) {
+                (Some(p12_file), Some(password_file)) => {
+                    if !format.is_macos() {
+                        anyhow::bail!(
+                            "--sign-p12 signs macOS packages; a {} is not signed",
+                            format.as_str()
+                        );
+                    }
+                    Some(fleet_server::config::SigningConfig {
+                        p12_file,
+                        password_file,
+                        timestamp_url: timestamp_url.clone(),
+                        allow_any_certificate,
+                    })
+                }
+                _ => c.package.signing.clone().map(|mut s| {
+                    if timestamp_url.is_some() {
+                        s.timestamp_url = timestamp_url.clone();
+                    }
+                    s.allow_any_certificate |= allow_any_certificate;
+                    s
+                }),
+            };
+            let identity = match signing.as_ref().filter(|_| format.is_macos()) {
+                Some(s) => Some(packages::load_signing(s)?),
+                None => None,
+            };
             let expires = match expires {
                 Some(e) => packages::parse_expiry(&e).map_err(anyhow::Error::msg)?,
                 None => std::time::Duration::from_secs(u64::from(c.package.expiry_days) * 86_400),
@@ -602,7 +658,7 @@ fn real_main() -> anyhow::Result<()> {
                 let cb = packages::build_for_cluster(
                     &c,
                     backend.as_deref(),
-                    &packages::Builder::new(),
+                    &packages::Builder::new().with_signing(identity),
                     req.clone(),
                 )
                 .await?;
@@ -676,6 +732,12 @@ fn real_main() -> anyhow::Result<()> {
                     Ok(h) => println!("Sealed configuration:\n{h}"),
                     Err(e) => println!("Sealed configuration: unreadable header ({e})"),
                 }
+            }
+            if report.signature.as_ref().is_some_and(|s| !s.verifies()) {
+                anyhow::bail!(
+                    "{}: the package's signature does not verify",
+                    file.display()
+                );
             }
             Ok(())
         }

@@ -11,16 +11,22 @@ use fleet_installer_stub::sealed::{
     self, ConfigFile, FileKey, KdfParams, KeySource, SealOptions, SealedPayload,
 };
 use fleet_installer_stub::{EthernetPolicy, TargetLayout};
-use fleet_package::{ArtifactCache, NodeFiles, PkgBuilder, PkgOptions, PkgRoot, Target, Template};
+use fleet_package::{
+    ArtifactCache, NodeFiles, PkgBuilder, PkgFormat, PkgOptions, PkgRoot, SigningIdentity,
+    SigningOptions, Target, Template,
+};
 
 use crate::cluster::{ClusterError, Membership};
-use crate::config::{BackendKind, Config, Secret};
+use crate::config::{BackendKind, Config, Secret, SigningConfig};
 
 /// Which installer to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    /// A macOS component package (`.pkg`).
+    /// A macOS product archive (`.pkg`): a Distribution with the component inside, what
+    /// Installer on Apple silicon runs natively and MDMs deploy.
     Pkg,
+    /// A bare macOS component package (`.pkg`), as pkgbuild writes it.
+    Component,
     /// A Linux provision bundle (`<node>_provision.tar.gz`).
     Bundle,
 }
@@ -30,9 +36,10 @@ impl std::str::FromStr for Format {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "pkg" | "macos" => Ok(Format::Pkg),
+            "component" => Ok(Format::Component),
             "bundle" | "linux" => Ok(Format::Bundle),
             other => Err(format!(
-                "unknown package format `{other}` (expected pkg or bundle)"
+                "unknown package format `{other}` (expected pkg, component or bundle)"
             )),
         }
     }
@@ -42,8 +49,14 @@ impl Format {
     pub fn as_str(self) -> &'static str {
         match self {
             Format::Pkg => "pkg",
+            Format::Component => "component",
             Format::Bundle => "bundle",
         }
+    }
+
+    /// A macOS `.pkg` (product archive or component).
+    pub fn is_macos(self) -> bool {
+        matches!(self, Format::Pkg | Format::Component)
     }
 }
 
@@ -172,6 +185,8 @@ pub struct BuiltPackage {
     /// The enrollment record to store in the backend (`None`: the package carries the full
     /// configuration).
     pub enrollment: Option<crate::enrollment::EnrollmentRecord>,
+    /// The signer's subject when the package is signed.
+    pub signed_by: Option<String>,
 }
 
 impl std::fmt::Debug for BuiltPackage {
@@ -263,7 +278,7 @@ pub fn node_config(primary: &Config, node_name: Option<&str>, format: Format) ->
     let mut c = primary.clone();
     c.cluster.node_name = node_name.map(str::to_string);
     c.server.state_dir = PathBuf::from(match format {
-        Format::Pkg => "/Library/FleetServer/state",
+        Format::Pkg | Format::Component => "/Library/FleetServer/state",
         Format::Bundle => "/var/lib/fleet-server",
     });
     c.server.host = "0.0.0.0".into();
@@ -308,7 +323,7 @@ pub fn node_files(
     format: Format,
 ) -> Result<Vec<ConfigFile>, BuildError> {
     let layout = match format {
-        Format::Pkg => TargetLayout::Macos,
+        Format::Pkg | Format::Component => TargetLayout::Macos,
         Format::Bundle => TargetLayout::Linux,
     };
     let dir = layout.config_dir(Path::new("/"));
@@ -397,10 +412,25 @@ pub fn bootstrap_config(node: &Config, plan: &EnrollmentPlan) -> Config {
     b
 }
 
-/// Builds node packages, keeping the template-only parts (Payload, Bom) cached between builds.
+/// Builds node packages, keeping the template-only parts (Payload, Bom) cached between builds,
+/// and signs the macOS ones when it has an identity.
 #[derive(Debug, Clone, Default)]
 pub struct Builder {
     cache: Arc<ArtifactCache>,
+    signing: Option<Arc<SigningIdentity>>,
+}
+
+/// Loads the signing identity `package.signing` (or the CLI's `--sign-p12`) names. Errors name
+/// the file at fault and never the password.
+pub fn load_signing(s: &SigningConfig) -> Result<SigningIdentity, fleet_package::Error> {
+    SigningIdentity::load(
+        &s.p12_file,
+        &s.password_file,
+        &SigningOptions {
+            allow_any_certificate: s.allow_any_certificate,
+            timestamp_url: s.timestamp_url.clone(),
+        },
+    )
 }
 
 fn now_secs() -> u64 {
@@ -415,6 +445,24 @@ impl Builder {
         Builder::default()
     }
 
+    /// A builder that signs with `package.signing`, if set (loaded now: a bad identity is an
+    /// error at startup, not at the first build).
+    pub fn from_config(c: &Config) -> Result<Self, fleet_package::Error> {
+        let signing = c.package.signing.as_ref().map(load_signing).transpose()?;
+        Ok(Builder::new().with_signing(signing))
+    }
+
+    /// Signs macOS packages with `identity` (`None`: unsigned).
+    pub fn with_signing(mut self, identity: Option<SigningIdentity>) -> Self {
+        self.signing = identity.map(Arc::new);
+        self
+    }
+
+    /// The identity macOS packages are signed with.
+    pub fn signing(&self) -> Option<&SigningIdentity> {
+        self.signing.as_deref()
+    }
+
     /// Builds the package `req` asks for from the primary's configuration. CPU-bound: call it
     /// from a blocking thread in async code.
     pub fn build(&self, primary: &Config, req: &BuildRequest) -> Result<BuiltPackage, BuildError> {
@@ -426,11 +474,11 @@ impl Builder {
             return Err(BuildError::Expiry);
         }
         let file_name = match (req.format, &req.package_name) {
-            (Format::Pkg, Some(n)) => {
+            (Format::Pkg | Format::Component, Some(n)) => {
                 fleet_package::validate_package_name(n)?;
                 n.clone()
             }
-            (Format::Pkg, None) => fleet_package::DEFAULT_PKG_NAME.to_string(),
+            (Format::Pkg | Format::Component, None) => fleet_package::DEFAULT_PKG_NAME.to_string(),
             (Format::Bundle, Some(n)) => {
                 fleet_package::validate_bundle_name(n)?;
                 n.clone()
@@ -445,7 +493,7 @@ impl Builder {
             .or_else(|| primary.package.template_dir.clone())
             .ok_or(BuildError::NoTemplate)?;
         let target = match req.format {
-            Format::Pkg => Target::MacOs,
+            Format::Pkg | Format::Component => Target::MacOs,
             Format::Bundle => Target::LinuxX86_64,
         };
         let allow_foreign = req.allow_foreign_binaries || primary.package.allow_foreign_binaries;
@@ -498,7 +546,7 @@ impl Builder {
             not_after: created_at + req.expires.as_secs(),
             ethernet: req.ethernet,
             layout: match req.format {
-                Format::Pkg => TargetLayout::Macos,
+                Format::Pkg | Format::Component => TargetLayout::Macos,
                 Format::Bundle => TargetLayout::Linux,
             },
             kdf: KdfParams::DEFAULT,
@@ -528,10 +576,24 @@ impl Builder {
             key: sealed.key_file,
         };
         let root = PkgRoot::embedded();
+        let pkg_options = |format| PkgOptions {
+            format,
+            ..PkgOptions::default()
+        };
+        let signer = self.signing.as_deref().filter(|_| req.format.is_macos());
         let bytes = match req.format {
-            Format::Pkg => PkgBuilder::new(template, root)?
-                .with_cache(self.cache.clone())
-                .build_pkg(&files, &PkgOptions::default())?,
+            Format::Pkg | Format::Component => {
+                let options = pkg_options(if req.format == Format::Pkg {
+                    PkgFormat::Product
+                } else {
+                    PkgFormat::Component
+                });
+                let builder = PkgBuilder::new(template, root)?.with_cache(self.cache.clone());
+                match signer {
+                    Some(id) => builder.build_signed_pkg(&files, &options, id)?,
+                    None => builder.build_pkg(&files, &options)?,
+                }
+            }
             Format::Bundle => fleet_package::build_bundle(
                 &template,
                 &root,
@@ -550,6 +612,7 @@ impl Builder {
             ips: req.ips.clone(),
             node_user: req.node_credential.as_ref().map(|c| c.user.clone()),
             enrollment: record,
+            signed_by: signer.map(SigningIdentity::subject),
         })
     }
 }

@@ -193,7 +193,8 @@ pub async fn run(
         state,
         sessions,
         limiter: Default::default(),
-        builder: crate::packages::Builder::new(),
+        builder: crate::packages::Builder::from_config(&config)
+            .context("loading the package signing identity (package.signing)")?,
         tls: tls.is_some(),
         downloads: Arc::new(crate::downloads::DownloadStore::new(state_dir)),
     };

@@ -368,6 +368,7 @@ Enable it in the configuration and restart the server:</p>\
             if app.config.package.allow_foreign_binaries {
                 body.push_str("<p class=\"warn-text\">⚠️ Development mode: packages carry binaries that may not fit the target (package.allow_foreign_binaries).</p>");
             }
+            body.push_str(&signing_note(app.builder.signing()));
             body.push_str(&format!(
                 "<h3>Build a node package</h3>\
 <form id=\"build-form\" class=\"grid\" autocomplete=\"off\">\
@@ -375,7 +376,8 @@ Enable it in the configuration and restart the server:</p>\
 <small>Optional: leave empty to name the node after its hostname.</small></label>\
 <label>Package Name <input name=\"package_name\" id=\"package_name\" placeholder=\"FleetServerClusterNode.pkg\" maxlength=\"100\">\
 <small>Default: FleetServerClusterNode.pkg (Linux: &lt;node&gt;_provision.tar.gz).</small></label>\
-<label>Format <select name=\"format\" id=\"format\"><option value=\"pkg\">macOS package (.pkg)</option>\
+<label>Format <select name=\"format\" id=\"format\"><option value=\"pkg\" selected>macOS package (.pkg)</option>\
+<option value=\"component\">macOS component package (.pkg, no Distribution)</option>\
 <option value=\"bundle\">Linux provision bundle (.tar.gz)</option></select></label>\
 <label>Expires <select name=\"expires\" id=\"expires\"><option value=\"1d\">in 1 day</option>\
 <option value=\"{days}d\" selected>in {days} days</option><option value=\"30d\">in 30 days</option></select></label>\
@@ -490,9 +492,33 @@ cluster's keys: delete it after installation.</p>",
 /// Nodes the Settings page lists (the first page, by name).
 const NODES_SHOWN: usize = 500;
 
+/// Whether the macOS packages this page builds are signed, and by whom.
+fn signing_note(identity: Option<&fleet_package::SigningIdentity>) -> String {
+    match identity {
+        Some(id) => format!(
+            "<p id=\"signing\" class=\"muted\">🔏 macOS packages are signed by {} ({}; certificate valid until {}).</p>",
+            esc(&id.subject()),
+            if id.is_developer_id_installer() {
+                "Developer ID Installer"
+            } else {
+                "not a Developer ID Installer certificate: Installer and MDMs will not trust it"
+            },
+            esc(&id.not_after())
+        ),
+        None => "<p id=\"signing\" class=\"warn-text\">⚠️ macOS packages are not signed: MDMs and Gatekeeper want a signed package. Set package.signing (p12_file, password_file) in the configuration.</p>".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unsigned_packages_are_said_to_be() {
+        let note = super::signing_note(None);
+        assert!(note.contains("macOS packages are not signed"), "{note}");
+        assert!(note.contains("package.signing"), "{note}");
+    }
 
     #[test]
     fn escapes_markup() {

@@ -1,7 +1,10 @@
 //! Package build benchmark (`cargo bench -p fleet-package`, `make bench`):
 //! a pkg with a 10 MB daemon, cold (no cache) and warm (Payload and Bom
 //! cached), beside copying a file of the package's size and `gzip -6` of the
-//! payload alone. Prints figures; asserts nothing.
+//! payload alone; then, warm, the bare component, the product archive and the
+//! signed product archive (a throwaway identity made with openssl), each
+//! against the unsigned component measured in the same run. Prints figures;
+//! asserts nothing.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -10,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleet_package::{
-    ArtifactCache, NodeFiles, PkgBuilder, PkgOptions, PkgRoot, Target, Template, write_atomically,
+    ArtifactCache, NodeFiles, PkgBuilder, PkgFormat, PkgOptions, PkgRoot, SigningIdentity,
+    SigningOptions, Target, Template, write_atomically,
 };
 
 const MB: usize = 1 << 20;
@@ -167,6 +171,143 @@ fn main() {
         warm.as_secs_f64() / copy_sync.as_secs_f64()
     );
     println!("  the guide's own build: 10 to 30 s");
+
+    // Product archive and signed product archive beside the bare component, warm, written.
+    let identity = throwaway_identity(dir.path());
+    let component = PkgOptions {
+        format: PkgFormat::Component,
+        ..PkgOptions::default()
+    };
+    let write = |pkg: Vec<u8>| {
+        write_atomically(&out, &pkg, true).expect("write");
+        pkg.len()
+    };
+    // Interleaved rounds, so that drift (page cache, other load) hits all three alike.
+    let mut runs: [Vec<Duration>; 6] = Default::default();
+    for _ in 0..21 {
+        let builds: [&dyn Fn() -> Vec<u8>; 3] = [
+            &|| builder.build_pkg(&node, &component).expect("build"),
+            &|| builder.build_pkg(&node, &opts).expect("build"),
+            &|| {
+                builder
+                    .build_signed_pkg(&node, &opts, &identity)
+                    .expect("signed build")
+            },
+        ];
+        for (k, b) in builds.iter().enumerate() {
+            let t = Instant::now();
+            let pkg = black_box(b());
+            runs[k + 3].push(t.elapsed());
+            write(pkg);
+            runs[k].push(t.elapsed());
+        }
+    }
+    let [written_c, written_p, written_s, mem_c, mem_p, mem_s] = runs.map(median);
+    println!(
+        "warm builds (medians of 21 interleaved rounds; written = built + written + fsynced):"
+    );
+    for (what, written, mem) in [
+        ("component (unsigned)  ", written_c, mem_c),
+        ("product archive       ", written_p, mem_p),
+        ("signed product archive", written_s, mem_s),
+    ] {
+        println!(
+            "  {what} written {:>6.1} ms {:>5.2}x (target <= 1.2x)   in memory {:>6.2} ms {:>5.2}x",
+            ms(written),
+            written.as_secs_f64() / written_c.as_secs_f64(),
+            ms(mem),
+            mem.as_secs_f64() / mem_c.as_secs_f64(),
+        );
+    }
+}
+
+/// A CA and a Developer-ID-Installer-shaped leaf, made with openssl, as a p12.
+fn throwaway_identity(dir: &Path) -> SigningIdentity {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is needed for the signed build (scripts/install-deps.sh)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "extendedKeyUsage = critical,1.2.840.113635.100.4.13\n\
+         1.2.840.113635.100.6.1.14 = critical,DER:05:00\n",
+    )
+    .expect("leaf.ext");
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Bench Root CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=Developer ID Installer: Bench (BENCH00001)",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "leaf.pem",
+    ]);
+    let password = dir.join("password");
+    std::fs::write(&password, "bench-password\n").expect("password");
+    std::fs::set_permissions(
+        &password,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod");
+    openssl(&[
+        "pkcs12",
+        "-export",
+        "-inkey",
+        "leaf.key",
+        "-in",
+        "leaf.pem",
+        "-certfile",
+        "ca.pem",
+        "-out",
+        "id.p12",
+        "-passout",
+        "file:password",
+    ]);
+    SigningIdentity::load(&dir.join("id.p12"), &password, &SigningOptions::default())
+        .expect("the throwaway identity loads")
 }
 
 fn gzip6(path: &Path) -> Option<Duration> {

@@ -67,6 +67,20 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A signing identity (`--sign-p12`, `--sign-password-file`) that cannot
+    /// be used: the file named is missing, unsafe, undecryptable, or holds a
+    /// certificate that is expired or not a Developer ID Installer one. The
+    /// reason never contains the password.
+    #[error("signing identity {file}: {reason}")]
+    SigningIdentity {
+        /// The p12 or password file at fault.
+        file: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Signing failed after the identity was loaded (e.g. the timestamp server).
+    #[error("signing the package: {0}")]
+    Signing(String),
     /// An I/O error, with what was being done.
     #[error("{context}: {source}")]
     Io {

@@ -1,5 +1,7 @@
-//! Reading a pkg back: members, sizes, every checksum verified, PackageInfo,
-//! the Payload and Scripts listings, and the raw sealed configuration.
+//! Reading a pkg back (a product archive or a bare component): members,
+//! sizes, every checksum verified, the Distribution, PackageInfo, the
+//! Payload and Scripts listings, the raw sealed configuration, and the
+//! signature (signer, chain, whether it verifies over the TOC digest).
 //! Malformed input of any kind gives [`Error::Corrupt`], never a panic.
 
 use std::fmt;
@@ -58,6 +60,57 @@ pub struct PackageInfoSummary {
     pub xml: String,
 }
 
+/// What the Distribution (of a product archive) says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DistributionSummary {
+    /// `<title>`.
+    pub title: String,
+    /// `installer-gui-script/@minSpecVersion`.
+    pub min_spec_version: String,
+    /// `options/@hostArchitectures`, split at commas.
+    pub host_architectures: Vec<String>,
+    /// `options/@customize`.
+    pub customize: String,
+    /// `allowed-os-versions/os-version/@min`.
+    pub min_macos: Option<String>,
+    /// `domains/@enable_localSystem`.
+    pub local_system: bool,
+    /// Number of `<choice>` elements.
+    pub choices: usize,
+    /// The `pkg-ref`s that name a component: (id, version, installKBytes, target).
+    pub pkg_refs: Vec<(String, String, u64, String)>,
+    /// The XML as stored.
+    pub xml: String,
+}
+
+/// A signature found in the TOC, and what checking it gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignatureReport {
+    /// The signer's subject.
+    pub signer: String,
+    /// Subjects of the certificates in the TOC, signer first.
+    pub chain: Vec<String>,
+    /// Whether each certificate is signed by the next one.
+    pub chain_verifies: bool,
+    /// Whether the signer is a Developer ID Installer certificate.
+    pub developer_id_installer: bool,
+    /// The signer certificate's expiry (RFC 3339).
+    pub not_after: String,
+    /// Whether the RSA `<signature>` verifies over the TOC digest with the signer's key.
+    pub rsa_verifies: bool,
+    /// Whether the CMS `<x-signature>` verifies over the TOC digest (`None`: there is none).
+    pub cms_verifies: Option<bool>,
+    /// The CMS signing time, if any.
+    pub signing_time: Option<String>,
+}
+
+impl SignatureReport {
+    /// Everything verifies: RSA, CMS (if present) and the chain.
+    pub fn verifies(&self) -> bool {
+        self.rsa_verifies && self.cms_verifies != Some(false) && self.chain_verifies
+    }
+}
+
 /// Everything `fleet-server package inspect` prints.
 #[derive(Clone, PartialEq, Eq)]
 pub struct InspectReport {
@@ -65,7 +118,11 @@ pub struct InspectReport {
     pub toc_checksum: String,
     /// Members in TOC order.
     pub members: Vec<Member>,
-    /// Parsed PackageInfo.
+    /// Parsed Distribution (product archives only).
+    pub distribution: Option<DistributionSummary>,
+    /// The signature, if the package is signed.
+    pub signature: Option<SignatureReport>,
+    /// Parsed PackageInfo (the component's).
     pub package_info: Option<PackageInfoSummary>,
     /// Payload entries.
     pub payload: Vec<CpioEntry>,
@@ -80,6 +137,8 @@ impl fmt::Debug for InspectReport {
         f.debug_struct("InspectReport")
             .field("toc_checksum", &self.toc_checksum)
             .field("members", &self.members)
+            .field("distribution", &self.distribution)
+            .field("signature", &self.signature)
             .field("package_info", &self.package_info)
             .field("payload", &self.payload)
             .field("scripts", &self.scripts)
@@ -104,6 +163,62 @@ impl fmt::Display for InspectReport {
                 "  {:<12} {:>10} bytes ({:>10} archived, {}) sha1 {} ok",
                 m.name, m.size, m.archived_size, m.encoding, m.sha1
             )?;
+        }
+        match &self.distribution {
+            Some(d) => {
+                writeln!(
+                    f,
+                    "Distribution: product archive \"{}\", minSpecVersion {}, hostArchitectures {}, macOS >= {}, customize {}, {} choice(s), local system {}",
+                    d.title,
+                    d.min_spec_version,
+                    d.host_architectures.join(","),
+                    d.min_macos.as_deref().unwrap_or("any"),
+                    d.customize,
+                    d.choices,
+                    if d.local_system { "yes" } else { "no" },
+                )?;
+                for (id, version, kib, target) in &d.pkg_refs {
+                    writeln!(f, "  pkg-ref {id} version {version}, {kib} KiB: {target}")?;
+                }
+            }
+            None => writeln!(f, "Distribution: none (a bare component package)")?,
+        }
+        match &self.signature {
+            Some(s) => {
+                writeln!(
+                    f,
+                    "Signature: {} ({}), expires {}",
+                    s.signer,
+                    if s.developer_id_installer {
+                        "Developer ID Installer"
+                    } else {
+                        "NOT a Developer ID Installer certificate"
+                    },
+                    s.not_after
+                )?;
+                writeln!(
+                    f,
+                    "  chain: {} ({})",
+                    s.chain.join(" <- "),
+                    if s.chain_verifies {
+                        "each signed by the next"
+                    } else {
+                        "BROKEN"
+                    }
+                )?;
+                let yes = |b: bool| if b { "verifies" } else { "DOES NOT VERIFY" };
+                writeln!(
+                    f,
+                    "  RSA signature over the TOC digest: {}; CMS signature: {}{}",
+                    yes(s.rsa_verifies),
+                    s.cms_verifies.map_or("none", yes),
+                    s.signing_time
+                        .as_ref()
+                        .map(|t| format!(" (signed {t})"))
+                        .unwrap_or_default()
+                )?;
+            }
+            None => writeln!(f, "Signature: none (unsigned)")?,
         }
         if let Some(p) = &self.package_info {
             writeln!(
@@ -218,12 +333,11 @@ pub fn inspect_bytes(bytes: &[u8]) -> Result<InspectReport, String> {
         return Err("TOC checksum mismatch: the table of contents is corrupted".to_owned());
     }
 
+    let mut files = Vec::new();
+    walk_files(toc_el, "", 0, &mut files)?;
     let mut members = Vec::new();
     let mut data = std::collections::HashMap::new();
-    for file in toc_el.children().filter(|n| n.has_tag_name("file")) {
-        let name = text(file, "name")
-            .ok_or("a <file> has no <name>")?
-            .to_owned();
+    for (name, file) in files {
         let Some(d) = child(file, "data") else {
             continue; // directories
         };
@@ -267,11 +381,26 @@ pub fn inspect_bytes(bytes: &[u8]) -> Result<InspectReport, String> {
         data.insert(name, decoded);
     }
 
-    let package_info = data
-        .get("PackageInfo")
+    let find = |base: &str| {
+        data.iter()
+            .filter(|(k, _)| {
+                k.as_str() == base
+                    || k.strip_suffix(base)
+                        .and_then(|d| d.strip_suffix('/'))
+                        .is_some_and(|d| d.ends_with(".pkg") && !d.contains('/'))
+            })
+            .min_by_key(|(k, _)| k.len())
+            .map(|(_, v)| v)
+    };
+    let distribution = data
+        .get("Distribution")
+        .map(|x| parse_distribution(x))
+        .transpose()?;
+    let signature = signature_report(toc_el, heap, stored)?;
+    let package_info = find("PackageInfo")
         .map(|x| parse_package_info(x))
         .transpose()?;
-    let payload = match data.get("Payload") {
+    let payload = match find("Payload") {
         Some(p) => list_cpio(p, "Payload")?
             .into_iter()
             .map(|(e, _)| e)
@@ -279,7 +408,7 @@ pub fn inspect_bytes(bytes: &[u8]) -> Result<InspectReport, String> {
         None => Vec::new(),
     };
     let mut sealed_config = None;
-    let scripts = match data.get("Scripts") {
+    let scripts = match find("Scripts") {
         Some(s) => {
             let raw = gunzip(s, MAX_MEMBER).map_err(|e| format!("Scripts: {e}"))?;
             let entries = read_odc(&raw).map_err(|e| format!("Scripts: {e}"))?;
@@ -296,6 +425,8 @@ pub fn inspect_bytes(bytes: &[u8]) -> Result<InspectReport, String> {
     Ok(InspectReport {
         toc_checksum: format!("sha1 {}", hex(&actual)),
         members,
+        distribution,
+        signature,
         package_info,
         payload,
         scripts,
@@ -385,4 +516,179 @@ fn parse_package_info(xml: &[u8]) -> Result<PackageInfoSummary, String> {
         postinstall: script("postinstall"),
         xml: xml.clone(),
     })
+}
+
+/// Every `<file>` under `parent`, depth first, with its path (`a/b`).
+fn walk_files<'a, 'i>(
+    parent: roxmltree::Node<'a, 'i>,
+    prefix: &str,
+    depth: usize,
+    out: &mut Vec<(String, roxmltree::Node<'a, 'i>)>,
+) -> Result<(), String> {
+    if depth > 8 {
+        return Err("table of contents nests files too deeply".to_owned());
+    }
+    for file in parent.children().filter(|n| n.has_tag_name("file")) {
+        let name = text(file, "name").ok_or("a <file> has no <name>")?;
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(format!("a <file> has a bad name {name:?}"));
+        }
+        let path = if prefix.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        out.push((path.clone(), file));
+        walk_files(file, &path, depth + 1, out)?;
+    }
+    Ok(())
+}
+
+fn parse_distribution(xml: &[u8]) -> Result<DistributionSummary, String> {
+    let xml = String::from_utf8(xml.to_vec()).map_err(|_| "Distribution is not UTF-8")?;
+    let doc = roxmltree::Document::parse(&xml).map_err(|e| format!("Distribution: {e}"))?;
+    let root = doc.root_element();
+    if !root.has_tag_name("installer-gui-script") {
+        return Err("Distribution has no <installer-gui-script>".to_owned());
+    }
+    let attr = |n: Option<roxmltree::Node<'_, '_>>, a: &str| {
+        n.and_then(|n| n.attribute(a)).unwrap_or("").to_owned()
+    };
+    let options = child(root, "options");
+    let min_macos = root
+        .descendants()
+        .find(|n| n.has_tag_name("os-version"))
+        .and_then(|n| n.attribute("min"))
+        .map(str::to_owned);
+    let pkg_refs = root
+        .children()
+        .filter(|n| n.has_tag_name("pkg-ref"))
+        .filter_map(|n| {
+            let target = n.text().map(str::trim).filter(|t| !t.is_empty())?;
+            Some((
+                attr(Some(n), "id"),
+                attr(Some(n), "version"),
+                attr(Some(n), "installKBytes").parse().unwrap_or(0),
+                target.to_owned(),
+            ))
+        })
+        .collect();
+    Ok(DistributionSummary {
+        title: text(root, "title").unwrap_or("").to_owned(),
+        min_spec_version: attr(Some(root), "minSpecVersion"),
+        host_architectures: attr(options, "hostArchitectures")
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        customize: attr(options, "customize"),
+        min_macos,
+        local_system: attr(child(root, "domains"), "enable_localSystem") == "true",
+        choices: root.children().filter(|n| n.has_tag_name("choice")).count(),
+        pkg_refs,
+        xml: xml.clone(),
+    })
+}
+
+/// The certificates (DER) in a signature element's `KeyInfo/X509Data`.
+fn key_info_certs(sig: roxmltree::Node<'_, '_>) -> Result<Vec<Vec<u8>>, String> {
+    use base64::Engine as _;
+    sig.descendants()
+        .filter(|n| n.has_tag_name("X509Certificate"))
+        .map(|n| {
+            let b64: String = n.text().unwrap_or("").split_whitespace().collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|_| "a signature certificate is not base64".to_owned())
+        })
+        .collect()
+}
+
+/// The length of the DER value at the start of `b` (tag, length, contents),
+/// so that the zero padding after a CMS blob can be cut off.
+fn der_len(b: &[u8]) -> Option<usize> {
+    let first = *b.get(1)? as usize;
+    if first < 0x80 {
+        return Some(2 + first);
+    }
+    let n = first & 0x7f;
+    if n == 0 || n > 4 {
+        return None;
+    }
+    let len = b
+        .get(2..2 + n)?
+        .iter()
+        .fold(0usize, |a, &x| (a << 8) | x as usize);
+    Some(2 + n + len).filter(|&l| l <= b.len())
+}
+
+fn signature_report(
+    toc: roxmltree::Node<'_, '_>,
+    heap: &[u8],
+    toc_digest: &[u8],
+) -> Result<Option<SignatureReport>, String> {
+    use x509_certificate::CapturedX509Certificate;
+    let Some(rsa_el) = toc
+        .children()
+        .find(|n| n.has_tag_name("signature") && n.attribute("style") == Some("RSA"))
+    else {
+        return Ok(None);
+    };
+    let rsa = slice(heap, num(rsa_el, "offset")?, num(rsa_el, "size")?)
+        .ok_or("truncated in the RSA signature")?;
+    let certs = key_info_certs(rsa_el)?
+        .into_iter()
+        .map(|der| {
+            CapturedX509Certificate::from_der(der)
+                .map_err(|e| format!("a signature certificate does not parse: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let leaf = certs
+        .first()
+        .ok_or("the RSA signature lists no certificate")?;
+    let rsa_verifies = leaf
+        .verify_signed_data_with_algorithm(
+            toc_digest,
+            rsa,
+            &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        )
+        .is_ok();
+    let chain_verifies = certs
+        .windows(2)
+        .all(|w| w[0].verify_signed_by_certificate(&w[1]).is_ok());
+    let mut cms_verifies = None;
+    let mut signing_time = None;
+    if let Some(cms_el) = toc
+        .children()
+        .find(|n| n.has_tag_name("x-signature") && n.attribute("style") == Some("CMS"))
+    {
+        let blob = slice(heap, num(cms_el, "offset")?, num(cms_el, "size")?)
+            .ok_or("truncated in the CMS signature")?;
+        let ok = der_len(blob)
+            .and_then(|l| cryptographic_message_syntax::SignedData::parse_ber(&blob[..l]).ok())
+            .is_some_and(|sd| {
+                let mut any = false;
+                let all = sd.signers().all(|s| {
+                    any = true;
+                    if let Some(t) = s.signed_attributes().and_then(|a| a.signing_time()) {
+                        signing_time = Some(t.to_rfc3339());
+                    }
+                    s.verify_signature_with_signed_data(&sd).is_ok()
+                        && s.verify_message_digest_with_content(toc_digest).is_ok()
+                });
+                any && all
+            });
+        cms_verifies = Some(ok);
+    }
+    Ok(Some(SignatureReport {
+        signer: crate::sign::subject_of(leaf),
+        chain: certs.iter().map(crate::sign::subject_of).collect(),
+        chain_verifies,
+        developer_id_installer: crate::sign::is_developer_id_installer(leaf),
+        not_after: leaf.validity_not_after().to_rfc3339(),
+        rsa_verifies,
+        cms_verifies,
+        signing_time,
+    }))
 }

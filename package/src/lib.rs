@@ -1,6 +1,7 @@
-//! Node package writers: the macOS component package (flat pkg: XAR, cpio odc,
-//! BOM, PackageInfo) and the Linux provision bundle, built on any OS without
-//! Apple's tools.
+//! Node package writers: the macOS package (a product archive holding the
+//! component: XAR, cpio odc, Bom, PackageInfo, Distribution; optionally
+//! signed with a Developer ID Installer identity) and the Linux provision
+//! bundle, built and signed on any OS without Apple's tools.
 //!
 //! Pure format code: synchronous, no async runtime, and no I/O but reading the
 //! node template and writing the output ([`write_atomically`]). The same inputs
@@ -19,6 +20,7 @@
 
 mod bom;
 mod bundle;
+mod distribution;
 mod embedded;
 mod error;
 mod inspect;
@@ -28,20 +30,26 @@ mod package_info;
 mod payload;
 mod pkg;
 mod plist;
+mod sign;
 mod template;
 mod xar;
 
 pub use bundle::{BUNDLE_SCRIPT_NAMES, build_bundle};
+pub use distribution::{COMPONENT_DIR, HOST_ARCHITECTURES, MIN_MACOS, TITLE};
 pub use embedded::PkgRoot;
 pub use error::Error;
-pub use inspect::{CpioEntry, InspectReport, Member, PackageInfoSummary, inspect, inspect_bytes};
+pub use inspect::{
+    CpioEntry, DistributionSummary, InspectReport, Member, PackageInfoSummary, SignatureReport,
+    inspect, inspect_bytes,
+};
 pub use names::{
     DEFAULT_PKG_NAME, default_bundle_name, validate_bundle_name, validate_node_name,
     validate_package_name,
 };
 pub use output::write_atomically;
-pub use pkg::{ArtifactCache, NodeFiles, PkgBuilder, PkgOptions};
+pub use pkg::{ArtifactCache, NodeFiles, PkgBuilder, PkgFormat, PkgOptions};
 pub use plist::{check_launchd_plist, expected_launchd_plist};
+pub use sign::{SigningIdentity, SigningOptions};
 pub use template::{BinaryFormat, Target, Template};
 
 /// The package identifier, also the LaunchDaemon label.
@@ -53,6 +61,13 @@ pub const FIXED_MTIME: u64 = 1_704_067_200;
 pub const SEALED_NAME: &str = "fleet-config.sealed";
 /// File name of the key file (key-file mode), beside the sealed configuration.
 pub const KEY_NAME: &str = "fleet-config.key";
+
+/// The Bom that [`PkgBuilder`] writes for `files` (`a/b/c`, permission bits,
+/// contents; parent directories are added), for comparing it with other
+/// writers.
+pub fn bom_of(files: &[(&str, u32, &[u8])]) -> Result<Vec<u8>> {
+    bom::build_bom(&payload::tree(files))
+}
 
 /// Result of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

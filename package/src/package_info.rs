@@ -26,7 +26,7 @@ pub(crate) fn package_info(version: &str, number_of_files: u64, install_kbytes: 
     )
 }
 
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

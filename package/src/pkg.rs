@@ -1,5 +1,6 @@
-//! The macOS component package: Payload and Bom from the template (cached),
-//! Scripts and PackageInfo per node, all in one XAR.
+//! The macOS package: Payload and Bom from the template (cached), Scripts
+//! and PackageInfo per node; by default inside a product archive (a
+//! Distribution beside the component's directory), optionally signed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::embedded::{DAEMON_PATH, NEWSYSLOG_PATH, PLIST_PATH, UNINSTALL_PATH};
 use crate::payload::{CachedTail, TreeEntry, tree, write_cpio_gz, write_cpio_gz_with_tail};
-use crate::xar::{Member, write_xar};
+use crate::xar::{Entry, Member, TocSigner, write_xar};
 use crate::{Error, KEY_NAME, PkgRoot, Result, SEALED_NAME, Target, Template};
 
 /// What differs from one node to the next: the sealed configuration and,
@@ -30,17 +31,43 @@ impl std::fmt::Debug for NodeFiles {
     }
 }
 
+/// What kind of `.pkg` to write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PkgFormat {
+    /// A product (distribution) archive, as productbuild writes it: a
+    /// `Distribution` and the component under `fleet-server.pkg/`. What
+    /// Installer on Apple silicon runs natively and what MDMs deploy.
+    #[default]
+    Product,
+    /// The bare component package (`Bom`, `Payload`, `Scripts`,
+    /// `PackageInfo`), as pkgbuild writes it.
+    Component,
+}
+
+impl PkgFormat {
+    /// `pkg` or `component`, as `--format` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PkgFormat::Product => "pkg",
+            PkgFormat::Component => "component",
+        }
+    }
+}
+
 /// Per-build choices.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PkgOptions {
     /// `version` in PackageInfo (the package receipt's version).
     pub version: String,
+    /// Product archive (default) or bare component.
+    pub format: PkgFormat,
 }
 
 impl Default for PkgOptions {
     fn default() -> Self {
         Self {
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            format: PkgFormat::Product,
         }
     }
 }
@@ -153,8 +180,29 @@ impl PkgBuilder {
         self.artifacts().map(drop)
     }
 
-    /// The whole `.pkg` for one node.
+    /// The whole `.pkg` for one node, unsigned.
     pub fn build_pkg(&self, node: &NodeFiles, options: &PkgOptions) -> Result<Vec<u8>> {
+        self.build(node, options, None)
+    }
+
+    /// The whole `.pkg` for one node, signed by `identity`. The bytes are
+    /// those of [`PkgBuilder::build_pkg`] but for the signature's space and
+    /// the TOC entries that describe it.
+    pub fn build_signed_pkg(
+        &self,
+        node: &NodeFiles,
+        options: &PkgOptions,
+        identity: &crate::SigningIdentity,
+    ) -> Result<Vec<u8>> {
+        self.build(node, options, Some(identity))
+    }
+
+    fn build(
+        &self,
+        node: &NodeFiles,
+        options: &PkgOptions,
+        signer: Option<&dyn TocSigner>,
+    ) -> Result<Vec<u8>> {
         let artifacts = self.artifacts()?;
         let scripts = Member::stored("Scripts", self.scripts(node, &artifacts.scripts_tail)?);
         let info = crate::package_info::package_info(
@@ -164,12 +212,23 @@ impl PkgBuilder {
         );
         let info = Member::zlib("PackageInfo", info.as_bytes());
         // pkgbuild's member order.
-        Ok(write_xar(&[
-            &artifacts.bom,
-            &artifacts.payload,
-            &scripts,
-            &info,
-        ]))
+        let component = [&artifacts.bom, &artifacts.payload, &scripts, &info];
+        match options.format {
+            PkgFormat::Component => {
+                let entries = component.map(Entry::File);
+                write_xar(&entries, signer)
+            }
+            PkgFormat::Product => {
+                let dist =
+                    crate::distribution::distribution(&options.version, artifacts.install_kbytes);
+                let dist = Member::zlib("Distribution", dist.as_bytes());
+                let entries = [
+                    Entry::File(&dist),
+                    Entry::Dir(crate::distribution::COMPONENT_DIR, &component),
+                ];
+                write_xar(&entries, signer)
+            }
+        }
     }
 
     fn payload_files(&self) -> [(&str, u32, &[u8]); 4] {

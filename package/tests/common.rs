@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use fleet_package::{NodeFiles, PkgBuilder, PkgOptions, PkgRoot, Target, Template};
+use fleet_package::{NodeFiles, PkgBuilder, PkgFormat, PkgOptions, PkgRoot, Target, Template};
 
 /// A fake thin 64-bit Mach-O (little-endian magic cf fa ed fe), `len` bytes.
 pub fn fake_macho(len: usize, seed: u8) -> Vec<u8> {
@@ -36,11 +36,56 @@ pub fn node() -> NodeFiles {
     }
 }
 
+/// The default `.pkg`: a product archive.
 pub fn build_default_pkg() -> Vec<u8> {
     PkgBuilder::new(mac_template(), PkgRoot::embedded())
         .expect("builder")
         .build_pkg(&node(), &PkgOptions::default())
         .expect("build_pkg")
+}
+
+/// `--format component`: the bare component package.
+pub fn build_component_pkg() -> Vec<u8> {
+    let opts = PkgOptions {
+        format: PkgFormat::Component,
+        ..PkgOptions::default()
+    };
+    PkgBuilder::new(mac_template(), PkgRoot::embedded())
+        .expect("builder")
+        .build_pkg(&node(), &opts)
+        .expect("build_pkg")
+}
+
+/// Where an expanded pkg's component is, as Installer finds it: the
+/// Distribution's `pkg-ref` (`#name.pkg`) for a product archive, which must
+/// declare both architectures (or Installer on Apple silicon runs the
+/// scripts under Rosetta); the archive itself for a bare component.
+pub fn component_dir(expanded: &Path) -> PathBuf {
+    let dist = expanded.join("Distribution");
+    if !dist.exists() {
+        return expanded.to_owned();
+    }
+    let xml = std::fs::read_to_string(&dist).expect("read Distribution");
+    let doc = roxmltree::Document::parse(&xml).expect("Distribution is XML");
+    let arches = doc
+        .descendants()
+        .find(|n| n.has_tag_name("options"))
+        .and_then(|n| n.attribute("hostArchitectures"))
+        .unwrap_or("");
+    assert!(
+        arches.split(',').any(|a| a == "arm64"),
+        "Distribution without hostArchitectures arm64: Rosetta would run the scripts"
+    );
+    let target = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("pkg-ref"))
+        .find_map(|n| n.text().map(str::trim).filter(|t| !t.is_empty()))
+        .expect("a pkg-ref naming the component");
+    let name = target
+        .strip_prefix('#')
+        .expect("a local pkg-ref (#name.pkg)");
+    assert!(!name.contains('/') && name.ends_with(".pkg"), "{name}");
+    expanded.join(name)
 }
 
 /// The path of an external tool; panics (test FAILS) when it is missing.

@@ -64,15 +64,33 @@ fn version_changes_only_package_info() {
     let builder = PkgBuilder::new(mac_template(), PkgRoot::embedded()).unwrap();
     let v2 = PkgOptions {
         version: "2.0.0".into(),
+        ..PkgOptions::default()
     };
     let a =
         fleet_package::inspect_bytes(&builder.build_pkg(&node(), &PkgOptions::default()).unwrap())
             .unwrap();
     let b = fleet_package::inspect_bytes(&builder.build_pkg(&node(), &v2).unwrap()).unwrap();
-    assert_eq!(b.package_info.unwrap().version, "2.0.0");
-    assert_eq!(
-        a.members[1], b.members[1],
-        "Payload changed with the version"
+    assert_eq!(b.package_info.as_ref().unwrap().version, "2.0.0");
+    assert_eq!(b.distribution.as_ref().unwrap().pkg_refs[0].1, "2.0.0");
+    // Offsets move (the Distribution holds the version too); contents do not.
+    let member = |r: &fleet_package::InspectReport, name: &str| {
+        let m = r.members.iter().find(|m| m.name == name).unwrap();
+        (m.size, m.sha1.clone())
+    };
+    for name in [
+        "fleet-server.pkg/Bom",
+        "fleet-server.pkg/Payload",
+        "fleet-server.pkg/Scripts",
+    ] {
+        assert_eq!(
+            member(&a, name),
+            member(&b, name),
+            "{name} changed with the version"
+        );
+    }
+    assert_ne!(
+        member(&a, "fleet-server.pkg/PackageInfo"),
+        member(&b, "fleet-server.pkg/PackageInfo")
     );
 }
 

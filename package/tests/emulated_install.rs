@@ -1,5 +1,5 @@
-//! An install emulated as macOS Installer does it: extract the XAR (bsdtar)
-//! and Scripts and Payload (GNU cpio), run `preinstall` with $1..$4 and $3 a
+//! An install emulated as macOS Installer does it: extract the XAR (bsdtar),
+//! find the component through the Distribution, extract its Scripts and Payload (GNU cpio), run `preinstall` with $1..$4 and $3 a
 //! temporary root, lay the payload under it, run `postinstall` with a
 //! `launchctl` stand-in that records its calls.
 
@@ -58,7 +58,13 @@ fn prepare(bootstrap_failures: u32) -> Install {
 
     let scripts = d.join("scripts");
     std::fs::create_dir(&scripts).unwrap();
-    cpio_extract(&x.join("Scripts"), &scripts);
+    let comp = component_dir(&x);
+    assert_eq!(
+        comp,
+        x.join("fleet-server.pkg"),
+        "the default pkg is a product archive"
+    );
+    cpio_extract(&comp.join("Scripts"), &scripts);
     let root = d.join("target-volume");
     std::fs::create_dir(&root).unwrap();
 
@@ -77,7 +83,7 @@ fn prepare(bootstrap_failures: u32) -> Install {
 
     let install = Install {
         pkg,
-        payload: x.join("Payload"),
+        payload: comp.join("Payload"),
         scripts,
         root,
         calls,

@@ -5,8 +5,10 @@
 mod common;
 
 mod bad_input;
+mod bom;
 mod bundle;
 mod determinism;
 mod emulated_install;
 mod files;
 mod readers;
+mod signing;

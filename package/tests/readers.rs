@@ -7,6 +7,15 @@ use std::process::{Command, Stdio};
 use crate::common::*;
 
 const MEMBERS: [&str; 4] = ["Bom", "PackageInfo", "Payload", "Scripts"];
+/// The product archive's entries: the Distribution, the component's directory and its members.
+const PRODUCT: [&str; 6] = [
+    "Distribution",
+    "fleet-server.pkg",
+    "fleet-server.pkg/Bom",
+    "fleet-server.pkg/PackageInfo",
+    "fleet-server.pkg/Payload",
+    "fleet-server.pkg/Scripts",
+];
 
 fn expected_payload() -> Vec<&'static str> {
     vec![
@@ -25,25 +34,36 @@ fn expected_payload() -> Vec<&'static str> {
     ]
 }
 
-#[test]
-fn bsdtar_lists_the_xar() {
+fn bsdtar_list(pkg: &[u8]) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
-    let pkg = write(dir.path(), "n.pkg", &build_default_pkg());
+    let pkg = write(dir.path(), "n.pkg", pkg);
     let out = run(Command::new(tool("bsdtar")).arg("-tf").arg(&pkg));
-    let mut names: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    let mut names: Vec<String> = stdout(&out)
+        .lines()
+        .map(|l| l.trim_end_matches('/').to_owned())
+        .collect();
     names.sort();
-    assert_eq!(names, MEMBERS);
+    names
 }
 
 #[test]
-fn sevenzip_lists_the_xar() {
+fn bsdtar_lists_the_product_archive() {
+    assert_eq!(bsdtar_list(&build_default_pkg()), PRODUCT);
+}
+
+#[test]
+fn bsdtar_lists_the_component() {
+    assert_eq!(bsdtar_list(&build_component_pkg()), MEMBERS);
+}
+
+fn sevenzip_lists(pkg: &[u8], names: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let pkg = write(dir.path(), "n.pkg", &build_default_pkg());
+    let pkg = write(dir.path(), "n.pkg", pkg);
     // -txar: otherwise 7z descends into the pkg's Payload by itself.
     let out = run(Command::new(tool("7z")).args(["l", "-txar"]).arg(&pkg));
     let text = stdout(&out);
     assert!(text.contains("Type = Xar"), "7z did not see a XAR:\n{text}");
-    for m in MEMBERS {
+    for m in names {
         assert!(
             text.lines().any(|l| l.split_whitespace().last() == Some(m)),
             "7z l does not list {m}:\n{text}"
@@ -55,6 +75,76 @@ fn sevenzip_lists_the_xar() {
         stdout(&out).contains("Everything is Ok"),
         "{}",
         stdout(&out)
+    );
+}
+
+#[test]
+fn sevenzip_lists_the_product_archive() {
+    sevenzip_lists(&build_default_pkg(), &PRODUCT);
+}
+
+#[test]
+fn sevenzip_lists_the_component() {
+    sevenzip_lists(&build_component_pkg(), &MEMBERS);
+}
+
+#[test]
+fn distribution_is_xml_with_both_architectures() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = write(dir.path(), "n.pkg", &build_default_pkg());
+    let x = dir.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    bsdtar_extract(&pkg, &x);
+    let xml = std::fs::read_to_string(x.join("Distribution")).unwrap();
+    let doc = roxmltree::Document::parse(&xml).expect("Distribution parses as XML");
+    let root = doc.root_element();
+    assert_eq!(root.tag_name().name(), "installer-gui-script");
+    assert_eq!(root.attribute("minSpecVersion"), Some("2"));
+    let el = |tag: &str| {
+        root.children()
+            .find(|n| n.has_tag_name(tag))
+            .unwrap_or_else(|| panic!("no <{tag}>:\n{xml}"))
+    };
+    assert_eq!(el("title").text(), Some("Fleet Server cluster node"));
+    let options = el("options");
+    let mut arches: Vec<&str> = options
+        .attribute("hostArchitectures")
+        .unwrap()
+        .split(',')
+        .collect();
+    arches.sort();
+    assert_eq!(arches, ["arm64", "x86_64"]);
+    assert_eq!(options.attribute("customize"), Some("never"));
+    assert_eq!(options.attribute("require-scripts"), Some("false"));
+    assert_eq!(el("domains").attribute("enable_localSystem"), Some("true"));
+    let min = root
+        .descendants()
+        .find(|n| n.has_tag_name("os-version"))
+        .and_then(|n| n.attribute("min"));
+    assert_eq!(min, Some(fleet_package::MIN_MACOS));
+    assert_eq!(
+        root.children().filter(|n| n.has_tag_name("choice")).count(),
+        1
+    );
+    let refs: Vec<_> = root
+        .children()
+        .filter(|n| n.has_tag_name("pkg-ref") && n.attribute("version").is_some())
+        .collect();
+    assert_eq!(refs.len(), 1);
+    let r = refs[0];
+    assert_eq!(r.attribute("id"), Some("com.fleet.server.cluster"));
+    assert_eq!(r.attribute("version"), Some(env!("CARGO_PKG_VERSION")));
+    assert_eq!(r.text(), Some("#fleet-server.pkg"));
+    // installKBytes agrees with the component's PackageInfo.
+    let info = std::fs::read_to_string(x.join("fleet-server.pkg/PackageInfo")).unwrap();
+    let info = roxmltree::Document::parse(&info).unwrap();
+    let payload = info
+        .descendants()
+        .find(|n| n.has_tag_name("payload"))
+        .unwrap();
+    assert_eq!(
+        r.attribute("installKBytes"),
+        payload.attribute("installKBytes")
     );
 }
 
@@ -107,6 +197,7 @@ fn cpio_lists_payload_and_scripts_as_odc() {
     let x = dir.path().join("x");
     std::fs::create_dir(&x).unwrap();
     bsdtar_extract(&pkg, &x);
+    let x = component_dir(&x);
 
     // GNU gzip checks both streams (CRC and length).
     for member in ["Payload", "Scripts"] {
@@ -160,13 +251,45 @@ fn cpio_lists_payload_and_scripts_as_odc() {
 #[test]
 fn apple_flat_package_reads_the_component() {
     use apple_flat_package::{PkgReader, reader::PkgFlavor};
-    let pkg = build_default_pkg();
-    let mut reader = PkgReader::new(Cursor::new(pkg)).expect("apple-flat-package opens the pkg");
+    let mut reader = PkgReader::new(Cursor::new(build_component_pkg()))
+        .expect("apple-flat-package opens the pkg");
     assert_eq!(reader.flavor(), PkgFlavor::Component);
+    assert!(reader.distribution().unwrap().is_none());
     let component = reader
         .root_component()
         .expect("root component")
         .expect("a component package");
+    check_component(component);
+}
+
+#[test]
+fn apple_flat_package_reads_the_product_archive() {
+    use apple_flat_package::{PkgReader, reader::PkgFlavor};
+    let mut reader =
+        PkgReader::new(Cursor::new(build_default_pkg())).expect("apple-flat-package opens the pkg");
+    assert_eq!(reader.flavor(), PkgFlavor::Product);
+    let dist = reader
+        .distribution()
+        .expect("Distribution parses")
+        .expect("a Distribution");
+    assert_eq!(dist.min_spec_version, 2);
+    assert_eq!(dist.choice.len(), 1);
+    let options = dist.options.as_ref().expect("<options>");
+    assert_eq!(options.host_architecutres.as_deref(), Some("arm64,x86_64"));
+    let refs: Vec<_> = dist
+        .pkg_ref
+        .iter()
+        .filter(|r| r.version.is_some())
+        .collect();
+    assert_eq!(refs.len(), 1);
+    assert_eq!(refs[0].id, "com.fleet.server.cluster");
+    let mut components = reader.component_packages().expect("component packages");
+    assert_eq!(components.len(), 1, "one component");
+    check_component(components.remove(0));
+}
+
+/// What both forms must hold: PackageInfo, Payload, Scripts and Bom, read by apple-flat-package.
+fn check_component(component: apple_flat_package::component_package::ComponentPackageReader) {
     let info = component.package_info().expect("PackageInfo parsed");
     assert_eq!(info.identifier, "com.fleet.server.cluster");
     assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
@@ -215,6 +338,7 @@ fn apple_bom_matches_the_payload() {
     let x = dir.path().join("x");
     std::fs::create_dir(&x).unwrap();
     bsdtar_extract(&pkg, &x);
+    let x = component_dir(&x);
     let bom_bytes = std::fs::read(x.join("Bom")).unwrap();
     let bom = apple_bom::ParsedBom::parse(&bom_bytes).expect("apple-bom parses the Bom");
     let bom: BTreeMap<String, (u16, u32, u32, usize)> = bom
@@ -223,8 +347,8 @@ fn apple_bom_matches_the_payload() {
         .iter()
         .map(|p| {
             (
-                // apple-bom prefixes "./" to the stored names ("." and "./…").
-                p.path().strip_prefix("./").unwrap_or(p.path()).to_owned(),
+                // "." and "./…", as kpea reads the Payload.
+                p.path().to_owned(),
                 (p.file_mode(), p.user_id(), p.group_id(), p.size()),
             )
         })
@@ -260,7 +384,25 @@ fn our_inspect_verifies_and_lists() {
     let pkg = write(dir.path(), "n.pkg", &build_default_pkg());
     let report = fleet_package::inspect(&pkg).expect("inspect");
     let names: Vec<&str> = report.members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "Distribution",
+            "fleet-server.pkg/Bom",
+            "fleet-server.pkg/Payload",
+            "fleet-server.pkg/Scripts",
+            "fleet-server.pkg/PackageInfo"
+        ]
+    );
+    let dist = report.distribution.as_ref().expect("a Distribution");
+    assert_eq!(dist.host_architectures, ["arm64", "x86_64"]);
+    assert_eq!(dist.pkg_refs.len(), 1);
+    assert!(report.signature.is_none());
+    let component = fleet_package::inspect_bytes(&build_component_pkg()).unwrap();
+    let names: Vec<&str> = component.members.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["Bom", "Payload", "Scripts", "PackageInfo"]);
+    assert!(component.distribution.is_none());
+    assert!(component.to_string().contains("Distribution: none"));
     let info = report.package_info.as_ref().unwrap();
     assert_eq!(info.identifier, "com.fleet.server.cluster");
     assert_eq!(info.number_of_files as usize, report.payload.len());
@@ -277,6 +419,8 @@ fn our_inspect_verifies_and_lists() {
         shown.contains("PackageInfo: identifier com.fleet.server.cluster"),
         "{shown}"
     );
+    assert!(shown.contains("hostArchitectures arm64,x86_64"), "{shown}");
+    assert!(shown.contains("Signature: none (unsigned)"), "{shown}");
     assert!(
         !format!("{report:?}").contains("fake sealed"),
         "Debug leaks the sealed blob"

@@ -102,7 +102,10 @@ fn settings_page_builds_a_package_and_removes_a_node_in_chromium() {
         .unwrap();
     assert!(listing.status.success());
     let listing = String::from_utf8_lossy(&listing.stdout);
+    // A product archive: the Distribution and the component's members.
+    assert!(listing.lines().any(|l| l == "Distribution"), "{listing}");
     for m in ["Bom", "PackageInfo", "Payload", "Scripts"] {
+        let m = format!("fleet-server.pkg/{m}");
         assert!(
             listing.lines().any(|l| l == m),
             "{m} missing from the download: {listing}"

@@ -15,4 +15,5 @@ mod install;
 mod lb;
 mod logrotate;
 mod netns;
+mod signing;
 mod web;

@@ -393,7 +393,10 @@ fn build_by_session_and_by_api_key_and_remove_by_session() {
         .output()
         .unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout);
+    // The Settings page's default: a product archive (Distribution + the component).
+    assert!(listing.lines().any(|l| l == "Distribution"), "{listing}");
     for m in ["Bom", "PackageInfo", "Payload", "Scripts"] {
+        let m = format!("fleet-server.pkg/{m}");
         assert!(listing.lines().any(|l| l == m), "{m} missing: {listing}");
     }
 

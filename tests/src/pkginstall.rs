@@ -1,6 +1,8 @@
 //! An install emulated as macOS Installer does it, with the real binaries: a node template
 //! holding this build's `fleet-server` and `fleet-installer-stub`, the pkg's XAR extracted
-//! with `bsdtar`, its `Scripts` and `Payload` (gzip of cpio odc) with `gzip -dc | cpio -i`,
+//! with `bsdtar`, the component found through a product archive's `Distribution` (which
+//! must declare `hostArchitectures` with arm64, or Installer on Apple silicon would run the
+//! scripts under Rosetta), its `Scripts` and `Payload` (gzip of cpio odc) with `gzip -dc | cpio -i`,
 //! the scripts run with Installer's `$1..$4`, an empty environment, and a `launchctl`
 //! stand-in that records its calls (the `LAUNCHCTL` hook of `scripts/postinstall`), and the
 //! daemon started as launchd would from the installed plist ([`LaunchdJob`]).
@@ -69,18 +71,24 @@ pub fn node_template(dir: &Path) -> PathBuf {
 pub struct ExpandedPkg {
     /// The package file (`$1`).
     pub pkg: PathBuf,
-    /// The XAR members (`Bom`, `PackageInfo`, `Payload`, `Scripts`) as bsdtar wrote them.
+    /// The component's members (`Bom`, `PackageInfo`, `Payload`, `Scripts`) as bsdtar wrote
+    /// them: `<xar>/fleet-server.pkg/` in a product archive, the XAR itself in a component.
     pub members: PathBuf,
+    /// The whole XAR as bsdtar wrote it.
+    pub expanded: PathBuf,
+    /// The product archive's Distribution XML (`None`: a bare component package).
+    pub distribution: Option<String>,
     /// The `Scripts` archive extracted: `preinstall`, `postinstall`, the sealed blob, the key.
     pub scripts: PathBuf,
 }
 
 impl ExpandedPkg {
-    /// Extracts `pkg` under `dir` (made if missing): XAR members with bsdtar, then Scripts.
+    /// Extracts `pkg` under `dir` (made if missing): XAR members with bsdtar, the component
+    /// (through the Distribution of a product archive), then its Scripts.
     pub fn extract(pkg: &Path, dir: &Path) -> ExpandedPkg {
-        let members = dir.join("expanded");
+        let expanded = dir.join("expanded");
         let scripts = dir.join("scripts");
-        for d in [&members, &scripts] {
+        for d in [&expanded, &scripts] {
             std::fs::create_dir_all(d).expect("creating the extraction directory");
         }
         run_ok(
@@ -88,12 +96,19 @@ impl ExpandedPkg {
                 .arg("-xf")
                 .arg(pkg)
                 .arg("-C")
-                .arg(&members),
+                .arg(&expanded),
         );
+        let distribution = std::fs::read_to_string(expanded.join("Distribution")).ok();
+        let members = match &distribution {
+            Some(xml) => expanded.join(component_of(xml)),
+            None => expanded.clone(),
+        };
         cpio_extract(&members.join("Scripts"), &scripts);
         ExpandedPkg {
             pkg: pkg.to_path_buf(),
             members,
+            expanded,
+            distribution,
             scripts,
         }
     }
@@ -114,6 +129,48 @@ impl ExpandedPkg {
         }
         to.to_path_buf()
     }
+}
+
+/// The component a Distribution installs, as Installer reads it: the one `pkg-ref` with a
+/// local target (`#name.pkg`), after checking that `hostArchitectures` names arm64 (without it
+/// Installer on Apple silicon runs the scripts under Rosetta) and x86_64.
+pub fn component_of(distribution: &str) -> String {
+    let doc = roxmltree::Document::parse(distribution).expect("the Distribution is XML");
+    let root = doc.root_element();
+    assert_eq!(
+        root.tag_name().name(),
+        "installer-gui-script",
+        "not a Distribution"
+    );
+    let arches = root
+        .children()
+        .find(|n| n.has_tag_name("options"))
+        .and_then(|n| n.attribute("hostArchitectures"))
+        .unwrap_or("");
+    for arch in ["arm64", "x86_64"] {
+        assert!(
+            arches.split(',').any(|a| a.trim() == arch),
+            "the Distribution's hostArchitectures ({arches:?}) lacks {arch}"
+        );
+    }
+    let targets: Vec<&str> = root
+        .children()
+        .filter(|n| n.has_tag_name("pkg-ref"))
+        .filter_map(|n| n.text().map(str::trim).filter(|t| !t.is_empty()))
+        .collect();
+    assert_eq!(
+        targets.len(),
+        1,
+        "one component in the Distribution: {targets:?}"
+    );
+    let name = targets[0]
+        .strip_prefix('#')
+        .expect("a component inside the archive (#name.pkg)");
+    assert!(
+        name.ends_with(".pkg") && !name.contains('/') && !name.starts_with('.'),
+        "bad component name {name:?}"
+    );
+    name.to_owned()
 }
 
 /// Writes an executable file through a child process (`install -m 0755`). A file this test
