@@ -73,9 +73,11 @@ fn prepare(bootstrap_failures: u32) -> Install {
     std::fs::write(
         &launchctl,
         format!(
-            "#!/bin/sh\necho \"$*\" >> '{calls}'\nif [ \"$1\" = bootstrap ]; then\n  n=$(cat '{count}' 2>/dev/null || echo 0)\n  if [ \"$n\" -lt {bootstrap_failures} ]; then echo $((n+1)) > '{count}'; echo 'Bootstrap failed: 5: Input/output error' >&2; exit 5; fi\nfi\nexit 0\n",
+            "#!/bin/sh\necho \"$*\" >> '{calls}'\nif [ \"$1\" = bootstrap ]; then\n  n=$(cat '{count}' 2>/dev/null || echo 0)\n  if [ \"$n\" -lt {bootstrap_failures} ]; then echo $((n+1)) > '{count}'; echo 'Bootstrap failed: 5: Input/output error' >&2; exit 5; fi\n  # As the daemon launchd starts would: its first outcome, when the test gives one.\n  if [ -f '{fake}' ]; then cp '{fake}' '{state}/first-outcome'; fi\nfi\nexit 0\n",
             calls = calls.display(),
             count = d.join("bootstrap-count").display(),
+            fake = d.join("fake-outcome").display(),
+            state = root.join("Library/FleetServer/state").display(),
         ),
     )
     .unwrap();
@@ -152,7 +154,39 @@ fn boot_volume_env(i: &Install) -> Vec<(&'static str, &Path)> {
     vec![
         ("LAUNCHCTL", i.launchctl.as_path()),
         ("FLEET_TEST_TREAT_AS_BOOT_VOLUME", Path::new("1")),
+        // No daemon runs here unless a test gives a fake outcome: no wait.
+        ("FLEET_TEST_OUTCOME_WAIT", Path::new("0")),
     ]
+}
+
+/// The postinstall logs the daemon's first outcome to the install log: joined, or refused.
+#[test]
+fn postinstall_logs_the_first_outcome() {
+    for (outcome, line) in [
+        (
+            "joined server-03-abc123\n",
+            "✅ Joined the cluster as server-03-abc123",
+        ),
+        (
+            "refused package token 1234abcd… was already used\n",
+            "❌ Enrollment refused: package token 1234abcd… was already used",
+        ),
+    ] {
+        let i = prepare(0);
+        // An outcome of an earlier install is removed first, not taken for this one's.
+        let state = i.root.join("Library/FleetServer/state");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(state.join("first-outcome"), "joined old-node-zzzzzz\n").unwrap();
+        std::fs::write(i.launchctl.with_file_name("fake-outcome"), outcome).unwrap();
+        let mut env = boot_volume_env(&i);
+        env.retain(|(k, _)| *k != "FLEET_TEST_OUTCOME_WAIT");
+        env.push(("FLEET_TEST_OUTCOME_WAIT", Path::new("5")));
+        let out = i.script("postinstall", &env);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains(line), "{text}");
+        assert!(!text.contains("old-node"), "{text}");
+    }
 }
 
 #[test]

@@ -250,8 +250,10 @@ impl Launchctl {
 
     /// The postinstall's test hooks: this stand-in, and `$3` handled as the boot volume.
     pub fn boot_volume_env(&self, cmd: &mut Command) {
+        // The stand-in starts no daemon: no first outcome to wait for.
         cmd.env("LAUNCHCTL", &self.path)
-            .env("FLEET_TEST_TREAT_AS_BOOT_VOLUME", "1");
+            .env("FLEET_TEST_TREAT_AS_BOOT_VOLUME", "1")
+            .env("FLEET_TEST_OUTCOME_WAIT", "0");
     }
 }
 
