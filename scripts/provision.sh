@@ -106,6 +106,11 @@ fi
 install -d -m 0755 "$ROOT/usr/local/bin" "$ROOT/usr/local/lib/fleet-server"
 install -m 0755 "$HERE/fleet-server" "$ROOT/usr/local/bin/fleet-server"
 install -m 0755 "$HERE/uninstall.sh" "$ROOT/usr/local/lib/fleet-server/uninstall.sh"
+# The node template: this node builds bundles with its own binaries.
+TEMPLATE="$ROOT/usr/local/lib/fleet-server/node-template/linux-x86_64"
+install -d -m 0755 "$TEMPLATE"
+install -m 0755 "$HERE/fleet-installer-stub" "$TEMPLATE/fleet-installer-stub"
+ln -sfn ../../../../bin/fleet-server "$TEMPLATE/fleet-server"
 STATE="$ROOT/var/lib/fleet-server"
 install -d -m 0700 "$STATE"
 # The daemon writes its first outcome here (joined / refused); an old one says nothing new.

@@ -789,7 +789,7 @@ impl Config {
         }
     }
 
-    /// Moves the node's own absolute paths (state directory, TLS and etcd files) under `root`, for a
+    /// Moves the node's own absolute paths (state directory, TLS and etcd files, node template) under `root`, for a
     /// node installed into a directory instead of `/` (`serve --root`). The shared storage
     /// path is left alone: it names a shared mount, not a file of this node.
     pub fn rebase(&mut self, root: &Path) {
@@ -806,6 +806,7 @@ impl Config {
             &mut self.cluster.etcd_ca,
             &mut self.cluster.etcd_cert,
             &mut self.cluster.etcd_key,
+            &mut self.package.template_dir,
         ] {
             *p = p.as_deref().map(|p| under(root, p));
         }

@@ -221,6 +221,8 @@ pub enum BuildError {
     IpInUse { ip: IpAddr, holder: String },
     #[error("the cluster: {0}")]
     Cluster(ClusterError),
+    #[error("{0}")]
+    FormatUnavailable(String),
     #[error("{field}: reading {}: {source}", path.display())]
     NodeFile {
         field: &'static str,
@@ -242,7 +244,8 @@ impl BuildError {
             BuildError::NodeName(_)
             | BuildError::Expiry
             | BuildError::NameInUse { .. }
-            | BuildError::IpInUse { .. } => true,
+            | BuildError::IpInUse { .. }
+            | BuildError::FormatUnavailable(_) => true,
             BuildError::Package(e) => matches!(
                 e,
                 fleet_package::Error::InvalidNodeName { .. }
@@ -288,9 +291,47 @@ pub fn node_config(primary: &Config, node_name: Option<&str>, format: Format) ->
     c.cluster.etcd_password_file = None;
     c.auth.api_key_file = None;
     c.auth.web_password = None;
-    c.package = Default::default();
+    // Every node can build packages for its own platform: the package installs its binaries
+    // as a node template (postinstall / provision.sh), and the node's configuration names it.
+    c.package = crate::config::PackageConfig {
+        template_dir: Some(PathBuf::from(node_template_dir(format))),
+        expiry_days: primary.package.expiry_days,
+        // A development cluster (Linux binaries in macOS packages) stays one.
+        allow_foreign_binaries: primary.package.allow_foreign_binaries,
+        ..Default::default()
+    };
     c.load_warnings.clear();
     c
+}
+
+/// Where a package of `format` installs the node template (the node's own binaries).
+pub fn node_template_dir(format: Format) -> &'static str {
+    if format.is_macos() {
+        "/Library/FleetServer/node-template"
+    } else {
+        "/usr/local/lib/fleet-server/node-template"
+    }
+}
+
+/// Whether this node can build `format`, and if not, why (the Settings page offers only the
+/// formats it can build; the CLI and the API refuse the others with this reason).
+pub fn can_build(config: &Config, format: Format) -> Result<(), String> {
+    let Some(dir) = &config.package.template_dir else {
+        return Err(
+            "no node template is configured (package.template_dir; `make node-template` fills one)"
+                .into(),
+        );
+    };
+    let (target, platform) = if format.is_macos() {
+        (Target::MacOs, "macOS packages")
+    } else {
+        (Target::LinuxX86_64, "Linux bundles")
+    };
+    Template::probe(dir, target, config.package.allow_foreign_binaries).map_err(|e| {
+        format!(
+            "this node cannot build {platform}: {e}; a node carries the template of its own platform only (build {platform} on the primary or on a node of that platform)"
+        )
+    })
 }
 
 /// Files the node's configuration names, by the field that names them and the name they
@@ -492,6 +533,9 @@ impl Builder {
             .clone()
             .or_else(|| primary.package.template_dir.clone())
             .ok_or(BuildError::NoTemplate)?;
+        if req.template_dir.is_none() {
+            can_build(primary, req.format).map_err(BuildError::FormatUnavailable)?;
+        }
         let target = match req.format {
             Format::Pkg | Format::Component => Target::MacOs,
             Format::Bundle => Target::LinuxX86_64,

@@ -369,6 +369,9 @@ Enable it in the configuration and restart the server:</p>\
                 body.push_str("<p class=\"warn-text\">⚠️ Development mode: packages carry binaries that may not fit the target (package.allow_foreign_binaries).</p>");
             }
             body.push_str(&signing_note(app.builder.signing()));
+            // Only the formats this node can build (a node carries its own platform's template).
+            let macos = crate::packages::can_build(&app.config, crate::packages::Format::Pkg);
+            let linux = crate::packages::can_build(&app.config, crate::packages::Format::Bundle);
             body.push_str(&format!(
                 "<h3>Build a node package</h3>\
 <form id=\"build-form\" class=\"grid\" autocomplete=\"off\">\
@@ -376,9 +379,7 @@ Enable it in the configuration and restart the server:</p>\
 <small>Optional: leave empty to name the node after its hostname.</small></label>\
 <label>Package Name <input name=\"package_name\" id=\"package_name\" placeholder=\"FleetServerClusterNode.pkg\" maxlength=\"100\">\
 <small>Default: FleetServerClusterNode.pkg (Linux: &lt;node&gt;_provision.tar.gz).</small></label>\
-<label>Format <select name=\"format\" id=\"format\"><option value=\"pkg\" selected>macOS package (.pkg)</option>\
-<option value=\"component\">macOS component package (.pkg, no Distribution)</option>\
-<option value=\"bundle\">Linux provision bundle (.tar.gz)</option></select></label>\
+<label>Format <select name=\"format\" id=\"format\">{format_options}</select>{format_notes}</label>\
 <label>Expires <select name=\"expires\" id=\"expires\"><option value=\"1d\">in 1 day</option>\
 <option value=\"{days}d\" selected>in {days} days</option><option value=\"30d\">in 30 days</option></select></label>\
 <label>Ethernet <select name=\"ethernet\" id=\"ethernet\"><option value=\"require\">require wired Ethernet</option>\
@@ -394,7 +395,13 @@ Enable it in the configuration and restart the server:</p>\
 <p class=\"muted\">⚠️ Until it is used, a package can enroll one machine into this cluster: keep it private, \
 transfer it over encrypted channels, and revoke it below if it goes astray. An offline package carries the \
 cluster's keys: delete it after installation.</p>",
-                days = app.config.package.expiry_days
+                days = app.config.package.expiry_days,
+                format_options = format_options(&macos, &linux),
+                format_notes = [&macos, &linux]
+                    .into_iter()
+                    .filter_map(|r| r.as_ref().err())
+                    .map(|why| format!("<small class=\"format-missing\">{}</small>", esc(why)))
+                    .collect::<String>(),
             ));
             if backend.supports_enrollment() {
                 let pending = tokio::time::timeout(Duration::from_secs(3), backend.list_enrollments())
@@ -491,6 +498,18 @@ cluster's keys: delete it after installation.</p>",
 
 /// Nodes the Settings page lists (the first page, by name).
 const NODES_SHOWN: usize = 500;
+
+/// The Format menu: the formats this node can build, a macOS package first.
+fn format_options(macos: &Result<(), String>, linux: &Result<(), String>) -> String {
+    let mut o = String::new();
+    if macos.is_ok() {
+        o.push_str("<option value=\"pkg\" selected>macOS package (.pkg)</option><option value=\"component\">macOS component package (.pkg, no Distribution)</option>");
+    }
+    if linux.is_ok() {
+        o.push_str("<option value=\"bundle\">Linux provision bundle (.tar.gz)</option>");
+    }
+    o
+}
 
 /// Whether the macOS packages this page builds are signed, and by whom.
 fn signing_note(identity: Option<&fleet_package::SigningIdentity>) -> String {

@@ -138,6 +138,35 @@ impl Template {
         Ok(Self::new(target, fleet_server, installer_stub))
     }
 
+    /// What [`Template::load`] would say, without reading the binaries: both files are there
+    /// and start as the target's binaries do (unless `allow_foreign_binaries`). Cheap enough
+    /// for every Settings page.
+    pub fn probe(template_dir: &Path, target: Target, allow_foreign_binaries: bool) -> Result<()> {
+        use std::io::Read;
+        if !template_dir.is_dir() {
+            return Err(Error::TemplateMissing {
+                path: template_dir.to_owned(),
+            });
+        }
+        for name in ["fleet-server", "fleet-installer-stub"] {
+            let path = template_dir.join(target.dir_name()).join(name);
+            let mut head = [0u8; 8];
+            let n = match std::fs::File::open(&path) {
+                Ok(mut f) => f
+                    .read(&mut head)
+                    .map_err(Error::io(format!("reading {}", path.display())))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::TemplateMissing { path });
+                }
+                Err(e) => return Err(Error::io(format!("reading {}", path.display()))(e)),
+            };
+            if !allow_foreign_binaries {
+                check_format(&path, &head[..n], target)?;
+            }
+        }
+        Ok(())
+    }
+
     /// A template from bytes in memory, with the same format check as [`Template::load`].
     pub fn from_bytes(
         target: Target,

@@ -230,6 +230,21 @@ fn install_lays_out_the_payload_and_loads_the_job() {
             format!("bootstrap system {}", plist.display()),
         ]
     );
+    // The node template: the payload's daemon and the package's own stub, so this node can
+    // build packages for its platform.
+    let template = i.root.join("Library/FleetServer/node-template/macos");
+    assert_eq!(
+        std::fs::read(template.join("fleet-server")).unwrap(),
+        std::fs::read(i.root.join("Library/FleetServer/bin/fleet-server")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(template.join("fleet-installer-stub")).unwrap(),
+        std::fs::read(i.scripts.join("preinstall")).unwrap()
+    );
+    assert_eq!(
+        i.mode("Library/FleetServer/node-template/macos/fleet-installer-stub"),
+        0o755
+    );
     assert_eq!(i.mode("Library/FleetServer/config"), 0o700);
     assert_eq!(i.mode("Library/FleetServer/config/config.yaml"), 0o600);
     assert_eq!(i.mode("Library/FleetServer/state"), 0o700);

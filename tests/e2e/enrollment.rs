@@ -1359,3 +1359,56 @@ fn direct_download_links_work_once() {
         .collect();
     assert!(kept.is_empty(), "{kept:?}");
 }
+
+/// Every node a full node: a node provisioned from a bundle builds a bundle through its own
+/// API (with the binaries the bundle installed as its node template), and that bundle
+/// provisions a third node that joins; the same node refuses a macOS package and says why.
+#[test]
+fn a_provisioned_node_builds_the_next_node() {
+    let curl = require_tool("curl");
+    let c = Cluster::start(Backend::Storage);
+    let (bundle, _) = c.build("second", &[]);
+    let second = c.provision(&bundle, "second");
+    c.wait_joined("second");
+    let template = second
+        .root
+        .join("usr/local/lib/fleet-server/node-template/linux-x86_64");
+    assert!(
+        template.join("fleet-server").exists() && template.join("fleet-installer-stub").exists()
+    );
+    let post = |format: &str, out: &Path| -> String {
+        let body = format!(r#"{{"node_name":"third","format":"{format}","ethernet":"skip"}}"#);
+        let o = output_within(
+            Command::new(&curl)
+                .args(["-sS", "-o"])
+                .arg(out)
+                .args([
+                    "-w",
+                    "%{http_code}",
+                    "-H",
+                    &format!("X-API-Key: {TEST_API_KEY}"),
+                ])
+                .args(["-H", "Content-Type: application/json", "-d", &body])
+                .arg(format!(
+                    "http://127.0.0.1:{}/api/fleet/cluster/packages",
+                    second.port
+                )),
+            LIMIT,
+        );
+        assert_ok(&o, "curl POST packages to the second node");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let refused = c.dir.path().join("refused.json");
+    assert_eq!(post("pkg", &refused), "400");
+    let why = std::fs::read_to_string(&refused).unwrap();
+    assert!(
+        why.contains("this node cannot build macOS packages"),
+        "{why}"
+    );
+
+    let third_bundle = c.dir.path().join("third_provision.tar.gz");
+    assert_eq!(post("bundle", &third_bundle), "200", "{}", second.log());
+    let _third = c.provision(&third_bundle, "third");
+    let id = c.wait_joined("third");
+    assert!(id.starts_with("third-"), "{id}");
+}

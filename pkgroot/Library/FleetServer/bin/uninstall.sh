@@ -68,7 +68,7 @@ uninstall_macos() {
     fi
     /bin/rm -f "$ROOT/Library/LaunchDaemons/$LABEL.plist"
     /bin/rm -f "$ROOT/private/etc/newsyslog.d/fleet-server.conf"
-    /bin/rm -rf "$ROOT/Library/FleetServer/bin"
+    /bin/rm -rf "$ROOT/Library/FleetServer/bin" "$ROOT/Library/FleetServer/node-template"
     if [ "$PURGE" -eq 1 ]; then
         /bin/rm -rf "$ROOT/Library/FleetServer"
         /bin/rm -f "$ROOT"/private/var/log/fleet-server.log*
