@@ -149,7 +149,10 @@ WAIT=${PROVISION_WAIT:-30}
 case "$WAIT" in '' | *[!0-9]*) die "PROVISION_WAIT must be a number of seconds" ;; esac
 i=0
 while [ ! -s "$OUTCOME" ] && [ "$i" -lt $((WAIT * 10)) ]; do
-    if [ "$SYSTEMD" -eq 0 ] && ! kill -0 "$(cat "$PIDFILE" 2>/dev/null || echo 0)" 2>/dev/null; then
+    # The daemonized process writes its pid file a moment after provision's fork returns:
+    # only a pid that was written and is gone means the daemon stopped.
+    pid=$(cat "$PIDFILE" 2>/dev/null || true)
+    if [ "$SYSTEMD" -eq 0 ] && [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
         echo "❌ fleet-server stopped before joining the cluster:" >&2
         tail -n 20 "$ROOT/var/log/fleet-server.log" >&2 2>/dev/null || true
         exit 1
