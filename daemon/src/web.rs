@@ -453,7 +453,7 @@ cluster's keys: delete it after installation.</p>",
                 }
                 body.push_str("</tbody></table></div>");
             }
-            body.push_str("<h3>Nodes</h3><div class=\"table-wrap\"><table id=\"nodes\"><thead><tr><th>Name</th><th>ID</th><th>Addresses</th><th>State</th><th>Last heartbeat</th><th></th></tr></thead><tbody>");
+            body.push_str("<h3>Nodes</h3><div class=\"table-wrap\"><table id=\"nodes\"><thead><tr><th>Name</th><th>ID</th><th>Addresses</th><th>State</th><th>Last heartbeat</th><th>Version</th><th></th></tr></thead><tbody>");
             for m in &members {
                 let remove = if m.node.id == app.node.id {
                     "<span class=\"muted\">this node</span>".to_string()
@@ -464,7 +464,7 @@ cluster's keys: delete it after installation.</p>",
                     )
                 };
                 body.push_str(&format!(
-                    "<tr data-node=\"{id}\"><td>{name}</td><td><code>{id}</code></td><td>{addr}</td><td class=\"state-{state}\">{state}</td><td>{ago}</td><td>{remove}</td></tr>",
+                    "<tr data-node=\"{id}\"><td>{name}</td><td><code>{id}</code></td><td>{addr}</td><td class=\"state-{state}\">{state}</td><td>{ago}</td><td>{version}</td><td>{remove}</td></tr>",
                     id = esc(&m.node.id),
                     name = esc(&m.node.name),
                     addr = esc(&m.node.addresses.join(", ")),
@@ -473,6 +473,15 @@ cluster's keys: delete it after installation.</p>",
                         MemberState::Expired => "expired",
                     },
                     ago = ago(m.age_ms),
+                    version = if crate::cluster::is_older_version(&m.node.version, &app.node.version) {
+                        format!(
+                            "<span class=\"warn-text older\" title=\"older than this node ({})\">{} ⬆︎ older</span>",
+                            esc(&app.node.version),
+                            esc(&m.node.version)
+                        )
+                    } else {
+                        esc(&m.node.version)
+                    },
                 ));
             }
             body.push_str("</tbody></table></div>");

@@ -563,3 +563,55 @@ fn https_with_secure_cookies() {
     let plain = fleet_tests::http("GET", port, "/api/fleet/cluster/health", &[]);
     assert!(!matches!(plain, Ok((200, _))), "{plain:?}");
 }
+
+/// The Nodes table (the Settings page and `cluster nodes`) shows each node's version and marks
+/// the nodes older than the one serving it.
+#[test]
+fn older_nodes_are_marked_in_the_nodes_table() {
+    let shared = tempfile::tempdir().unwrap();
+    let template = node_template(shared.path());
+    let extra = web_yaml(&template, "  backend: memory\n");
+    let a = start_web_node("primary", shared.path(), &extra);
+    a.wait_health(200, Duration::from_secs(10));
+    // An old node, as a node of release 0.0.1 registers itself.
+    let config = fleet_server::config::Config::load(&a.config_path()).unwrap();
+    let old = fleet_server::cluster::NodeRecord {
+        id: "oldtimer-abc123".into(),
+        name: "oldtimer".into(),
+        hostname: "oldtimer".into(),
+        addresses: vec!["192.0.2.77".into()],
+        version: "0.0.1".into(),
+        os: "linux".into(),
+        started_at: 0,
+        url: "http://192.0.2.77:8768".into(),
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let backend = fleet_server::cluster::open(&config).unwrap();
+    rt.block_on(backend.register(&old)).unwrap();
+
+    let mut c = Client::new(a.port);
+    assert_eq!(c.login("admin", WEB_PASSWORD).status, 303);
+    let page = String::from_utf8_lossy(&c.get("/settings").body).into_owned();
+    assert!(page.contains("<th>Version</th>"), "{page}");
+    assert!(page.contains("0.0.1 ⬆︎ older"), "{page}");
+    let this = env!("CARGO_PKG_VERSION");
+    assert!(!page.contains(&format!("{this} ⬆︎ older")), "{page}");
+
+    let out = std::process::Command::new(fleet_tests::bin_path("fleet-server"))
+        .args(["cluster", "nodes", "--config"])
+        .arg(a.config_path())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(row("oldtimer").ends_with("0.0.1 (older)"), "{table}");
+    assert!(row("primary").ends_with(this), "{table}");
+    rt.block_on(backend.deregister(&old.id)).unwrap();
+}

@@ -15,6 +15,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{BackendKind, Config};
 
+/// Whether release `version` is older than `than` (dotted numbers, `0.1.0` < `0.10.0`;
+/// anything after `-` or `+` ignored). A version that does not parse is never "older".
+pub fn is_older_version(version: &str, than: &str) -> bool {
+    fn parts(v: &str) -> Option<Vec<u64>> {
+        v.split(['-', '+'])
+            .next()?
+            .split('.')
+            .map(|p| p.parse().ok())
+            .collect()
+    }
+    match (parts(version), parts(than)) {
+        (Some(a), Some(b)) => a < b,
+        _ => false,
+    }
+}
+
 /// What a node says about itself in the member list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -440,5 +456,22 @@ mod tests {
         let (third, next) = page_of(all, 5, next.as_deref());
         assert_eq!(third.len(), 1);
         assert_eq!(next, None);
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::is_older_version;
+
+    #[test]
+    fn versions_compare_as_numbers() {
+        assert!(is_older_version("0.1.0", "0.2.0"));
+        assert!(is_older_version("0.9.0", "0.10.0"));
+        assert!(is_older_version("0.1", "0.1.1"));
+        assert!(!is_older_version("0.1.0", "0.1.0"));
+        assert!(!is_older_version("1.0.0", "0.9.9"));
+        assert!(!is_older_version("0.1.0+abc", "0.1.0"));
+        assert!(!is_older_version("garbage", "0.1.0"));
+        assert!(!is_older_version("0.1.0", "garbage"));
     }
 }
