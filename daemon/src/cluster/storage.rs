@@ -2,7 +2,7 @@
 //! that needs no server.
 //!
 //! Layout under `<storage_path>/cluster/`: `members/<id>.json` (the node's record; its mtime is
-//! the last heartbeat), `names/<name>` (id of the holder), `events/<ms>-<rand>.json`,
+//! the last heartbeat), `names/<name>` (id of the holder), `events/<ms>-<seq>-<rand>.json`,
 //! `removed/<id>` (tombstones), `clock` (touched to read the file server's time), `lock`,
 //! `active` (the active count: joins and leaves adjust it under the lock, the prune recounts),
 //! `prune` (its mtime: the last prune's turn).
@@ -268,7 +268,14 @@ impl Dir {
             at_ms: now,
             detail,
         };
-        let name = format!("{now:015}-{:08x}.json", rand::rng().random::<u32>());
+        // Names sort in the order events happened: by the file server's millisecond, then, for
+        // two events of this process in the same millisecond, by this process's sequence.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!(
+            "{now:015}-{seq:012}-{:08x}.json",
+            rand::rng().random::<u32>()
+        );
         let path = dir.join(name);
         // Event serialisation cannot fail: it is strings and numbers only.
         let bytes = serde_json::to_vec(&ev).unwrap_or_default();
