@@ -265,6 +265,39 @@ pub async fn run_membership(
     }
 }
 
+/// Runs [`run_membership`] on its own OS thread and single-threaded runtime, so that heartbeats
+/// never wait behind request handling (a login flood, a package build) on the shared workers.
+/// `backend` should be an instance of its own: its connections then live on that thread too.
+/// The returned receiver resolves once the node has left the cluster (or the thread ended).
+pub fn spawn_membership_thread(
+    backend: Arc<dyn Membership>,
+    node: NodeRecord,
+    timing: Timing,
+    state: Arc<NodeState>,
+    shutdown: CancellationToken,
+    first_attempt: CancellationToken,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("membership".into())
+        .spawn(move || {
+            runtime.block_on(run_membership(
+                backend,
+                node,
+                timing,
+                state,
+                shutdown,
+                first_attempt,
+            ));
+            // Dropping the runtime here closes the backend's connections on this thread.
+            let _ = done.send(());
+        })?;
+    Ok(finished)
+}
+
 /// A removed node stays up (serving 503) but stops heartbeating until restarted.
 async fn break_removed(state: &NodeState, shutdown: &CancellationToken) -> Duration {
     state.set_problem(Unhealthy::Removed);

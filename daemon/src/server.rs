@@ -13,7 +13,7 @@ use crate::cluster::{self, NodeRecord, Timing};
 use crate::config::Config;
 use crate::http::{AppState, ClientAddr, router};
 use crate::identity;
-use crate::node::{NodeState, run_membership};
+use crate::node::{NodeState, spawn_membership_thread};
 
 /// How long in-flight HTTP requests may take to finish once shutdown starts.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
@@ -149,14 +149,20 @@ pub async fn run(
         );
         let state = Arc::new(NodeState::new(&timing));
         let first = CancellationToken::new();
-        tracker.spawn(run_membership(
-            backend.clone(),
+        // Its own backend instance and thread: heartbeats do not queue behind requests.
+        let own = cluster::open(&config).context("opening the cluster backend")?;
+        let left = spawn_membership_thread(
+            own,
             (*node).clone(),
             timing,
             state.clone(),
             shutdown.child_token(),
             first.clone(),
-        ));
+        )
+        .context("starting the membership thread")?;
+        tracker.spawn(async move {
+            let _ = left.await;
+        });
         let (joined, stopping, id, dir) = (
             state.clone(),
             shutdown.child_token(),

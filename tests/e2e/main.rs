@@ -9,6 +9,7 @@ mod conformance;
 mod demo;
 mod enrollment;
 mod etcd;
+mod flood;
 mod install;
 mod netns;
 mod web;
