@@ -128,6 +128,13 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// Require the API key for `/metrics`.
     pub metrics_require_auth: bool,
+    /// Seconds a client has to send a request's headers; also how long a kept-alive connection
+    /// may wait idle for its next request.
+    pub header_timeout_seconds: u32,
+    /// Open connections served at once (lowered to fit `ulimit -n`); more get health or 503.
+    pub max_connections: u32,
+    /// Open connections served at once from one client address.
+    pub max_connections_per_client: u32,
 }
 
 impl Default for ServerConfig {
@@ -140,6 +147,9 @@ impl Default for ServerConfig {
             state_dir: default_state_dir(),
             public_url: None,
             metrics_require_auth: false,
+            header_timeout_seconds: 10,
+            max_connections: 1024,
+            max_connections_per_client: 64,
         }
     }
 }
@@ -585,6 +595,21 @@ impl Config {
                 "server.host",
                 format!("`{}` is not an IP address", self.server.host),
             ));
+        }
+        for (field, value) in [
+            (
+                "server.header_timeout_seconds",
+                self.server.header_timeout_seconds,
+            ),
+            ("server.max_connections", self.server.max_connections),
+            (
+                "server.max_connections_per_client",
+                self.server.max_connections_per_client,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(origin, field, "must be at least 1"));
+            }
         }
         match (&self.server.tls_cert, &self.server.tls_key) {
             (Some(_), None) => {

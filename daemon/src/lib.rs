@@ -12,6 +12,7 @@ pub mod identity;
 pub mod logging;
 pub mod node;
 pub mod packages;
+pub mod serve;
 pub mod server;
 pub mod sessions;
 pub mod tls;

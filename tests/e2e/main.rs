@@ -6,6 +6,7 @@ mod blackbox;
 mod browser;
 mod build;
 mod conformance;
+mod connections;
 mod demo;
 mod enrollment;
 mod etcd;
