@@ -234,6 +234,8 @@ pub async fn run_membership(
                     );
                     registered = false;
                     state.registered.store(false, Ordering::Relaxed);
+                    // The backend may have lost more (its users): housekeeping right away.
+                    last_housekeeping = None;
                     Duration::ZERO
                 }
                 Ok(Heartbeat::Removed) => {
@@ -267,19 +269,24 @@ pub async fn run_membership(
 
 /// Runs [`run_membership`] on its own OS thread and single-threaded runtime, so that heartbeats
 /// never wait behind request handling (a login flood, a package build) on the shared workers.
-/// `backend` should be an instance of its own: its connections then live on that thread too.
-/// The returned receiver resolves once the node has left the cluster (or the thread ended).
+/// `open` makes the backend instance it uses, inside that runtime, so that its connections and
+/// their background tasks live on that thread too. The returned receiver resolves once the node
+/// has left the cluster (or the thread ended).
 pub fn spawn_membership_thread(
-    backend: Arc<dyn Membership>,
+    open: impl FnOnce() -> anyhow::Result<Arc<dyn Membership>>,
     node: NodeRecord,
     timing: Timing,
     state: Arc<NodeState>,
     shutdown: CancellationToken,
     first_attempt: CancellationToken,
-) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let backend = {
+        let _inside = runtime.enter();
+        open()?
+    };
     let (done, finished) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("membership".into())

@@ -150,9 +150,9 @@ pub async fn run(
         let state = Arc::new(NodeState::new(&timing));
         let first = CancellationToken::new();
         // Its own backend instance and thread: heartbeats do not queue behind requests.
-        let own = cluster::open(&config).context("opening the cluster backend")?;
+        let for_membership = config.clone();
         let left = spawn_membership_thread(
-            own,
+            move || cluster::open(&for_membership).context("opening the cluster backend"),
             (*node).clone(),
             timing,
             state.clone(),

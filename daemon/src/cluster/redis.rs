@@ -173,16 +173,24 @@ fn record_from_row(id: String, row: Vec<Option<String>>) -> NodeRecord {
     }
 }
 
+mod users;
+pub use users::LOCAL_FILE as NODE_USERS_FILE;
+
 /// Members pruned at most per heartbeat, so one heartbeat stays short after a mass outage.
 const PRUNE_LIMIT: usize = 100;
 
 /// Membership in Redis.
 pub struct RedisMembership {
-    conn: ConnectionManager,
+    /// Replaced after a refused handshake (see `after_error`).
+    conn: std::sync::RwLock<ConnectionManager>,
+    /// To connect again; holds the password (never printed: see `Debug` below).
+    info: redis::ConnectionInfo,
     prefix: String,
     timing: Timing,
     /// `host:port` or the socket path, for messages (never credentials).
     address: String,
+    /// The local copy of the node users' password digests (`users.rs`), if this process keeps one.
+    users_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for RedisMembership {
@@ -291,11 +299,20 @@ impl RedisMembership {
     pub fn new(cfg: &ClusterConfig, timing: Timing) -> Result<Self, ClusterError> {
         let info = connection_info(cfg)?;
         Ok(RedisMembership {
-            conn: connect_lazy(info, &timing)?,
+            conn: std::sync::RwLock::new(connect_lazy(info.clone(), &timing)?),
+            info,
             prefix: cfg.key_prefix.clone(),
             timing,
             address: describe_address(cfg),
+            users_file: None,
         })
+    }
+
+    /// Keeps the node users' password digests in `state_dir` too, to re-create them after the
+    /// server lost them with its data.
+    pub fn with_user_registry(mut self, state_dir: &std::path::Path) -> Self {
+        self.users_file = Some(state_dir.join(NODE_USERS_FILE));
+        self
     }
 
     fn timeout_ms(&self) -> u64 {
@@ -304,6 +321,22 @@ impl RedisMembership {
 
     fn key(&self, suffix: &str) -> String {
         format!("{}cluster:{suffix}", self.prefix)
+    }
+
+    fn connection(&self) -> ConnectionManager {
+        self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The connection manager reconnects after I/O errors only: a handshake the server refused
+    /// (a node user the server lost with a restart) would stay refused even once the user is
+    /// back. Such a connection is replaced, so the next call authenticates afresh.
+    fn after_error(&self, e: &redis::RedisError) -> ClusterError {
+        if e.kind() == redis::ErrorKind::AuthenticationFailed
+            && let Ok(fresh) = connect_lazy(self.info.clone(), &self.timing)
+        {
+            *self.conn.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        }
+        map_err(e)
     }
 
     /// Runs a script with a deadline: the connection manager's own timeouts cover the socket,
@@ -317,10 +350,10 @@ impl RedisMembership {
         for a in args {
             inv.arg(a);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection();
         let deadline = self.timing.op_timeout() * 2;
         match tokio::time::timeout(deadline, inv.invoke_async(&mut conn)).await {
-            Ok(r) => r.map_err(|e| map_err(&e)),
+            Ok(r) => r.map_err(|e| self.after_error(&e)),
             Err(_) => Err(ClusterError::Unreachable {
                 backend: NAME,
                 reason: format!("no answer from {} within {deadline:?}", self.address),
@@ -332,10 +365,10 @@ impl RedisMembership {
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, ClusterError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection();
         let deadline = self.timing.op_timeout() * 2;
         match tokio::time::timeout(deadline, pipe.query_async(&mut conn)).await {
-            Ok(r) => r.map_err(|e| map_err(&e)),
+            Ok(r) => r.map_err(|e| self.after_error(&e)),
             Err(_) => Err(ClusterError::Unreachable {
                 backend: NAME,
                 reason: format!("no answer from {} within {deadline:?}", self.address),
@@ -428,20 +461,26 @@ impl RedisMembership {
     ) -> Result<(String, Secret), ClusterError> {
         let user = self.user_name("node", node_name);
         let password = Secret::new(crate::auth::random_hex(32));
-        self.acl(&[
-            "SETUSER".into(),
-            user.clone(),
-            "reset".into(),
-            "on".into(),
-            format!(">{}", password.expose()),
-            format!("~{}*", self.prefix),
-            format!("&{}*", self.prefix),
-            "+@all".into(),
-            "-@dangerous".into(),
-            "-@admin".into(),
-        ])
+        self.acl(
+            &[
+                "SETUSER".to_string(),
+                user.clone(),
+                "reset".into(),
+                "on".into(),
+                format!(">{}", password.expose()),
+            ]
+            .into_iter()
+            .chain(self.node_user_rules())
+            .collect::<Vec<_>>(),
+        )
         .await
         .map_err(acl_refused)?;
+        // Kept so that housekeeping can re-create it when the server loses it; a user that
+        // could not be kept is not handed out.
+        if let Err(e) = self.remember_user(&user, &password).await {
+            let _ = self.acl(&["DELUSER".into(), user.clone()]).await;
+            return Err(e);
+        }
         Ok((user, password))
     }
 
@@ -499,7 +538,11 @@ impl RedisMembership {
 
     /// Deletes a user (Redis closes its connections).
     pub async fn delete_user(&self, user: &str) -> Result<(), ClusterError> {
-        self.acl(&["DELUSER".into(), user.into()]).await
+        self.acl(&["DELUSER".into(), user.into()]).await?;
+        if user.starts_with(&self.user_name("node", "")) {
+            self.forget_user(user).await;
+        }
+        Ok(())
     }
 }
 
@@ -581,6 +624,9 @@ impl Membership for RedisMembership {
     }
 
     async fn housekeeping(&self) -> Result<(), ClusterError> {
+        if let Err(e) = self.restore_users().await {
+            log::warn!("could not check the node users on the Redis server: {e}");
+        }
         let mut pipe = redis::pipe();
         pipe.cmd("TIME");
         pipe.cmd("ZRANGEBYSCORE")
