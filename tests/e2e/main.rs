@@ -13,4 +13,5 @@ mod etcd;
 mod flood;
 mod install;
 mod netns;
+mod sentinel;
 mod web;

@@ -12,6 +12,7 @@ pub mod etcd;
 pub mod flood;
 pub mod netns;
 pub mod pkginstall;
+pub mod sentinel;
 
 /// A port nobody listens on right now (the OS picks it; a race with another process is
 /// possible but rare, and the callers retry on bind errors).

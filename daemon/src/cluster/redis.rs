@@ -173,6 +173,7 @@ fn record_from_row(id: String, row: Vec<Option<String>>) -> NodeRecord {
     }
 }
 
+mod sentinel;
 mod users;
 pub use users::LOCAL_FILE as NODE_USERS_FILE;
 
@@ -191,6 +192,8 @@ pub struct RedisMembership {
     address: String,
     /// The local copy of the node users' password digests (`users.rs`), if this process keeps one.
     users_file: Option<std::path::PathBuf>,
+    /// Set when the master is found through Sentinel (`sentinel.rs`).
+    sentinel: Option<sentinel::Sentinel>,
 }
 
 impl std::fmt::Debug for RedisMembership {
@@ -297,14 +300,22 @@ pub fn map_err(e: &redis::RedisError) -> ClusterError {
 
 impl RedisMembership {
     pub fn new(cfg: &ClusterConfig, timing: Timing) -> Result<Self, ClusterError> {
-        let info = connection_info(cfg)?;
+        let (sentinel, info) = match sentinel::Sentinel::from_config(cfg) {
+            Some((s, settings)) => (Some(s), connection_info(&settings)?),
+            None => (None, connection_info(cfg)?),
+        };
+        let address = match &cfg.redis_master_name {
+            Some(m) if sentinel.is_some() => format!("master {m} via Sentinel"),
+            _ => describe_address(cfg),
+        };
         Ok(RedisMembership {
             conn: std::sync::RwLock::new(connect_lazy(info.clone(), &timing)?),
             info,
             prefix: cfg.key_prefix.clone(),
             timing,
-            address: describe_address(cfg),
+            address,
             users_file: None,
+            sentinel,
         })
     }
 
@@ -323,6 +334,24 @@ impl RedisMembership {
         format!("{}cluster:{suffix}", self.prefix)
     }
 
+    fn timed_out(&self, deadline: std::time::Duration) -> ClusterError {
+        let e = ClusterError::Unreachable {
+            backend: NAME,
+            reason: match &self.sentinel {
+                Some(s) => format!(
+                    "no answer from {} ({}) within {deadline:?}",
+                    self.address,
+                    s.current()
+                ),
+                None => format!("no answer from {} within {deadline:?}", self.address),
+            },
+        };
+        if let Some(s) = &self.sentinel {
+            s.note_error(&e, false);
+        }
+        e
+    }
+
     fn connection(&self) -> ConnectionManager {
         self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -331,6 +360,12 @@ impl RedisMembership {
     /// (a node user the server lost with a restart) would stay refused even once the user is
     /// back. Such a connection is replaced, so the next call authenticates afresh.
     fn after_error(&self, e: &redis::RedisError) -> ClusterError {
+        if let Some(s) = &self.sentinel {
+            // Resolving the master again also makes a fresh connection.
+            let mapped = map_err(e);
+            s.note_error(&mapped, e.to_string().contains("READONLY"));
+            return mapped;
+        }
         if e.kind() == redis::ErrorKind::AuthenticationFailed
             && let Ok(fresh) = connect_lazy(self.info.clone(), &self.timing)
         {
@@ -350,14 +385,12 @@ impl RedisMembership {
         for a in args {
             inv.arg(a);
         }
+        self.follow_master().await?;
         let mut conn = self.connection();
         let deadline = self.timing.op_timeout() * 2;
         match tokio::time::timeout(deadline, inv.invoke_async(&mut conn)).await {
             Ok(r) => r.map_err(|e| self.after_error(&e)),
-            Err(_) => Err(ClusterError::Unreachable {
-                backend: NAME,
-                reason: format!("no answer from {} within {deadline:?}", self.address),
-            }),
+            Err(_) => Err(self.timed_out(deadline)),
         }
     }
 
@@ -365,14 +398,12 @@ impl RedisMembership {
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, ClusterError> {
+        self.follow_master().await?;
         let mut conn = self.connection();
         let deadline = self.timing.op_timeout() * 2;
         match tokio::time::timeout(deadline, pipe.query_async(&mut conn)).await {
             Ok(r) => r.map_err(|e| self.after_error(&e)),
-            Err(_) => Err(ClusterError::Unreachable {
-                backend: NAME,
-                reason: format!("no answer from {} within {deadline:?}", self.address),
-            }),
+            Err(_) => Err(self.timed_out(deadline)),
         }
     }
 
@@ -588,6 +619,7 @@ impl Membership for RedisMembership {
     }
 
     async fn heartbeat(&self, node: &NodeRecord) -> Result<Heartbeat, ClusterError> {
+        self.check_users_after_move().await;
         let mut args = self.base_args();
         args.push(self.timeout_ms().to_string());
         args.push(node.id.clone());
