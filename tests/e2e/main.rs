@@ -10,6 +10,7 @@ mod connections;
 mod demo;
 mod enrollment;
 mod etcd;
+mod etcd_ha;
 mod flood;
 mod install;
 mod netns;

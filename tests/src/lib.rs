@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod etcd;
+pub mod etcd_cluster;
 pub mod flood;
 pub mod netns;
 pub mod pkginstall;

@@ -366,7 +366,9 @@ impl RedisMembership {
             s.note_error(&mapped, e.to_string().contains("READONLY"));
             return mapped;
         }
-        if e.kind() == redis::ErrorKind::AuthenticationFailed
+        // `READONLY`: the server behind the name became a replica (a managed failover).
+        if (e.kind() == redis::ErrorKind::AuthenticationFailed
+            || e.to_string().contains("READONLY"))
             && let Ok(fresh) = connect_lazy(self.info.clone(), &self.timing)
         {
             *self.conn.write().unwrap_or_else(|p| p.into_inner()) = fresh;
