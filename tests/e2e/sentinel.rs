@@ -1,6 +1,6 @@
 //! Redis through Sentinel: a master, a replica and three Sentinels started by the test; a node
-//! with the shared password and a node with its own user join through the Sentinels; the master
-//! is killed; both nodes heartbeat on the promoted replica, the node user exists there, and
+//! with the shared password and a node with its own user (made on the replica too) join
+//! through the Sentinels; the master is killed; both nodes heartbeat on the promoted replica, the node user exists there, and
 //! health is 200 again, within a stated bound.
 
 use std::time::{Duration, Instant};
@@ -62,6 +62,14 @@ fn nodes_follow_a_sentinel_failover() {
             m.create_node_user("node2").await
         })
         .unwrap();
+    // Made on the replica as well: ACLs do not replicate.
+    let on_replica = set
+        .command(set.replica_port(), &["ACL", "GETUSER", &user])
+        .unwrap_or_default();
+    assert!(
+        !on_replica.starts_with("*-1") && !on_replica.starts_with("$-1"),
+        "the node user exists on the replica before any failover: {on_replica}"
+    );
     let node2 = Daemon::start("node2", &set.cluster_yaml(Some((&user, password.expose()))));
     node2.wait_health(200, Duration::from_secs(15));
     let (id1, id2) = (primary.node_id(), node2.node_id());

@@ -111,7 +111,69 @@ async fn ask(
     })
 }
 
+/// The replicas Sentinel knows for `name` (`ip`, `port`), from the first Sentinel that answers.
+async fn replicas(sentinels: &[String], name: &str, deadline: Duration) -> Vec<(String, u16)> {
+    for s in sentinels {
+        let Some((host, port)) = split(s) else {
+            continue;
+        };
+        let work = async {
+            let info = ConnectionAddr::Tcp(host.clone(), port).into_connection_info()?;
+            let client = redis::Client::open(info)?;
+            let mut c = client.get_multiplexed_async_connection().await?;
+            redis::cmd("SENTINEL")
+                .arg("replicas")
+                .arg(name)
+                .query_async::<Vec<std::collections::HashMap<String, String>>>(&mut c)
+                .await
+        };
+        if let Ok(Ok(list)) = tokio::time::timeout(deadline, work).await {
+            return list
+                .into_iter()
+                .filter(|r| !r.get("flags").is_some_and(|f| f.contains("down")))
+                .filter_map(|r| Some((r.get("ip")?.clone(), r.get("port")?.parse().ok()?)))
+                .collect();
+        }
+    }
+    Vec::new()
+}
+
 impl RedisMembership {
+    /// In Sentinel mode, runs `ACL <args…>` on every replica too (ACLs do not replicate), so a
+    /// node user exists wherever a failover may land. Failures are logged: housekeeping
+    /// re-creates missing users after a move anyway.
+    pub(super) async fn acl_on_replicas(&self, args: &[String]) {
+        let Some(s) = &self.sentinel else {
+            return;
+        };
+        let op = self.timing.op_timeout();
+        for (host, port) in replicas(&s.sentinels, &s.master, op).await {
+            let mut settings = s.settings.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            settings.redis_host = Some(host.clone());
+            settings.redis_port = port;
+            let work = async {
+                let info = connection_info(&settings).map_err(|e| e.to_string())?;
+                let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+                let mut c = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut cmd = redis::cmd("ACL");
+                for a in args {
+                    cmd.arg(a);
+                }
+                cmd.query_async::<()>(&mut c)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            match tokio::time::timeout(op, work).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::warn!("ACL {} on replica {host}:{port}: {e}", args[0]),
+                Err(_) => log::warn!("ACL {} on replica {host}:{port}: no answer", args[0]),
+            }
+        }
+    }
+
     /// In Sentinel mode, connects to the current master when the connection may be stale.
     pub(super) async fn follow_master(&self) -> Result<(), ClusterError> {
         let Some(s) = &self.sentinel else {

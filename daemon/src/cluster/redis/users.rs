@@ -87,17 +87,28 @@ impl RedisMembership {
         cmd.arg(self.key("node-users")).arg(user).arg(&d);
         self.query::<()>(redis::pipe().add_command(cmd).ignore())
             .await?;
+        let mut on_replicas: Vec<String> = vec![
+            "SETUSER".into(),
+            user.to_string(),
+            "reset".into(),
+            "on".into(),
+            format!("#{d}"),
+        ];
+        on_replicas.extend(self.node_user_rules());
         if let Some(path) = &self.users_file {
             let mut local = self.read_local(path);
             local.insert(user.to_string(), d);
             self.write_local(&local);
         }
         self.save_acl().await;
+        self.acl_on_replicas(&on_replicas).await;
         Ok(())
     }
 
     /// Forgets a deleted node user (hash and local copy) and saves the ACL file.
     pub(super) async fn forget_user(&self, user: &str) {
+        self.acl_on_replicas(&["DELUSER".into(), user.to_string()])
+            .await;
         let mut cmd = redis::cmd("HDEL");
         cmd.arg(self.key("node-users")).arg(user);
         if let Err(e) = self
