@@ -11,6 +11,7 @@ case "$MODE" in all|--demo) ;; *) echo "usage: install-deps.sh [--demo]" >&2; ex
 # Debian packages, one line each with why it is needed.
 APT_PACKAGES=(
   redis-server      # the Redis backend: tests start private redis-server processes
+  redis-sentinel    # Redis high availability: the Sentinel test starts three private Sentinels
   etcd-server       # the etcd backend: tests start private etcd processes
   protobuf-compiler # protoc: the etcd-client crate compiles etcd's gRPC .proto files at build time
   libprotobuf-dev   # google/protobuf/*.proto, which etcd's .proto files import

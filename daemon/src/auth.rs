@@ -1,8 +1,8 @@
 //! The dashboard's credentials: Argon2id password hashes (PHC strings), verification in constant
 //! time, random tokens, and the login-attempt limiter.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
@@ -11,6 +11,12 @@ use rand::Rng;
 /// Failed logins allowed per client and per user within `LOGIN_WINDOW`; the next is refused.
 pub const LOGIN_ATTEMPTS: u32 = 5;
 pub const LOGIN_WINDOW: Duration = Duration::from_secs(60);
+/// Failed logins allowed per node within `LOGIN_WINDOW`, whoever sends them: an attacker with
+/// many addresses and user names gets this many Argon2 verifications a minute, not 5 per address.
+/// Every login (the right password too) is refused while it is used up.
+pub const GLOBAL_LOGIN_FAILURES: u32 = 100;
+/// Logins that may wait for a verification slot; the next is answered 503 at once.
+pub const VERIFY_QUEUE: usize = 16;
 
 /// Hashes a password as an Argon2id PHC string (`$argon2id$v=19$…`).
 pub fn hash_password(password: &str) -> String {
@@ -41,15 +47,89 @@ pub fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
+/// Runs Argon2 verifications on the blocking pool, a few at a time, so that a login flood takes
+/// neither the async workers (health, heartbeats, every other request) nor all the cores.
+#[derive(Debug)]
+pub struct Verifier {
+    /// One permit per verification that may run at once.
+    running: Arc<tokio::sync::Semaphore>,
+    /// One permit per login admitted (running or waiting): bounds the queue.
+    admitted: Arc<tokio::sync::Semaphore>,
+}
+
+/// Too many logins are waiting for a verification: answer 503 and let the client retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
+impl Default for Verifier {
+    fn default() -> Self {
+        // Half the cores (at least one): the other half keeps serving while logins pour in.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Verifier::new((cores / 2).max(1), VERIFY_QUEUE)
+    }
+}
+
+impl Verifier {
+    pub fn new(parallel: usize, queue: usize) -> Self {
+        Verifier {
+            running: Arc::new(tokio::sync::Semaphore::new(parallel)),
+            admitted: Arc::new(tokio::sync::Semaphore::new(parallel + queue)),
+        }
+    }
+
+    /// `verify_password` on the blocking pool; `Err(Busy)` at once when the queue is full.
+    pub async fn verify(&self, password: &str, hash: &str) -> Result<bool, Busy> {
+        let _admitted = self
+            .admitted
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Busy)?;
+        // The semaphore is never closed.
+        let _running = self
+            .running
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Busy)?;
+        let (password, hash) = (password.to_string(), hash.to_string());
+        tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+            .await
+            .map_err(|_| Busy)
+    }
+}
+
 /// Counts failed logins per key (a client address, a user name) in a sliding window.
 /// Kept per node: a client spreading attempts over N nodes gets N times the budget, which the
 /// window keeps small; sessions themselves are shared.
 #[derive(Debug, Default)]
 pub struct LoginLimiter {
     failures: Mutex<HashMap<String, Vec<Instant>>>,
+    /// Every failure on this node within the window, oldest first.
+    global: Mutex<VecDeque<Instant>>,
+    /// Where the password checks run.
+    pub verifier: Verifier,
 }
 
 impl LoginLimiter {
+    /// True when this node's failures, from all clients together, used up the global budget.
+    pub fn is_globally_blocked(&self) -> bool {
+        let mut all = self.global.lock().unwrap_or_else(|p| p.into_inner());
+        while all.front().is_some_and(|t| t.elapsed() >= LOGIN_WINDOW) {
+            all.pop_front();
+        }
+        all.len() as u32 >= GLOBAL_LOGIN_FAILURES
+    }
+
+    /// Records one failed attempt against the global budget (once per attempt, whatever keys).
+    pub fn fail_global(&self) {
+        let mut all = self.global.lock().unwrap_or_else(|p| p.into_inner());
+        all.push_back(Instant::now());
+        // Bounded: older entries beyond the budget can never matter.
+        while all.len() > GLOBAL_LOGIN_FAILURES as usize {
+            all.pop_front();
+        }
+    }
+
     /// True when `key` has used up its attempts.
     pub fn is_blocked(&self, key: &str) -> bool {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
@@ -104,6 +184,41 @@ mod tests {
         assert!(!l.is_blocked("ip:192.0.2.2"));
         l.clear("ip:192.0.2.1");
         assert!(!l.is_blocked("ip:192.0.2.1"));
+    }
+
+    #[test]
+    fn the_global_budget_blocks_everyone() {
+        let l = LoginLimiter::default();
+        for _ in 0..GLOBAL_LOGIN_FAILURES {
+            assert!(!l.is_globally_blocked());
+            l.fail_global();
+        }
+        assert!(l.is_globally_blocked());
+        assert!(
+            !l.is_blocked("ip:192.0.2.9"),
+            "per-client counts are separate"
+        );
+    }
+
+    #[test]
+    fn a_full_verification_queue_answers_busy_at_once() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let hash = hash_password("pw");
+            let v = Verifier::new(1, 1);
+            assert_eq!(v.verify("pw", &hash).await, Ok(true));
+            assert_eq!(v.verify("nope", &hash).await, Ok(false));
+            // Both places taken (one running, one waiting): the next finds no room.
+            let held = v.admitted.clone().try_acquire_many_owned(2).unwrap();
+            let started = Instant::now();
+            assert_eq!(v.verify("pw", &hash).await, Err(Busy));
+            assert!(started.elapsed() < Duration::from_millis(50), "not at once");
+            drop(held);
+            assert_eq!(v.verify("pw", &hash).await, Ok(true), "room again");
+        });
     }
 
     #[test]

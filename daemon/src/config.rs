@@ -128,6 +128,13 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// Require the API key for `/metrics`.
     pub metrics_require_auth: bool,
+    /// Seconds a client has to send a request's headers; also how long a kept-alive connection
+    /// may wait idle for its next request.
+    pub header_timeout_seconds: u32,
+    /// Open connections served at once (lowered to fit `ulimit -n`); more get health or 503.
+    pub max_connections: u32,
+    /// Open connections served at once from one client address.
+    pub max_connections_per_client: u32,
 }
 
 impl Default for ServerConfig {
@@ -140,6 +147,9 @@ impl Default for ServerConfig {
             state_dir: default_state_dir(),
             public_url: None,
             metrics_require_auth: false,
+            header_timeout_seconds: 10,
+            max_connections: 1024,
+            max_connections_per_client: 64,
         }
     }
 }
@@ -198,6 +208,13 @@ pub struct ClusterConfig {
     /// Redis unix socket, instead of host and port.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_socket: Option<PathBuf>,
+    /// Redis Sentinels (`host:port`), instead of `redis_host`: the master of
+    /// `redis_master_name` is found through them, and found again after a failover.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redis_sentinels: Vec<String>,
+    /// The master's name in Sentinel (`sentinel monitor <name> …`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_master_name: Option<String>,
     /// Redis ACL user name (Redis 6+); the default user when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_username: Option<String>,
@@ -250,6 +267,8 @@ impl Default for ClusterConfig {
             redis_host: None,
             redis_port: 6379,
             redis_socket: None,
+            redis_sentinels: Vec::new(),
+            redis_master_name: None,
             redis_username: None,
             redis_password: None,
             redis_password_file: None,
@@ -607,6 +626,21 @@ impl Config {
                 format!("`{}` is not an IP address", self.server.host),
             ));
         }
+        for (field, value) in [
+            (
+                "server.header_timeout_seconds",
+                self.server.header_timeout_seconds,
+            ),
+            ("server.max_connections", self.server.max_connections),
+            (
+                "server.max_connections_per_client",
+                self.server.max_connections_per_client,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(origin, field, "must be at least 1"));
+            }
+        }
         match (&self.server.tls_cert, &self.server.tls_key) {
             (Some(_), None) => {
                 return Err(invalid(
@@ -660,11 +694,13 @@ impl Config {
             ));
         }
         if c.enabled && c.backend == BackendKind::Redis {
-            if c.redis_host.is_none() && c.redis_socket.is_none() {
+            if !c.redis_sentinels.is_empty() {
+                validate_sentinels(origin, c)?;
+            } else if c.redis_host.is_none() && c.redis_socket.is_none() {
                 return Err(invalid(
                     origin,
                     "cluster.redis_host",
-                    "is required with `backend: redis` (or give cluster.redis_socket)",
+                    "is required with `backend: redis` (or give cluster.redis_socket or cluster.redis_sentinels)",
                 ));
             }
             if let Some(host) = &c.redis_host
@@ -822,6 +858,38 @@ impl Config {
 }
 
 /// The `etcd_*` fields, with `backend: etcd`.
+fn validate_sentinels(origin: &Path, c: &ClusterConfig) -> Result<(), ConfigError> {
+    if c.redis_host.is_some() || c.redis_socket.is_some() {
+        return Err(invalid(
+            origin,
+            "cluster.redis_sentinels",
+            "give either redis_sentinels or redis_host/redis_socket, not both",
+        ));
+    }
+    if c.redis_master_name.as_deref().is_none_or(str::is_empty) {
+        return Err(invalid(
+            origin,
+            "cluster.redis_master_name",
+            "is required with cluster.redis_sentinels (the name in `sentinel monitor <name> …`)",
+        ));
+    }
+    for s in &c.redis_sentinels {
+        let ok = s.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty()
+                && !host.contains(['/', ' '])
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            return Err(invalid(
+                origin,
+                "cluster.redis_sentinels",
+                format!("`{s}` is not host:port"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate_etcd(origin: &Path, c: &ClusterConfig) -> Result<(), ConfigError> {
     if c.etcd_endpoints.is_empty() {
         return Err(invalid(
@@ -976,6 +1044,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cluster.redis_host"), "{err}");
+    }
+
+    #[test]
+    fn sentinels_need_a_master_name_and_host_ports() {
+        let base = "cluster:\n  enabled: true\n  backend: redis\n";
+        let c = parse(&format!(
+            "{base}  redis_sentinels: [\"192.0.2.1:26379\", \"192.0.2.2:26379\"]\n  redis_master_name: fleet\n"
+        ))
+        .unwrap();
+        assert_eq!(c.cluster.redis_sentinels.len(), 2);
+        let err = parse(&format!("{base}  redis_sentinels: [\"192.0.2.1:26379\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cluster.redis_master_name"), "{err}");
+        let err = parse(&format!(
+            "{base}  redis_sentinels: [\"192.0.2.1\"]\n  redis_master_name: fleet\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`192.0.2.1` is not host:port"), "{err}");
+        let err = parse(&format!(
+            "{base}  redis_host: 192.0.2.9\n  redis_sentinels: [\"192.0.2.1:26379\"]\n  redis_master_name: fleet\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not both"), "{err}");
     }
 
     #[test]

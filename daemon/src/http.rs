@@ -54,12 +54,6 @@ impl Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for Cli
     }
 }
 
-impl Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>> for ClientAddr {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
-    }
-}
-
 /// Who is making a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
@@ -272,6 +266,20 @@ async fn status(State(app): State<AppState>, headers: HeaderMap) -> Response {
         }
     }
     axum::Json(body).into_response()
+}
+
+/// For connections over the cap (`serve`): health as usual, everything else 503 at once.
+pub fn overflow_router(app: AppState) -> Router {
+    Router::new()
+        .route("/api/fleet/cluster/health", get(health))
+        .fallback(|| async {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                axum::Json(json!({"error": "too many connections: try again shortly"})),
+            )
+        })
+        .with_state(app)
 }
 
 async fn health(State(app): State<AppState>) -> Response {

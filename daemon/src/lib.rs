@@ -14,6 +14,7 @@ pub mod lb;
 pub mod logging;
 pub mod node;
 pub mod packages;
+pub mod serve;
 pub mod server;
 pub mod sessions;
 pub mod tls;

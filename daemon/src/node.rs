@@ -234,6 +234,8 @@ pub async fn run_membership(
                     );
                     registered = false;
                     state.registered.store(false, Ordering::Relaxed);
+                    // The backend may have lost more (its users): housekeeping right away.
+                    last_housekeeping = None;
                     Duration::ZERO
                 }
                 Ok(Heartbeat::Removed) => {
@@ -263,6 +265,44 @@ pub async fn run_membership(
             Err(_) => log::warn!("could not leave the cluster cleanly: the backend did not answer"),
         }
     }
+}
+
+/// Runs [`run_membership`] on its own OS thread and single-threaded runtime, so that heartbeats
+/// never wait behind request handling (a login flood, a package build) on the shared workers.
+/// `open` makes the backend instance it uses, inside that runtime, so that its connections and
+/// their background tasks live on that thread too. The returned receiver resolves once the node
+/// has left the cluster (or the thread ended).
+pub fn spawn_membership_thread(
+    open: impl FnOnce() -> anyhow::Result<Arc<dyn Membership>>,
+    node: NodeRecord,
+    timing: Timing,
+    state: Arc<NodeState>,
+    shutdown: CancellationToken,
+    first_attempt: CancellationToken,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let backend = {
+        let _inside = runtime.enter();
+        open()?
+    };
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("membership".into())
+        .spawn(move || {
+            runtime.block_on(run_membership(
+                backend,
+                node,
+                timing,
+                state,
+                shutdown,
+                first_attempt,
+            ));
+            // Dropping the runtime here closes the backend's connections on this thread.
+            let _ = done.send(());
+        })?;
+    Ok(finished)
 }
 
 /// A removed node stays up (serving 503) but stops heartbeating until restarted.

@@ -883,10 +883,10 @@ fn redis_of(primary: &Config) -> Result<crate::cluster::redis::RedisMembership, 
         interval: primary.cluster.heartbeat_interval(),
         timeout: primary.cluster.heartbeat_timeout(),
     };
-    Ok(crate::cluster::redis::RedisMembership::new(
-        &primary.cluster,
-        timing,
-    )?)
+    Ok(
+        crate::cluster::redis::RedisMembership::new(&primary.cluster, timing)?
+            .with_user_registry(&primary.server.state_dir),
+    )
 }
 
 /// Deletes the backend users of a package that was not delivered (logged when it cannot be).

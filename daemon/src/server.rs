@@ -11,9 +11,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::{self, NodeRecord, Timing};
 use crate::config::Config;
-use crate::http::{AppState, ClientAddr, router};
+use crate::http::{AppState, router};
 use crate::identity;
-use crate::node::{NodeState, run_membership};
+use crate::node::{NodeState, spawn_membership_thread};
 
 /// How long in-flight HTTP requests may take to finish once shutdown starts.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
@@ -149,14 +149,20 @@ pub async fn run(
         );
         let state = Arc::new(NodeState::new(&timing));
         let first = CancellationToken::new();
-        tracker.spawn(run_membership(
-            backend.clone(),
+        // Its own backend instance and thread: heartbeats do not queue behind requests.
+        let for_membership = config.clone();
+        let left = spawn_membership_thread(
+            move || cluster::open(&for_membership).context("opening the cluster backend"),
             (*node).clone(),
             timing,
             state.clone(),
             shutdown.child_token(),
             first.clone(),
-        ));
+        )
+        .context("starting the membership thread")?;
+        tracker.spawn(async move {
+            let _ = left.await;
+        });
         let (joined, stopping, id, dir) = (
             state.clone(),
             shutdown.child_token(),
@@ -210,38 +216,29 @@ pub async fn run(
             }
         }
     });
+    let overflow = crate::http::overflow_router(app.clone());
     let app_router = router(app);
-    let serve_shutdown = shutdown.clone();
-    let stop = async move { serve_shutdown.cancelled().await };
-    let served = match tls {
-        Some(tls) => {
-            let listener = crate::tls::TlsListener::new(listener, tls)?;
-            log::info!("✅ Fleet server started on {local} (HTTPS)");
-            let server = axum::serve(
-                listener,
-                app_router.into_make_service_with_connect_info::<ClientAddr>(),
-            )
-            .with_graceful_shutdown(stop);
-            tokio::spawn(async move { server.await })
-        }
-        None => {
-            log::info!("✅ Fleet server started on {local}");
-            let server = axum::serve(
-                listener,
-                app_router.into_make_service_with_connect_info::<ClientAddr>(),
-            )
-            .with_graceful_shutdown(stop);
-            tokio::spawn(async move { server.await })
-        }
-    };
+    let limits = crate::serve::Limits::from_config(&config.server);
+    if tls.is_some() {
+        log::info!("✅ Fleet server started on {local} (HTTPS)");
+    } else {
+        log::info!("✅ Fleet server started on {local}");
+    }
+    let served = tokio::spawn(crate::serve::serve(
+        listener,
+        tls,
+        app_router,
+        overflow,
+        limits,
+        shutdown.clone(),
+    ));
     shutdown.cancelled().await;
     log::info!("stopping: leaving the cluster and draining requests");
     tracker.close();
     // Leaving the cluster has its own deadline inside the membership task.
     tracker.wait().await;
     match tokio::time::timeout(DRAIN_DEADLINE, served).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => log::warn!("HTTP server ended with an error: {e}"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => log::warn!("HTTP server task failed: {e}"),
         Err(_) => log::warn!("requests still open after {DRAIN_DEADLINE:?}: closing them"),
     }

@@ -185,6 +185,18 @@ pub async fn login(
 ) -> Response {
     let ip_key = format!("ip:{}", peer.ip());
     let user_key = format!("user:{}", form.username.to_lowercase());
+    if app.limiter.is_globally_blocked() {
+        log::warn!(
+            "login refused for {}: more than {} failed logins on this node in the last minute",
+            peer.ip(),
+            auth::GLOBAL_LOGIN_FAILURES
+        );
+        return login_page(
+            &app,
+            Some("Too many failed logins on this server. Wait a minute and try again."),
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+    }
     if app.limiter.is_blocked(&ip_key) || app.limiter.is_blocked(&user_key) {
         log::warn!(
             "login throttled for {} (user {:?})",
@@ -208,11 +220,23 @@ pub async fn login(
     let auth_cfg = &app.config.auth;
     let user_ok = constant_time_eq(form.username.as_bytes(), auth_cfg.web_username.as_bytes());
     // Verify even for a wrong user name, so timing does not tell which part was wrong.
+    // Off the async workers, a few at a time (`auth::Verifier`).
     let pass_ok = match &auth_cfg.web_password_hash {
-        Some(h) => auth::verify_password(&form.password, h),
+        Some(h) => match app.limiter.verifier.verify(&form.password, h).await {
+            Ok(ok) => ok,
+            Err(auth::Busy) => {
+                log::warn!("login from {} refused: too many logins waiting", peer.ip());
+                return login_page(
+                    &app,
+                    Some("The server is busy checking other logins. Try again in a moment."),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                );
+            }
+        },
         None => false,
     };
     if !(user_ok && pass_ok) {
+        app.limiter.fail_global();
         app.limiter.fail(&ip_key);
         app.limiter.fail(&user_key);
         log::warn!("failed login from {} (user {:?})", peer.ip(), form.username);

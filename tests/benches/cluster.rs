@@ -936,10 +936,79 @@ async fn scale_storage() {
     scale_table(&t, &nodes, 0).await;
 }
 
+/// Health latency while 1,000 wrong-password logins from 200 addresses hit the node: against
+/// the same node's idle health latency (the floor), measured first.
+fn login_flood_health() {
+    use fleet_tests::flood::{HealthPoller, flood_node_config, latency_quantile, login_flood};
+    println!("\nLogin flood (1,000 wrong-password logins from 200 loopback addresses):");
+    let redis = RedisServer::start();
+    for (round, concurrency) in [16usize, 64].into_iter().enumerate() {
+        // A fresh node per round: the global failure budget starts full.
+        let dir = tempfile::tempdir().unwrap();
+        let port = fleet_tests::free_port();
+        let name = format!("bench-flood-{round}");
+        let config = flood_node_config(&name, port, dir.path(), &redis.cluster_yaml());
+        let d = Daemon::start_with_config(&name, dir, port, &config);
+        d.wait_health(200, Duration::from_secs(10));
+        let idle = HealthPoller::start(port, Duration::from_millis(10));
+        std::thread::sleep(Duration::from_secs(3));
+        let idle = idle.finish();
+        let floor = latency_quantile(&idle, 0.99);
+        let loaded = HealthPoller::start(port, Duration::from_millis(10));
+        let outcome = login_flood(port, 1000, 200, concurrency);
+        let loaded = loaded.finish();
+        let p99 = latency_quantile(&loaded, 0.99);
+        let unanswered = loaded.iter().filter(|(_, s)| *s != 200).count();
+        let member = !d.log().contains("registering again");
+        if round == 0 {
+            row("health p99, idle (floor)", ms(floor), "");
+        }
+        row(
+            &format!("health p99 under the flood, {concurrency} logins at a time"),
+            ms(p99),
+            "< 100 ms",
+        );
+        row(
+            "  … ratio to the idle floor",
+            format!("{:.1}x", p99.as_secs_f64() / floor.as_secs_f64().max(1e-6)),
+            "",
+        );
+        row(
+            "  … health answers not 200",
+            format!("{unanswered} of {}", loaded.len()),
+            "0",
+        );
+        row(
+            "  … flood duration; logins failed outright",
+            format!(
+                "{:.1} s; {}",
+                outcome.elapsed.as_secs_f64(),
+                outcome.failures
+            ),
+            "0 failed",
+        );
+        row(
+            "  … answers (401 wrong / 429 budget / 503 queue full)",
+            format!(
+                "{} / {} / {}",
+                outcome.statuses.get(&401).unwrap_or(&0),
+                outcome.statuses.get(&429).unwrap_or(&0),
+                outcome.statuses.get(&503).unwrap_or(&0)
+            ),
+            "",
+        );
+        row(
+            "  … stayed a member (no re-registration)",
+            if member { "yes" } else { "NO" }.into(),
+            "yes",
+        );
+    }
+}
+
 fn main() {
     // `cargo bench -p fleet-tests --bench cluster [-- SECTION…]`: sections are `membership`,
-    // `members` (10,000 simulated), `idle`, `lb` and `scale` (heartbeat cost against cluster
-    // size on every backend); all by default. cargo passes `--bench`.
+    // `members` (10,000 simulated), `idle`, `lb`, `scale` (heartbeat cost against cluster
+    // size on every backend) and `flood`; all by default. cargo passes `--bench`.
     let wanted: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
@@ -969,5 +1038,8 @@ fn main() {
         rt.block_on(scale_redis());
         rt.block_on(scale_etcd());
         rt.block_on(scale_storage());
+    }
+    if run("flood") {
+        login_flood_health();
     }
 }

@@ -1,12 +1,13 @@
 //! Redis ACL users made for packages: an enrollment user lives until its package expires, then
-//! any node allowed to manage users deletes it in housekeeping.
+//! any node allowed to manage users deletes it in housekeeping; a node user survives a Redis
+//! restart that lost everything, and is saved to the server's aclfile when it has one.
 
 use std::time::Duration;
 
-use fleet_server::cluster::redis::RedisMembership;
+use fleet_server::cluster::redis::{NODE_USERS_FILE, RedisMembership};
 use fleet_server::cluster::{Membership, Timing};
 use fleet_server::config::Config;
-use fleet_tests::RedisServer;
+use fleet_tests::{Daemon, RedisServer};
 
 fn membership(redis: &RedisServer) -> RedisMembership {
     let text = format!("cluster:\n  enabled: true\n{}", redis.cluster_yaml());
@@ -47,4 +48,104 @@ async fn expired_enrollment_users_are_deleted_by_housekeeping() {
     assert!(exists(&later), "a valid package's user stays");
     // Idempotent.
     m.housekeeping().await.unwrap();
+}
+
+/// A node's own user (made on the primary, as `package build` does) outlives a Redis restart
+/// that lost everything: the primary re-creates it from the digest it kept, with no admin
+/// action, and the node is healthy and listed again.
+#[test]
+fn node_users_come_back_after_redis_restarts_empty() {
+    let mut redis = RedisServer::start_with(Some("acl-admin-pw"), &[]);
+    let primary = Daemon::start("primary", &redis.cluster_yaml());
+    primary.wait_health(200, Duration::from_secs(10));
+    let state = primary.dir.path().join("state");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Made inside the runtime: the connection starts its tasks there.
+    let (user, password) = rt
+        .block_on(async {
+            membership(&redis)
+                .with_user_registry(&state)
+                .create_node_user("node2")
+                .await
+        })
+        .unwrap();
+    let kept = std::fs::read_to_string(state.join(NODE_USERS_FILE)).unwrap();
+    assert!(kept.contains(&user), "{kept}");
+    assert!(
+        !kept.contains(password.expose()),
+        "the password itself was kept"
+    );
+    let node2 = Daemon::start(
+        "node2",
+        &format!(
+            "  backend: redis\n  redis_host: 127.0.0.1\n  redis_port: {}\n  redis_username: {user}\n  redis_password: \"{}\"\n",
+            redis.port,
+            password.expose()
+        ),
+    );
+    node2.wait_health(200, Duration::from_secs(10));
+    let id2 = node2.node_id();
+    primary.wait_listed(&id2, Duration::from_secs(10));
+
+    redis.restart();
+    let restarted = std::time::Instant::now();
+    let gone = redis.command(&["ACL", "GETUSER", &user]).unwrap();
+    assert!(gone.starts_with("*-1") || gone.starts_with("$-1"), "{gone}");
+    fleet_tests::wait_for(
+        "the primary to re-create the node user",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            let r = redis.command(&["ACL", "GETUSER", &user]).ok()?;
+            (!r.starts_with("*-1") && !r.starts_with("$-1")).then_some(())
+        },
+    );
+    let (auth, _) = redis.connect_as(&user, password.expose()).unwrap();
+    assert!(
+        auth.starts_with("+OK"),
+        "the re-created user takes the password: {auth}"
+    );
+    // Listed in the empty server again: node2 registered anew, with its own credentials.
+    primary.wait_listed(&id2, Duration::from_secs(20));
+    node2.wait_health(200, Duration::from_secs(5));
+    let took = restarted.elapsed();
+    println!("node user re-created and node2 back after {took:?} (heartbeat interval 1 s)");
+    // The primary sees the loss at its next heartbeat (1 s), re-registers, runs housekeeping at
+    // once; node2 retries within one interval: well within 8 s.
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    assert!(
+        primary.log().contains("re-created 1 node user(s)"),
+        "{}",
+        primary.log()
+    );
+    let (auth, mut conn) = redis.connect_as(&user, password.expose()).unwrap();
+    assert!(auth.starts_with("+OK"), "{auth}");
+    assert!(conn.call(&["PING"]).unwrap().starts_with("+PONG"));
+    // Still limited to the cluster's keys.
+    let r = conn.call(&["GET", "other:key"]).unwrap();
+    assert!(r.contains("NOPERM"), "{r}");
+}
+
+/// With an `aclfile`, a new node user is saved to it (`ACL SAVE`), and deleting the user saves
+/// its removal.
+#[tokio::test]
+async fn node_users_are_saved_to_the_aclfile() {
+    let dir = tempfile::tempdir().unwrap();
+    let aclfile = dir.path().join("users.acl");
+    std::fs::write(&aclfile, "").unwrap();
+    let redis = RedisServer::start_with(None, &["--aclfile", aclfile.to_str().unwrap()]);
+    let m = membership(&redis);
+    let (user, password) = m.create_node_user("node5").await.unwrap();
+    let saved = std::fs::read_to_string(&aclfile).unwrap();
+    assert!(saved.contains(&format!("user {user} on")), "{saved}");
+    assert!(
+        !saved.contains(password.expose()),
+        "Redis saves digests only"
+    );
+    m.delete_user(&user).await.unwrap();
+    let saved = std::fs::read_to_string(&aclfile).unwrap();
+    assert!(!saved.contains(&user), "{saved}");
 }

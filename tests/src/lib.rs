@@ -9,9 +9,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod etcd;
+pub mod etcd_cluster;
+pub mod flood;
 pub mod lb;
 pub mod netns;
 pub mod pkginstall;
+pub mod sentinel;
 
 /// A port nobody listens on right now (the OS picks it; a race with another process is
 /// possible but rare, and the callers retry on bind errors).

@@ -222,6 +222,48 @@ fn read_pem(field: &str, path: &Path) -> Result<Vec<u8>, ClusterError> {
     })
 }
 
+/// The endpoints that accept a TCP connection within `limit` (tried at once), in the given
+/// order; all of them when there is only one, or when none answers.
+async fn reachable_endpoints(endpoints: &[String], limit: std::time::Duration) -> Vec<String> {
+    if endpoints.len() < 2 {
+        return endpoints.to_vec();
+    }
+    let probes = endpoints.iter().map(|e| {
+        let hostport = e
+            .split_once("://")
+            .map_or(e.as_str(), |(_, rest)| rest)
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        async move {
+            matches!(
+                tokio::time::timeout(limit, tokio::net::TcpStream::connect(hostport)).await,
+                Ok(Ok(_))
+            )
+        }
+    });
+    let mut set = tokio::task::JoinSet::new();
+    for (i, p) in probes.enumerate() {
+        set.spawn(async move { (i, p.await) });
+    }
+    let mut up = vec![false; endpoints.len()];
+    while let Some(Ok((i, ok))) = set.join_next().await {
+        up[i] = ok;
+    }
+    let live: Vec<String> = endpoints
+        .iter()
+        .zip(up)
+        .filter(|(_, ok)| *ok)
+        .map(|(e, _)| e.clone())
+        .collect();
+    if live.is_empty() {
+        endpoints.to_vec()
+    } else {
+        live
+    }
+}
+
 /// Builds the connection options from the configuration; the password goes only here.
 pub(crate) fn connect_options(
     cfg: &ClusterConfig,
@@ -375,7 +417,10 @@ impl EtcdMembership {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let c = Client::connect(&self.endpoints, Some(self.options.clone()))
+        // The client balances over every endpoint it is given, dead ones included: connect to
+        // those that accept a connection now (all of them if none does, for the error).
+        let endpoints = reachable_endpoints(&self.endpoints, self.timing.op_timeout()).await;
+        let c = Client::connect(&endpoints, Some(self.options.clone()))
             .await
             .map_err(|e| map_err(&e))?;
         *slot = Some(c.clone());

@@ -402,7 +402,10 @@ pub fn open(config: &Config) -> Result<Arc<dyn Membership>, ClusterError> {
         timeout: config.cluster.heartbeat_timeout(),
     };
     Ok(match config.cluster.backend {
-        BackendKind::Redis => Arc::new(redis::RedisMembership::new(&config.cluster, timing)?),
+        BackendKind::Redis => Arc::new(
+            redis::RedisMembership::new(&config.cluster, timing)?
+                .with_user_registry(&config.server.state_dir),
+        ),
         BackendKind::Storage => Arc::new(storage::StorageMembership::new(
             &config.storage_path(),
             timing,

@@ -195,6 +195,10 @@ fn record_from_row(id: String, row: Vec<Option<String>>) -> NodeRecord {
     }
 }
 
+mod sentinel;
+mod users;
+pub use users::LOCAL_FILE as NODE_USERS_FILE;
+
 /// Members pruned at most per heartbeat, so one heartbeat stays short after a mass outage.
 const PRUNE_LIMIT: usize = 100;
 /// Records read per pipeline by the member list.
@@ -202,13 +206,20 @@ const LIST_BATCH: usize = 1000;
 
 /// Membership in Redis.
 pub struct RedisMembership {
-    conn: ConnectionManager,
-    /// For the member list only (see the module comment).
-    list_conn: ConnectionManager,
+    /// Replaced after a refused handshake (see `after_error`) or a Sentinel move.
+    conn: std::sync::RwLock<ConnectionManager>,
+    /// For the member list only (see the module comment); replaced with `conn`.
+    list_conn: std::sync::RwLock<ConnectionManager>,
+    /// To connect again; holds the password (never printed: see `Debug` below).
+    info: redis::ConnectionInfo,
     prefix: String,
     timing: Timing,
     /// `host:port` or the socket path, for messages (never credentials).
     address: String,
+    /// The local copy of the node users' password digests (`users.rs`), if this process keeps one.
+    users_file: Option<std::path::PathBuf>,
+    /// Set when the master is found through Sentinel (`sentinel.rs`).
+    sentinel: Option<sentinel::Sentinel>,
 }
 
 impl std::fmt::Debug for RedisMembership {
@@ -315,14 +326,31 @@ pub fn map_err(e: &redis::RedisError) -> ClusterError {
 
 impl RedisMembership {
     pub fn new(cfg: &ClusterConfig, timing: Timing) -> Result<Self, ClusterError> {
-        let info = connection_info(cfg)?;
+        let (sentinel, info) = match sentinel::Sentinel::from_config(cfg) {
+            Some((s, settings)) => (Some(s), connection_info(&settings)?),
+            None => (None, connection_info(cfg)?),
+        };
+        let address = match &cfg.redis_master_name {
+            Some(m) if sentinel.is_some() => format!("master {m} via Sentinel"),
+            _ => describe_address(cfg),
+        };
         Ok(RedisMembership {
-            conn: connect_lazy(info.clone(), &timing)?,
-            list_conn: connect_lazy(info, &timing)?,
+            conn: std::sync::RwLock::new(connect_lazy(info.clone(), &timing)?),
+            list_conn: std::sync::RwLock::new(connect_lazy(info.clone(), &timing)?),
+            info,
             prefix: cfg.key_prefix.clone(),
             timing,
-            address: describe_address(cfg),
+            address,
+            users_file: None,
+            sentinel,
         })
+    }
+
+    /// Keeps the node users' password digests in `state_dir` too, to re-create them after the
+    /// server lost them with its data.
+    pub fn with_user_registry(mut self, state_dir: &std::path::Path) -> Self {
+        self.users_file = Some(state_dir.join(NODE_USERS_FILE));
+        self
     }
 
     fn timeout_ms(&self) -> u64 {
@@ -331,6 +359,55 @@ impl RedisMembership {
 
     fn key(&self, suffix: &str) -> String {
         format!("{}cluster:{suffix}", self.prefix)
+    }
+
+    fn timed_out(&self, deadline: std::time::Duration) -> ClusterError {
+        let e = ClusterError::Unreachable {
+            backend: NAME,
+            reason: match &self.sentinel {
+                Some(s) => format!(
+                    "no answer from {} ({}) within {deadline:?}",
+                    self.address,
+                    s.current()
+                ),
+                None => format!("no answer from {} within {deadline:?}", self.address),
+            },
+        };
+        if let Some(s) = &self.sentinel {
+            s.note_error(&e, false);
+        }
+        e
+    }
+
+    fn connection(&self) -> ConnectionManager {
+        self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The connection manager reconnects after I/O errors only: a handshake the server refused
+    /// (a node user the server lost with a restart) would stay refused even once the user is
+    /// back. Such a connection is replaced, so the next call authenticates afresh.
+    fn after_error(&self, e: &redis::RedisError) -> ClusterError {
+        if let Some(s) = &self.sentinel {
+            // Resolving the master again also makes a fresh connection.
+            let mapped = map_err(e);
+            s.note_error(&mapped, e.to_string().contains("READONLY"));
+            return mapped;
+        }
+        // `READONLY`: the server behind the name became a replica (a managed failover).
+        if e.kind() == redis::ErrorKind::AuthenticationFailed || e.to_string().contains("READONLY")
+        {
+            let _ = self.reconnect(self.info.clone());
+        }
+        map_err(e)
+    }
+
+    /// Fresh connections (the heartbeat's and the member list's) to the server `info` names.
+    fn reconnect(&self, info: redis::ConnectionInfo) -> Result<(), ClusterError> {
+        let fresh = connect_lazy(info.clone(), &self.timing)?;
+        let fresh_list = connect_lazy(info, &self.timing)?;
+        *self.conn.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        *self.list_conn.write().unwrap_or_else(|p| p.into_inner()) = fresh_list;
+        Ok(())
     }
 
     /// Runs a script with a deadline: the connection manager's own timeouts cover the socket,
@@ -344,14 +421,12 @@ impl RedisMembership {
         for a in args {
             inv.arg(a);
         }
-        let mut conn = self.conn.clone();
+        self.follow_master().await?;
+        let mut conn = self.connection();
         let deadline = self.timing.op_timeout() * 2;
         match tokio::time::timeout(deadline, inv.invoke_async(&mut conn)).await {
-            Ok(r) => r.map_err(|e| map_err(&e)),
-            Err(_) => Err(ClusterError::Unreachable {
-                backend: NAME,
-                reason: format!("no answer from {} within {deadline:?}", self.address),
-            }),
+            Ok(r) => r.map_err(|e| self.after_error(&e)),
+            Err(_) => Err(self.timed_out(deadline)),
         }
     }
 
@@ -372,17 +447,15 @@ impl RedisMembership {
 
     async fn query_on<T: redis::FromRedisValue>(
         &self,
-        conn: &ConnectionManager,
+        conn: &std::sync::RwLock<ConnectionManager>,
         pipe: &redis::Pipeline,
     ) -> Result<T, ClusterError> {
-        let mut conn = conn.clone();
+        self.follow_master().await?;
+        let mut conn = conn.read().unwrap_or_else(|p| p.into_inner()).clone();
         let deadline = self.timing.op_timeout() * 2;
         match tokio::time::timeout(deadline, pipe.query_async(&mut conn)).await {
-            Ok(r) => r.map_err(|e| map_err(&e)),
-            Err(_) => Err(ClusterError::Unreachable {
-                backend: NAME,
-                reason: format!("no answer from {} within {deadline:?}", self.address),
-            }),
+            Ok(r) => r.map_err(|e| self.after_error(&e)),
+            Err(_) => Err(self.timed_out(deadline)),
         }
     }
 
@@ -563,20 +636,26 @@ impl RedisMembership {
     ) -> Result<(String, Secret), ClusterError> {
         let user = self.user_name("node", node_name);
         let password = Secret::new(crate::auth::random_hex(32));
-        self.acl(&[
-            "SETUSER".into(),
-            user.clone(),
-            "reset".into(),
-            "on".into(),
-            format!(">{}", password.expose()),
-            format!("~{}*", self.prefix),
-            format!("&{}*", self.prefix),
-            "+@all".into(),
-            "-@dangerous".into(),
-            "-@admin".into(),
-        ])
+        self.acl(
+            &[
+                "SETUSER".to_string(),
+                user.clone(),
+                "reset".into(),
+                "on".into(),
+                format!(">{}", password.expose()),
+            ]
+            .into_iter()
+            .chain(self.node_user_rules())
+            .collect::<Vec<_>>(),
+        )
         .await
         .map_err(acl_refused)?;
+        // Kept so that housekeeping can re-create it when the server loses it; a user that
+        // could not be kept is not handed out.
+        if let Err(e) = self.remember_user(&user, &password).await {
+            let _ = self.acl(&["DELUSER".into(), user.clone()]).await;
+            return Err(e);
+        }
         Ok((user, password))
     }
 
@@ -634,7 +713,11 @@ impl RedisMembership {
 
     /// Deletes a user (Redis closes its connections).
     pub async fn delete_user(&self, user: &str) -> Result<(), ClusterError> {
-        self.acl(&["DELUSER".into(), user.into()]).await
+        self.acl(&["DELUSER".into(), user.into()]).await?;
+        if user.starts_with(&self.user_name("node", "")) {
+            self.forget_user(user).await;
+        }
+        Ok(())
     }
 }
 
@@ -681,6 +764,7 @@ impl Membership for RedisMembership {
     }
 
     async fn heartbeat(&self, node: &NodeRecord) -> Result<Heartbeat, ClusterError> {
+        self.check_users_after_move().await;
         let mut args = self.base_args();
         args.push(self.timeout_ms().to_string());
         args.push(node.id.clone());
@@ -717,6 +801,9 @@ impl Membership for RedisMembership {
     }
 
     async fn housekeeping(&self) -> Result<(), ClusterError> {
+        if let Err(e) = self.restore_users().await {
+            log::warn!("could not check the node users on the Redis server: {e}");
+        }
         let mut pipe = redis::pipe();
         pipe.cmd("TIME");
         pipe.cmd("ZRANGEBYSCORE")
