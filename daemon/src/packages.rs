@@ -1010,7 +1010,11 @@ mod tests {
             n.cluster.redis_password.as_ref().map(|s| s.expose()),
             Some("pw")
         );
-        assert_eq!(n.package.template_dir, None);
+        // Not the primary's template: the one this package installs on the node.
+        assert_eq!(
+            n.package.template_dir.as_deref(),
+            Some(Path::new("/Library/FleetServer/node-template"))
+        );
         assert_eq!(n.server.public_url, None);
         assert_eq!(
             n.server.state_dir,
