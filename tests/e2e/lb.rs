@@ -449,7 +449,9 @@ fn prometheus_sd_is_accepted_by_promtool_and_traefik_view_lists_urls() {
     assert!(out.status.success(), "promtool: {stdout}{stderr}");
     let found: serde_json::Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("promtool output is not JSON ({e}): {stdout}{stderr}"));
-    let found = found.as_array().expect("promtool lists targets");
+    let mut found = found.as_array().expect("promtool lists targets").clone();
+    // promtool lists the targets in no fixed order.
+    found.sort_by_key(|t| t["labels"]["node_id"].as_str().unwrap_or("").to_string());
     assert_eq!(found.len(), 2, "{stdout}");
     for (t, id, port) in [(&found[0], &ia, a.port), (&found[1], &ib, b.port)] {
         assert_eq!(t["labels"]["node_id"], id.as_str(), "{stdout}");
