@@ -31,7 +31,9 @@ cleanup() {
   trap - EXIT INT TERM
   echo
   echo "Stopping the demo…"
-  if [ -n "${SLEEPER:-}" ]; then kill "$SLEEPER" 2>/dev/null || true; fi
+  # Every background job of this script, the idle sleeper included (a signal can arrive
+  # between its `&` and the `wait`, before its pid is known to the loop).
+  for p in $(jobs -p); do kill "$p" 2>/dev/null || true; done
   if [ -f "$DEMO/node2/run/fleet-server.pid" ]; then
     PIDS+=("$(cat "$DEMO/node2/run/fleet-server.pid")")
   fi
@@ -75,7 +77,7 @@ PASSWORD=$(awk '/Dashboard login:/ {print $5}' "$DEMO/primary/credentials.txt")
 "$SERVER" serve --config "$DEMO/primary/config.yaml" > "$DEMO/primary.log" 2>&1 &
 PIDS+=($!)
 for i in $(seq 1 100); do
-  curl -fsS "http://127.0.0.1:$PORT/api/fleet/cluster/health" >/dev/null 2>&1 && break
+  curl -fsS --max-time 5 "http://127.0.0.1:$PORT/api/fleet/cluster/health" >/dev/null 2>&1 && break
   [ "$i" = 100 ] && { echo "demo: the primary did not start:"; cat "$DEMO/primary.log"; exit 1; }
   sleep 0.1
 done
@@ -83,7 +85,7 @@ sed 's/^/   primary | /' "$DEMO/primary.log"
 
 echo
 echo "== 2. Build a Linux bundle for node2 through the primary's HTTP API"
-curl -fsS -o "$DEMO/node2_provision.tar.gz" -H "X-API-Key: $API_KEY" -H 'Content-Type: application/json' \
+curl -fsS --max-time 300 -o "$DEMO/node2_provision.tar.gz" -H "X-API-Key: $API_KEY" -H 'Content-Type: application/json' \
   -d '{"node_name":"node2","format":"bundle","ethernet":"skip","expires":"1d"}' \
   "http://127.0.0.1:$PORT/api/fleet/cluster/packages"
 ls -l "$DEMO/node2_provision.tar.gz" | awk '{print "   " $9 " (" $5 " bytes)"}'
@@ -96,7 +98,7 @@ echo "== 3. Provision node2 (as on a new machine, into a directory, without syst
 echo
 echo "== 4. The cluster"
 for i in $(seq 1 100); do
-  n=$(curl -fsS "http://127.0.0.1:$PORT/api/fleet/cluster/status" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin).get("active_nodes",0))' 2>/dev/null || echo 0)
+  n=$(curl -fsS --max-time 5 "http://127.0.0.1:$PORT/api/fleet/cluster/status" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin).get("active_nodes",0))' 2>/dev/null || echo 0)
   [ "$n" = 2 ] && break
   [ "$i" = 100 ] && { echo "demo: node2 did not join:"; cat "$DEMO/node2/var/log/fleet-server.log"; exit 1; }
   sleep 0.1
@@ -111,8 +113,8 @@ echo "Dashboard: http://127.0.0.1:$PORT/settings  (login: admin / $PASSWORD)"
 if [ "${DEMO_ONCE:-0}" = 1 ]; then exit 0; fi
 echo "Press Ctrl-C to stop the demo."
 # `wait` (not a foreground sleep) lets bash run the TERM trap at once.
+# The sleeper holds no output stream, so nothing outlives the script on the caller's pipe.
 while :; do
-  sleep 3600 &
-  SLEEPER=$!
-  wait "$SLEEPER" || true
+  sleep 3600 </dev/null >/dev/null 2>&1 &
+  wait "$!" || true
 done
