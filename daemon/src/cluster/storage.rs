@@ -11,7 +11,8 @@
 //! tombstone, the `prune` stamp and reads `active`: the same at 10 members and at 10,000. The
 //! directory is listed only by the prune, which one heartbeat in the cluster runs when `prune`
 //! is older than the timeout, and by the member list. Registration checks its name through
-//! `names/<name>` under the lock, never by listing.
+//! `names/<name>` under the lock, never by listing. Every change of `names/` holds the lock:
+//! register, leave and remove throughout; the prune re-checks what its scan found under it.
 //!
 //! Why it is safe on NFS: every write is a temporary file and a rename (atomic on NFS), the join
 //! lock is an exclusive create (atomic since NFSv3), and times come from the file server's clock:
@@ -282,6 +283,8 @@ impl Dir {
         write_atomically(&path, &bytes, 0o644).map_err(|e| io_err("cannot write", &path, e))
     }
 
+    /// Deletes `names/<name>` if `id` still holds it. The caller holds the join lock: the
+    /// read and the unlink would otherwise race a registration that takes the name.
     fn forget_name(&self, name: &str, id: &str) {
         if name.is_empty() {
             return;
@@ -447,28 +450,41 @@ impl Dir {
 
     fn prune_at(&self, now: u64) -> Result<Vec<String>, ClusterError> {
         let timeout = self.timeout_ms();
-        let mut gone = Vec::new();
+        let expired = |id: &str| -> Result<bool, ClusterError> {
+            Ok(mtime_ms(&self.member_path(id))?.is_some_and(|t| now.saturating_sub(t) >= timeout))
+        };
+        // The scan runs without the lock; what it found is checked again under it, so a node
+        // that registered again in the meantime keeps its record and its name.
+        let mut candidates = Vec::new();
         for id in self.member_ids()? {
-            let path = self.member_path(&id);
-            let Some(t) = mtime_ms(&path)? else { continue };
-            if now.saturating_sub(t) < timeout {
-                continue;
+            if expired(&id)? {
+                candidates.push(id);
             }
-            let name = self
-                .read_member(&id)?
-                .map(|(n, _)| n.name)
-                .unwrap_or_default();
-            // Only the node whose unlink succeeds records the expiry: prune stays idempotent
-            // when several nodes prune at once.
-            if std::fs::remove_file(&path).is_ok() {
-                self.forget_name(&name, &id);
-                self.event(
-                    EventKind::Expired,
-                    &id,
-                    now,
-                    BTreeMap::from([("name".into(), name)]),
-                )?;
-                gone.push(id);
+        }
+        let mut gone = Vec::new();
+        if !candidates.is_empty() {
+            let _lock = self.lock()?;
+            for id in candidates {
+                if !expired(&id)? {
+                    continue;
+                }
+                let path = self.member_path(&id);
+                let name = self
+                    .read_member(&id)?
+                    .map(|(n, _)| n.name)
+                    .unwrap_or_default();
+                // Only the node whose unlink succeeds records the expiry: prune stays
+                // idempotent when several nodes prune at once.
+                if std::fs::remove_file(&path).is_ok() {
+                    self.forget_name(&name, &id);
+                    self.event(
+                        EventKind::Expired,
+                        &id,
+                        now,
+                        BTreeMap::from([("name".into(), name)]),
+                    )?;
+                    gone.push(id);
+                }
             }
         }
         self.cap_events();
@@ -497,6 +513,9 @@ impl Dir {
     }
 
     fn leave(&self, id: &str, kind: EventKind, by: &str) -> Result<bool, ClusterError> {
+        // Under the join lock from the tombstone to the name: a registration of the same id
+        // or name runs entirely before or entirely after.
+        let _lock = self.lock()?;
         let now = self.now_ms()?;
         if kind == EventKind::Removed {
             let dir = self.ensure("removed")?;
@@ -513,8 +532,6 @@ impl Dir {
         match std::fs::remove_file(&path) {
             Ok(()) => {
                 if was_active {
-                    // The count changes under the join lock, as registrations change it.
-                    let _lock = self.lock()?;
                     self.write_active(self.read_active().saturating_sub(1))?;
                 }
                 self.forget_name(&name, id);
@@ -803,5 +820,104 @@ impl Membership for StorageMembership {
         token_id: &str,
     ) -> Result<Option<EnrollmentRecord>, ClusterError> {
         self.take_enrollment(token_id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, name: &str) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            name: name.into(),
+            hostname: "host".into(),
+            addresses: vec!["192.0.2.10".into()],
+            version: "0.1.0".into(),
+            os: "linux".into(),
+            started_at: 0,
+            url: "http://192.0.2.10:8768".into(),
+        }
+    }
+
+    fn dir(root: &Path) -> Arc<Dir> {
+        let timing = Timing {
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(300),
+        };
+        StorageMembership::new(root, timing).unwrap().inner
+    }
+
+    /// Runs `f` on a thread while the test holds the join lock: it must still be waiting
+    /// after 300 ms, and finish once the lock is released.
+    fn waits_for_the_lock(d: &Arc<Dir>, f: impl FnOnce(&Dir) + Send + 'static) {
+        let lock = d.lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d2 = d.clone();
+        let t = std::thread::spawn(move || {
+            f(&d2);
+            let _ = tx.send(());
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "finished while the join lock was held"
+        );
+        drop(lock);
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("finished once the lock was released");
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn leave_changes_names_only_under_the_join_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = dir(tmp.path());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let m = StorageMembership { inner: d.clone() };
+        rt.block_on(m.register(&record("web-aaaaaa", "web")))
+            .unwrap();
+        waits_for_the_lock(&d, |d| {
+            assert!(d.leave("web-aaaaaa", EventKind::Removed, "admin").unwrap());
+        });
+        assert!(!d.sub("names").join("web").exists());
+    }
+
+    #[test]
+    fn prune_rechecks_under_the_lock_and_spares_a_node_that_came_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = dir(tmp.path());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let m = StorageMembership { inner: d.clone() };
+        rt.block_on(m.register(&record("web-aaaaaa", "web")))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        // Expired now; the prune's removal waits for the lock, and the node heartbeats again
+        // meanwhile, so the re-check under the lock keeps it and its name.
+        let lock = d.lock().unwrap();
+        let now = d.now_ms().unwrap();
+        let d2 = d.clone();
+        let t = std::thread::spawn(move || d2.prune_at(now).unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+        touch(&d.member_path("web-aaaaaa")).unwrap();
+        drop(lock);
+        let gone = t.join().unwrap();
+        assert!(gone.is_empty(), "pruned a node that came back: {gone:?}");
+        assert_eq!(
+            std::fs::read_to_string(d.sub("names").join("web")).unwrap(),
+            "web-aaaaaa"
+        );
+        // Left alone, it expires and goes, name and all.
+        std::thread::sleep(Duration::from_millis(400));
+        let now = d.now_ms().unwrap();
+        waits_for_the_lock(&d, move |d| {
+            assert_eq!(d.prune_at(now).unwrap(), vec!["web-aaaaaa".to_string()]);
+        });
+        assert!(!d.sub("names").join("web").exists());
     }
 }
