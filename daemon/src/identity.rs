@@ -22,29 +22,9 @@ const SUFFIX_LEN: usize = 6;
 const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
 /// Checks a node name given by a person: lowercase letters, digits and `-`, 1 to 63 characters,
-/// neither starting nor ending with `-`.
+/// neither starting nor ending with `-` (the rule lives in the stub's library, shared by all).
 pub fn validate_node_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("a node name must not be empty".into());
-    }
-    if name.len() > 63 {
-        return Err(format!(
-            "`{name}` is {} characters long: at most 63",
-            name.len()
-        ));
-    }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-    {
-        return Err(format!(
-            "`{name}` has `{bad}`: only lowercase letters, digits and `-` are allowed"
-        ));
-    }
-    if name.starts_with('-') || name.ends_with('-') {
-        return Err(format!("`{name}` must not start or end with `-`"));
-    }
-    Ok(())
+    fleet_installer_stub::names::check_node_name(name)
 }
 
 /// Reduces any text (a hostname, say) to a valid node name: lowercased, other characters turned

@@ -11,6 +11,7 @@ pub mod ethernet;
 pub mod install;
 pub mod layout;
 pub mod mac_ethernet;
+pub mod names;
 pub mod sealed;
 pub mod stub;
 pub mod timefmt;

@@ -424,13 +424,8 @@ impl SealedPayload {
     fn validate(&self) -> Result<(), String> {
         // An empty name means "the machine's hostname", decided by the daemon at first start.
         let n = &self.node_name;
-        if !n.is_empty()
-            && (n.len() > 63
-                || !n
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
-        {
-            return Err("node name must be empty or 1 to 63 characters of [a-z0-9-]".into());
+        if !n.is_empty() {
+            crate::names::check_node_name(n).map_err(|e| format!("node name: {e}"))?;
         }
         if self.config_yaml.trim().is_empty() {
             return Err("config_yaml is empty".into());
@@ -952,12 +947,17 @@ mod tests {
     #[test]
     fn seal_refuses_bad_inputs() {
         let k = FileKey::generate().unwrap();
-        let mut p = payload();
-        p.node_name = "Bad Name".into();
-        assert!(matches!(
-            seal(&p, &opts(), KeySource::KeyFile(&k)),
-            Err(SealError::InvalidOptions(_))
-        ));
+        for bad in ["Bad Name", "-leading", "trailing-"] {
+            let mut p = payload();
+            p.node_name = bad.into();
+            assert!(
+                matches!(
+                    seal(&p, &opts(), KeySource::KeyFile(&k)),
+                    Err(SealError::InvalidOptions(_))
+                ),
+                "{bad}"
+            );
+        }
         let mut o = opts();
         o.not_after = o.created_at;
         assert!(matches!(

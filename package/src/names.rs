@@ -5,15 +5,10 @@ use crate::{Error, Result};
 /// The package name the Settings page offers by default.
 pub const DEFAULT_PKG_NAME: &str = "FleetServerClusterNode.pkg";
 
-/// Checks a node name: 1 to 63 of `[a-z0-9-]`, not starting or ending with `-`.
+/// Checks a node name: 1 to 63 of `[a-z0-9-]`, not starting or ending with `-` (the rule of
+/// the stub's library, which checks the same name again when it opens the package).
 pub fn validate_node_name(name: &str) -> Result<()> {
-    let ok = (1..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
+    if fleet_installer_stub::names::is_node_name(name) {
         Ok(())
     } else {
         Err(Error::InvalidNodeName(name.to_owned()))
