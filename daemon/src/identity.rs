@@ -4,7 +4,6 @@
 //! A name derived from the hostname is kept too: a Mac's hostname follows DHCP and reverse
 //! DNS, so deriving it at every start would make a new node after a reboot or a move.
 
-use std::io::Write;
 use std::path::Path;
 
 use rand::Rng;
@@ -148,43 +147,17 @@ pub fn load_or_create_node_id(state_dir: &Path, name: &str) -> std::io::Result<S
     Ok(id)
 }
 
-/// Writes a file so that readers see either the old or the new content, never a part:
-/// a temporary file in the same directory, fsync, rename, fsync of the directory.
+/// Writes a file so that readers see either the old or the new content, never a part (the
+/// stub library's atomic write), creating its directory first.
 pub fn write_atomically(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)
         .map_err(|e| std::io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{file_name}.tmp-{}-{}",
-        std::process::id(),
-        rand::rng().random::<u32>()
-    ));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            // Directory fsync makes the rename durable; some filesystems refuse it, harmlessly.
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(|e: std::io::Error| {
-        std::io::Error::new(e.kind(), format!("writing {}: {e}", path.display()))
+    fleet_installer_stub::install::write_file_atomically(path, data, mode).map_err(|e| {
+        std::io::Error::new(
+            e.source.kind(),
+            format!("writing {}: {}", path.display(), e.source),
+        )
     })
 }
 

@@ -110,11 +110,31 @@ pub fn write_config_files(dir: &Path, files: &[ConfigFile]) -> Result<(), WriteE
     replace_files(dir, &all)
 }
 
+/// Writes one file so that readers see the old content or the new, never a part (see
+/// [`replace_files`]). The directory must exist. The one atomic write of every crate: the
+/// daemon's state files and the storage backend's records go through it too.
+pub fn write_file_atomically(path: &Path, content: &[u8], mode: u32) -> Result<(), WriteError> {
+    let bad = |why: &str| WriteError {
+        path: path.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, why.to_string()),
+    };
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| bad("not a file path"))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    replace_files(dir, &[(name, mode, content)])
+}
+
 /// Replaces the files `(name, mode, content)` in `dir`: each is first written in full to a
 /// temporary file created with its final mode and fsynced; only when all are written are they
 /// renamed into place, in order, and the directory fsynced. A failure before the renames leaves
-/// `dir` as it was.
-fn replace_files(dir: &Path, files: &[(&str, u32, &[u8])]) -> Result<(), WriteError> {
+/// `dir` as it was. Temporary names carry the pid and 64 random bits, so writers of the same
+/// file (threads, or processes on several machines sharing a directory) never collide.
+pub fn replace_files(dir: &Path, files: &[(&str, u32, &[u8])]) -> Result<(), WriteError> {
     let err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| WriteError { path, source }
@@ -126,7 +146,11 @@ fn replace_files(dir: &Path, files: &[(&str, u32, &[u8])]) -> Result<(), WriteEr
         }
     };
     for (name, mode, content) in files {
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let tmp = dir.join(format!(
+            ".{name}.{}-{:016x}.tmp",
+            std::process::id(),
+            getrandom::u64().unwrap_or_else(|_| unique_fallback())
+        ));
         let write_tmp = || -> io::Result<()> {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -151,6 +175,20 @@ fn replace_files(dir: &Path, files: &[(&str, u32, &[u8])]) -> Result<(), WriteEr
     }
     // The renames are durable only once the directory entries are.
     File::open(dir).and_then(|d| d.sync_all()).map_err(err(dir))
+}
+
+/// Without the OS's random source: the time and a per-process sequence still keep this
+/// process's temporary names apart.
+fn unique_fallback() -> u64 {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos
+        ^ SEQ
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .rotate_left(48)
 }
 
 /// Creates `dir` (and missing parents below `root`) and leaves it mode 0700. Parents
@@ -198,6 +236,30 @@ mod tests {
 
     fn mode(p: &Path) -> u32 {
         fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_file_never_collide_or_tear() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("active");
+        std::thread::scope(|s| {
+            for t in 0..8u8 {
+                let path = &path;
+                s.spawn(move || {
+                    for _ in 0..50 {
+                        let content = vec![b'a' + t; 4096];
+                        write_file_atomically(path, &content, 0o644).unwrap();
+                    }
+                });
+            }
+        });
+        let last = fs::read(&path).unwrap();
+        assert_eq!(last.len(), 4096);
+        assert!(last.iter().all(|&b| b == last[0]), "a torn write");
+        assert_eq!(mode(&path), 0o644);
+        // No temporary file is left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert!(write_file_atomically(&dir.path().join("missing/x"), b"x", 0o644).is_err());
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! as pure functions of the target list (same members, same bytes), and the atomic file write
 //! that `--watch` uses so a reload never reads a half-written file.
 
-use std::io::Write;
 use std::path::Path;
 
 use super::{HEALTH_PATH, Target};
@@ -91,31 +90,11 @@ upstream {name} {{\n",
     s
 }
 
-/// Writes `content` to `path` through a temporary file in the same directory and a rename, so
-/// readers see the old file or the new one, never a part.
+/// Writes `content` to `path` so readers see the old file or the new one, never a part (the
+/// one atomic write); a missing directory is an error, not created.
 pub fn write_atomic(path: &Path, content: &str) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other(format!("{} is not a file path", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(content.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    fleet_installer_stub::install::write_file_atomically(path, content.as_bytes(), 0o644)
+        .map_err(|e| std::io::Error::new(e.source.kind(), e.to_string()))
 }
 
 /// Options of `lb render`.
