@@ -210,7 +210,11 @@ pub enum Redemption {
 /// opens it, writes the full configuration over the bootstrap one (0600, atomically) and loads
 /// it. Backend outages are retried with capped backoff; a refusal is final (no retry storm) and
 /// recorded as `enrollment_rejected`.
-pub async fn redeem(config: &Config, shutdown: &CancellationToken) -> Redemption {
+pub async fn redeem(
+    config: &Config,
+    shutdown: &CancellationToken,
+    status: &tokio::sync::watch::Sender<String>,
+) -> Redemption {
     let Some(enroll) = &config.enrollment else {
         return Redemption::Redeemed(Box::new(config.clone()));
     };
@@ -243,12 +247,18 @@ pub async fn redeem(config: &Config, shutdown: &CancellationToken) -> Redemption
                 .await;
             }
             Ok(Err(e)) => {
+                status.send_replace(format!(
+                    "enrolling: the cluster backend is unavailable: {e} (retrying)"
+                ));
                 if !logged {
                     log::error!("❌ Cluster backend unavailable for enrollment: {e} (retrying)");
                     logged = true;
                 }
             }
             Err(_) => {
+                status.send_replace(
+                    "enrolling: the cluster backend did not answer (retrying)".to_string(),
+                );
                 if !logged {
                     log::error!(
                         "❌ Cluster backend unavailable for enrollment: no answer (retrying)"

@@ -151,7 +151,7 @@ fn admit(counts: &Arc<Mutex<Counts>>, limits: &Limits, ip: IpAddr) -> Option<Slo
 /// connections finish their requests; returns once they all ended. `overflow` answers the
 /// connections over a cap (it should serve health and answer 503 otherwise).
 pub async fn serve(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     tls: Option<rustls::ServerConfig>,
     app: Router,
     overflow: Router,

@@ -55,6 +55,21 @@ fn record_outcome(state_dir: &std::path::Path, line: &str) {
     }
 }
 
+/// What the port answers while the node redeems its enrollment token: 503 and the current
+/// step, for every path (health included), with the same JSON shape as health.
+fn enrolling_router(reason: tokio::sync::watch::Receiver<String>) -> axum::Router {
+    axum::Router::new().fallback(move || {
+        let reason = reason.borrow().clone();
+        async move {
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                [(axum::http::header::RETRY_AFTER, "1")],
+                axum::Json(serde_json::json!({"status": "unavailable", "reason": reason})),
+            )
+        }
+    })
+}
+
 /// The record this node publishes about itself.
 pub fn node_record(config: &Config, id: String, name: String, port: u16) -> NodeRecord {
     let addresses = local_addresses();
@@ -98,9 +113,30 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    // A package's first start: redeem its enrollment token for the full configuration.
+    let listener = Arc::new(listener);
+    // A package's first start: redeem its enrollment token for the full configuration. The
+    // port answers meanwhile: 503 with "enrolling: …" (health included), so an installer or a
+    // load balancer sees why, even while the backend is unreachable.
     let (config, refused) = if config.enrollment.is_some() {
-        match crate::enrollment::redeem(&config, &shutdown).await {
+        let (status, reason) =
+            tokio::sync::watch::channel("enrolling: contacting the cluster backend".to_string());
+        let early_tls = match (&config.server.tls_cert, &config.server.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+            _ => None,
+        };
+        let early_stop = shutdown.child_token();
+        let early = tokio::spawn(crate::serve::serve(
+            listener.clone(),
+            early_tls,
+            enrolling_router(reason.clone()),
+            enrolling_router(reason),
+            crate::serve::Limits::from_config(&config.server),
+            early_stop.clone(),
+        ));
+        let redeemed = crate::enrollment::redeem(&config, &shutdown, &status).await;
+        early_stop.cancel();
+        let _ = tokio::time::timeout(DRAIN_DEADLINE, early).await;
+        match redeemed {
             crate::enrollment::Redemption::Redeemed(c) => (Arc::new(*c), None),
             crate::enrollment::Redemption::Stopped => return Ok(()),
             crate::enrollment::Redemption::Refused(reason) => (config, Some(reason)),

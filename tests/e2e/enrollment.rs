@@ -330,6 +330,16 @@ impl Cluster {
 
     /// `provision.sh --root <label>/root --no-systemd --port P` from a fresh extraction.
     fn provision_with(&self, bundle: &Path, label: &str) -> (Machine, Output) {
+        self.provision_with_env(bundle, label, &[])
+    }
+
+    /// The same, with extra environment for provision.sh.
+    fn provision_with_env(
+        &self,
+        bundle: &Path,
+        label: &str,
+        extra_env: &[(&str, &str)],
+    ) -> (Machine, Output) {
         let dir = self.extract(bundle, label);
         let root = self.dir.path().join(label).join("root");
         let port = free_port();
@@ -346,6 +356,7 @@ impl Cluster {
                 .arg(port.to_string())
                 .env_clear()
                 .env("PATH", pkginstall::INSTALLER_PATH)
+                .envs(extra_env.iter().copied())
                 .current_dir(&dir),
             LIMIT,
         );
@@ -1411,4 +1422,55 @@ fn a_provisioned_node_builds_the_next_node() {
     let _third = c.provision(&third_bundle, "third");
     let id = c.wait_joined("third");
     assert!(id.starts_with("third-"), "{id}");
+}
+
+/// A node whose backend does not answer at its first start serves health at once, 503 with
+/// "enrolling: …", and joins when the backend comes back, without a restart.
+#[test]
+fn health_answers_while_a_node_enrolls() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let c = Cluster::start(Backend::Redis);
+    let (bundle, _) = c.build("node2", &[]);
+    let redis = Pid::from_raw(c.redis().pid().expect("redis runs") as i32);
+    // A backend that takes connections and never answers: the hardest kind of outage.
+    kill(redis, Signal::SIGSTOP).expect("SIGSTOP redis-server");
+    struct Resume(Pid);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = kill(self.0, Signal::SIGCONT);
+        }
+    }
+    let resume = Resume(redis);
+    let (m, o) = c.provision_with_env(&bundle, "machine-a", &[("PROVISION_WAIT", "2")]);
+    assert_eq!(o.status.code(), Some(41), "provision.sh: {}", text(&o));
+    let body = wait_for(
+        "health 503 with `enrolling:`",
+        JOIN,
+        Duration::from_millis(50),
+        || match m.health() {
+            Some((503, b))
+                if b["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("enrolling: ")) =>
+            {
+                Some(b)
+            }
+            _ => None,
+        },
+    );
+    eprintln!("health while enrolling: {body}");
+    // Any path says the same while enrolling.
+    let other = get_json(m.port, "/api/fleet/cluster/status", None).expect("status answers");
+    assert_eq!(other.0, 503, "{other:?}");
+    drop(resume);
+    let id = c.wait_joined("node2");
+    wait_for(
+        "health 200 after joining",
+        JOIN,
+        Duration::from_millis(50),
+        || matches!(m.health(), Some((200, _))).then_some(()),
+    );
+    assert!(m.log().contains("✅ Enrollment redeemed"), "{}", m.log());
+    assert!(id.starts_with("node2-"), "{id}");
 }
