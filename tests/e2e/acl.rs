@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fleet_server::cluster::redis::{NODE_USERS_FILE, RedisMembership};
 use fleet_server::cluster::{Membership, Timing};
-use fleet_server::config::Config;
+use fleet_server::config::{Config, Secret};
 use fleet_tests::{Daemon, RedisServer};
 
 fn membership(redis: &RedisServer) -> RedisMembership {
@@ -148,4 +148,113 @@ async fn node_users_are_saved_to_the_aclfile() {
     m.delete_user(&user).await.unwrap();
     let saved = std::fs::read_to_string(&aclfile).unwrap();
     assert!(!saved.contains(&user), "{saved}");
+}
+
+/// A node removed through a node that may not manage users (its own user lacks `ACL`): the
+/// primary deletes the removed node's user before its next heartbeat and forgets its digest,
+/// and a Redis restart that loses everything afterwards does not bring the user back, while
+/// the remover's own user is re-created as usual.
+#[test]
+fn a_removed_nodes_user_is_never_re_created() {
+    let mut redis = RedisServer::start_with(Some("acl-admin-pw"), &[]);
+    let primary = Daemon::start("primary", &redis.cluster_yaml());
+    primary.wait_health(200, Duration::from_secs(10));
+    let state = primary.dir.path().join("state");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let [(user2, pw2), (user3, pw3)] = ["node2", "node3"].map(|name| {
+        rt.block_on(async {
+            membership(&redis)
+                .with_user_registry(&state)
+                .create_node_user(name)
+                .await
+        })
+        .unwrap()
+    });
+    let own = |user: &str, pw: &Secret| {
+        format!(
+            "  backend: redis\n  redis_host: 127.0.0.1\n  redis_port: {}\n  redis_username: {user}\n  redis_password: \"{}\"\n",
+            redis.port,
+            pw.expose()
+        )
+    };
+    let remover = Daemon::start("node2", &own(&user2, &pw2));
+    let removed = Daemon::start("node3", &own(&user3, &pw3));
+    remover.wait_health(200, Duration::from_secs(10));
+    removed.wait_health(200, Duration::from_secs(10));
+    let id3 = removed.node_id();
+    primary.wait_listed(&id3, Duration::from_secs(10));
+
+    let (s, body) = fleet_tests::http(
+        "DELETE",
+        remover.port,
+        &format!("/api/fleet/cluster/nodes/{id3}"),
+        &[("X-API-Key", fleet_tests::TEST_API_KEY)],
+    )
+    .unwrap();
+    assert_eq!(s, 200, "{body}");
+    let removed_at = std::time::Instant::now();
+    assert!(
+        remover
+            .log()
+            .contains("is deleted by a node that may manage users"),
+        "the remover could delete the user itself: {}",
+        remover.log()
+    );
+    let absent = |r: &str| r.starts_with("*-1") || r.starts_with("$-1");
+    // The primary deals with it before its next heartbeat (1 s).
+    fleet_tests::wait_for(
+        "the primary to delete the removed node's user",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || absent(&redis.command(&["ACL", "GETUSER", &user3]).ok()?).then_some(()),
+    );
+    println!(
+        "removed node's user deleted {:?} after the removal (1 s heartbeats)",
+        removed_at.elapsed()
+    );
+    fleet_tests::wait_for(
+        "the primary's local copy to forget the removed node's user",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || {
+            let kept = std::fs::read_to_string(state.join(NODE_USERS_FILE)).ok()?;
+            (!kept.contains(&user3) && kept.contains(&user2)).then_some(())
+        },
+    );
+    let r = redis
+        .command(&["HEXISTS", "fleet:cluster:node-users", &user3])
+        .unwrap();
+    assert!(r.starts_with(":0"), "{r}");
+
+    redis.restart();
+    // The remover's user comes back and it registers again; the removed node's user does not.
+    fleet_tests::wait_for(
+        "the primary to re-create the remover's user",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || (!absent(&redis.command(&["ACL", "GETUSER", &user2]).ok()?)).then_some(()),
+    );
+    primary.wait_listed(&remover.node_id(), Duration::from_secs(20));
+    // Two more housekeeping chances (the primary runs it at once after the loss, and before
+    // each heartbeat for revocations): still absent.
+    std::thread::sleep(Duration::from_secs(3));
+    let r = redis.command(&["ACL", "GETUSER", &user3]).unwrap();
+    assert!(absent(&r), "the removed node's user came back: {r}");
+    let (auth, _) = redis.connect_as(&user3, pw3.expose()).unwrap();
+    assert!(!auth.starts_with("+OK"), "{auth}");
+    assert!(
+        !std::fs::read_to_string(state.join(NODE_USERS_FILE))
+            .unwrap()
+            .contains(&user3)
+    );
+    let log = primary.log();
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("had lost"))
+            .all(|l| !l.contains(&user3)),
+        "{log}"
+    );
 }

@@ -220,6 +220,8 @@ pub struct RedisMembership {
     users_file: Option<std::path::PathBuf>,
     /// Set when the master is found through Sentinel (`sentinel.rs`).
     sentinel: Option<sentinel::Sentinel>,
+    /// The last housekeeping found that this connection may manage users (`users.rs`).
+    manages_users: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for RedisMembership {
@@ -343,6 +345,7 @@ impl RedisMembership {
             address,
             users_file: None,
             sentinel,
+            manages_users: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -765,6 +768,7 @@ impl Membership for RedisMembership {
 
     async fn heartbeat(&self, node: &NodeRecord) -> Result<Heartbeat, ClusterError> {
         self.check_users_after_move().await;
+        self.check_revocations().await;
         let mut args = self.base_args();
         args.push(self.timeout_ms().to_string());
         args.push(node.id.clone());
@@ -787,14 +791,29 @@ impl Membership for RedisMembership {
             .query::<(Option<String>,)>(redis::pipe().add_command(cmd))
             .await
             .map(|(n,)| n)
-            .unwrap_or(None);
+            .unwrap_or(None)
+            // An expired record: the name is the id's part before its last `-`.
+            .or_else(|| node_id.rsplit_once('-').map(|(n, _)| n.to_string()));
+        // Revoked first: once removed, the node's user is never re-created (`users.rs`), even
+        // if this node may not delete it and the server loses the user before one that may.
+        let user = name.map(|n| self.user_name("node", &n));
+        if let Some(user) = &user {
+            self.revoke_user(user).await?;
+        }
         let removed = self.remove_member(node_id, by).await?;
         // Its own ACL user goes with it, so its credentials stop working at once (Redis also
         // closes that user's connections). A node without one (shared credentials) is fine.
-        if let Some(name) = name {
-            let user = self.user_name("node", &name);
-            if let Err(e) = self.delete_user(&user).await {
-                log::warn!("node {node_id} removed, but its Redis user {user} may remain: {e}");
+        if let Some(user) = user {
+            match self.delete_user(&user).await {
+                Ok(()) => {}
+                // This node may not manage users: one that may deletes it before its next
+                // heartbeat.
+                Err(ClusterError::Auth { .. }) => log::info!(
+                    "node {node_id} removed; its Redis user {user} is deleted by a node that may manage users"
+                ),
+                Err(e) => {
+                    log::warn!("node {node_id} removed, but its Redis user {user} may remain: {e}")
+                }
             }
         }
         Ok(removed)
