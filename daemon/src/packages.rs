@@ -288,6 +288,7 @@ pub fn node_config(primary: &Config, node_name: Option<&str>, format: Format) ->
     c.server.public_url = None;
     // Secrets read from files on the primary travel as values: the files are not on the node.
     c.cluster.redis_password_file = None;
+    c.cluster.redis_sentinel_password_file = None;
     c.cluster.etcd_password_file = None;
     c.auth.api_key_file = None;
     c.auth.web_password = None;
@@ -336,12 +337,13 @@ pub fn can_build(config: &Config, format: Format) -> Result<(), String> {
 
 /// Files the node's configuration names, by the field that names them and the name they
 /// get in the node's configuration directory.
-const NODE_FILES: [(&str, &str, u32); 5] = [
+const NODE_FILES: [(&str, &str, u32); 6] = [
     ("server.tls_cert", "server-tls.crt", 0o644),
     ("server.tls_key", "server-tls.key", 0o600),
     ("cluster.etcd_ca", "etcd-ca.pem", 0o644),
     ("cluster.etcd_cert", "etcd-client.crt", 0o644),
     ("cluster.etcd_key", "etcd-client.key", 0o600),
+    ("cluster.redis_tls_ca", "redis-ca.pem", 0o644),
 ];
 
 fn file_field<'a>(c: &'a mut Config, field: &str) -> &'a mut Option<PathBuf> {
@@ -351,6 +353,7 @@ fn file_field<'a>(c: &'a mut Config, field: &str) -> &'a mut Option<PathBuf> {
         "cluster.etcd_ca" => &mut c.cluster.etcd_ca,
         "cluster.etcd_cert" => &mut c.cluster.etcd_cert,
         "cluster.etcd_key" => &mut c.cluster.etcd_key,
+        "cluster.redis_tls_ca" => &mut c.cluster.redis_tls_ca,
         _ => unreachable!("NODE_FILES names only these fields"),
     }
 }
@@ -432,6 +435,7 @@ pub fn bootstrap_config(node: &Config, plan: &EnrollmentPlan) -> Config {
     b.logging = node.logging.clone();
     let mut c = node.cluster.clone();
     c.redis_password_file = None;
+    c.redis_sentinel_password_file = None;
     c.etcd_password_file = None;
     match (&plan.user, c.backend) {
         (Some(u), BackendKind::Redis) => {

@@ -14,6 +14,7 @@ pub mod flood;
 pub mod lb;
 pub mod netns;
 pub mod pkginstall;
+pub mod pki;
 pub mod sentinel;
 
 /// A port nobody listens on right now (the OS picks it; a race with another process is

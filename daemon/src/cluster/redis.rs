@@ -197,6 +197,7 @@ fn record_from_row(id: String, row: Vec<Option<String>>) -> NodeRecord {
 
 mod sentinel;
 mod users;
+pub use sentinel::Sentinel;
 pub use users::LOCAL_FILE as NODE_USERS_FILE;
 
 /// Members pruned at most per heartbeat, so one heartbeat stays short after a mass outage.
@@ -258,10 +259,37 @@ pub fn connection_info(cfg: &ClusterConfig) -> Result<redis::ConnectionInfo, Clu
     if let Some(pw) = &cfg.redis_password {
         settings = settings.set_password(pw.expose());
     }
-    Ok(addr
+    let info = addr
         .into_connection_info()
         .map_err(|e| map_err(&e))?
-        .set_redis_settings(settings))
+        .set_redis_settings(settings);
+    with_tls_ca(info, cfg)
+}
+
+/// With TLS and `redis_tls_ca`, the connection trusts that CA instead of the public roots.
+fn with_tls_ca(
+    info: redis::ConnectionInfo,
+    cfg: &ClusterConfig,
+) -> Result<redis::ConnectionInfo, ClusterError> {
+    let Some(ca) = &cfg.redis_tls_ca else {
+        return Ok(info);
+    };
+    if !matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+        return Ok(info);
+    }
+    let pem = std::fs::read(ca).map_err(|e| ClusterError::Backend {
+        backend: NAME,
+        reason: format!("cluster.redis_tls_ca: cannot read {}: {e}", ca.display()),
+    })?;
+    let certs = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    };
+    let client = redis::Client::build_with_tls(info, certs).map_err(|e| ClusterError::Backend {
+        backend: NAME,
+        reason: format!("cluster.redis_tls_ca {}: {e}", ca.display()),
+    })?;
+    Ok(client.get_connection_info().clone())
 }
 
 /// Human-readable address of the configured Redis (no credentials).
