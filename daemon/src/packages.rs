@@ -346,6 +346,10 @@ const NODE_FILES: [(&str, &str, u32); 6] = [
     ("cluster.redis_tls_ca", "redis-ca.pem", 0o644),
 ];
 
+/// The files of `NODE_FILES` that hold no secret and that an enrolling package's bootstrap
+/// needs to reach the backend at all.
+const PUBLIC_NODE_FILES: [&str; 2] = ["etcd-ca.pem", "redis-ca.pem"];
+
 fn file_field<'a>(c: &'a mut Config, field: &str) -> &'a mut Option<PathBuf> {
     match field {
         "server.tls_cert" => &mut c.server.tls_cert,
@@ -561,6 +565,13 @@ impl Builder {
                 let boot = bootstrap_config(&node, plan);
                 let boot_yaml =
                     serde_yaml::to_string(&boot).map_err(|e| BuildError::Seal(e.to_string()))?;
+                // The CA certificates (public) travel in the package too: the bootstrap needs
+                // them to reach a TLS backend with a private CA and take its record.
+                let public: Vec<ConfigFile> = node_files
+                    .iter()
+                    .filter(|f| PUBLIC_NODE_FILES.contains(&f.name.as_str()))
+                    .cloned()
+                    .collect();
                 // The files (the TLS key is a long-lived secret) wait in the record too.
                 let enrolled = crate::enrollment::EnrolledConfig {
                     config_yaml: full_yaml,
@@ -585,7 +596,7 @@ impl Builder {
                     nonce,
                     ciphertext,
                 };
-                (boot_yaml, Vec::new(), Some(record))
+                (boot_yaml, public, Some(record))
             }
         };
         let created_at = now_secs();
@@ -998,6 +1009,34 @@ mod tests {
         assert_eq!(parse_expiry("3").unwrap(), Duration::from_secs(3 * 86_400));
         assert!(parse_expiry("7w").is_err());
         assert!(parse_expiry("soon").is_err());
+    }
+
+    #[test]
+    fn the_redis_ca_travels_with_the_node_and_is_public() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let mut p = Config::default();
+        p.cluster.redis_tls_ca = Some(ca);
+        p.cluster.redis_sentinel_password_file = Some("/etc/sentinel-pw".into());
+        p.cluster.redis_sentinel_password = Some(crate::config::Secret::new("spw"));
+        let mut n = node_config(&p, Some("server-03"), Format::Bundle);
+        assert_eq!(n.cluster.redis_sentinel_password_file, None);
+        let files = node_files(&p, &mut n, Format::Bundle).unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(
+            (files[0].name.as_str(), files[0].mode),
+            ("redis-ca.pem", 0o644)
+        );
+        assert!(PUBLIC_NODE_FILES.contains(&files[0].name.as_str()));
+        assert_eq!(
+            n.cluster.redis_tls_ca.as_deref(),
+            Some(Path::new("/etc/fleet-server/redis-ca.pem"))
+        );
     }
 
     #[test]
