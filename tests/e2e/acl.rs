@@ -258,3 +258,105 @@ fn a_removed_nodes_user_is_never_re_created() {
         "{log}"
     );
 }
+
+/// The gap the revocation alone leaves: Redis loses everything after a removal made through a
+/// node that may not manage users, before any node that may has seen it (here the primary is
+/// stopped meanwhile). The primary then re-creates every user it kept, the removed node's too;
+/// the remover, once back, records its removal again (revocation and tombstone) from its
+/// state directory, and the primary deletes that user again before its next heartbeat.
+#[test]
+fn a_removal_the_backend_lost_is_recorded_again_by_the_remover() {
+    use nix::sys::signal::Signal;
+    let mut redis = RedisServer::start_with(Some("acl-admin-pw"), &[]);
+    let primary = Daemon::start("primary", &redis.cluster_yaml());
+    primary.wait_health(200, Duration::from_secs(10));
+    let state = primary.dir.path().join("state");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let [(user2, pw2), (user3, pw3)] = ["node2", "node3"].map(|name| {
+        rt.block_on(async {
+            membership(&redis)
+                .with_user_registry(&state)
+                .create_node_user(name)
+                .await
+        })
+        .unwrap()
+    });
+    let own = |user: &str, pw: &Secret| {
+        format!(
+            "  backend: redis\n  redis_host: 127.0.0.1\n  redis_port: {}\n  redis_username: {user}\n  redis_password: \"{}\"\n",
+            redis.port,
+            pw.expose()
+        )
+    };
+    let remover = Daemon::start("node2", &own(&user2, &pw2));
+    let removed = Daemon::start("node3", &own(&user3, &pw3));
+    remover.wait_health(200, Duration::from_secs(10));
+    removed.wait_health(200, Duration::from_secs(10));
+    let id3 = removed.node_id();
+    primary.wait_listed(&id3, Duration::from_secs(10));
+
+    primary.signal(Signal::SIGSTOP);
+    let (s, body) = fleet_tests::http(
+        "DELETE",
+        remover.port,
+        &format!("/api/fleet/cluster/nodes/{id3}"),
+        &[("X-API-Key", fleet_tests::TEST_API_KEY)],
+    )
+    .unwrap();
+    assert_eq!(s, 200, "{body}");
+    let absent = |r: &str| r.starts_with("*-1") || r.starts_with("$-1");
+    std::thread::sleep(Duration::from_millis(300));
+    let r = redis.command(&["ACL", "GETUSER", &user3]).unwrap();
+    assert!(!absent(&r), "nobody could delete the user yet: {r}");
+    redis.restart();
+    primary.signal(Signal::SIGCONT);
+    let resumed = std::time::Instant::now();
+    // The primary re-creates what it kept (the gap), then deletes it again once the remover has
+    // recorded its removal anew.
+    fleet_tests::wait_for(
+        "the remover to record its removal again",
+        Duration::from_secs(15),
+        Duration::from_millis(50),
+        || {
+            remover
+                .log()
+                .contains("recorded again the removal of node")
+                .then_some(())
+        },
+    );
+    fleet_tests::wait_for(
+        "the removed node's user to be gone again",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || absent(&redis.command(&["ACL", "GETUSER", &user3]).ok()?).then_some(()),
+    );
+    println!(
+        "a removal lost with Redis's data: the removed node's user gone again {:?} after the primary resumed",
+        resumed.elapsed()
+    );
+    // The gap was there: the primary had brought the user back from its copy meanwhile.
+    let log = primary.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("had lost") && l.contains(&user3)),
+        "{log}"
+    );
+    let tomb = redis
+        .command(&["EXISTS", &format!("fleet:cluster:removed:{id3}")])
+        .unwrap();
+    assert!(tomb.starts_with(":1"), "the tombstone is back: {tomb}");
+    primary.wait_listed(&remover.node_id(), Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(3));
+    let r = redis.command(&["ACL", "GETUSER", &user3]).unwrap();
+    assert!(absent(&r), "the removed node's user came back: {r}");
+    let (auth, _) = redis.connect_as(&user3, pw3.expose()).unwrap();
+    assert!(!auth.starts_with("+OK"), "{auth}");
+    let (auth, _) = redis.connect_as(&user2, pw2.expose()).unwrap();
+    assert!(
+        auth.starts_with("+OK"),
+        "the remover's user is back: {auth}"
+    );
+}

@@ -826,7 +826,8 @@ impl Membership for RedisMembership {
         // if this node may not delete it and the server loses the user before one that may.
         let user = name.map(|n| self.user_name("node", &n));
         if let Some(user) = &user {
-            self.revoke_user(user).await?;
+            self.revoke_user(user, node_id, if by.is_empty() { "admin" } else { by })
+                .await?;
         }
         let removed = self.remove_member(node_id, by).await?;
         // Its own ACL user goes with it, so its credentials stop working at once (Redis also
@@ -848,6 +849,9 @@ impl Membership for RedisMembership {
     }
 
     async fn housekeeping(&self) -> Result<(), ClusterError> {
+        if let Err(e) = self.reassert_removals().await {
+            log::warn!("could not check this node's removals on the Redis server: {e}");
+        }
         if let Err(e) = self.restore_users().await {
             log::warn!("could not check the node users on the Redis server: {e}");
         }

@@ -36,15 +36,36 @@ type Registry = BTreeMap<String, String>;
 const REVOKED: &str = "node-users-revoked";
 const REVOKED_PENDING: &str = "node-users-revoked:pending";
 
-/// ARGV: prefix, user. The digest leaves the hash in the same step as the revocation is
-/// recorded, so no reader ever finds the user in one without the other.
+/// ARGV: prefix, user, node id, by, tombstone ms (0: leave the tombstone alone) → now (ms)
+/// and the digest the hash held for the user ('' if none).
+/// The digest leaves the hash in the same step as the revocation is recorded, so no reader
+/// ever finds the user in one without the other; a re-recorded removal (`reassert_removals`)
+/// brings back a lost tombstone in the same step.
 const REVOKE: &str = r#"
-local prefix, user = ARGV[1], ARGV[2]
+local prefix, user, id, by, tomb = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local now = now_ms()
+local digest = redis.call('HGET', prefix .. 'cluster:node-users', user) or ''
 redis.call('HDEL', prefix .. 'cluster:node-users', user)
-redis.call('HSET', prefix .. 'cluster:node-users-revoked', user, string.format('%d', now_ms()))
+redis.call('HSET', prefix .. 'cluster:node-users-revoked', user, string.format('%d', now))
 redis.call('SET', prefix .. 'cluster:node-users-revoked:pending', '1')
-return 1
+if tomb > 0 then redis.call('SET', prefix .. 'cluster:removed:' .. id, by, 'PX', tomb, 'NX') end
+return {string.format('%d', now), digest}
 "#;
+
+/// Removals this node made, kept in its state directory for the tombstone's lifetime:
+/// `user → Removal`. Housekeeping records again any the backend lost with its data.
+pub const REMOVALS_FILE: &str = "redis-removals.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Removal {
+    node_id: String,
+    by: String,
+    /// When it was made, the server's clock (ms).
+    at_ms: u64,
+    /// The revoked user's digest ('' if the hash had none): a user made anew under the same
+    /// name has another, and is not revoked again.
+    digest: String,
+}
 static REVOKE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(REVOKE));
 
 fn digest(password: &Secret) -> String {
@@ -149,14 +170,144 @@ impl RedisMembership {
     /// under that name: its digest leaves the hash and this node's local copy. Runs before the
     /// member is removed; the user itself is deleted by the caller if this node may, else by
     /// the next node that may manage users, before its next heartbeat.
-    pub(super) async fn revoke_user(&self, user: &str) -> Result<(), ClusterError> {
-        let args = [self.prefix.clone(), user.to_string()];
-        let _: i64 = self.run(&REVOKE_SCRIPT, &args).await?;
+    pub(super) async fn revoke_user(
+        &self,
+        user: &str,
+        node_id: &str,
+        by: &str,
+    ) -> Result<(), ClusterError> {
+        let args = [
+            self.prefix.clone(),
+            user.to_string(),
+            node_id.to_string(),
+            by.to_string(),
+            "0".into(),
+        ];
+        let (at, digest): (String, String) = self.run(&REVOKE_SCRIPT, &args).await?;
         if let Some(path) = &self.users_file {
             let mut local = self.read_local(path);
             if local.remove(user).is_some() {
                 self.write_local(&local);
             }
+        }
+        // Kept until the tombstone ends, to record it again should the backend lose it before
+        // a node that may manage users has dealt with it.
+        let mut removals = self.read_removals();
+        removals.insert(
+            user.to_string(),
+            Removal {
+                node_id: node_id.to_string(),
+                by: by.to_string(),
+                at_ms: at.parse().unwrap_or(0),
+                digest,
+            },
+        );
+        self.write_removals(&removals);
+        Ok(())
+    }
+
+    fn removals_file(&self) -> Option<std::path::PathBuf> {
+        Some(self.users_file.as_ref()?.with_file_name(REMOVALS_FILE))
+    }
+
+    /// This node's removals; entries that are not ours or malformed are left out.
+    fn read_removals(&self) -> BTreeMap<String, Removal> {
+        let Some(path) = self.removals_file() else {
+            return BTreeMap::new();
+        };
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return BTreeMap::new();
+        };
+        match serde_json::from_str::<BTreeMap<String, Removal>>(&text) {
+            Ok(r) => r
+                .into_iter()
+                .filter(|(u, r)| {
+                    self.plausible_user(u)
+                        && !r.node_id.is_empty()
+                        && r.node_id.len() <= 80
+                        && r.node_id
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        && r.by.len() <= 200
+                        && (r.digest.is_empty() || self.plausible(u, &r.digest))
+                })
+                .collect(),
+            Err(e) => {
+                log::warn!("ignoring {}: not a removal list ({e})", path.display());
+                BTreeMap::new()
+            }
+        }
+    }
+
+    fn write_removals(&self, removals: &BTreeMap<String, Removal>) {
+        let Some(path) = self.removals_file() else {
+            return;
+        };
+        if removals.is_empty() && !path.exists() {
+            return;
+        }
+        let json = serde_json::to_vec_pretty(removals).unwrap_or_default();
+        if let Err(e) = crate::identity::write_atomically(&path, &json, 0o600) {
+            log::warn!("cannot keep the removal list in {}: {e}", path.display());
+        }
+    }
+
+    /// Housekeeping, on every node: the removals this node made that the backend no longer
+    /// knows (it lost its data, perhaps before a node that may manage users saw them) are
+    /// recorded again, revocation and tombstone, for the rest of the tombstone's lifetime.
+    pub(super) async fn reassert_removals(&self) -> Result<(), ClusterError> {
+        let mut removals = self.read_removals();
+        if removals.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("TIME").cmd("HMGET").arg(self.key(REVOKED));
+        for user in removals.keys() {
+            pipe.arg(user);
+        }
+        pipe.cmd("HMGET").arg(self.key("node-users"));
+        for user in removals.keys() {
+            pipe.arg(user);
+        }
+        #[allow(clippy::type_complexity)]
+        let ((secs, micros), known, digests): (
+            (u64, u64),
+            Vec<Option<String>>,
+            Vec<Option<String>>,
+        ) = self.query(&pipe).await?;
+        let now = secs * 1000 + micros / 1000;
+        let tomb = crate::cluster::REMOVAL_TOMBSTONE.as_millis() as u64;
+        let before = removals.len();
+        let mut again = Vec::new();
+        let mut superseded = Vec::new();
+        for (((user, r), known), digest) in removals.iter().zip(known).zip(digests) {
+            let left = (r.at_ms + tomb).saturating_sub(now);
+            if left == 0 || known.is_some() {
+                continue;
+            }
+            match digest {
+                // A user made anew under that name since: not the one removed.
+                Some(d) if d != r.digest => superseded.push(user.clone()),
+                _ => again.push((user.clone(), r.clone(), left)),
+            }
+        }
+        removals.retain(|u, r| r.at_ms + tomb > now && !superseded.contains(u));
+        for (user, r, left) in again {
+            let args = [
+                self.prefix.clone(),
+                user.clone(),
+                r.node_id.clone(),
+                r.by.clone(),
+                left.to_string(),
+            ];
+            let _: (String, String) = self.run(&REVOKE_SCRIPT, &args).await?;
+            log::warn!(
+                "recorded again the removal of node {} and the revocation of its Redis user {user}: the backend had lost them",
+                r.node_id
+            );
+        }
+        if removals.len() != before {
+            self.write_removals(&removals);
         }
         Ok(())
     }
