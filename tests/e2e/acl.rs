@@ -360,3 +360,38 @@ fn a_removal_the_backend_lost_is_recorded_again_by_the_remover() {
         "the remover's user is back: {auth}"
     );
 }
+
+/// Removing an old member whose name a newer node holds now (the old one expired, its record
+/// not yet gone) leaves the newer node's user alone: the user goes only with the name's holder.
+#[tokio::test]
+async fn removing_an_expired_namesake_keeps_the_holders_user() {
+    let redis = RedisServer::start_with(Some("acl-admin-pw"), &[]);
+    let m = membership(&redis);
+    let (user, password) = m.create_node_user("web-1").await.unwrap();
+    // The old incarnation's record, and the name held by the new one (as registration writes).
+    redis
+        .command(&["HSET", "fleet:cluster:node:web-1-old111", "name", "web-1"])
+        .unwrap();
+    redis
+        .command(&["HSET", "fleet:cluster:names", "web-1", "web-1-new222"])
+        .unwrap();
+    m.remove("web-1-old111", "admin").await.unwrap();
+    let r = redis.command(&["ACL", "GETUSER", &user]).unwrap();
+    assert!(
+        !r.starts_with("*-1") && !r.starts_with("$-1"),
+        "the holder's user was deleted: {r}"
+    );
+    let (auth, _) = redis.connect_as(&user, password.expose()).unwrap();
+    assert!(auth.starts_with("+OK"), "{auth}");
+    let r = redis
+        .command(&["HEXISTS", "fleet:cluster:node-users-revoked", &user])
+        .unwrap();
+    assert!(r.starts_with(":0"), "revoked: {r}");
+    // Removing the holder itself takes the user.
+    redis
+        .command(&["HSET", "fleet:cluster:node:web-1-new222", "name", "web-1"])
+        .unwrap();
+    m.remove("web-1-new222", "admin").await.unwrap();
+    let r = redis.command(&["ACL", "GETUSER", &user]).unwrap();
+    assert!(r.starts_with("*-1") || r.starts_with("$-1"), "{r}");
+}

@@ -819,9 +819,27 @@ impl Membership for RedisMembership {
             .query::<(Option<String>,)>(redis::pipe().add_command(cmd))
             .await
             .map(|(n,)| n)
-            .unwrap_or(None)
-            // An expired record: the name is the id's part before its last `-`.
-            .or_else(|| node_id.rsplit_once('-').map(|(n, _)| n.to_string()));
+            .unwrap_or(None);
+        // The user goes with the node only while the name is its own: a newer node that took
+        // the name since (this one expired) has the user now.
+        let name = match name {
+            Some(n) => {
+                let mut holder = redis::cmd("HGET");
+                holder.arg(self.key("names")).arg(&n);
+                let (holder,): (Option<String>,) =
+                    self.query(redis::pipe().add_command(holder)).await?;
+                match holder {
+                    Some(h) if h != node_id => {
+                        log::info!(
+                            "node {node_id} removed; its name {n} is held by {h} now, whose Redis user stays"
+                        );
+                        None
+                    }
+                    _ => Some(n),
+                }
+            }
+            None => None,
+        };
         // Revoked first: once removed, the node's user is never re-created (`users.rs`), even
         // if this node may not delete it and the server loses the user before one that may.
         let user = name.map(|n| self.user_name("node", &n));
