@@ -119,9 +119,10 @@ fn nodes_follow_a_sentinel_failover() {
     assert!(primary.log().contains("(from Sentinel)"));
 }
 
-/// The session store through Sentinel (`sessions.redis.sentinels`): a dashboard login made on
-/// the master survives its death; once the replica is promoted the same cookie opens the
-/// Settings page again (sessions replicate) and a new login works.
+/// The session store through Sentinel (`sessions.redis.sentinels`, and on a second node the
+/// cluster's Sentinels): a dashboard login made on the master survives its death; once the
+/// replica is promoted the same cookie opens the Settings page again on both nodes (sessions
+/// replicate) and a new login works.
 #[test]
 fn sessions_follow_a_sentinel_failover() {
     let mut set = SentinelSet::start();
@@ -147,7 +148,18 @@ fn sessions_follow_a_sentinel_failover() {
         crate::web::web_yaml(&template, &sessions)
     );
     let node = Daemon::start_with_config("web", dir, port, &config);
+    // A second node whose sessions use the cluster's Sentinels (no `sessions.redis` of its own).
+    let dir2 = tempfile::tempdir().unwrap();
+    let port2 = fleet_tests::free_port();
+    let config2 = format!(
+        "server:\n  host: 127.0.0.1\n  port: {port2}\n  state_dir: {}\ncluster:\n  enabled: true\n  node_name: web2\n  heartbeat_interval: 1\n  heartbeat_timeout: 3\n{}{}",
+        dir2.path().join("state").display(),
+        set.cluster_yaml(None),
+        crate::web::web_yaml(&template, "  backend: redis\n")
+    );
+    let node2 = Daemon::start_with_config("web2", dir2, port2, &config2);
     node.wait_health(200, Duration::from_secs(15));
+    node2.wait_health(200, Duration::from_secs(15));
     let mut browser = crate::web::Client::new(node.port);
     let r = browser.login("admin", crate::web::WEB_PASSWORD);
     assert_eq!(r.status, 303, "{}", r.text());
@@ -179,6 +191,18 @@ fn sessions_follow_a_sentinel_failover() {
         },
     );
     let session_back = promoted.elapsed();
+    // The same session on the node that reaches the session store through the cluster's
+    // Sentinels.
+    wait_for(
+        "the session cookie to open the Settings page on the second node",
+        BOUND_AFTER_PROMOTION,
+        Duration::from_millis(50),
+        || {
+            let mut other = crate::web::Client::new(node2.port);
+            other.cookies = cookies.clone();
+            (other.get("/settings").status == 200).then_some(())
+        },
+    );
     let mut fresh = crate::web::Client::new(node.port);
     let r = fresh.login("admin", crate::web::WEB_PASSWORD);
     assert_eq!(
@@ -196,7 +220,7 @@ fn sessions_follow_a_sentinel_failover() {
         to_promotion.as_secs_f64(),
         session_back.as_secs_f64(),
         BOUND_AFTER_PROMOTION,
-        keys.trim()
+        keys.trim().trim_start_matches(':')
     );
 }
 
