@@ -104,30 +104,78 @@ impl Verifier {
 #[derive(Debug, Default)]
 pub struct LoginLimiter {
     failures: Mutex<HashMap<String, Vec<Instant>>>,
-    /// Every failure on this node within the window, oldest first.
-    global: Mutex<VecDeque<Instant>>,
+    /// The node's failures within the window and the attempts being checked now.
+    global: Mutex<GlobalBudget>,
     /// Where the password checks run.
     pub verifier: Verifier,
 }
 
-impl LoginLimiter {
-    /// True when this node's failures, from all clients together, used up the global budget.
-    pub fn is_globally_blocked(&self) -> bool {
-        let mut all = self.global.lock().unwrap_or_else(|p| p.into_inner());
-        while all.front().is_some_and(|t| t.elapsed() >= LOGIN_WINDOW) {
-            all.pop_front();
+/// The per-node budget: every attempt takes a place before its password is checked, so that
+/// concurrent attempts cannot all pass the check of a budget that only failures fill.
+#[derive(Debug, Default)]
+struct GlobalBudget {
+    /// Failures within the window, oldest first.
+    failed: VecDeque<Instant>,
+    /// Attempts holding a place (`GlobalPlace`) that have not ended yet.
+    pending: u32,
+}
+
+/// One attempt's place in the per-node budget. Dropped, it gives the place back (a good login,
+/// or one refused before its password was checked); `failed` keeps it for the window.
+#[derive(Debug)]
+pub struct GlobalPlace<'a> {
+    limiter: &'a LoginLimiter,
+    done: bool,
+}
+
+impl GlobalPlace<'_> {
+    /// The attempt failed: its place stays taken for `LOGIN_WINDOW`.
+    pub fn failed(mut self) {
+        let mut g = self.limiter.global();
+        g.pending = g.pending.saturating_sub(1);
+        g.failed.push_back(Instant::now());
+        // Bounded: older entries beyond the budget can never matter.
+        while g.failed.len() > GLOBAL_LOGIN_FAILURES as usize {
+            g.failed.pop_front();
         }
-        all.len() as u32 >= GLOBAL_LOGIN_FAILURES
+        self.done = true;
+    }
+}
+
+impl Drop for GlobalPlace<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut g = self.limiter.global();
+            g.pending = g.pending.saturating_sub(1);
+        }
+    }
+}
+
+impl LoginLimiter {
+    fn global(&self) -> std::sync::MutexGuard<'_, GlobalBudget> {
+        self.global.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records one failed attempt against the global budget (once per attempt, whatever keys).
-    pub fn fail_global(&self) {
-        let mut all = self.global.lock().unwrap_or_else(|p| p.into_inner());
-        all.push_back(Instant::now());
-        // Bounded: older entries beyond the budget can never matter.
-        while all.len() > GLOBAL_LOGIN_FAILURES as usize {
-            all.pop_front();
+    /// A place in this node's failure budget for one attempt, or `None` when the failures
+    /// within the window and the attempts being checked together use it up. At most
+    /// `GLOBAL_LOGIN_FAILURES` passwords are checked per window beyond the good ones.
+    pub fn reserve_global(&self) -> Option<GlobalPlace<'_>> {
+        let mut g = self.global();
+        while g
+            .failed
+            .front()
+            .is_some_and(|t| t.elapsed() >= LOGIN_WINDOW)
+        {
+            g.failed.pop_front();
         }
+        if g.failed.len() as u32 + g.pending >= GLOBAL_LOGIN_FAILURES {
+            return None;
+        }
+        g.pending += 1;
+        Some(GlobalPlace {
+            limiter: self,
+            done: false,
+        })
     }
 
     /// True when `key` has used up its attempts.
@@ -190,14 +238,69 @@ mod tests {
     fn the_global_budget_blocks_everyone() {
         let l = LoginLimiter::default();
         for _ in 0..GLOBAL_LOGIN_FAILURES {
-            assert!(!l.is_globally_blocked());
-            l.fail_global();
+            l.reserve_global().expect("within the budget").failed();
         }
-        assert!(l.is_globally_blocked());
+        assert!(l.reserve_global().is_none());
         assert!(
             !l.is_blocked("ip:192.0.2.9"),
             "per-client counts are separate"
         );
+    }
+
+    #[test]
+    fn a_good_login_gives_its_place_back() {
+        let l = LoginLimiter::default();
+        for _ in 0..GLOBAL_LOGIN_FAILURES - 1 {
+            l.reserve_global().unwrap().failed();
+        }
+        // The last place, taken and given back by good logins, again and again.
+        for _ in 0..10 {
+            let place = l.reserve_global().expect("one place left");
+            assert!(
+                l.reserve_global().is_none(),
+                "the place is held while checked"
+            );
+            drop(place);
+        }
+        l.reserve_global().unwrap().failed();
+        assert!(l.reserve_global().is_none());
+    }
+
+    /// Many wrong logins at once, each checked by a real Argon2 verification: no more passwords
+    /// are checked than the budget, however the attempts interleave.
+    #[test]
+    fn concurrent_wrong_logins_are_checked_at_most_budget_times() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        let checked = rt.block_on(async {
+            let hash = Arc::new(hash_password("right"));
+            let limiter = Arc::new(LoginLimiter {
+                verifier: Verifier::new(8, 400),
+                ..LoginLimiter::default()
+            });
+            let checked = Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let mut tasks = Vec::new();
+            for _ in 0..300 {
+                let (limiter, hash, checked) = (limiter.clone(), hash.clone(), checked.clone());
+                tasks.push(tokio::spawn(async move {
+                    let Some(place) = limiter.reserve_global() else {
+                        return;
+                    };
+                    let ok = limiter.verifier.verify("wrong", &hash).await;
+                    checked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    assert_eq!(ok, Ok(false));
+                    place.failed();
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            checked.load(std::sync::atomic::Ordering::SeqCst)
+        });
+        assert_eq!(checked, GLOBAL_LOGIN_FAILURES, "passwords checked");
     }
 
     #[test]

@@ -215,6 +215,22 @@ pub struct ClusterConfig {
     /// The master's name in Sentinel (`sentinel monitor <name> …`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_master_name: Option<String>,
+    /// The user the Sentinels require (a Sentinel ACL user, Redis 6.2+); `default` when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_sentinel_username: Option<String>,
+    /// The password the Sentinels require (`requirepass` in sentinel.conf); none when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_sentinel_password: Option<Secret>,
+    /// A file holding the Sentinels' password, instead of `redis_sentinel_password`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_sentinel_password_file: Option<PathBuf>,
+    /// Speak TLS to the Sentinels (their `tls-port`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub redis_sentinel_tls: bool,
+    /// PEM CA certificate that signed the Redis servers' and Sentinels' TLS certificates; the
+    /// public web roots when absent (with `redis_tls` / `redis_sentinel_tls`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_tls_ca: Option<PathBuf>,
     /// Redis ACL user name (Redis 6+); the default user when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_username: Option<String>,
@@ -269,6 +285,11 @@ impl Default for ClusterConfig {
             redis_socket: None,
             redis_sentinels: Vec::new(),
             redis_master_name: None,
+            redis_sentinel_username: None,
+            redis_sentinel_password: None,
+            redis_sentinel_password_file: None,
+            redis_sentinel_tls: false,
+            redis_tls_ca: None,
             redis_username: None,
             redis_password: None,
             redis_password_file: None,
@@ -342,6 +363,25 @@ pub struct SessionRedisConfig {
     pub password: Option<Secret>,
     pub db: i64,
     pub tls: bool,
+    /// Sentinels (`host:port`) of the session Redis, instead of `host`; as
+    /// `cluster.redis_sentinels`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sentinels: Vec<String>,
+    /// The master's name in those Sentinels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master_name: Option<String>,
+    /// The user those Sentinels require.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel_username: Option<String>,
+    /// The password those Sentinels require.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel_password: Option<Secret>,
+    /// Speak TLS to those Sentinels.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sentinel_tls: bool,
+    /// PEM CA certificate for TLS to the session Redis and its Sentinels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for SessionRedisConfig {
@@ -353,6 +393,12 @@ impl Default for SessionRedisConfig {
             password: None,
             db: 0,
             tls: false,
+            sentinels: Vec::new(),
+            master_name: None,
+            sentinel_username: None,
+            sentinel_password: None,
+            sentinel_tls: false,
+            tls_ca: None,
         }
     }
 }
@@ -596,6 +642,12 @@ impl Config {
         )?;
         read_secret(
             origin,
+            "cluster.redis_sentinel_password",
+            &self.cluster.redis_sentinel_password_file,
+            &mut self.cluster.redis_sentinel_password,
+        )?;
+        read_secret(
+            origin,
             "cluster.etcd_password",
             &self.cluster.etcd_password_file,
             &mut self.cluster.etcd_password,
@@ -731,8 +783,15 @@ impl Config {
             validate_etcd(origin, c)?;
         }
         if self.sessions.backend == SessionBackendKind::Redis
+            && !self.sessions.redis.sentinels.is_empty()
+        {
+            validate_session_sentinels(origin, &self.sessions.redis)?;
+        }
+        if self.sessions.backend == SessionBackendKind::Redis
             && self.sessions.redis.host.is_none()
-            && !(c.backend == BackendKind::Redis && c.redis_host.is_some())
+            && self.sessions.redis.sentinels.is_empty()
+            && !(c.backend == BackendKind::Redis
+                && (c.redis_host.is_some() || !c.redis_sentinels.is_empty()))
         {
             return Err(invalid(
                 origin,
@@ -855,6 +914,40 @@ impl Config {
             .clone()
             .unwrap_or_else(|| self.server.state_dir.join("cluster-storage"))
     }
+}
+
+/// `sessions.redis.sentinels` and its master name, as the cluster's pair.
+fn validate_session_sentinels(origin: &Path, s: &SessionRedisConfig) -> Result<(), ConfigError> {
+    if s.host.is_some() {
+        return Err(invalid(
+            origin,
+            "sessions.redis.sentinels",
+            "give either sentinels or host, not both",
+        ));
+    }
+    if s.master_name.as_deref().is_none_or(str::is_empty) {
+        return Err(invalid(
+            origin,
+            "sessions.redis.master_name",
+            "is required with sessions.redis.sentinels (the name in `sentinel monitor <name> …`)",
+        ));
+    }
+    for a in &s.sentinels {
+        if !is_host_port(a) {
+            return Err(invalid(
+                origin,
+                "sessions.redis.sentinels",
+                format!("`{a}` is not host:port"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_host_port(s: &str) -> bool {
+    s.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !host.contains(['/', ' ']) && port.parse::<u16>().is_ok_and(|p| p > 0)
+    })
 }
 
 /// The `etcd_*` fields, with `backend: etcd`.
@@ -1070,6 +1163,32 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn sentinel_credentials_and_session_sentinels() {
+        let c = parse(
+            "cluster:\n  enabled: true\n  backend: redis\n  redis_sentinels: [\"192.0.2.1:26379\"]\n  redis_master_name: fleet\n  redis_sentinel_password: \"s3ntinel-pw\"\n  redis_sentinel_tls: true\n  redis_tls_ca: /etc/fleet/redis-ca.pem\nsessions:\n  backend: redis\n",
+        )
+        .unwrap();
+        assert!(c.cluster.redis_sentinel_tls);
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3ntinel-pw"), "{shown}");
+        let c = parse(
+            "sessions:\n  backend: redis\n  redis:\n    sentinels: [\"192.0.2.1:26379\"]\n    master_name: web\n    sentinel_password: \"pw2-secret\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.sessions.redis.sentinels.len(), 1);
+        assert!(!format!("{c:?}").contains("pw2-secret"));
+        let err =
+            parse("sessions:\n  backend: redis\n  redis:\n    sentinels: [\"192.0.2.1:26379\"]\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("sessions.redis.master_name"), "{err}");
+        let err = parse("sessions:\n  backend: redis\n  redis:\n    host: a\n    sentinels: [\"192.0.2.1:26379\"]\n    master_name: web\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sessions.redis.sentinels"), "{err}");
     }
 
     #[test]

@@ -288,6 +288,7 @@ pub fn node_config(primary: &Config, node_name: Option<&str>, format: Format) ->
     c.server.public_url = None;
     // Secrets read from files on the primary travel as values: the files are not on the node.
     c.cluster.redis_password_file = None;
+    c.cluster.redis_sentinel_password_file = None;
     c.cluster.etcd_password_file = None;
     c.auth.api_key_file = None;
     c.auth.web_password = None;
@@ -336,13 +337,18 @@ pub fn can_build(config: &Config, format: Format) -> Result<(), String> {
 
 /// Files the node's configuration names, by the field that names them and the name they
 /// get in the node's configuration directory.
-const NODE_FILES: [(&str, &str, u32); 5] = [
+const NODE_FILES: [(&str, &str, u32); 6] = [
     ("server.tls_cert", "server-tls.crt", 0o644),
     ("server.tls_key", "server-tls.key", 0o600),
     ("cluster.etcd_ca", "etcd-ca.pem", 0o644),
     ("cluster.etcd_cert", "etcd-client.crt", 0o644),
     ("cluster.etcd_key", "etcd-client.key", 0o600),
+    ("cluster.redis_tls_ca", "redis-ca.pem", 0o644),
 ];
+
+/// The files of `NODE_FILES` that hold no secret and that an enrolling package's bootstrap
+/// needs to reach the backend at all.
+const PUBLIC_NODE_FILES: [&str; 2] = ["etcd-ca.pem", "redis-ca.pem"];
 
 fn file_field<'a>(c: &'a mut Config, field: &str) -> &'a mut Option<PathBuf> {
     match field {
@@ -351,6 +357,7 @@ fn file_field<'a>(c: &'a mut Config, field: &str) -> &'a mut Option<PathBuf> {
         "cluster.etcd_ca" => &mut c.cluster.etcd_ca,
         "cluster.etcd_cert" => &mut c.cluster.etcd_cert,
         "cluster.etcd_key" => &mut c.cluster.etcd_key,
+        "cluster.redis_tls_ca" => &mut c.cluster.redis_tls_ca,
         _ => unreachable!("NODE_FILES names only these fields"),
     }
 }
@@ -432,6 +439,7 @@ pub fn bootstrap_config(node: &Config, plan: &EnrollmentPlan) -> Config {
     b.logging = node.logging.clone();
     let mut c = node.cluster.clone();
     c.redis_password_file = None;
+    c.redis_sentinel_password_file = None;
     c.etcd_password_file = None;
     match (&plan.user, c.backend) {
         (Some(u), BackendKind::Redis) => {
@@ -557,6 +565,13 @@ impl Builder {
                 let boot = bootstrap_config(&node, plan);
                 let boot_yaml =
                     serde_yaml::to_string(&boot).map_err(|e| BuildError::Seal(e.to_string()))?;
+                // The CA certificates (public) travel in the package too: the bootstrap needs
+                // them to reach a TLS backend with a private CA and take its record.
+                let public: Vec<ConfigFile> = node_files
+                    .iter()
+                    .filter(|f| PUBLIC_NODE_FILES.contains(&f.name.as_str()))
+                    .cloned()
+                    .collect();
                 // The files (the TLS key is a long-lived secret) wait in the record too.
                 let enrolled = crate::enrollment::EnrolledConfig {
                     config_yaml: full_yaml,
@@ -581,7 +596,7 @@ impl Builder {
                     nonce,
                     ciphertext,
                 };
-                (boot_yaml, Vec::new(), Some(record))
+                (boot_yaml, public, Some(record))
             }
         };
         let created_at = now_secs();
@@ -994,6 +1009,34 @@ mod tests {
         assert_eq!(parse_expiry("3").unwrap(), Duration::from_secs(3 * 86_400));
         assert!(parse_expiry("7w").is_err());
         assert!(parse_expiry("soon").is_err());
+    }
+
+    #[test]
+    fn the_redis_ca_travels_with_the_node_and_is_public() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let mut p = Config::default();
+        p.cluster.redis_tls_ca = Some(ca);
+        p.cluster.redis_sentinel_password_file = Some("/etc/sentinel-pw".into());
+        p.cluster.redis_sentinel_password = Some(crate::config::Secret::new("spw"));
+        let mut n = node_config(&p, Some("server-03"), Format::Bundle);
+        assert_eq!(n.cluster.redis_sentinel_password_file, None);
+        let files = node_files(&p, &mut n, Format::Bundle).unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(
+            (files[0].name.as_str(), files[0].mode),
+            ("redis-ca.pem", 0o644)
+        );
+        assert!(PUBLIC_NODE_FILES.contains(&files[0].name.as_str()));
+        assert_eq!(
+            n.cluster.redis_tls_ca.as_deref(),
+            Some(Path::new("/etc/fleet-server/redis-ca.pem"))
+        );
     }
 
     #[test]

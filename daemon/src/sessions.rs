@@ -1,5 +1,6 @@
 //! Web sessions, kept in the session backend so that any node behind the load balancer serves
-//! any logged-in user: in memory (a single node), in Redis (`fleet:session:<sha256(sid)>`), or
+//! any logged-in user: in memory (a single node), in Redis (`fleet:session:<sha256(sid)>`, also
+//! through Sentinel, following failovers as the cluster's connection does), or
 //! in etcd (`fleet:session/<sha256(sid)>`, bound to a lease of the session's lifetime).
 //! The backend stores a digest of the session id, never the id itself, so a reader of the
 //! backend cannot take over a session.
@@ -90,10 +91,14 @@ impl SessionStore for MemorySessions {
     }
 }
 
-/// Sessions in Redis, shared by every node.
+/// Sessions in Redis, shared by every node; through Sentinel, on whichever server is master.
 pub struct RedisSessions {
-    conn: ConnectionManager,
+    /// Replaced when Sentinel names another master (or the same one after an error).
+    conn: std::sync::RwLock<ConnectionManager>,
     prefix: String,
+    timing: Timing,
+    /// Set when the master is found through Sentinel (`cluster::redis::Sentinel`).
+    sentinel: Option<crate::cluster::redis::Sentinel>,
 }
 
 impl std::fmt::Debug for RedisSessions {
@@ -105,19 +110,61 @@ impl std::fmt::Debug for RedisSessions {
 }
 
 impl RedisSessions {
+    /// Touches no network: connects at the first call (through the Sentinels when `cfg`
+    /// names them).
+    fn new(cfg: &ClusterConfig, prefix: &str) -> Result<Self, ClusterError> {
+        let timing = Timing {
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(6),
+        };
+        let (sentinel, settings) = match crate::cluster::redis::Sentinel::from_config(cfg) {
+            Some((s, settings)) => (Some(s), settings),
+            None => (None, cfg.clone()),
+        };
+        let info = crate::cluster::redis::connection_info(&settings)?;
+        Ok(RedisSessions {
+            conn: std::sync::RwLock::new(crate::cluster::redis::connect_lazy(info, &timing)?),
+            prefix: prefix.to_string(),
+            timing,
+            sentinel,
+        })
+    }
+
     fn key(&self, sid: &str) -> String {
         format!("{}session:{}", self.prefix, digest(sid))
     }
 
     async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, ClusterError> {
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(Duration::from_secs(3), cmd.query_async(&mut conn)).await {
-            Ok(r) => r.map_err(|e| crate::cluster::redis::map_err(&e)),
-            Err(_) => Err(ClusterError::Unreachable {
-                backend: "redis",
-                reason: "the session store did not answer in time".into(),
-            }),
+        let deadline = Duration::from_secs(3);
+        if let Some(s) = &self.sentinel {
+            s.follow(deadline, |settings| {
+                let info = crate::cluster::redis::connection_info(settings)?;
+                let fresh = crate::cluster::redis::connect_lazy(info, &self.timing)?;
+                *self.conn.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+                Ok(())
+            })
+            .await?;
         }
+        let mut conn = self.conn.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let result = match tokio::time::timeout(deadline, cmd.query_async(&mut conn)).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => (
+                crate::cluster::redis::map_err(&e),
+                e.to_string().contains("READONLY"),
+            ),
+            Err(_) => (
+                ClusterError::Unreachable {
+                    backend: "redis",
+                    reason: "the session store did not answer in time".into(),
+                },
+                false,
+            ),
+        };
+        // An error that may mean the master moved: the next call asks the Sentinels again.
+        if let Some(s) = &self.sentinel {
+            s.note_error(&result.0, result.1);
+        }
+        Err(result.0)
     }
 }
 
@@ -311,38 +358,54 @@ pub fn open(config: &Config) -> Result<std::sync::Arc<dyn SessionStore>, Cluster
         SessionBackendKind::Redis => {
             let s = &config.sessions.redis;
             let c = &config.cluster;
-            let use_cluster = s.host.is_none();
-            let cfg = ClusterConfig {
-                redis_host: s.host.clone().or_else(|| c.redis_host.clone()),
-                redis_port: if use_cluster { c.redis_port } else { s.port },
-                redis_socket: if use_cluster {
-                    c.redis_socket.clone()
-                } else {
-                    None
-                },
-                redis_username: if use_cluster {
-                    c.redis_username.clone()
-                } else {
-                    s.username.clone()
-                },
-                redis_password: if use_cluster {
-                    c.redis_password.clone()
-                } else {
-                    s.password.clone()
-                },
-                redis_db: if use_cluster { c.redis_db } else { s.db },
-                redis_tls: if use_cluster { c.redis_tls } else { s.tls },
-                ..ClusterConfig::default()
+            let cfg = if !s.sentinels.is_empty() {
+                ClusterConfig {
+                    redis_sentinels: s.sentinels.clone(),
+                    redis_master_name: s.master_name.clone(),
+                    redis_sentinel_username: s.sentinel_username.clone(),
+                    redis_sentinel_password: s.sentinel_password.clone(),
+                    redis_sentinel_tls: s.sentinel_tls,
+                    redis_tls_ca: s.tls_ca.clone(),
+                    redis_username: s.username.clone(),
+                    redis_password: s.password.clone(),
+                    redis_db: s.db,
+                    redis_tls: s.tls,
+                    ..ClusterConfig::default()
+                }
+            } else if s.host.is_none() {
+                // The cluster's Redis, Sentinels included.
+                ClusterConfig {
+                    redis_host: c.redis_host.clone(),
+                    redis_port: c.redis_port,
+                    redis_socket: c.redis_socket.clone(),
+                    redis_sentinels: c.redis_sentinels.clone(),
+                    redis_master_name: c.redis_master_name.clone(),
+                    redis_sentinel_username: c.redis_sentinel_username.clone(),
+                    redis_sentinel_password: c.redis_sentinel_password.clone(),
+                    redis_sentinel_tls: c.redis_sentinel_tls,
+                    redis_tls_ca: c.redis_tls_ca.clone(),
+                    redis_username: c.redis_username.clone(),
+                    redis_password: c.redis_password.clone(),
+                    redis_db: c.redis_db,
+                    redis_tls: c.redis_tls,
+                    ..ClusterConfig::default()
+                }
+            } else {
+                ClusterConfig {
+                    redis_host: s.host.clone(),
+                    redis_port: s.port,
+                    redis_username: s.username.clone(),
+                    redis_password: s.password.clone(),
+                    redis_db: s.db,
+                    redis_tls: s.tls,
+                    redis_tls_ca: s.tls_ca.clone(),
+                    ..ClusterConfig::default()
+                }
             };
-            let info = crate::cluster::redis::connection_info(&cfg)?;
-            let timing = Timing {
-                interval: Duration::from_secs(2),
-                timeout: Duration::from_secs(6),
-            };
-            Ok(std::sync::Arc::new(RedisSessions {
-                conn: crate::cluster::redis::connect_lazy(info, &timing)?,
-                prefix: c.key_prefix.clone(),
-            }))
+            Ok(std::sync::Arc::new(RedisSessions::new(
+                &cfg,
+                &c.key_prefix,
+            )?))
         }
     }
 }

@@ -185,7 +185,9 @@ pub async fn login(
 ) -> Response {
     let ip_key = format!("ip:{}", peer.ip());
     let user_key = format!("user:{}", form.username.to_lowercase());
-    if app.limiter.is_globally_blocked() {
+    // Taken before the password is checked, so concurrent attempts cannot overshoot the
+    // budget; given back when the attempt ends any other way than a failed check.
+    let Some(place) = app.limiter.reserve_global() else {
         log::warn!(
             "login refused for {}: more than {} failed logins on this node in the last minute",
             peer.ip(),
@@ -196,7 +198,7 @@ pub async fn login(
             Some("Too many failed logins on this server. Wait a minute and try again."),
             StatusCode::TOO_MANY_REQUESTS,
         );
-    }
+    };
     if app.limiter.is_blocked(&ip_key) || app.limiter.is_blocked(&user_key) {
         log::warn!(
             "login throttled for {} (user {:?})",
@@ -236,7 +238,7 @@ pub async fn login(
         None => false,
     };
     if !(user_ok && pass_ok) {
-        app.limiter.fail_global();
+        place.failed();
         app.limiter.fail(&ip_key);
         app.limiter.fail(&user_key);
         log::warn!("failed login from {} (user {:?})", peer.ip(), form.username);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fleet_server::cluster::redis::{NODE_USERS_FILE, RedisMembership};
 use fleet_server::cluster::{Membership, Timing};
-use fleet_server::config::Config;
+use fleet_server::config::{Config, Secret};
 use fleet_tests::{Daemon, RedisServer};
 
 fn membership(redis: &RedisServer) -> RedisMembership {
@@ -148,4 +148,250 @@ async fn node_users_are_saved_to_the_aclfile() {
     m.delete_user(&user).await.unwrap();
     let saved = std::fs::read_to_string(&aclfile).unwrap();
     assert!(!saved.contains(&user), "{saved}");
+}
+
+/// A node removed through a node that may not manage users (its own user lacks `ACL`): the
+/// primary deletes the removed node's user before its next heartbeat and forgets its digest,
+/// and a Redis restart that loses everything afterwards does not bring the user back, while
+/// the remover's own user is re-created as usual.
+#[test]
+fn a_removed_nodes_user_is_never_re_created() {
+    let mut redis = RedisServer::start_with(Some("acl-admin-pw"), &[]);
+    let primary = Daemon::start("primary", &redis.cluster_yaml());
+    primary.wait_health(200, Duration::from_secs(10));
+    let state = primary.dir.path().join("state");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let [(user2, pw2), (user3, pw3)] = ["node2", "node3"].map(|name| {
+        rt.block_on(async {
+            membership(&redis)
+                .with_user_registry(&state)
+                .create_node_user(name)
+                .await
+        })
+        .unwrap()
+    });
+    let own = |user: &str, pw: &Secret| {
+        format!(
+            "  backend: redis\n  redis_host: 127.0.0.1\n  redis_port: {}\n  redis_username: {user}\n  redis_password: \"{}\"\n",
+            redis.port,
+            pw.expose()
+        )
+    };
+    let remover = Daemon::start("node2", &own(&user2, &pw2));
+    let removed = Daemon::start("node3", &own(&user3, &pw3));
+    remover.wait_health(200, Duration::from_secs(10));
+    removed.wait_health(200, Duration::from_secs(10));
+    let id3 = removed.node_id();
+    primary.wait_listed(&id3, Duration::from_secs(10));
+
+    let (s, body) = fleet_tests::http(
+        "DELETE",
+        remover.port,
+        &format!("/api/fleet/cluster/nodes/{id3}"),
+        &[("X-API-Key", fleet_tests::TEST_API_KEY)],
+    )
+    .unwrap();
+    assert_eq!(s, 200, "{body}");
+    let removed_at = std::time::Instant::now();
+    assert!(
+        remover
+            .log()
+            .contains("is deleted by a node that may manage users"),
+        "the remover could delete the user itself: {}",
+        remover.log()
+    );
+    let absent = |r: &str| r.starts_with("*-1") || r.starts_with("$-1");
+    // The primary deals with it before its next heartbeat (1 s).
+    fleet_tests::wait_for(
+        "the primary to delete the removed node's user",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || absent(&redis.command(&["ACL", "GETUSER", &user3]).ok()?).then_some(()),
+    );
+    println!(
+        "removed node's user deleted {:?} after the removal (1 s heartbeats)",
+        removed_at.elapsed()
+    );
+    fleet_tests::wait_for(
+        "the primary's local copy to forget the removed node's user",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || {
+            let kept = std::fs::read_to_string(state.join(NODE_USERS_FILE)).ok()?;
+            (!kept.contains(&user3) && kept.contains(&user2)).then_some(())
+        },
+    );
+    let r = redis
+        .command(&["HEXISTS", "fleet:cluster:node-users", &user3])
+        .unwrap();
+    assert!(r.starts_with(":0"), "{r}");
+
+    redis.restart();
+    // The remover's user comes back and it registers again; the removed node's user does not.
+    fleet_tests::wait_for(
+        "the primary to re-create the remover's user",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || (!absent(&redis.command(&["ACL", "GETUSER", &user2]).ok()?)).then_some(()),
+    );
+    primary.wait_listed(&remover.node_id(), Duration::from_secs(20));
+    // Two more housekeeping chances (the primary runs it at once after the loss, and before
+    // each heartbeat for revocations): still absent.
+    std::thread::sleep(Duration::from_secs(3));
+    let r = redis.command(&["ACL", "GETUSER", &user3]).unwrap();
+    assert!(absent(&r), "the removed node's user came back: {r}");
+    let (auth, _) = redis.connect_as(&user3, pw3.expose()).unwrap();
+    assert!(!auth.starts_with("+OK"), "{auth}");
+    assert!(
+        !std::fs::read_to_string(state.join(NODE_USERS_FILE))
+            .unwrap()
+            .contains(&user3)
+    );
+    let log = primary.log();
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("had lost"))
+            .all(|l| !l.contains(&user3)),
+        "{log}"
+    );
+}
+
+/// The gap the revocation alone leaves: Redis loses everything after a removal made through a
+/// node that may not manage users, before any node that may has seen it (here the primary is
+/// stopped meanwhile). The primary then re-creates every user it kept, the removed node's too;
+/// the remover, once back, records its removal again (revocation and tombstone) from its
+/// state directory, and the primary deletes that user again before its next heartbeat.
+#[test]
+fn a_removal_the_backend_lost_is_recorded_again_by_the_remover() {
+    use nix::sys::signal::Signal;
+    let mut redis = RedisServer::start_with(Some("acl-admin-pw"), &[]);
+    let primary = Daemon::start("primary", &redis.cluster_yaml());
+    primary.wait_health(200, Duration::from_secs(10));
+    let state = primary.dir.path().join("state");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let [(user2, pw2), (user3, pw3)] = ["node2", "node3"].map(|name| {
+        rt.block_on(async {
+            membership(&redis)
+                .with_user_registry(&state)
+                .create_node_user(name)
+                .await
+        })
+        .unwrap()
+    });
+    let own = |user: &str, pw: &Secret| {
+        format!(
+            "  backend: redis\n  redis_host: 127.0.0.1\n  redis_port: {}\n  redis_username: {user}\n  redis_password: \"{}\"\n",
+            redis.port,
+            pw.expose()
+        )
+    };
+    let remover = Daemon::start("node2", &own(&user2, &pw2));
+    let removed = Daemon::start("node3", &own(&user3, &pw3));
+    remover.wait_health(200, Duration::from_secs(10));
+    removed.wait_health(200, Duration::from_secs(10));
+    let id3 = removed.node_id();
+    primary.wait_listed(&id3, Duration::from_secs(10));
+
+    primary.signal(Signal::SIGSTOP);
+    let (s, body) = fleet_tests::http(
+        "DELETE",
+        remover.port,
+        &format!("/api/fleet/cluster/nodes/{id3}"),
+        &[("X-API-Key", fleet_tests::TEST_API_KEY)],
+    )
+    .unwrap();
+    assert_eq!(s, 200, "{body}");
+    let absent = |r: &str| r.starts_with("*-1") || r.starts_with("$-1");
+    std::thread::sleep(Duration::from_millis(300));
+    let r = redis.command(&["ACL", "GETUSER", &user3]).unwrap();
+    assert!(!absent(&r), "nobody could delete the user yet: {r}");
+    redis.restart();
+    primary.signal(Signal::SIGCONT);
+    let resumed = std::time::Instant::now();
+    // The primary re-creates what it kept (the gap), then deletes it again once the remover has
+    // recorded its removal anew.
+    fleet_tests::wait_for(
+        "the remover to record its removal again",
+        Duration::from_secs(15),
+        Duration::from_millis(50),
+        || {
+            remover
+                .log()
+                .contains("recorded again the removal of node")
+                .then_some(())
+        },
+    );
+    fleet_tests::wait_for(
+        "the removed node's user to be gone again",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || absent(&redis.command(&["ACL", "GETUSER", &user3]).ok()?).then_some(()),
+    );
+    println!(
+        "a removal lost with Redis's data: the removed node's user gone again {:?} after the primary resumed",
+        resumed.elapsed()
+    );
+    // The gap was there: the primary had brought the user back from its copy meanwhile.
+    let log = primary.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("had lost") && l.contains(&user3)),
+        "{log}"
+    );
+    let tomb = redis
+        .command(&["EXISTS", &format!("fleet:cluster:removed:{id3}")])
+        .unwrap();
+    assert!(tomb.starts_with(":1"), "the tombstone is back: {tomb}");
+    primary.wait_listed(&remover.node_id(), Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(3));
+    let r = redis.command(&["ACL", "GETUSER", &user3]).unwrap();
+    assert!(absent(&r), "the removed node's user came back: {r}");
+    let (auth, _) = redis.connect_as(&user3, pw3.expose()).unwrap();
+    assert!(!auth.starts_with("+OK"), "{auth}");
+    let (auth, _) = redis.connect_as(&user2, pw2.expose()).unwrap();
+    assert!(
+        auth.starts_with("+OK"),
+        "the remover's user is back: {auth}"
+    );
+}
+
+/// Removing an old member whose name a newer node holds now (the old one expired, its record
+/// not yet gone) leaves the newer node's user alone: the user goes only with the name's holder.
+#[tokio::test]
+async fn removing_an_expired_namesake_keeps_the_holders_user() {
+    let redis = RedisServer::start_with(Some("acl-admin-pw"), &[]);
+    let m = membership(&redis);
+    let (user, password) = m.create_node_user("web-1").await.unwrap();
+    // The old incarnation's record, and the name held by the new one (as registration writes).
+    redis
+        .command(&["HSET", "fleet:cluster:node:web-1-old111", "name", "web-1"])
+        .unwrap();
+    redis
+        .command(&["HSET", "fleet:cluster:names", "web-1", "web-1-new222"])
+        .unwrap();
+    m.remove("web-1-old111", "admin").await.unwrap();
+    let r = redis.command(&["ACL", "GETUSER", &user]).unwrap();
+    assert!(
+        !r.starts_with("*-1") && !r.starts_with("$-1"),
+        "the holder's user was deleted: {r}"
+    );
+    let (auth, _) = redis.connect_as(&user, password.expose()).unwrap();
+    assert!(auth.starts_with("+OK"), "{auth}");
+    let r = redis
+        .command(&["HEXISTS", "fleet:cluster:node-users-revoked", &user])
+        .unwrap();
+    assert!(r.starts_with(":0"), "revoked: {r}");
+    // Removing the holder itself takes the user.
+    redis
+        .command(&["HSET", "fleet:cluster:node:web-1-new222", "name", "web-1"])
+        .unwrap();
+    m.remove("web-1-new222", "admin").await.unwrap();
+    let r = redis.command(&["ACL", "GETUSER", &user]).unwrap();
+    assert!(r.starts_with("*-1") || r.starts_with("$-1"), "{r}");
 }

@@ -159,3 +159,139 @@ fn at_the_connection_cap_health_answers_and_the_rest_gets_503() {
         assert_eq!(code, 200, "a freed place serves requests again");
     });
 }
+
+/// The scenario: a node limited to 256 descriptors (`prlimit --nofile=256`), on Redis,
+/// gets 300 idle connections (from 7 addresses). Health answers throughout, heartbeats go on (a
+/// watcher on another node lists it active the whole time), every connection is closed by the
+/// server within the header timeout (or at once, past the caps), and afterwards the node serves
+/// backend calls again.
+#[test]
+fn three_hundred_idle_connections_under_256_descriptors() {
+    let redis = fleet_tests::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = format!(
+        "server:\n  host: 127.0.0.1\n  port: {port}\n  state_dir: {}\n  header_timeout_seconds: 2\ncluster:\n  enabled: true\n  node_name: fd-limited\n  heartbeat_interval: 1\n  heartbeat_timeout: 3\n{}auth:\n  api_key: {}\n",
+        dir.path().join("state").display(),
+        redis.cluster_yaml(),
+        fleet_tests::TEST_API_KEY,
+    );
+    let d = Daemon::start_with_fd_limit("fd-limited", dir, port, &config, 256);
+    d.wait_health(200, Duration::from_secs(10));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert!(
+        line.split_whitespace().nth(3) == Some("256"),
+        "the daemon runs with 256 descriptors: {line}"
+    );
+    let watcher = Daemon::start("fd-watcher", &redis.cluster_yaml());
+    watcher.wait_health(200, Duration::from_secs(10));
+    let id = d.node_id();
+    watcher.wait_listed(&id, Duration::from_secs(10));
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (flag, wport, wid) = (stop.clone(), watcher.port, id.clone());
+    let watching =
+        std::thread::spawn(move || {
+            let mut missing = Vec::new();
+            let started = Instant::now();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed)
+                && started.elapsed() < Duration::from_secs(60)
+            {
+                let listed =
+                    get_json(
+                        wport,
+                        "/api/fleet/cluster/nodes",
+                        Some(fleet_tests::TEST_API_KEY),
+                    )
+                    .ok()
+                    .filter(|(s, _)| *s == 200)
+                    .and_then(|(_, body)| {
+                        Some(body["nodes"].as_array()?.iter().any(|n| {
+                            n["id"].as_str() == Some(wid.as_str()) && n["state"] == "active"
+                        }))
+                    });
+                if listed != Some(true) {
+                    missing.push(started.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            missing
+        });
+    let health = HealthPoller::start(d.port, Duration::from_millis(50));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let closes = rt.block_on(async {
+        let opened = Instant::now();
+        let mut conns = Vec::new();
+        // Seven addresses: their overflow places (4 each) leave some for the health poller's.
+        for i in 0..300u32 {
+            let source = Ipv4Addr::new(127, 0, 3, 1 + (i % 7) as u8);
+            conns.push(open_from(source, d.port, b"").await);
+        }
+        let waits: Vec<_> = conns
+            .into_iter()
+            .map(|s| tokio::spawn(closed_after(s, opened, Duration::from_secs(15))))
+            .collect();
+        let mut closes = Vec::new();
+        for w in waits {
+            closes.push(w.await.unwrap());
+        }
+        closes
+    });
+    // A few heartbeats after the wave, still watched.
+    std::thread::sleep(Duration::from_secs(2));
+    let samples = health.finish();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let missing = watching.join().unwrap();
+    let still_open = closes.iter().filter(|c| c.is_none()).count();
+    assert_eq!(still_open, 0, "connections still open after 15 s");
+    let mut times: Vec<Duration> = closes.into_iter().flatten().collect();
+    times.sort();
+    let at_once = times
+        .iter()
+        .filter(|t| **t < Duration::from_millis(1500))
+        .count();
+    println!(
+        "300 idle connections under 256 descriptors: {at_once} closed at once (past the caps), the rest after {:?}…{:?}; health answered {} times, p99 {:?}",
+        times[at_once.min(times.len() - 1)],
+        times[times.len() - 1],
+        samples.len(),
+        fleet_tests::flood::latency_quantile(&samples, 0.99),
+    );
+    assert!(
+        times[times.len() - 1] < Duration::from_secs(6),
+        "a connection outlived the 2 s header timeout: {:?}",
+        times[times.len() - 1]
+    );
+    assert!(
+        at_once < 300,
+        "every connection was refused: none was served"
+    );
+    let bad: Vec<_> = samples.iter().filter(|(_, s)| *s != 200).collect();
+    assert!(bad.is_empty(), "health did not answer 200: {bad:?}");
+    assert!(samples.len() > 20, "health polled {} times", samples.len());
+    assert!(
+        missing.is_empty(),
+        "the watcher did not list the node as active at {missing:?}"
+    );
+    // Backend calls from the HTTP side work again (a member list read from Redis).
+    let (code, body) = get_json(
+        d.port,
+        "/api/fleet/cluster/nodes",
+        Some(fleet_tests::TEST_API_KEY),
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["nodes"].as_array().map(Vec::len), Some(2), "{body}");
+    let log = d.log();
+    assert!(
+        !log.contains("Too many open files") && !log.contains("registering again"),
+        "{log}"
+    );
+}

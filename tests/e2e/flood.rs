@@ -82,6 +82,13 @@ fn a_login_flood_does_not_take_the_node_out_of_the_cluster() {
         outcome.statuses
     );
     assert!(outcome.statuses.get(&401).is_some_and(|&n| n > 0));
+    // Each 401 is one password checked and failed: the per-node budget (100 a minute) is exact,
+    // even with 16 attempts in flight at once.
+    assert!(
+        outcome.statuses.get(&401).is_some_and(|&n| n <= 100),
+        "more wrong passwords checked than the budget: {:?}",
+        outcome.statuses
+    );
     assert!(
         outcome.statuses.get(&429).is_some_and(|&n| n > 0),
         "neither budget ever refused a login: {:?}",

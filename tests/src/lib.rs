@@ -14,6 +14,7 @@ pub mod flood;
 pub mod lb;
 pub mod netns;
 pub mod pkginstall;
+pub mod pki;
 pub mod sentinel;
 
 /// A port nobody listens on right now (the OS picks it; a race with another process is
@@ -496,10 +497,7 @@ impl Daemon {
         port: u16,
         config: &str,
     ) -> Daemon {
-        let cfg = dir.path().join("config.yaml");
-        std::fs::write(&cfg, config).expect("writing config");
-        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
-        let mut cmd = match netns {
+        let cmd = match netns {
             // `ip netns exec` execs the program: the child's pid is the daemon's own.
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -508,6 +506,37 @@ impl Daemon {
             }
             None => Command::new(fleet_server_bin()),
         };
+        Daemon::start_with_command(netns, name, dir, port, config, cmd)
+    }
+
+    /// As [`Daemon::start_with_config`], with at most `nofile` open descriptors
+    /// (`prlimit --nofile`, which execs the daemon: the child's pid is the daemon's own).
+    pub fn start_with_fd_limit(
+        name: &str,
+        dir: tempfile::TempDir,
+        port: u16,
+        config: &str,
+        nofile: u32,
+    ) -> Daemon {
+        let mut cmd = Command::new(require_tool("prlimit"));
+        cmd.arg(format!("--nofile={nofile}:{nofile}"))
+            .arg("--")
+            .arg(fleet_server_bin());
+        Daemon::start_with_command(None, name, dir, port, config, cmd)
+    }
+
+    /// Runs `cmd` (which ends in the daemon's binary) with `serve --config`.
+    fn start_with_command(
+        netns: Option<&str>,
+        name: &str,
+        dir: tempfile::TempDir,
+        port: u16,
+        config: &str,
+        mut cmd: Command,
+    ) -> Daemon {
+        let cfg = dir.path().join("config.yaml");
+        std::fs::write(&cfg, config).expect("writing config");
+        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
         let child = cmd
             .arg("serve")
             .arg("--config")

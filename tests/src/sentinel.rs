@@ -1,11 +1,14 @@
 //! A private Redis Sentinel set for tests: a master and a replica (`redis-server`, password set,
 //! no persistence) and three Sentinels (`redis-sentinel`) watching them, on free loopback ports,
-//! all stopped on drop.
+//! all stopped on drop. Optionally the Sentinels require a password, and everything also
+//! listens for TLS (`tls-port`, certificates from `pki.rs`; replication and Sentinel links use
+//! TLS too) beside the plain port the test's own checks use.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::pki::TestPki;
 use crate::{RespConn, free_port, require_tool, wait_for};
 
 /// The name the Sentinels monitor the master under.
@@ -17,7 +20,18 @@ pub const PASSWORD: &str = "sentinel-test-pw";
 struct Proc {
     child: Option<Child>,
     port: u16,
+    /// The TLS port, when the set speaks TLS.
+    tls_port: Option<u16>,
     log: PathBuf,
+}
+
+/// How the set is secured.
+#[derive(Debug, Clone, Default)]
+pub struct SentinelOptions {
+    /// `requirepass` of the Sentinels (and `sentinel sentinel-pass`, for each other).
+    pub sentinel_password: Option<String>,
+    /// Every server and Sentinel also listens for TLS.
+    pub tls: bool,
 }
 
 impl Proc {
@@ -34,30 +48,65 @@ impl Proc {
 pub struct SentinelSet {
     servers: Vec<Proc>,
     sentinels: Vec<Proc>,
+    pki: Option<TestPki>,
     dir: tempfile::TempDir,
 }
 
 fn call(port: u16, args: &[&str], auth: bool) -> Option<String> {
+    call_with(port, args, auth.then_some(PASSWORD))
+}
+
+fn call_with(port: u16, args: &[&str], password: Option<&str>) -> Option<String> {
     let mut c = RespConn::connect("127.0.0.1", port).ok()?;
-    if auth {
-        c.call(&["AUTH", PASSWORD]).ok()?;
+    if let Some(pw) = password {
+        c.call(&["AUTH", pw]).ok()?;
     }
     c.call(args).ok()
 }
 
 impl SentinelSet {
     pub fn start() -> SentinelSet {
+        SentinelSet::start_with(SentinelOptions::default())
+    }
+
+    pub fn start_with(options: SentinelOptions) -> SentinelSet {
         require_tool("redis-server");
         let sentinel_bin = require_tool("redis-sentinel");
         let dir = tempfile::tempdir().expect("temp dir");
+        let pki = options.tls.then(|| {
+            let d = dir.path().join("pki");
+            std::fs::create_dir_all(&d).unwrap();
+            TestPki::make(&d)
+        });
+        // `tls-port` and friends: servers and Sentinels accept TLS and dial each other with it.
+        let tls_conf = |tls_port: u16| -> Vec<String> {
+            let Some(p) = &pki else {
+                return Vec::new();
+            };
+            vec![
+                format!("tls-port {tls_port}"),
+                format!("tls-cert-file {}", p.server_cert.display()),
+                format!("tls-key-file {}", p.server_key.display()),
+                format!("tls-ca-cert-file {}", p.ca.display()),
+                "tls-auth-clients no".into(),
+                "tls-replication yes".into(),
+            ]
+        };
         let mut set = SentinelSet {
             servers: Vec::new(),
             sentinels: Vec::new(),
+            pki: pki.clone(),
             dir,
         };
         let master = free_port();
+        let master_tls = options.tls.then(free_port);
         for (i, replica_of) in [None, Some(master)].into_iter().enumerate() {
             let port = if i == 0 { master } else { free_port() };
+            let tls_port = if i == 0 {
+                master_tls
+            } else {
+                options.tls.then(free_port)
+            };
             let d = set.dir.path().join(format!("redis-{i}"));
             std::fs::create_dir_all(&d).unwrap();
             let log = d.join("redis.log");
@@ -69,7 +118,13 @@ impl SentinelSet {
                 .arg("--logfile")
                 .arg(&log)
                 .args(["--requirepass", PASSWORD, "--masterauth", PASSWORD]);
+            for line in tls_port.map(tls_conf).unwrap_or_default() {
+                let (k, v) = line.split_once(' ').unwrap();
+                cmd.arg(format!("--{k}")).arg(v);
+            }
             if let Some(m) = replica_of {
+                // Over TLS when the set speaks it (the master's TLS port).
+                let m = master_tls.unwrap_or(m);
                 cmd.args(["--replicaof", "127.0.0.1", &m.to_string()]);
             }
             let child = cmd
@@ -80,6 +135,7 @@ impl SentinelSet {
             set.servers.push(Proc {
                 child: Some(child),
                 port,
+                tls_port,
                 log,
             });
         }
@@ -104,19 +160,25 @@ impl SentinelSet {
         );
         for i in 0..3 {
             let port = free_port();
+            let tls_port = options.tls.then(free_port);
             let d = set.dir.path().join(format!("sentinel-{i}"));
             std::fs::create_dir_all(&d).unwrap();
             let conf = d.join("sentinel.conf");
             let log = d.join("sentinel.log");
-            std::fs::write(
-                &conf,
-                format!(
-                    "port {port}\nbind 127.0.0.1\ndir {}\nlogfile {}\nsentinel monitor {MASTER_NAME} 127.0.0.1 {master} 2\nsentinel auth-pass {MASTER_NAME} {PASSWORD}\nsentinel down-after-milliseconds {MASTER_NAME} 1000\nsentinel failover-timeout {MASTER_NAME} 4000\nsentinel parallel-syncs {MASTER_NAME} 1\n",
-                    d.display(),
-                    log.display()
-                ),
-            )
-            .unwrap();
+            let mut text = format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nlogfile {}\nsentinel monitor {MASTER_NAME} 127.0.0.1 {} 2\nsentinel auth-pass {MASTER_NAME} {PASSWORD}\nsentinel down-after-milliseconds {MASTER_NAME} 1000\nsentinel failover-timeout {MASTER_NAME} 4000\nsentinel parallel-syncs {MASTER_NAME} 1\n",
+                d.display(),
+                log.display(),
+                master_tls.unwrap_or(master),
+            );
+            if let Some(pw) = &options.sentinel_password {
+                text.push_str(&format!("requirepass {pw}\nsentinel sentinel-pass {pw}\n"));
+            }
+            for line in tls_port.map(tls_conf).unwrap_or_default() {
+                text.push_str(&line);
+                text.push('\n');
+            }
+            std::fs::write(&conf, text).unwrap();
             let child = Command::new(&sentinel_bin)
                 .arg(&conf)
                 .stdout(Stdio::null())
@@ -126,6 +188,7 @@ impl SentinelSet {
             set.sentinels.push(Proc {
                 child: Some(child),
                 port,
+                tls_port,
                 log,
             });
         }
@@ -137,20 +200,45 @@ impl SentinelSet {
                 Duration::from_secs(20),
                 Duration::from_millis(100),
                 || {
-                    call(port, &["SENTINEL", "ckquorum", MASTER_NAME], false)
-                        .filter(|r| r.contains("3 usable"))
+                    call_with(
+                        port,
+                        &["SENTINEL", "ckquorum", MASTER_NAME],
+                        options.sentinel_password.as_deref(),
+                    )
+                    .filter(|r| r.contains("3 usable"))
                 },
             );
         }
         set
     }
 
-    /// `host:port` of each Sentinel.
+    /// `host:port` of each Sentinel (their TLS ports when the set speaks TLS).
     pub fn sentinel_addresses(&self) -> Vec<String> {
         self.sentinels
             .iter()
-            .map(|s| format!("127.0.0.1:{}", s.port))
+            .map(|s| format!("127.0.0.1:{}", s.tls_port.unwrap_or(s.port)))
             .collect()
+    }
+
+    /// The certificates, when the set speaks TLS.
+    pub fn pki(&self) -> Option<&TestPki> {
+        self.pki.as_ref()
+    }
+
+    /// The `cluster:` lines for a node that finds the master through these Sentinels, giving
+    /// them `sentinel_password` (and with TLS, the CA), for the shared Redis password.
+    pub fn secure_cluster_yaml(&self, sentinel_password: Option<&str>) -> String {
+        let mut y = self.cluster_yaml(None);
+        if let Some(pw) = sentinel_password {
+            y.push_str(&format!("  redis_sentinel_password: \"{pw}\"\n"));
+        }
+        if let Some(p) = &self.pki {
+            y.push_str(&format!(
+                "  redis_sentinel_tls: true\n  redis_tls: true\n  redis_tls_ca: {}\n",
+                p.ca.display()
+            ));
+        }
+        y
     }
 
     /// The `cluster:` lines for a node that finds the master through these Sentinels.

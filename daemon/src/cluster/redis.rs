@@ -197,6 +197,7 @@ fn record_from_row(id: String, row: Vec<Option<String>>) -> NodeRecord {
 
 mod sentinel;
 mod users;
+pub use sentinel::Sentinel;
 pub use users::LOCAL_FILE as NODE_USERS_FILE;
 
 /// Members pruned at most per heartbeat, so one heartbeat stays short after a mass outage.
@@ -220,6 +221,8 @@ pub struct RedisMembership {
     users_file: Option<std::path::PathBuf>,
     /// Set when the master is found through Sentinel (`sentinel.rs`).
     sentinel: Option<sentinel::Sentinel>,
+    /// The last housekeeping found that this connection may manage users (`users.rs`).
+    manages_users: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for RedisMembership {
@@ -256,10 +259,37 @@ pub fn connection_info(cfg: &ClusterConfig) -> Result<redis::ConnectionInfo, Clu
     if let Some(pw) = &cfg.redis_password {
         settings = settings.set_password(pw.expose());
     }
-    Ok(addr
+    let info = addr
         .into_connection_info()
         .map_err(|e| map_err(&e))?
-        .set_redis_settings(settings))
+        .set_redis_settings(settings);
+    with_tls_ca(info, cfg)
+}
+
+/// With TLS and `redis_tls_ca`, the connection trusts that CA instead of the public roots.
+fn with_tls_ca(
+    info: redis::ConnectionInfo,
+    cfg: &ClusterConfig,
+) -> Result<redis::ConnectionInfo, ClusterError> {
+    let Some(ca) = &cfg.redis_tls_ca else {
+        return Ok(info);
+    };
+    if !matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+        return Ok(info);
+    }
+    let pem = std::fs::read(ca).map_err(|e| ClusterError::Backend {
+        backend: NAME,
+        reason: format!("cluster.redis_tls_ca: cannot read {}: {e}", ca.display()),
+    })?;
+    let certs = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    };
+    let client = redis::Client::build_with_tls(info, certs).map_err(|e| ClusterError::Backend {
+        backend: NAME,
+        reason: format!("cluster.redis_tls_ca {}: {e}", ca.display()),
+    })?;
+    Ok(client.get_connection_info().clone())
 }
 
 /// Human-readable address of the configured Redis (no credentials).
@@ -343,6 +373,7 @@ impl RedisMembership {
             address,
             users_file: None,
             sentinel,
+            manages_users: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -765,6 +796,7 @@ impl Membership for RedisMembership {
 
     async fn heartbeat(&self, node: &NodeRecord) -> Result<Heartbeat, ClusterError> {
         self.check_users_after_move().await;
+        self.check_revocations().await;
         let mut args = self.base_args();
         args.push(self.timeout_ms().to_string());
         args.push(node.id.clone());
@@ -788,19 +820,56 @@ impl Membership for RedisMembership {
             .await
             .map(|(n,)| n)
             .unwrap_or(None);
+        // The user goes with the node only while the name is its own: a newer node that took
+        // the name since (this one expired) has the user now.
+        let name = match name {
+            Some(n) => {
+                let mut holder = redis::cmd("HGET");
+                holder.arg(self.key("names")).arg(&n);
+                let (holder,): (Option<String>,) =
+                    self.query(redis::pipe().add_command(holder)).await?;
+                match holder {
+                    Some(h) if h != node_id => {
+                        log::info!(
+                            "node {node_id} removed; its name {n} is held by {h} now, whose Redis user stays"
+                        );
+                        None
+                    }
+                    _ => Some(n),
+                }
+            }
+            None => None,
+        };
+        // Revoked first: once removed, the node's user is never re-created (`users.rs`), even
+        // if this node may not delete it and the server loses the user before one that may.
+        let user = name.map(|n| self.user_name("node", &n));
+        if let Some(user) = &user {
+            self.revoke_user(user, node_id, if by.is_empty() { "admin" } else { by })
+                .await?;
+        }
         let removed = self.remove_member(node_id, by).await?;
         // Its own ACL user goes with it, so its credentials stop working at once (Redis also
         // closes that user's connections). A node without one (shared credentials) is fine.
-        if let Some(name) = name {
-            let user = self.user_name("node", &name);
-            if let Err(e) = self.delete_user(&user).await {
-                log::warn!("node {node_id} removed, but its Redis user {user} may remain: {e}");
+        if let Some(user) = user {
+            match self.delete_user(&user).await {
+                Ok(()) => {}
+                // This node may not manage users: one that may deletes it before its next
+                // heartbeat.
+                Err(ClusterError::Auth { .. }) => log::info!(
+                    "node {node_id} removed; its Redis user {user} is deleted by a node that may manage users"
+                ),
+                Err(e) => {
+                    log::warn!("node {node_id} removed, but its Redis user {user} may remain: {e}")
+                }
             }
         }
         Ok(removed)
     }
 
     async fn housekeeping(&self) -> Result<(), ClusterError> {
+        if let Err(e) = self.reassert_removals().await {
+            log::warn!("could not check this node's removals on the Redis server: {e}");
+        }
         if let Err(e) = self.restore_users().await {
             log::warn!("could not check the node users on the Redis server: {e}");
         }

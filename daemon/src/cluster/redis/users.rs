@@ -5,13 +5,23 @@
 //! reads) and in a local copy in the state directory of every such node. Housekeeping re-creates
 //! the users the server lacks (`ACL SETUSER <u> on #<sha256> …`) and restores the hash from the
 //! local copy when the server lost its data too.
+//!
+//! A removed node's user must never come back: the removal moves its digest out of the hash
+//! into `<prefix>cluster:node-users-revoked` (in one script, before the member is removed), and
+//! raises a flag that every node that may manage users checks before each heartbeat. Such a node
+//! then deletes the user (master and replicas), drops it from its local copy, and never
+//! re-creates a revoked user, so a removal made on a node that may not delete users reaches one
+//! that may within a heartbeat interval, and the local copy forgets the user at the same time.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::LazyLock;
+use std::sync::atomic::Ordering;
 
+use redis::Script;
 use sha2::{Digest, Sha256};
 
-use super::RedisMembership;
+use super::{RedisMembership, script};
 use crate::cluster::ClusterError;
 use crate::config::Secret;
 
@@ -20,6 +30,43 @@ pub const LOCAL_FILE: &str = "redis-node-users.json";
 
 /// `user → sha256 hex of its password`.
 type Registry = BTreeMap<String, String>;
+
+/// Key suffixes: revoked users (`user → ms of the removal`, the server's clock) and the flag
+/// that says some are not yet dealt with.
+const REVOKED: &str = "node-users-revoked";
+const REVOKED_PENDING: &str = "node-users-revoked:pending";
+
+/// ARGV: prefix, user, node id, by, tombstone ms (0: leave the tombstone alone) → now (ms)
+/// and the digest the hash held for the user ('' if none).
+/// The digest leaves the hash in the same step as the revocation is recorded, so no reader
+/// ever finds the user in one without the other; a re-recorded removal (`reassert_removals`)
+/// brings back a lost tombstone in the same step.
+const REVOKE: &str = r#"
+local prefix, user, id, by, tomb = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local now = now_ms()
+local digest = redis.call('HGET', prefix .. 'cluster:node-users', user) or ''
+redis.call('HDEL', prefix .. 'cluster:node-users', user)
+redis.call('HSET', prefix .. 'cluster:node-users-revoked', user, string.format('%d', now))
+redis.call('SET', prefix .. 'cluster:node-users-revoked:pending', '1')
+if tomb > 0 then redis.call('SET', prefix .. 'cluster:removed:' .. id, by, 'PX', tomb, 'NX') end
+return {string.format('%d', now), digest}
+"#;
+
+/// Removals this node made, kept in its state directory for the tombstone's lifetime:
+/// `user → Removal`. Housekeeping records again any the backend lost with its data.
+pub const REMOVALS_FILE: &str = "redis-removals.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Removal {
+    node_id: String,
+    by: String,
+    /// When it was made, the server's clock (ms).
+    at_ms: u64,
+    /// The revoked user's digest ('' if the hash had none): a user made anew under the same
+    /// name has another, and is not revoked again.
+    digest: String,
+}
+static REVOKE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(REVOKE));
 
 fn digest(password: &Secret) -> String {
     hex::encode(Sha256::digest(password.expose().as_bytes()))
@@ -40,11 +87,16 @@ impl RedisMembership {
 
     /// Data another machine may have written: only our node users, with a well-formed digest.
     fn plausible(&self, user: &str, digest: &str) -> bool {
+        self.plausible_user(user)
+            && digest.len() == 64
+            && digest.bytes().all(|b| b.is_ascii_hexdigit())
+    }
+
+    fn plausible_user(&self, user: &str) -> bool {
         let ours = self.user_name("node", "");
         user.strip_prefix(&ours).is_some_and(|name| {
             !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        }) && digest.len() == 64
-            && digest.bytes().all(|b| b.is_ascii_hexdigit())
+        })
     }
 
     fn read_local(&self, path: &Path) -> Registry {
@@ -83,10 +135,19 @@ impl RedisMembership {
         password: &Secret,
     ) -> Result<(), ClusterError> {
         let d = digest(password);
-        let mut cmd = redis::cmd("HSET");
-        cmd.arg(self.key("node-users")).arg(user).arg(&d);
-        self.query::<()>(redis::pipe().add_command(cmd).ignore())
-            .await?;
+        // A user made anew under a removed node's name has a new password: no longer revoked.
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HDEL")
+            .arg(self.key(REVOKED))
+            .arg(user)
+            .ignore()
+            .cmd("HSET")
+            .arg(self.key("node-users"))
+            .arg(user)
+            .arg(&d)
+            .ignore();
+        self.query::<()>(&pipe).await?;
         let mut on_replicas: Vec<String> = vec![
             "SETUSER".into(),
             user.to_string(),
@@ -103,6 +164,233 @@ impl RedisMembership {
         self.save_acl().await;
         self.acl_on_replicas(&on_replicas).await;
         Ok(())
+    }
+
+    /// Records that `user` (a removed node's) must never exist again, until a new user is made
+    /// under that name: its digest leaves the hash and this node's local copy. Runs before the
+    /// member is removed; the user itself is deleted by the caller if this node may, else by
+    /// the next node that may manage users, before its next heartbeat.
+    pub(super) async fn revoke_user(
+        &self,
+        user: &str,
+        node_id: &str,
+        by: &str,
+    ) -> Result<(), ClusterError> {
+        let args = [
+            self.prefix.clone(),
+            user.to_string(),
+            node_id.to_string(),
+            by.to_string(),
+            "0".into(),
+        ];
+        let (at, digest): (String, String) = self.run(&REVOKE_SCRIPT, &args).await?;
+        if let Some(path) = &self.users_file {
+            let mut local = self.read_local(path);
+            if local.remove(user).is_some() {
+                self.write_local(&local);
+            }
+        }
+        // Kept until the tombstone ends, to record it again should the backend lose it before
+        // a node that may manage users has dealt with it.
+        let mut removals = self.read_removals();
+        removals.insert(
+            user.to_string(),
+            Removal {
+                node_id: node_id.to_string(),
+                by: by.to_string(),
+                at_ms: at.parse().unwrap_or(0),
+                digest,
+            },
+        );
+        self.write_removals(&removals);
+        Ok(())
+    }
+
+    fn removals_file(&self) -> Option<std::path::PathBuf> {
+        Some(self.users_file.as_ref()?.with_file_name(REMOVALS_FILE))
+    }
+
+    /// This node's removals; entries that are not ours or malformed are left out.
+    fn read_removals(&self) -> BTreeMap<String, Removal> {
+        let Some(path) = self.removals_file() else {
+            return BTreeMap::new();
+        };
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return BTreeMap::new();
+        };
+        match serde_json::from_str::<BTreeMap<String, Removal>>(&text) {
+            Ok(r) => r
+                .into_iter()
+                .filter(|(u, r)| {
+                    self.plausible_user(u)
+                        && !r.node_id.is_empty()
+                        && r.node_id.len() <= 80
+                        && r.node_id
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        && r.by.len() <= 200
+                        && (r.digest.is_empty() || self.plausible(u, &r.digest))
+                })
+                .collect(),
+            Err(e) => {
+                log::warn!("ignoring {}: not a removal list ({e})", path.display());
+                BTreeMap::new()
+            }
+        }
+    }
+
+    fn write_removals(&self, removals: &BTreeMap<String, Removal>) {
+        let Some(path) = self.removals_file() else {
+            return;
+        };
+        if removals.is_empty() && !path.exists() {
+            return;
+        }
+        let json = serde_json::to_vec_pretty(removals).unwrap_or_default();
+        if let Err(e) = crate::identity::write_atomically(&path, &json, 0o600) {
+            log::warn!("cannot keep the removal list in {}: {e}", path.display());
+        }
+    }
+
+    /// Housekeeping, on every node: the removals this node made that the backend no longer
+    /// knows (it lost its data, perhaps before a node that may manage users saw them) are
+    /// recorded again, revocation and tombstone, for the rest of the tombstone's lifetime.
+    pub(super) async fn reassert_removals(&self) -> Result<(), ClusterError> {
+        let mut removals = self.read_removals();
+        if removals.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("TIME").cmd("HMGET").arg(self.key(REVOKED));
+        for user in removals.keys() {
+            pipe.arg(user);
+        }
+        pipe.cmd("HMGET").arg(self.key("node-users"));
+        for user in removals.keys() {
+            pipe.arg(user);
+        }
+        #[allow(clippy::type_complexity)]
+        let ((secs, micros), known, digests): (
+            (u64, u64),
+            Vec<Option<String>>,
+            Vec<Option<String>>,
+        ) = self.query(&pipe).await?;
+        let now = secs * 1000 + micros / 1000;
+        let tomb = crate::cluster::REMOVAL_TOMBSTONE.as_millis() as u64;
+        let before = removals.len();
+        let mut again = Vec::new();
+        let mut superseded = Vec::new();
+        for (((user, r), known), digest) in removals.iter().zip(known).zip(digests) {
+            let left = (r.at_ms + tomb).saturating_sub(now);
+            if left == 0 || known.is_some() {
+                continue;
+            }
+            match digest {
+                // A user made anew under that name since: not the one removed.
+                Some(d) if d != r.digest => superseded.push(user.clone()),
+                _ => again.push((user.clone(), r.clone(), left)),
+            }
+        }
+        removals.retain(|u, r| r.at_ms + tomb > now && !superseded.contains(u));
+        for (user, r, left) in again {
+            let args = [
+                self.prefix.clone(),
+                user.clone(),
+                r.node_id.clone(),
+                r.by.clone(),
+                left.to_string(),
+            ];
+            let _: (String, String) = self.run(&REVOKE_SCRIPT, &args).await?;
+            log::warn!(
+                "recorded again the removal of node {} and the revocation of its Redis user {user}: the backend had lost them",
+                r.node_id
+            );
+        }
+        if removals.len() != before {
+            self.write_removals(&removals);
+        }
+        Ok(())
+    }
+
+    /// Before each heartbeat of a node that may manage users: deals with revocations made
+    /// since (by any node) at once, rather than at the next housekeeping.
+    pub(super) async fn check_revocations(&self) {
+        if self.users_file.is_none() || !self.manages_users.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(self.key(REVOKED_PENDING));
+        match self.query::<(i64,)>(redis::pipe().add_command(cmd)).await {
+            Ok((1,)) => {
+                if let Err(e) = self.restore_users().await {
+                    log::debug!("dealing with revoked node users: {e}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => log::debug!("checking for revoked node users: {e}"),
+        }
+    }
+
+    /// Deletes the revoked users the server (or a replica) still has, takes them out of the
+    /// registry, and forgets revocations older than the removal tombstone. Returns the revoked
+    /// users, which are never to be re-created.
+    async fn apply_revocations(
+        &self,
+        existing: &[String],
+        registry: &mut Registry,
+    ) -> Result<Vec<String>, ClusterError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("TIME").cmd("HGETALL").arg(self.key(REVOKED));
+        let ((secs, micros), revoked): ((u64, u64), BTreeMap<String, u64>) =
+            self.query(&pipe).await?;
+        let now = secs * 1000 + micros / 1000;
+        let revoked: BTreeMap<String, u64> = revoked
+            .into_iter()
+            .filter(|(u, _)| self.plausible_user(u))
+            .collect();
+        let mut deleted = Vec::new();
+        for user in revoked.keys() {
+            registry.remove(user);
+            if existing.iter().any(|e| e == user) {
+                self.acl(&["DELUSER".into(), user.clone()]).await?;
+                // Replicas too: ACLs do not replicate.
+                self.acl_on_replicas(&["DELUSER".into(), user.clone()])
+                    .await;
+                deleted.push(user.as_str());
+            }
+        }
+        let mut done = redis::pipe();
+        done.cmd("DEL").arg(self.key(REVOKED_PENDING)).ignore();
+        if !revoked.is_empty() {
+            done.cmd("HDEL").arg(self.key("node-users"));
+            for user in revoked.keys() {
+                done.arg(user);
+            }
+            done.ignore();
+        }
+        let old: Vec<&String> = revoked
+            .iter()
+            .filter(|(_, at)| {
+                now.saturating_sub(**at) > crate::cluster::REMOVAL_TOMBSTONE.as_millis() as u64
+            })
+            .map(|(u, _)| u)
+            .collect();
+        if !old.is_empty() {
+            done.cmd("HDEL").arg(self.key(REVOKED));
+            for user in old {
+                done.arg(user);
+            }
+            done.ignore();
+        }
+        self.query::<()>(&done).await?;
+        if !deleted.is_empty() {
+            log::info!(
+                "deleted the Redis user(s) of removed node(s): {}",
+                deleted.join(", ")
+            );
+            self.save_acl().await;
+        }
+        Ok(revoked.into_keys().collect())
     }
 
     /// Forgets a deleted node user (hash and local copy) and saves the ACL file.
@@ -165,9 +453,13 @@ impl RedisMembership {
             .await
         {
             Ok((u,)) => u,
-            Err(ClusterError::Auth { .. }) | Err(ClusterError::Backend { .. }) => return Ok(0),
+            Err(ClusterError::Auth { .. }) | Err(ClusterError::Backend { .. }) => {
+                self.manages_users.store(false, Ordering::Relaxed);
+                return Ok(0);
+            }
             Err(e) => return Err(e),
         };
+        self.manages_users.store(true, Ordering::Relaxed);
         let mut all = redis::cmd("HGETALL");
         all.arg(self.key("node-users"));
         let (shared,): (Registry,) = self.query(redis::pipe().add_command(all)).await?;
@@ -175,29 +467,30 @@ impl RedisMembership {
             .into_iter()
             .filter(|(u, d)| self.plausible(u, d))
             .collect();
-        let registry = if shared.is_empty() {
-            // The server lost its data too: what this node kept.
-            let local = match &self.users_file {
+        // An empty hash: the server lost its data too, so what this node kept.
+        let from_local = shared.is_empty();
+        let mut registry = if from_local {
+            match &self.users_file {
                 Some(p) => self.read_local(p),
                 None => Registry::new(),
-            };
-            if !local.is_empty() {
-                let mut put = redis::cmd("HSET");
-                put.arg(self.key("node-users"));
-                for (u, d) in &local {
-                    put.arg(u).arg(d);
-                }
-                self.query::<()>(redis::pipe().add_command(put).ignore())
-                    .await?;
             }
-            local
         } else {
-            self.write_local(&shared);
             shared
         };
+        let revoked = self.apply_revocations(&existing, &mut registry).await?;
+        if from_local && !registry.is_empty() {
+            let mut put = redis::cmd("HSET");
+            put.arg(self.key("node-users"));
+            for (u, d) in &registry {
+                put.arg(u).arg(d);
+            }
+            self.query::<()>(redis::pipe().add_command(put).ignore())
+                .await?;
+        }
+        self.write_local(&registry);
         let mut restored = Vec::new();
         for (user, d) in &registry {
-            if existing.iter().any(|e| e == user) {
+            if existing.iter().any(|e| e == user) || revoked.contains(user) {
                 continue;
             }
             let mut args: Vec<String> = vec![
