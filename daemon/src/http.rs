@@ -238,6 +238,7 @@ async fn status(State(app): State<AppState>, headers: HeaderMap) -> Response {
         "backend": backend.kind().as_str(),
         "node_id": app.node.id,
         "node_name": app.node.name,
+        "version": app.node.version,
         "registered": app.state.is_registered(),
         "healthy": app.state.health().is_none(),
     });
@@ -286,7 +287,9 @@ async fn health(State(app): State<AppState>) -> Response {
     match app.state.health() {
         None => (
             StatusCode::OK,
-            axum::Json(json!({"status": "ok", "node_id": app.node.id})),
+            axum::Json(
+                json!({"status": "ok", "node_id": app.node.id, "version": app.node.version}),
+            ),
         )
             .into_response(),
         Some(reason) => (
@@ -294,6 +297,7 @@ async fn health(State(app): State<AppState>) -> Response {
             axum::Json(json!({
                 "status": "unavailable",
                 "node_id": app.node.id,
+                "version": app.node.version,
                 "reason": reason.to_string(),
             })),
         )
@@ -866,7 +870,7 @@ async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Result<Resp
     );
     out.push_str(&format!(
         "# HELP fleet_build_info Version of this node.\n# TYPE fleet_build_info gauge\nfleet_build_info{{version=\"{}\",node_id=\"{}\"}} 1\n",
-        env!("CARGO_PKG_VERSION"),
+        crate::version::version(),
         app.node.id
     ));
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())

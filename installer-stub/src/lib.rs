@@ -14,6 +14,8 @@ pub mod mac_ethernet;
 pub mod sealed;
 pub mod stub;
 pub mod timefmt;
+pub mod upgrade;
+pub mod version_slot;
 
 pub use ethernet::{EthernetPolicy, Interface, InterfaceKind, NetworkInventory, Verdict};
 pub use layout::TargetLayout;
