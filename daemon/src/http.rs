@@ -419,6 +419,9 @@ pub struct PackageForm {
     /// own expiry; default: both).
     #[serde(default)]
     download_expires: Option<String>,
+    /// An upgrade package for installed nodes (binaries only, no configuration or secret).
+    #[serde(default)]
+    upgrade: Option<serde_json::Value>,
 }
 
 /// A form checkbox or a JSON boolean.
@@ -437,17 +440,20 @@ async fn build_package(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let who = authorize(&app, &headers, true).await?;
+    let form: PackageForm = if body.is_empty() {
+        PackageForm::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad_request(format!("invalid request: {e}")))?
+    };
+    if is_on(&form.upgrade) {
+        return build_upgrade_package(&app, &who, form).await;
+    }
     if app.backend.is_none() {
         return Err(ApiError(
             StatusCode::CONFLICT,
             "Cluster mode not enabled: node packages copy the cluster settings, enable cluster mode first".into(),
         ));
     }
-    let form: PackageForm = if body.is_empty() {
-        PackageForm::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| bad_request(format!("invalid request: {e}")))?
-    };
     let blank = |o: Option<String>| o.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
     let format = match blank(form.format) {
         Some(f) => f.parse().map_err(bad_request)?,
@@ -548,6 +554,88 @@ async fn build_package(
                         "none: the package carries the cluster's long-lived secrets".to_string()
                     }
                 },
+            ),
+        ],
+        built.bytes,
+    )
+        .into_response())
+}
+
+/// `"upgrade": true`: the upgrade package of this node's template, sent as the response. Fields
+/// that only make sense for one new node are refused, not ignored.
+async fn build_upgrade_package(
+    app: &AppState,
+    who: &Principal,
+    form: PackageForm,
+) -> Result<Response, ApiError> {
+    let given = |o: &Option<String>| o.as_deref().is_some_and(|s| !s.trim().is_empty());
+    for (field, set) in [
+        ("node_name", given(&form.node_name)),
+        ("expires", given(&form.expires)),
+        ("ethernet", given(&form.ethernet)),
+        ("no_enrollment", is_on(&form.no_enrollment)),
+        ("download_link", is_on(&form.download_link)),
+        ("download_expires", given(&form.download_expires)),
+    ] {
+        if set {
+            return Err(bad_request(format!(
+                "{field} does not apply to an upgrade package (it is the same for every node and carries no configuration)"
+            )));
+        }
+    }
+    let format = match form
+        .format
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        Some(f) => f.parse().map_err(bad_request)?,
+        None => crate::packages::Format::Pkg,
+    };
+    let req = crate::upgrade::UpgradeRequest {
+        format,
+        package_name: form
+            .package_name
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty()),
+        template_dir: None,
+        allow_foreign_binaries: false,
+        built_by: who.label(),
+    };
+    let built = crate::upgrade::build_upgrade_async(&app.builder, &app.config, req)
+        .await
+        .map_err(|e| {
+            log::warn!("upgrade package build for {} failed: {e}", who.label());
+            let status = if e.is_bad_request() {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            ApiError(status, e.to_string())
+        })?;
+    crate::upgrade::record_built(app.backend.as_deref(), &built, &who.label()).await;
+    log::info!(
+        "📦 {} built the upgrade package {} (fleet-server {}, {} bytes)",
+        who.label(),
+        built.file_name,
+        built.version,
+        built.bytes.len()
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}\"", built.file_name),
+            ),
+            (header::CACHE_CONTROL, "no-store".to_string()),
+            (
+                header::HeaderName::from_static("x-package-kind"),
+                "upgrade".to_string(),
+            ),
+            (
+                header::HeaderName::from_static("x-package-version"),
+                built.version.clone(),
             ),
         ],
         built.bytes,

@@ -621,5 +621,47 @@ fn bundle_node_upgrades_in_place() {
         Daemonized::alive(new_pid),
         "a refused upgrade stopped the daemon"
     );
+
+    // The upgraded node builds the upgrade bundle of its own platform through its API (the
+    // Settings page's "Upgrade package"): its own binaries, the version it runs.
+    let post = |body: &str| {
+        p.topo
+            .http(
+                Site::Datacenter,
+                Topology::server_addr(Site::Datacenter),
+                "POST",
+                "/api/fleet/cluster/packages",
+                &[
+                    ("X-API-Key", TEST_API_KEY),
+                    ("Content-Type", "application/json"),
+                ],
+                body.as_bytes(),
+            )
+            .expect("POST /api/fleet/cluster/packages on the node")
+    };
+    let r = post(r#"{"upgrade": true, "format": "bundle"}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-package-kind"), Some("upgrade"));
+    assert_eq!(r.header("x-package-version"), Some(NEW));
+    assert!(
+        r.header("content-disposition")
+            .is_some_and(|d| d.contains(&format!("fleet-server-upgrade-{NEW}.tar.gz"))),
+        "{:?}",
+        r.headers
+    );
+    let own = p.root().join("own-upgrade.tar.gz");
+    std::fs::write(&own, &r.body).unwrap();
+    let own_listing = lines(&pkginstall::run_ok(
+        Command::new(&tar).arg("-tzf").arg(&own),
+    ));
+    assert_eq!(own_listing, listing);
+    assert_no_secrets(&own_listing, std::slice::from_ref(&own));
+    let r = post(r#"{"upgrade": true, "format": "bundle", "node_name": "x1"}"#);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("node_name does not apply"),
+        "{}",
+        r.text()
+    );
     drop(daemon);
 }
