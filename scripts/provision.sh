@@ -21,6 +21,13 @@
 # 11 no active Ethernet, 21 wrong key or tampered, 22 expired, …: see installer-stub/README.md);
 # 40 enrollment refused; 41 installed and started, but not joined within the wait (the daemon
 # keeps trying: see its log); 1 any other failure; 2 usage.
+#
+# From an upgrade bundle (fleet-server-upgrade-<version>.tar.gz: fleet-upgrade instead of a
+# sealed configuration) the same command upgrades the node installed here: the stub checks
+# that it is a node (configuration and node id present) whose daemon is older; the running
+# daemon is stopped, the binaries are swapped by rename and the daemon is started again;
+# configuration, state and node id stay as they are. "✅ Upgraded <id> to <version>", exit 0;
+# 50 not a node, 51 not older (nothing changed); 40, 41 as above.
 set -eu
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
@@ -60,6 +67,117 @@ while [ $# -gt 0 ]; do
     shift
 done
 
+# The upgrade of an installed node (see the top); exits unless it upgraded.
+upgrade() {
+    for f in fleet-server fleet-installer-stub fleet-server.service uninstall.sh; do
+        [ -f "$HERE/$f" ] || die "missing $HERE/$f: extract the whole bundle and run provision.sh from it"
+    done
+    VERSION=$(sed -n 's/^version \([0-9A-Za-z.+-]*\)$/\1/p' "$HERE/fleet-upgrade")
+    [ -n "$VERSION" ] || die "$HERE/fleet-upgrade names no version: extract the whole bundle again"
+
+    # 1. A node is installed here and its daemon is older (the stub reads only).
+    set +e
+    "$HERE/fleet-installer-stub" --target-root "${ROOT:-/}"
+    rc=$?
+    set -e
+    if [ "$rc" -ne 0 ]; then
+        echo "provision.sh: upgrade refused (exit $rc): nothing was changed" >&2
+        exit "$rc"
+    fi
+    BIN="$ROOT/usr/local/bin/fleet-server"
+    LIB="$ROOT/usr/local/lib/fleet-server"
+    TEMPLATE="$LIB/node-template/linux-x86_64"
+    STATE="$ROOT/var/lib/fleet-server"
+    CONFIG="$ROOT/etc/fleet-server/config.yaml"
+    PIDFILE="$ROOT/run/fleet-server.pid"
+
+    # 2. The new files beside the old ones (same directories: the swap below is a rename).
+    install -d -m 0755 "$ROOT/usr/local/bin" "$LIB" "$TEMPLATE"
+    trap 'rm -f "$BIN.upgrade" "$TEMPLATE/fleet-installer-stub.upgrade" "$LIB/uninstall.sh.upgrade"' EXIT
+    install -m 0755 "$HERE/fleet-server" "$BIN.upgrade"
+    install -m 0755 "$HERE/fleet-installer-stub" "$TEMPLATE/fleet-installer-stub.upgrade"
+    install -m 0755 "$HERE/uninstall.sh" "$LIB/uninstall.sh.upgrade"
+
+    # 3. Stop the daemon started without systemd (under systemd, `restart` below stops it):
+    # only the process its pid file names, and only when that is a fleet-server.
+    pid=$(cat "$PIDFILE" 2>/dev/null || true)
+    case "$pid" in '' | *[!0-9]*) pid="" ;; esac
+    if [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ]; then
+        args=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null || true)
+        prog=$(printf '%s\n' "$args" | head -n 1)
+        case "$prog" in
+            */fleet-server | fleet-server) ;;
+            *) die "$PIDFILE names process $pid, which is not fleet-server ($prog): not stopping it (a stale pid file? remove it and run provision.sh again); nothing was changed" ;;
+        esac
+        # Started again as it ran: the same port unless --port says otherwise.
+        if [ -z "$PORT" ]; then
+            PORT=$(printf '%s\n' "$args" | sed -n '/^--port$/{n;p;q}')
+        fi
+        kill -TERM "$pid" 2>/dev/null || true
+        i=0
+        while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 300 ]; do
+            sleep 0.1
+            i=$((i + 1))
+        done
+        kill -0 "$pid" 2>/dev/null && die "fleet-server (pid $pid) did not stop within 30 s: nothing was changed"
+        rm -f "$PIDFILE"
+    fi
+
+    # 4. Swap: each rename replaces a file whole; configuration, state and node id are untouched.
+    mv -f "$BIN.upgrade" "$BIN"
+    mv -f "$TEMPLATE/fleet-installer-stub.upgrade" "$TEMPLATE/fleet-installer-stub"
+    mv -f "$LIB/uninstall.sh.upgrade" "$LIB/uninstall.sh"
+    trap - EXIT
+    ln -sfn ../../../../bin/fleet-server "$TEMPLATE/fleet-server"
+    OUTCOME="$STATE/first-outcome"
+    rm -f "$OUTCOME"
+
+    # 5. Start it again.
+    if [ "$SYSTEMD" -eq 1 ]; then
+        install -d -m 0755 "$ROOT/etc/systemd/system"
+        install -m 0644 "$HERE/fleet-server.service" "$ROOT/etc/systemd/system/fleet-server.service"
+        if [ -n "$ROOT" ]; then
+            echo "✅ Upgraded the node under $ROOT to $VERSION (it starts when that system boots)"
+            exit 0
+        fi
+        systemctl daemon-reload
+        systemctl restart fleet-server.service
+        LOG_HINT="journalctl -u fleet-server"
+    else
+        install -d -m 0755 "$ROOT/run" "$ROOT/var/log"
+        "$BIN" serve --config "$CONFIG" --daemonize \
+            ${ROOT:+--root "$ROOT"} ${PORT:+--port "$PORT"} --pid-file "$PIDFILE" --log-file "$ROOT/var/log/fleet-server.log"
+        LOG_HINT="$ROOT/var/log/fleet-server.log"
+    fi
+
+    # 6. Its first outcome (bounded wait), as after an install.
+    WAIT=${PROVISION_WAIT:-30}
+    case "$WAIT" in '' | *[!0-9]*) die "PROVISION_WAIT must be a number of seconds" ;; esac
+    i=0
+    while [ ! -s "$OUTCOME" ] && [ "$i" -lt $((WAIT * 10)) ]; do
+        pid=$(cat "$PIDFILE" 2>/dev/null || true)
+        if [ "$SYSTEMD" -eq 0 ] && [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+            echo "❌ fleet-server $VERSION stopped after the upgrade:" >&2
+            tail -n 20 "$ROOT/var/log/fleet-server.log" >&2 2>/dev/null || true
+            exit 1
+        fi
+        sleep 0.1
+        i=$((i + 1))
+    done
+    outcome=$(cat "$OUTCOME" 2>/dev/null || true)
+    case "$outcome" in
+        "joined "*) echo "✅ Upgraded ${outcome#joined } to $VERSION" ;;
+        "refused "*)
+            echo "❌ Enrollment refused: ${outcome#refused }" >&2
+            exit 40
+            ;;
+        *)
+            echo "⏳ fleet-server $VERSION has not joined the cluster within ${WAIT} s; it keeps trying (see $LOG_HINT)" >&2
+            exit 41
+            ;;
+    esac
+}
+
 HERE=$(cd "$(dirname "$0")" && pwd)
 if [ -z "$ROOT" ] && [ "$(id -u)" -ne 0 ]; then
     die "run as root: sudo $0"
@@ -67,6 +185,11 @@ fi
 if [ -n "$ROOT" ]; then
     mkdir -p "$ROOT"
     ROOT=$(cd "$ROOT" && pwd)
+fi
+
+if [ -f "$HERE/fleet-upgrade" ]; then
+    upgrade
+    exit 0
 fi
 
 for f in fleet-server fleet-installer-stub fleet-config.sealed fleet-server.service uninstall.sh; do

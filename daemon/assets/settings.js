@@ -26,6 +26,10 @@
       new FormData(form).forEach(function (v, k) { if (v !== "") { data[k] = v; } });
       data.no_enrollment = !!(document.getElementById("no_enrollment") || {}).checked;
       data.download_link = !!(document.getElementById("download_link") || {}).checked;
+      // An upgrade package is the same for every node: only its format and file name apply.
+      if ((document.getElementById("upgrade") || {}).checked) {
+        data = { upgrade: true, format: data.format, package_name: data.package_name };
+      }
       var linkBox = document.getElementById("download-link");
       if (linkBox) { linkBox.hidden = true; }
       button.disabled = true;
@@ -51,6 +55,19 @@
           });
         }
         var name = fileNameOf(resp, "FleetServerClusterNode.pkg");
+        if (resp.headers.get("X-Package-Kind") === "upgrade") {
+          var version = resp.headers.get("X-Package-Version") || "";
+          return resp.blob().then(function (blob) {
+            var url = URL.createObjectURL(blob);
+            var a = document.createElement("a");
+            a.href = url; a.download = name; a.style.display = "none";
+            document.body.appendChild(a); a.click(); a.remove();
+            setTimeout(function () { URL.revokeObjectURL(url); }, 60000);
+            status.className = "ok-text";
+            status.textContent = "✅ Built the upgrade package " + name + " (" + (blob.size / 1048576).toFixed(1) +
+              " MB): it upgrades installed nodes to fleet-server " + version + " and carries no configuration or secret.";
+          });
+        }
         var until = resp.headers.get("X-Package-Expires") || "";
         var creds = resp.headers.get("X-Package-Credentials") || "";
         var enrollment = resp.headers.get("X-Package-Enrollment") || "";

@@ -164,7 +164,7 @@ pub fn write_table(members: &[Member], out: &mut impl Write) -> anyhow::Result<(
                     MemberState::Expired => "expired".into(),
                 },
                 format!("{:.1}s ago", m.age_ms as f64 / 1000.0),
-                if crate::cluster::is_older_version(&m.node.version, env!("CARGO_PKG_VERSION")) {
+                if crate::cluster::is_older_version(&m.node.version, crate::version::version()) {
                     format!("{} (older)", m.node.version)
                 } else {
                     m.node.version.clone()

@@ -238,6 +238,7 @@ async fn status(State(app): State<AppState>, headers: HeaderMap) -> Response {
         "backend": backend.kind().as_str(),
         "node_id": app.node.id,
         "node_name": app.node.name,
+        "version": app.node.version,
         "registered": app.state.is_registered(),
         "healthy": app.state.health().is_none(),
     });
@@ -286,7 +287,9 @@ async fn health(State(app): State<AppState>) -> Response {
     match app.state.health() {
         None => (
             StatusCode::OK,
-            axum::Json(json!({"status": "ok", "node_id": app.node.id})),
+            axum::Json(
+                json!({"status": "ok", "node_id": app.node.id, "version": app.node.version}),
+            ),
         )
             .into_response(),
         Some(reason) => (
@@ -294,6 +297,7 @@ async fn health(State(app): State<AppState>) -> Response {
             axum::Json(json!({
                 "status": "unavailable",
                 "node_id": app.node.id,
+                "version": app.node.version,
                 "reason": reason.to_string(),
             })),
         )
@@ -415,6 +419,9 @@ pub struct PackageForm {
     /// own expiry; default: both).
     #[serde(default)]
     download_expires: Option<String>,
+    /// An upgrade package for installed nodes (binaries only, no configuration or secret).
+    #[serde(default)]
+    upgrade: Option<serde_json::Value>,
 }
 
 /// A form checkbox or a JSON boolean.
@@ -433,17 +440,20 @@ async fn build_package(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let who = authorize(&app, &headers, true).await?;
+    let form: PackageForm = if body.is_empty() {
+        PackageForm::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad_request(format!("invalid request: {e}")))?
+    };
+    if is_on(&form.upgrade) {
+        return build_upgrade_package(&app, &who, form).await;
+    }
     if app.backend.is_none() {
         return Err(ApiError(
             StatusCode::CONFLICT,
             "Cluster mode not enabled: node packages copy the cluster settings, enable cluster mode first".into(),
         ));
     }
-    let form: PackageForm = if body.is_empty() {
-        PackageForm::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| bad_request(format!("invalid request: {e}")))?
-    };
     let blank = |o: Option<String>| o.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
     let format = match blank(form.format) {
         Some(f) => f.parse().map_err(bad_request)?,
@@ -544,6 +554,88 @@ async fn build_package(
                         "none: the package carries the cluster's long-lived secrets".to_string()
                     }
                 },
+            ),
+        ],
+        built.bytes,
+    )
+        .into_response())
+}
+
+/// `"upgrade": true`: the upgrade package of this node's template, sent as the response. Fields
+/// that only make sense for one new node are refused, not ignored.
+async fn build_upgrade_package(
+    app: &AppState,
+    who: &Principal,
+    form: PackageForm,
+) -> Result<Response, ApiError> {
+    let given = |o: &Option<String>| o.as_deref().is_some_and(|s| !s.trim().is_empty());
+    for (field, set) in [
+        ("node_name", given(&form.node_name)),
+        ("expires", given(&form.expires)),
+        ("ethernet", given(&form.ethernet)),
+        ("no_enrollment", is_on(&form.no_enrollment)),
+        ("download_link", is_on(&form.download_link)),
+        ("download_expires", given(&form.download_expires)),
+    ] {
+        if set {
+            return Err(bad_request(format!(
+                "{field} does not apply to an upgrade package (it is the same for every node and carries no configuration)"
+            )));
+        }
+    }
+    let format = match form
+        .format
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        Some(f) => f.parse().map_err(bad_request)?,
+        None => crate::packages::Format::Pkg,
+    };
+    let req = crate::upgrade::UpgradeRequest {
+        format,
+        package_name: form
+            .package_name
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty()),
+        template_dir: None,
+        allow_foreign_binaries: false,
+        built_by: who.label(),
+    };
+    let built = crate::upgrade::build_upgrade_async(&app.builder, &app.config, req)
+        .await
+        .map_err(|e| {
+            log::warn!("upgrade package build for {} failed: {e}", who.label());
+            let status = if e.is_bad_request() {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            ApiError(status, e.to_string())
+        })?;
+    crate::upgrade::record_built(app.backend.as_deref(), &built, &who.label()).await;
+    log::info!(
+        "📦 {} built the upgrade package {} (fleet-server {}, {} bytes)",
+        who.label(),
+        built.file_name,
+        built.version,
+        built.bytes.len()
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}\"", built.file_name),
+            ),
+            (header::CACHE_CONTROL, "no-store".to_string()),
+            (
+                header::HeaderName::from_static("x-package-kind"),
+                "upgrade".to_string(),
+            ),
+            (
+                header::HeaderName::from_static("x-package-version"),
+                built.version.clone(),
             ),
         ],
         built.bytes,
@@ -866,7 +958,7 @@ async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Result<Resp
     );
     out.push_str(&format!(
         "# HELP fleet_build_info Version of this node.\n# TYPE fleet_build_info gauge\nfleet_build_info{{version=\"{}\",node_id=\"{}\"}} 1\n",
-        env!("CARGO_PKG_VERSION"),
+        crate::version::version(),
         app.node.id
     ));
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())

@@ -18,4 +18,6 @@ pub mod serve;
 pub mod server;
 pub mod sessions;
 pub mod tls;
+pub mod upgrade;
+pub mod version;
 pub mod web;

@@ -224,6 +224,12 @@ enum PackageCommand {
         /// cluster's long-lived secrets, instead of a single-use enrollment token.
         #[arg(long)]
         no_enrollment: bool,
+        /// An upgrade package for installed nodes: the node template's binaries, no
+        /// configuration, token or key. Installed over a node it replaces the binaries and
+        /// restarts the daemon, keeping configuration, state and node id; on a machine that is
+        /// not a node it refuses (exit code 50).
+        #[arg(long, conflicts_with_all = ["node_name", "expires", "passphrase_file", "ethernet", "ips", "no_enrollment"])]
+        upgrade: bool,
     },
     /// Pending packages (enrollments not yet redeemed): node, created, expires, who built it.
     List {
@@ -459,10 +465,76 @@ fn print_built(path: &std::path::Path, b: &packages::BuiltPackage, passphrase: b
     }
 }
 
+/// `package build --upgrade`: builds, writes, records the event, says how to install it.
+fn build_upgrade_cli(
+    c: &fleet_server::config::Config,
+    builder: &packages::Builder,
+    req: fleet_server::upgrade::UpgradeRequest,
+    output: Option<PathBuf>,
+    force: bool,
+) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let c = Arc::new(c.clone());
+    let built_by = req.built_by.clone();
+    let (path, built) = rt.block_on(async {
+        let built = fleet_server::upgrade::build_upgrade_async(builder, &c, req).await?;
+        let path = output.unwrap_or_else(|| PathBuf::from(&built.file_name));
+        fleet_package::write_atomically(&path, &built.bytes, force)?;
+        let backend = if c.cluster.enabled {
+            fleet_server::cluster::open(&c).ok()
+        } else {
+            None
+        };
+        fleet_server::upgrade::record_built(backend.as_deref(), &built, &built_by).await;
+        anyhow::Ok((path, built))
+    })?;
+    println!(
+        "✅ Built the upgrade package {} ({} bytes)",
+        path.display(),
+        built.bytes.len()
+    );
+    println!(
+        "   Installs fleet-server {} over an installed node: binaries only, no configuration, token or key",
+        built.version
+    );
+    if built.foreign_binaries {
+        println!(
+            "   ⚠️  Development build: the binaries do not fit the target (--allow-foreign-binaries)"
+        );
+    }
+    if built.format.is_macos() {
+        match &built.signed_by {
+            Some(who) => println!("   Signed by: {who}"),
+            None => println!(
+                "   Unsigned (MDMs and Gatekeeper want a signed package: --sign-p12 or package.signing)"
+            ),
+        }
+        println!(
+            "   Install: sudo installer -pkg {} -target /",
+            built.file_name
+        );
+    } else {
+        println!(
+            "   Install: sudo tar -xzf {} && cd {} && sudo ./provision.sh",
+            built.file_name,
+            fleet_package::UPGRADE_BUNDLE_DIR
+        );
+    }
+    println!("   On a machine that is not a node it refuses (exit code 50) and installs nothing");
+    Ok(())
+}
+
 fn real_main() -> anyhow::Result<()> {
     // rustls needs one process-wide crypto provider (for `rediss://`); a second install is a no-op.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
+    // `--version` says what the binary's version slot says (fleet_server::version).
+    let cli = {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Cli::command()
+            .version(fleet_server::version::version())
+            .get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    };
     if matches!(cli.command, Command::Lb { .. }) {
         // `lb` commands run for long and log each change they make.
         logging::init(log::LevelFilter::Info, false);
@@ -580,6 +652,7 @@ fn real_main() -> anyhow::Result<()> {
                     force,
                     ips,
                     no_enrollment,
+                    upgrade,
                 },
         } => {
             let c = load(config)?;
@@ -612,6 +685,17 @@ fn real_main() -> anyhow::Result<()> {
                 Some(s) => Some(packages::load_signing(s)?),
                 None => None,
             };
+            if upgrade {
+                let req = fleet_server::upgrade::UpgradeRequest {
+                    format,
+                    package_name,
+                    template_dir,
+                    allow_foreign_binaries,
+                    built_by: format!("cli:{}", whoami()),
+                };
+                let builder = packages::Builder::new().with_signing(identity);
+                return build_upgrade_cli(&c, &builder, req, output, force);
+            }
             let expires = match expires {
                 Some(e) => packages::parse_expiry(&e).map_err(anyhow::Error::msg)?,
                 None => std::time::Duration::from_secs(u64::from(c.package.expiry_days) * 86_400),

@@ -635,9 +635,13 @@ impl Builder {
             key: sealed.key_file,
         };
         let root = PkgRoot::embedded();
+        // The package's version is the daemon's it installs (what an upgrade compares with);
+        // binaries without a version slot (placeholders) get this builder's.
+        let version = crate::upgrade::template_version(&template)
+            .unwrap_or_else(|_| crate::version::version().to_owned());
         let pkg_options = |format| PkgOptions {
             format,
-            ..PkgOptions::default()
+            version: version.clone(),
         };
         let signer = self.signing.as_deref().filter(|_| req.format.is_macos());
         let bytes = match req.format {

@@ -96,7 +96,7 @@ pub fn node_record(config: &Config, id: String, name: String, port: u16) -> Node
         name,
         hostname: identity::hostname(),
         addresses,
-        version: env!("CARGO_PKG_VERSION").into(),
+        version: crate::version::version().into(),
         os: std::env::consts::OS.into(),
         started_at: SystemTime::now()
             .duration_since(UNIX_EPOCH)

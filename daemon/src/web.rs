@@ -414,6 +414,8 @@ Enable it in the configuration and restart the server:</p>\
 <small>Only for a node that cannot reach the cluster at first start: the package then carries the cluster's long-lived secrets.</small></label>\
 <label class=\"check\"><input type=\"checkbox\" name=\"download_link\" id=\"download_link\"> Direct download link (Method C)\
 <small>Keep the package on this node behind a single-use link (at most a day) to fetch with <code>curl</code> on the new machine.</small></label>\
+<label class=\"check\"><input type=\"checkbox\" name=\"upgrade\" id=\"upgrade\"> Upgrade package (for installed nodes)\
+<small>This node's binaries for every node of the format's platform: installed over a node it replaces fleet-server and restarts it, keeping its configuration, state and node id. It carries no configuration or secret (node name, expiry, Ethernet and the options above do not apply); a machine that is not a node refuses it.</small></label>\
 <div class=\"actions\"><button type=\"submit\" id=\"build\">📦 Build Cluster Node Package</button></div>\
 </form><p id=\"build-status\" role=\"status\" aria-live=\"polite\"></p>\
 <div id=\"download-link\" hidden><p>On the new machine (the link works once):</p>\
@@ -464,7 +466,9 @@ cluster's keys: delete it after installation.</p>",
             if !recent.is_empty() {
                 body.push_str("<h3>Recent packages</h3><div class=\"table-wrap\"><table id=\"recent\"><thead><tr><th>Built</th><th>Node</th><th>By</th><th>Kind</th></tr></thead><tbody>");
                 for e in &recent {
-                    let kind = if e.detail.get("enrollment").map(String::as_str) == Some("yes") {
+                    let kind = if let Some(v) = e.detail.get("upgrade") {
+                        format!("upgrade to {} (no secrets)", esc(v))
+                    } else if e.detail.get("enrollment").map(String::as_str) == Some("yes") {
                         "single-use enrollment token".to_string()
                     } else {
                         "<span class=\"warn-text\">⚠️ carries long-lived secrets</span>".to_string()
@@ -473,7 +477,13 @@ cluster's keys: delete it after installation.</p>",
                     body.push_str(&format!(
                         "<tr><td>{}</td><td>{}</td><td>{}</td><td>{kind}</td></tr>",
                         esc(&crate::logging::timestamp(UNIX_EPOCH + Duration::from_millis(e.at_ms))),
-                        esc(if node.is_empty() { "(hostname)" } else { &node }),
+                        esc(if e.detail.contains_key("upgrade") {
+                            "(installed nodes)"
+                        } else if node.is_empty() {
+                            "(hostname)"
+                        } else {
+                            &node
+                        }),
                         esc(e.detail.get("by").map(String::as_str).unwrap_or_default()),
                     ));
                 }

@@ -15,6 +15,8 @@ pub mod names;
 pub mod sealed;
 pub mod stub;
 pub mod timefmt;
+pub mod upgrade;
+pub mod version_slot;
 
 pub use ethernet::{EthernetPolicy, Interface, InterfaceKind, NetworkInventory, Verdict};
 pub use layout::TargetLayout;

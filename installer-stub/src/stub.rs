@@ -32,6 +32,8 @@ use crate::timefmt::format_utc;
 /// | 23 | unsupported sealed format version |
 /// | 24 | passphrase file missing, empty, or not root-only |
 /// | 30 | cannot write the configuration |
+/// | 50 | upgrade package: this machine is not a node (no configuration or no node id) |
+/// | 51 | upgrade package: the installed daemon is this version or newer |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum ExitStatus {
@@ -59,6 +61,10 @@ pub enum ExitStatus {
     Passphrase = 24,
     /// Cannot write.
     CannotWrite = 30,
+    /// Upgrade package on a machine that is not a node.
+    NotANode = 50,
+    /// Upgrade package not newer than the installed daemon.
+    NotNewer = 51,
 }
 
 impl ExitStatus {
@@ -104,6 +110,9 @@ Usage: fleet-installer-stub PACKAGE_PATH INSTALL_LOCATION TARGET_VOLUME SYSTEM_R
 Checks for an active wired Ethernet connection, unseals this package's node
 configuration and writes it under the target volume. Run by Installer as the
 package's preinstall (with $1..$4), or by the Linux bundle's provision.sh.
+In an upgrade package (fleet-upgrade beside this program, no sealed
+configuration) it checks that the target is a node whose daemon is older, and
+writes nothing.
 
 Options:
   --target-root DIR       install under DIR instead of TARGET_VOLUME
@@ -307,6 +316,11 @@ pub fn run(
             ),
         ));
     }
+    // An upgrade package carries a manifest instead of a sealed configuration.
+    let manifest_path = exe_dir.join(crate::upgrade::MANIFEST_NAME);
+    if args.sealed.is_none() && manifest_path.exists() {
+        return run_upgrade_check(args, &manifest_path, out);
+    }
     // 0. The header (no key needed) says which policy, key mode and layout apply.
     let sealed_path = args
         .sealed
@@ -394,6 +408,67 @@ pub fn run(
         );
     }
     Ok(summary)
+}
+
+/// The upgrade package's check: a node is installed under the target root and its daemon is
+/// older than the package's. No Ethernet check (the machine is a node already) and no write.
+fn run_upgrade_check(
+    args: &StubArgs,
+    manifest_path: &Path,
+    out: &mut dyn Write,
+) -> Result<Summary, StubError> {
+    use crate::upgrade::{self, Manifest, Refusal};
+    let text = std::fs::read_to_string(manifest_path).map_err(|e| {
+        StubError::new(
+            ExitStatus::SealedMissing,
+            format!(
+                "❌ ERROR: Cannot read the upgrade manifest {}: {e}",
+                manifest_path.display()
+            ),
+        )
+    })?;
+    let manifest = Manifest::parse(&text).map_err(|why| {
+        StubError::new(
+            ExitStatus::WrongKeyOrTampered,
+            format!(
+                "❌ ERROR: The upgrade manifest {} is damaged: {why}.",
+                manifest_path.display()
+            ),
+        )
+    })?;
+    let installed = upgrade::check(&manifest, &args.target_root).map_err(|r| match r {
+        Refusal::NotANode { missing } => StubError::new(
+            ExitStatus::NotANode,
+            format!(
+                "❌ ERROR: This is an upgrade package, and {} is not a Fleet Server cluster node: {} is missing.\n\nNothing was installed. A new node needs a node package (Settings page, Cluster Node Installer); an upgrade only replaces the binaries of an installed node.",
+                args.target_root.display(),
+                missing.display()
+            ),
+        ),
+        Refusal::NotNewer { installed, offered } => StubError::new(
+            ExitStatus::NotNewer,
+            format!(
+                "❌ ERROR: This node already runs fleet-server {installed}; this upgrade package holds {offered}. An upgrade must be newer than what is installed.\n\nNothing was installed."
+            ),
+        ),
+    })?;
+    // Output failures (a closed stdout) must not fail a check that passed.
+    let _ = writeln!(
+        out,
+        "✅ Upgrade check: node {} ({}), fleet-server {} → {}; configuration, state and node id are kept",
+        installed.node_id,
+        installed.config_file.display(),
+        installed.version.as_deref().unwrap_or("(version unknown)"),
+        manifest.version
+    );
+    Ok(Summary {
+        node_name: String::new(),
+        package_id: String::new(),
+        not_after: 0,
+        ethernet: Verdict::Skipped,
+        policy: ethernet::EthernetPolicy::Skip,
+        written: None,
+    })
 }
 
 fn write_summary(out: &mut dyn Write, s: &Summary, short_id: &str) -> std::io::Result<()> {

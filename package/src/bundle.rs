@@ -61,7 +61,7 @@ pub fn build_bundle(
     result.map_err(io)
 }
 
-fn header(mode: u32, size: u64, kind: tar::EntryType) -> tar::Header {
+pub(crate) fn header(mode: u32, size: u64, kind: tar::EntryType) -> tar::Header {
     let mut h = tar::Header::new_ustar();
     h.set_entry_type(kind);
     h.set_mode(mode);

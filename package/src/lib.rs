@@ -32,6 +32,7 @@ mod pkg;
 mod plist;
 mod sign;
 mod template;
+mod upgrade;
 mod xar;
 
 pub use bundle::{BUNDLE_SCRIPT_NAMES, build_bundle};
@@ -51,6 +52,10 @@ pub use pkg::{ArtifactCache, NodeFiles, PkgBuilder, PkgFormat, PkgOptions};
 pub use plist::{check_launchd_plist, expected_launchd_plist};
 pub use sign::{SigningIdentity, SigningOptions};
 pub use template::{BinaryFormat, Target, Template};
+pub use upgrade::{
+    UPGRADE_BUNDLE_DIR, UPGRADE_MANIFEST_NAME, build_upgrade_bundle, default_upgrade_bundle_name,
+    default_upgrade_pkg_name,
+};
 
 /// The package identifier, also the LaunchDaemon label.
 pub const IDENTIFIER: &str = "com.fleet.server.cluster";

@@ -197,14 +197,41 @@ impl PkgBuilder {
         self.build(node, options, Some(identity))
     }
 
+    /// An upgrade package: the same payload (binaries, plist, newsyslog, uninstaller) and
+    /// identifier, and in `Scripts` the stub, the postinstall and the upgrade `manifest`
+    /// (`fleet-upgrade`) instead of a node's sealed configuration: no configuration, token or
+    /// key. Signed when `identity` is given.
+    pub fn build_upgrade_pkg(
+        &self,
+        manifest: &[u8],
+        options: &PkgOptions,
+        identity: Option<&crate::SigningIdentity>,
+    ) -> Result<Vec<u8>> {
+        let extra = [(crate::UPGRADE_MANIFEST_NAME, 0o644, manifest)];
+        self.build_with(&extra, options, identity.map(|i| i as &dyn TocSigner))
+    }
+
     fn build(
         &self,
         node: &NodeFiles,
         options: &PkgOptions,
         signer: Option<&dyn TocSigner>,
     ) -> Result<Vec<u8>> {
+        let mut extra: Vec<(&str, u32, &[u8])> = vec![(SEALED_NAME, 0o600, &node.sealed)];
+        if let Some(key) = &node.key {
+            extra.push((KEY_NAME, 0o600, key));
+        }
+        self.build_with(&extra, options, signer)
+    }
+
+    fn build_with(
+        &self,
+        extra: &[(&str, u32, &[u8])],
+        options: &PkgOptions,
+        signer: Option<&dyn TocSigner>,
+    ) -> Result<Vec<u8>> {
         let artifacts = self.artifacts()?;
-        let scripts = Member::stored("Scripts", self.scripts(node, &artifacts.scripts_tail)?);
+        let scripts = Member::stored("Scripts", self.scripts(extra, &artifacts.scripts_tail)?);
         let info = crate::package_info::package_info(
             &options.version,
             artifacts.number_of_files,
@@ -259,15 +286,12 @@ impl PkgBuilder {
         })
     }
 
-    fn scripts(&self, node: &NodeFiles, tail: &CachedTail) -> Result<Vec<u8>> {
+    fn scripts(&self, extra: &[(&str, u32, &[u8])], tail: &CachedTail) -> Result<Vec<u8>> {
         let mut files: Vec<(&str, u32, &[u8])> = vec![
             ("preinstall", 0o755, self.template.installer_stub()),
             ("postinstall", 0o755, &self.root.postinstall),
-            (SEALED_NAME, 0o600, &node.sealed),
         ];
-        if let Some(key) = &node.key {
-            files.push((KEY_NAME, 0o600, key));
-        }
+        files.extend_from_slice(extra);
         let entries = tree(&files);
         // `preinstall` sorts last, so the cached tail (the stub) ends the archive.
         debug_assert_eq!(

@@ -12,3 +12,4 @@ mod emulated_install;
 mod files;
 mod readers;
 mod signing;
+mod upgrade;

@@ -66,6 +66,22 @@ try {
   await page.waitForFunction(() => document.getElementById("build-status").textContent.startsWith("❌"));
   result.bad_build_status = (await page.textContent("#build-status")).trim();
 
+  // "Upgrade package": the node-only fields stay out of the request, the download is the
+  // upgrade pkg.
+  await page.check("#upgrade");
+  await page.fill("#package_name", "");
+  const [upgrade] = await Promise.all([
+    page.waitForEvent("download", { timeout: 60000 }),
+    page.click("#build"),
+  ]);
+  result.upgrade_name = upgrade.suggestedFilename();
+  const savedUpgrade = path.join(env("DOWNLOAD_DIR"), result.upgrade_name);
+  await upgrade.saveAs(savedUpgrade);
+  result.upgrade_path = savedUpgrade;
+  await page.waitForFunction(() => document.getElementById("build-status").textContent.startsWith("✅"));
+  result.upgrade_status = (await page.textContent("#build-status")).trim();
+  await page.uncheck("#upgrade");
+
   const remove = env("REMOVE_NODE", "");
   if (remove) {
     page.once("dialog", (d) => d.accept());

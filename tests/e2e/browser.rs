@@ -91,6 +91,30 @@ fn settings_page_builds_a_package_and_removes_a_node_in_chromium() {
             .contains("Bad_Name"),
         "{seen}"
     );
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        seen["upgrade_name"],
+        format!("FleetServerClusterNode-upgrade-{version}.pkg")
+    );
+    assert!(
+        seen["upgrade_status"].as_str().unwrap_or_default().contains(&format!(
+            "upgrades installed nodes to fleet-server {version} and carries no configuration or secret"
+        )),
+        "{seen}"
+    );
+    let upgrade = Command::new(require_tool("bsdtar"))
+        .arg("-tf")
+        .arg(seen["upgrade_path"].as_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(upgrade.status.success());
+    assert!(
+        String::from_utf8_lossy(&upgrade.stdout)
+            .lines()
+            .any(|l| l == "fleet-server.pkg/Scripts"),
+        "{}",
+        String::from_utf8_lossy(&upgrade.stdout)
+    );
     assert_eq!(seen["removed_row_after_reload"], 0);
     assert_eq!(seen["active_nodes_after_remove"], "1");
 

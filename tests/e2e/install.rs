@@ -28,9 +28,9 @@ use fleet_tests::pkginstall::{
 use fleet_tests::{Daemon, RedisServer, TEST_API_KEY, bin_path, require_tool, wait_for};
 
 /// How long any one command (a build, a script, the CLI) may take.
-const LIMIT: Duration = Duration::from_secs(120);
+pub(crate) const LIMIT: Duration = Duration::from_secs(120);
 
-const REDIS_PASSWORD: &str = "install-e2e-redis-pw-7c41d9";
+pub(crate) const REDIS_PASSWORD: &str = "install-e2e-redis-pw-7c41d9";
 const NODE: &str = "server-02";
 
 const GUIDE_LINES: [&str; 3] = [
@@ -47,15 +47,15 @@ const EXIT_EXPIRED: i32 = 22;
 
 /// A topology with redis in cloud and the primary in office, and a node template.
 /// Locals drop in reverse order: callers keep this first so daemons stop before it.
-struct Primary {
-    primary: Daemon,
+pub(crate) struct Primary {
+    pub(crate) primary: Daemon,
     _redis: RedisServer,
-    topo: Topology,
-    template: PathBuf,
+    pub(crate) topo: Topology,
+    pub(crate) template: PathBuf,
 }
 
 impl Primary {
-    fn start() -> Primary {
+    pub(crate) fn start() -> Primary {
         let topo = Topology::new();
         let redis = topo.redis(REDIS_PASSWORD);
         let primary = topo.daemon(Site::Office, "primary", &redis.cluster_yaml());
@@ -69,7 +69,7 @@ impl Primary {
         }
     }
 
-    fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         self.topo.root()
     }
 
@@ -97,7 +97,7 @@ impl Primary {
 
     /// The members `fleet-server cluster nodes --json` lists, read in `office` from the
     /// primary's backend: (id, name, state).
-    fn cluster_nodes(&self) -> Vec<(String, String, String)> {
+    pub(crate) fn cluster_nodes(&self) -> Vec<(String, String, String)> {
         let mut cmd = self.topo.command(Site::Office, bin_path("fleet-server"));
         cmd.args(["cluster", "nodes", "--json", "--config"])
             .arg(self.primary.config_path());
@@ -115,7 +115,7 @@ impl Primary {
 
     /// Waits until both the CLI and the primary's API list an active node named `name`;
     /// returns its id.
-    fn wait_joined(&self, name: &str) -> String {
+    pub(crate) fn wait_joined(&self, name: &str) -> String {
         let prefix = format!("{name}-");
         wait_for(
             &format!("{name} listed as active by `cluster nodes` and the primary's API"),
@@ -149,14 +149,20 @@ impl Primary {
     }
 
     /// Runs one of the pkg's scripts as Installer does, inside `site`.
-    fn installer_run(&self, site: Site, script: &Path, pkg: &Path, target: &Path) -> Output {
+    pub(crate) fn installer_run(
+        &self,
+        site: Site,
+        script: &Path,
+        pkg: &Path,
+        target: &Path,
+    ) -> Output {
         let mut cmd = self.topo.command(site, script);
         as_installer_runs(&mut cmd, pkg, target);
         output_within(&mut cmd, LIMIT)
     }
 }
 
-fn assert_ok(o: &Output, what: &str) {
+pub(crate) fn assert_ok(o: &Output, what: &str) {
     assert!(
         o.status.success(),
         "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
@@ -196,7 +202,7 @@ pub(crate) struct Daemonized {
 }
 
 impl Daemonized {
-    fn pid(&self) -> Option<i32> {
+    pub(crate) fn pid(&self) -> Option<i32> {
         std::fs::read_to_string(&self.pid_file)
             .ok()?
             .trim()
@@ -205,7 +211,7 @@ impl Daemonized {
     }
 
     /// Whether `pid` is a live (not zombie) fleet-server.
-    fn alive(pid: i32) -> bool {
+    pub(crate) fn alive(pid: i32) -> bool {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             return false;
         };

@@ -20,4 +20,5 @@ mod logrotate;
 mod netns;
 mod sentinel;
 mod signing;
+mod upgrade;
 mod web;

@@ -66,6 +66,28 @@ pub fn node_template(dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
+/// A copy of the node template `from` (see [`node_template`]) at `to` whose `fleet-server`
+/// reports `version`: its version slot restamped in place (same length, found by its bytes;
+/// `fleet_installer_stub::version_slot`), so a node can run an "old" build without compiling one.
+/// The stub is this build's.
+pub fn restamped_template(from: &Path, to: &Path, version: &str) -> PathBuf {
+    use fleet_installer_stub::version_slot;
+    for slot in ["linux-x86_64", "macos"] {
+        let d = to.join(slot);
+        std::fs::create_dir_all(&d).expect("creating the restamped template");
+        let server = std::fs::read(from.join(slot).join("fleet-server"))
+            .expect("reading the template's fleet-server");
+        let old = version_slot::restamp(&server, version)
+            .expect("the template's fleet-server has a version slot");
+        assert_eq!(version_slot::version_of(&old).as_deref(), Ok(version));
+        install_executable(&old, &d.join("fleet-server"));
+        let stub = std::fs::read(from.join(slot).join("fleet-installer-stub"))
+            .expect("reading the template's stub");
+        install_executable(&stub, &d.join("fleet-installer-stub"));
+    }
+    to.to_path_buf()
+}
+
 /// A pkg expanded as Installer does before it runs anything.
 #[derive(Debug, Clone)]
 pub struct ExpandedPkg {
