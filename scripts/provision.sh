@@ -67,6 +67,21 @@ while [ $# -gt 0 ]; do
     shift
 done
 
+# The pid in pid file $1 when it is a running fleet-server of this root, else nothing: a pid
+# file can be stale (the pid reused) or planted, and provision.sh signals no other process.
+fleet_server_pid() {
+    _pid=$(head -c 32 "$1" 2>/dev/null | tr -d ' \n' || true)
+    case "$_pid" in '' | *[!0-9]*) return 0 ;; esac
+    _exe=$(readlink "/proc/$_pid/exe" 2>/dev/null || true)
+    case "$_exe" in
+        */fleet-server | */fleet-server" (deleted)" | */fleet-server.upgrade | */fleet-server.upgrade" (deleted)")
+            echo "$_pid"
+            ;;
+        "") ;;
+        *) echo "provision.sh: $1 names process $_pid ($_exe), which is not fleet-server: not signalling it" >&2 ;;
+    esac
+}
+
 # The upgrade of an installed node (see the top); exits unless it upgraded.
 upgrade() {
     for f in fleet-server fleet-installer-stub fleet-server.service uninstall.sh; do
@@ -199,19 +214,14 @@ done
 # A reinstall replaces a daemon started earlier without systemd.
 PIDFILE="$ROOT/run/fleet-server.pid"
 if [ -f "$PIDFILE" ]; then
-    pid=$(cat "$PIDFILE" 2>/dev/null || true)
-    case "$pid" in
-        '' | *[!0-9]*) ;;
-        *)
-            if kill -TERM "$pid" 2>/dev/null; then
-                i=0
-                while kill -0 "$pid" 2>/dev/null && [ $i -lt 30 ]; do
-                    sleep 1
-                    i=$((i + 1))
-                done
-            fi
-            ;;
-    esac
+    pid=$(fleet_server_pid "$PIDFILE")
+    if [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; then
+        i=0
+        while kill -0 "$pid" 2>/dev/null && [ $i -lt 30 ]; do
+            sleep 1
+            i=$((i + 1))
+        done
+    fi
     rm -f "$PIDFILE"
 fi
 

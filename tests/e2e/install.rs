@@ -777,6 +777,13 @@ fn bundle_provision_joins_leaves_and_uninstalls() {
         pid_file: root.join("run/fleet-server.pid"),
         log: root.join("var/log/fleet-server.log"),
     };
+    // A planted (or stale) pid file naming another process: provision.sh must not signal it.
+    let mut bystander = Command::new(require_tool("sleep"))
+        .arg("120")
+        .spawn()
+        .expect("a bystander process");
+    std::fs::create_dir_all(root.join("run")).unwrap();
+    std::fs::write(&daemon.pid_file, format!("{}\n", bystander.id())).unwrap();
     let mut cmd = p.topo.command(Site::Datacenter, dir.join("provision.sh"));
     cmd.arg("--root")
         .arg(&root)
@@ -785,7 +792,22 @@ fn bundle_provision_joins_leaves_and_uninstalls() {
         .env("PATH", pkginstall::INSTALLER_PATH)
         .current_dir(&dir);
     let o = output_within(&mut cmd, LIMIT);
+    let still_running = bystander
+        .try_wait()
+        .expect("the bystander's status")
+        .is_none();
+    let _ = bystander.kill();
+    let _ = bystander.wait();
     assert_ok(&o, "provision.sh --root --no-systemd");
+    assert!(
+        still_running,
+        "provision.sh signalled the process a planted pid file named"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("which is not fleet-server: not signalling it"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         out.contains("Ethernet connection: eth0 (198.51.100.10, virtual)"),
