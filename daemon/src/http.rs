@@ -492,7 +492,13 @@ async fn build_package(
         } else {
             StatusCode::INTERNAL_SERVER_ERROR
         };
-        ApiError(status, e.to_string())
+        let field = match &e {
+            crate::packages::BuildError::Package(fleet_package::Error::InvalidPackageName {
+                ..
+            }) => "package_name: ",
+            _ => "",
+        };
+        ApiError(status, format!("{field}{e}"))
     })?;
     let built = cb.built;
     if let Some(why) = &cb.shared_credentials {
@@ -517,7 +523,7 @@ async fn build_package(
     if let Some(lifetime) = link_lifetime {
         return offer_download(&app, &built, lifetime, until).await;
     }
-    let disposition = format!("attachment; filename=\"{}\"", built.file_name);
+    let disposition = crate::downloads::content_disposition(&built.file_name);
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
@@ -692,7 +698,7 @@ async fn download_package(
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
             (
                 header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{}\"", taken.file_name),
+                crate::downloads::content_disposition(&taken.file_name),
             ),
             (header::CACHE_CONTROL, "no-store".to_string()),
         ],

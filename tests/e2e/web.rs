@@ -382,7 +382,9 @@ fn build_by_session_and_by_api_key_and_remove_by_session() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         r.header("content-disposition"),
-        Some("attachment; filename=\"FleetServerClusterNode.pkg\"")
+        Some(
+            "attachment; filename=\"FleetServerClusterNode.pkg\"; filename*=UTF-8''FleetServerClusterNode.pkg"
+        )
     );
     assert_eq!(&r.body[..4], b"xar!", "a XAR (pkg) came back");
     let pkg = shared.path().join("dl.pkg");
@@ -429,6 +431,19 @@ fn build_by_session_and_by_api_key_and_remove_by_session() {
         br#"{"package_name":"../evil.pkg"}"#,
     );
     assert_eq!(r.status, 400, "{}", r.text());
+    // Issue 14: a `"` (which would end the quoted filename in Content-Disposition) is refused,
+    // and the answer names the field.
+    let r = c.request(
+        "POST",
+        "/api/fleet/cluster/packages",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-CSRF-Token", &csrf),
+        ],
+        br#"{"package_name":"a\"; filename=evil.sh; x=\".pkg"}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("package_name"), "{}", r.text());
 
     // The API key builds a Linux bundle without a session.
     let mut api = Client::new(a.port);
@@ -444,7 +459,9 @@ fn build_by_session_and_by_api_key_and_remove_by_session() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         r.header("content-disposition"),
-        Some("attachment; filename=\"node2_provision.tar.gz\"")
+        Some(
+            "attachment; filename=\"node2_provision.tar.gz\"; filename*=UTF-8''node2_provision.tar.gz"
+        )
     );
 
     // Remove the other node with the session's token: gone, and the node is told.
