@@ -493,6 +493,8 @@ cluster's keys: delete it after installation.</p>",
                     name = esc(&m.node.name),
                     addr = esc(&m.node.addresses.join(", ")),
                     state = match m.state {
+                        // A record that fails validation is not trusted (issue 14).
+                        _ if m.node.validate().is_err() => "invalid",
                         MemberState::Active => "active",
                         MemberState::Expired => "expired",
                     },
