@@ -2,7 +2,6 @@
 //! longer do. Real daemons and a real redis-server; each attempt refused, nothing left behind.
 
 use std::path::Path;
-use std::time::Duration;
 
 use fleet_server::cluster::{self, NodeRecord};
 use fleet_server::config::Config;
