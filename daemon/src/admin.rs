@@ -324,8 +324,14 @@ pub fn config_init(
     c.cluster.redis_password = opts.redis_password.clone().map(crate::config::Secret::new);
     c.package.template_dir = opts.template_dir.clone();
     c.package.allow_foreign_binaries = opts.allow_foreign_binaries;
-    c.auth.api_key = Some(crate::config::Secret::new(api_key.clone()));
-    c.auth.web_password_hash = Some(crate::auth::hash_password(&password));
+    // Only the key's digest is kept: the key is shown once, to the admin.
+    c.auth.api_key_sha256 = Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        api_key.as_bytes(),
+    )));
+    let (hash, public) =
+        crate::sessionsig::credentials_for(&password).map_err(anyhow::Error::msg)?;
+    c.auth.web_password_hash = Some(hash);
+    c.auth.session_public_key = Some(public);
     c.encryption.database_key = Some(crate::config::Secret::new(random_token(44)));
     c.encryption.payload_key = Some(crate::config::Secret::new(random_token(44)));
     c.validate(path)?;

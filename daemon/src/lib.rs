@@ -17,5 +17,6 @@ pub mod packages;
 pub mod serve;
 pub mod server;
 pub mod sessions;
+pub mod sessionsig;
 pub mod tls;
 pub mod web;

@@ -291,6 +291,9 @@ pub fn node_config(primary: &Config, node_name: Option<&str>, format: Format) ->
     c.cluster.etcd_password_file = None;
     c.auth.api_key_file = None;
     c.auth.web_password = None;
+    // A node checks the API key by its digest and never holds the key (issue 14).
+    c.auth.api_key_sha256 = primary.auth.api_key_digest().map(hex::encode);
+    c.auth.api_key = None;
     // Every node can build packages for its own platform: the package installs its binaries
     // as a node template (postinstall / provision.sh), and the node's configuration names it.
     c.package = crate::config::PackageConfig {
