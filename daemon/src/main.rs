@@ -669,10 +669,9 @@ fn real_main() -> anyhow::Result<()> {
                 .await?;
                 let path = output.unwrap_or_else(|| PathBuf::from(&cb.built.file_name));
                 if let Err(e) = packages::write_package(&path, &cb.built, force) {
-                    // The node user of a package that was not written must not linger.
-                    let mut sent = req.clone();
-                    sent.node_credential = cb.credential.clone();
-                    packages::discard_after_failure(&c, &sent).await;
+                    // Nothing of a package that was not written may linger: its pending
+                    // record, its enrollment user, its node user.
+                    packages::discard_built(&c, backend.as_deref(), &req, &cb).await;
                     return Err(anyhow::Error::from(e));
                 }
                 packages::record_built(backend.as_deref(), &cb.built, &built_by).await;

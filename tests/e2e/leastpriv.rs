@@ -370,3 +370,66 @@ fn another_clients_flood_does_not_lock_the_admin_out() {
         429
     );
 }
+
+/// A CLI build whose package cannot be written (here: its output directory does not exist)
+/// leaves nothing behind: no pending enrollment record, no enrollment user, no node user.
+#[test]
+fn a_failed_cli_build_leaves_nothing_behind() {
+    let redis = RedisServer::start();
+    let d = redis_web_node(&redis, "web-b");
+    let cfg = d.config_path();
+    let c = cfg.to_str().unwrap();
+    let users_before = redis.command(&["ACL", "USERS"]).unwrap();
+    let missing = d.dir.path().join("no-such-dir").join("node2.tar.gz");
+    let (code, out, err) = run_cli(&[
+        "package",
+        "build",
+        "--config",
+        c,
+        "--node-name",
+        "node2",
+        "--format",
+        "bundle",
+        "--ethernet",
+        "skip",
+        "--output",
+        missing.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0, "the write must fail:\n{out}\n{err}");
+    assert!(!missing.exists());
+    let (code, out, err) = run_cli(&["package", "list", "--config", c]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("No pending packages."),
+        "a pending record remains:\n{out}"
+    );
+    let users_after = redis.command(&["ACL", "USERS"]).unwrap();
+    assert!(
+        !users_after.contains("fleet-enroll-") && !users_after.contains("fleet-node-node2"),
+        "users remain:\n{users_after}\n(before:\n{users_before})"
+    );
+    let keys = redis.command(&["KEYS", "fleet:cluster:enroll:*"]).unwrap();
+    assert!(!keys.contains("enroll:"), "{keys}");
+
+    // The same build with a writable output succeeds and leaves its record and users.
+    let ok = d.dir.path().join("node2.tar.gz");
+    let (code, out, err) = run_cli(&[
+        "package",
+        "build",
+        "--config",
+        c,
+        "--node-name",
+        "node2",
+        "--format",
+        "bundle",
+        "--ethernet",
+        "skip",
+        "--output",
+        ok.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let users = redis.command(&["ACL", "USERS"]).unwrap();
+    assert!(users.contains("fleet-enroll-"), "{users}");
+    let (_, out, _) = run_cli(&["package", "list", "--config", c]);
+    assert!(out.contains("node2"), "{out}");
+}

@@ -339,6 +339,16 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
     /// heartbeats again is told it was removed. Returns whether it was a member.
     async fn remove(&self, node_id: &str, by: &str) -> Result<bool, ClusterError>;
 
+    /// The backend's clock, ms since the epoch, for expiries that others check (a package's,
+    /// an enrollment record's): Redis `TIME`, the file server's time. etcd gives clients no
+    /// clock: there it is this node's.
+    async fn backend_now_ms(&self) -> Result<u64, ClusterError> {
+        Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0))
+    }
+
     /// Every member with its state and last heartbeat, sorted by name.
     async fn members(&self) -> Result<Vec<Member>, ClusterError>;
 
