@@ -103,9 +103,14 @@ pub async fn cluster_status(
 ) -> anyhow::Result<()> {
     let backend = backend_of(config)?;
     let (members, active) = members_and_active(&*backend).await?;
-    let this_id = std::fs::read_to_string(config.server.state_dir.join(identity::NODE_ID_FILE))
-        .ok()
-        .map(|s| s.trim().to_string());
+    // Read as the daemon reads it: no symlink, our own file, capped (issue 14).
+    let this_id = identity::read_own_file(
+        &config.server.state_dir.join(identity::NODE_ID_FILE),
+        identity::STATE_FILE_CAP,
+    )
+    .ok()
+    .flatten()
+    .map(|s| terminal_safe(s.trim()));
     if as_json {
         writeln!(
             out,
