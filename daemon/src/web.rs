@@ -558,7 +558,7 @@ cluster's keys: delete it after installation.</p>",
                     body.push_str(&format!(
                         "<tr data-token=\"{t}\"><td><code>{short}</code></td><td>{node}</td><td>{by}</td><td>{exp}</td><td><button class=\"danger revoke\" data-token=\"{t}\">Revoke</button></td></tr>",
                         t = esc(&r.token_id),
-                        short = esc(&r.token_id[..12.min(r.token_id.len())]),
+                        short = esc(&r.token_id.chars().take(12).collect::<String>()),
                         node = esc(if r.node_name.is_empty() { "(hostname)" } else { &r.node_name }),
                         by = esc(&r.built_by),
                         exp = esc(&crate::logging::timestamp(UNIX_EPOCH + Duration::from_millis(r.expires_ms))),
