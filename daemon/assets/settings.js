@@ -7,6 +7,11 @@
 
   function fileNameOf(resp, fallback) {
     var cd = resp.headers.get("Content-Disposition") || "";
+    // RFC 6266: the UTF-8 filename* first, the plain ASCII filename otherwise.
+    var u = /filename\*=UTF-8''([^;\s]+)/i.exec(cd);
+    if (u) {
+      try { return decodeURIComponent(u[1]); } catch (e) { /* fall through */ }
+    }
     var m = /filename="([^"]+)"/.exec(cd);
     return m ? m[1] : fallback;
   }

@@ -33,6 +33,57 @@ async fn timed<T>(
     }
 }
 
+/// Text another machine wrote, made safe for a terminal: C0 and C1 controls (ESC, CR, LF, the
+/// 8-bit CSI), DEL and the bidirectional overrides become visible `\u{..}` escapes, so a record
+/// can neither move the cursor, clear the screen, forge a row nor reorder the columns.
+pub fn terminal_safe(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if is_unsafe_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// JSON for a terminal: serde_json escapes C0 controls but writes DEL, C1 controls and the
+/// bidirectional marks as they are; those only occur inside strings, where `\uXXXX` is valid.
+pub fn json_terminal_safe(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        // A newline is the pretty printer's own (serde_json escapes those inside strings).
+        if c != '\n' && is_unsafe_char(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The member list as JSON, each record that fails validation marked `"invalid": <reason>`.
+fn members_json(members: &[Member]) -> serde_json::Value {
+    serde_json::Value::Array(
+        members
+            .iter()
+            .map(|m| {
+                let mut v = serde_json::to_value(m).unwrap_or_default();
+                if let (Err(why), Some(o)) = (m.node.validate(), v.as_object_mut()) {
+                    o.insert("invalid".into(), why.into());
+                }
+                v
+            })
+            .collect(),
+    )
+}
+
 async fn members_and_active(
     backend: &dyn cluster::Membership,
 ) -> anyhow::Result<(Vec<Member>, usize)> {
@@ -52,9 +103,14 @@ pub async fn cluster_status(
 ) -> anyhow::Result<()> {
     let backend = backend_of(config)?;
     let (members, active) = members_and_active(&*backend).await?;
-    let this_id = std::fs::read_to_string(config.server.state_dir.join(identity::NODE_ID_FILE))
-        .ok()
-        .map(|s| s.trim().to_string());
+    // Read as the daemon reads it: no symlink, our own file, capped (issue 14).
+    let this_id = identity::read_own_file(
+        &config.server.state_dir.join(identity::NODE_ID_FILE),
+        identity::STATE_FILE_CAP,
+    )
+    .ok()
+    .flatten()
+    .map(|s| terminal_safe(s.trim()));
     if as_json {
         writeln!(
             out,
@@ -88,7 +144,8 @@ pub async fn cluster_nodes(
     let backend = backend_of(config)?;
     let members = timed(backend.members()).await?;
     if as_json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&members)?)?;
+        let text = serde_json::to_string_pretty(&members_json(&members))?;
+        writeln!(out, "{}", json_terminal_safe(&text))?;
         return Ok(());
     }
     write_table(&members, out)
@@ -129,13 +186,13 @@ pub async fn cluster_info(
         writeln!(
             out,
             "{}",
-            serde_json::to_string_pretty(&json!({
+            json_terminal_safe(&serde_json::to_string_pretty(&json!({
                 "backend": backend.kind().as_str(),
                 "endpoint": location,
                 "members": members.len(),
                 "active_nodes": active,
-                "nodes": members,
-            }))?
+                "nodes": members_json(&members),
+            }))?)
         )?;
         return Ok(());
     }
@@ -155,11 +212,14 @@ pub fn write_table(members: &[Member], out: &mut impl Write) -> anyhow::Result<(
     let rows: Vec<[String; 6]> = members
         .iter()
         .map(|m| {
+            let valid = m.node.validate().is_ok();
             [
                 m.node.name.clone(),
                 m.node.id.clone(),
                 m.node.addresses.join(","),
                 match m.state {
+                    // Not trusted, whatever its heartbeat says.
+                    _ if !valid => "invalid".into(),
                     MemberState::Active => "active".into(),
                     MemberState::Expired => "expired".into(),
                 },
@@ -171,6 +231,7 @@ pub fn write_table(members: &[Member], out: &mut impl Write) -> anyhow::Result<(
                 },
             ]
         })
+        .map(|r: [String; 6]| r.map(|c| terminal_safe(&c)))
         .collect();
     let header = [
         "NAME",
@@ -203,6 +264,15 @@ pub fn write_table(members: &[Member], out: &mut impl Write) -> anyhow::Result<(
     }
     if rows.is_empty() {
         writeln!(out, "(no members)")?;
+    }
+    for m in members {
+        if let Err(why) = m.node.validate() {
+            writeln!(
+                out,
+                "⚠️  {} is not trusted: its record fails validation ({why})",
+                terminal_safe(&m.node.id)
+            )?;
+        }
     }
     Ok(())
 }
@@ -259,8 +329,14 @@ pub fn config_init(
     c.cluster.redis_password = opts.redis_password.clone().map(crate::config::Secret::new);
     c.package.template_dir = opts.template_dir.clone();
     c.package.allow_foreign_binaries = opts.allow_foreign_binaries;
-    c.auth.api_key = Some(crate::config::Secret::new(api_key.clone()));
-    c.auth.web_password_hash = Some(crate::auth::hash_password(&password));
+    // Only the key's digest is kept: the key is shown once, to the admin.
+    c.auth.api_key_sha256 = Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        api_key.as_bytes(),
+    )));
+    let (hash, public) =
+        crate::sessionsig::credentials_for(&password).map_err(anyhow::Error::msg)?;
+    c.auth.web_password_hash = Some(hash);
+    c.auth.session_public_key = Some(public);
     c.encryption.database_key = Some(crate::config::Secret::new(random_token(44)));
     c.encryption.payload_key = Some(crate::config::Secret::new(random_token(44)));
     c.validate(path)?;
@@ -287,7 +363,11 @@ pub async fn package_list(
     let pending = timed(backend.list_enrollments()).await?;
     if as_json {
         let rows: Vec<serde_json::Value> = pending.iter().map(|r| r.summary()).collect();
-        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        writeln!(
+            out,
+            "{}",
+            json_terminal_safe(&serde_json::to_string_pretty(&rows)?)
+        )?;
         return Ok(());
     }
     if pending.is_empty() {
@@ -303,15 +383,15 @@ pub async fn package_list(
         writeln!(
             out,
             "{:<14} {:<20} {:<24} {:<24} {}",
-            &r.token_id[..12.min(r.token_id.len())],
+            terminal_safe(&r.token_id.chars().take(12).collect::<String>()),
             if r.node_name.is_empty() {
-                "(hostname)"
+                "(hostname)".to_string()
             } else {
-                &r.node_name
+                terminal_safe(&r.node_name)
             },
             utc_ms(r.created_ms),
             utc_ms(r.expires_ms),
-            r.built_by
+            terminal_safe(&r.built_by)
         )?;
     }
     Ok(())
@@ -364,11 +444,11 @@ pub async fn package_revoke(
             writeln!(
                 out,
                 "✅ Revoked package {} (node {}): it can no longer join the cluster",
-                &rec.token_id[..12],
+                terminal_safe(&rec.token_id.chars().take(12).collect::<String>()),
                 if rec.node_name.is_empty() {
-                    "(hostname)"
+                    "(hostname)".to_string()
                 } else {
-                    &rec.node_name
+                    terminal_safe(&rec.node_name)
                 }
             )?;
             Ok(())
@@ -431,5 +511,25 @@ mod tests {
         c.cluster.etcd_endpoints = vec!["http://203.0.113.10:2379".into()];
         c.cluster.etcd_password = Some(crate::config::Secret::new("pw-secret"));
         assert_eq!(backend_location(&c), "http://203.0.113.10:2379");
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        let evil = "web\x1b[2J\r\nFAKE  1.2.3.4  active\u{9b}31m\u{7f}\u{202e}x";
+        let safe = terminal_safe(evil);
+        assert!(!safe.chars().any(is_unsafe_char), "{safe:?}");
+        assert!(safe.contains("\\u{1b}[2J\\u{d}\\u{a}FAKE"), "{safe}");
+        let json = serde_json::to_string(&serde_json::json!({ "n": evil })).unwrap();
+        let j = json_terminal_safe(&json);
+        assert!(!j.chars().any(is_unsafe_char), "{j:?}");
+        let pretty = serde_json::to_string_pretty(&serde_json::json!({ "n": evil })).unwrap();
+        let p = json_terminal_safe(&pretty);
+        assert!(!p.chars().any(|c| c != '\n' && is_unsafe_char(c)), "{p:?}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&p).unwrap()["n"],
+            evil
+        );
+        let back: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(back["n"], evil, "still the same JSON value");
     }
 }

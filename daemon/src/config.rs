@@ -413,6 +413,10 @@ pub struct AuthConfig {
     /// A file holding the API key, instead of `api_key`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key_file: Option<PathBuf>,
+    /// SHA-256 (hex) of the API key: all a node needs to check it. A plain `api_key` is
+    /// replaced by this at load, so neither a node's configuration nor a package holds the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_sha256: Option<String>,
     /// The dashboard's user name.
     pub web_username: String,
     /// The dashboard's password in plain text: accepted, hashed at load, with a warning.
@@ -421,6 +425,22 @@ pub struct AuthConfig {
     /// The dashboard's password as an Argon2id hash (`fleet-server config hash-password`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub web_password_hash: Option<String>,
+    /// `ed25519:<hex>`: the public half of the key the password derives; sessions must carry
+    /// its signature (`fleet-server config hash-password` prints it with the hash).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_public_key: Option<String>,
+}
+
+impl AuthConfig {
+    /// The API key's SHA-256 digest, from `api_key_sha256` or a plain `api_key`.
+    pub fn api_key_digest(&self) -> Option<[u8; 32]> {
+        if let Some(h) = &self.api_key_sha256 {
+            return hex::decode(h).ok().and_then(|b| b.try_into().ok());
+        }
+        self.api_key
+            .as_ref()
+            .map(|k| <sha2::Sha256 as sha2::Digest>::digest(k.expose().as_bytes()).into())
+    }
 }
 
 impl Default for AuthConfig {
@@ -431,6 +451,8 @@ impl Default for AuthConfig {
             web_username: "admin".into(),
             web_password: None,
             web_password_hash: None,
+            api_key_sha256: None,
+            session_public_key: None,
         }
     }
 }
@@ -830,6 +852,26 @@ impl Config {
         if self.auth.web_username.trim().is_empty() {
             return Err(invalid(origin, "auth.web_username", "must not be empty"));
         }
+        if let Some(h) = &self.auth.api_key_sha256 {
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid(
+                    origin,
+                    "auth.api_key_sha256",
+                    "must be 64 hex digits (the SHA-256 of the API key)",
+                ));
+            }
+            if self.auth.api_key.is_some() {
+                return Err(invalid(
+                    origin,
+                    "auth.api_key_sha256",
+                    "give either auth.api_key or its digest, not both",
+                ));
+            }
+        }
+        if let Some(k) = &self.auth.session_public_key {
+            crate::sessionsig::parse_public_key(k)
+                .map_err(|m| invalid(origin, "auth.session_public_key", m))?;
+        }
         if let Some(key) = &self.auth.api_key
             && key.expose().len() < 16
         {
@@ -865,11 +907,42 @@ impl Config {
     pub fn hash_plain_password(&mut self) {
         if let Some(plain) = self.auth.web_password.take() {
             if self.auth.web_password_hash.is_none() {
-                self.auth.web_password_hash = Some(crate::auth::hash_password(plain.expose()));
+                // The hash and the public key of the session key, both from the plain text.
+                match crate::sessionsig::credentials_for(plain.expose()) {
+                    Ok((hash, public)) => {
+                        self.auth.web_password_hash = Some(hash);
+                        self.auth.session_public_key = Some(public);
+                    }
+                    Err(e) => self.load_warnings.push(e),
+                }
             }
             self.load_warnings.push(
-                "auth.web_password is stored in plain text: replace it with auth.web_password_hash (fleet-server config hash-password)".into(),
+                "auth.web_password is stored in plain text: replace it with the auth.web_password_hash and auth.session_public_key lines `fleet-server config hash-password` prints".into(),
             );
+        }
+        if self.auth.web_password_hash.is_some() && self.auth.session_public_key.is_none() {
+            self.load_warnings.push(
+                "auth.session_public_key is missing: dashboard logins are refused until it is set (`fleet-server config hash-password` prints it with the hash)".into(),
+            );
+        }
+        self.hash_plain_api_key();
+    }
+
+    /// Replaces a plain `auth.api_key` by its SHA-256 digest, so that this configuration (and
+    /// every node package made from it) holds only what checks the key, not the key.
+    pub fn hash_plain_api_key(&mut self) {
+        if self.auth.api_key.is_some() {
+            let digest = self.auth.api_key_digest().map(hex::encode);
+            self.auth.api_key = None;
+            self.auth.api_key_sha256 = digest.clone();
+            // A key file is the primary's own business; inline, the key sits in the YAML.
+            if self.auth.api_key_file.is_some() {
+                return;
+            }
+            self.load_warnings.push(format!(
+                "auth.api_key is stored in plain text: replace it with `api_key_sha256: {}` (the key is then known only to its holders)",
+                digest.unwrap_or_default()
+            ));
         }
     }
 

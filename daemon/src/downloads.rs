@@ -346,6 +346,32 @@ impl DownloadStore {
     }
 }
 
+/// A `Content-Disposition: attachment` value for `file_name` per RFC 6266: a quoted ASCII
+/// `filename` (anything outside a plain set becomes `_`, so no `"` or `\` can end the quoted
+/// string) and `filename*` with the name in UTF-8, percent-encoded (RFC 8187).
+pub fn content_disposition(file_name: &str) -> String {
+    let ascii: String = file_name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, ' ' | '.' | '_' | '-' | '+') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut encoded = String::with_capacity(file_name.len() * 3);
+    for b in file_name.bytes() {
+        // RFC 8187 attr-char: ALPHA / DIGIT / "!#$&+-.^_`|~".
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,5 +460,19 @@ mod tests {
             s.take(&o.id, o.key.expose(), true),
             Err(DownloadError::Gone(_))
         ));
+    }
+
+    #[test]
+    fn content_disposition_quotes_and_encodes() {
+        assert_eq!(
+            content_disposition("FleetServerClusterNode.pkg"),
+            "attachment; filename=\"FleetServerClusterNode.pkg\"; filename*=UTF-8''FleetServerClusterNode.pkg"
+        );
+        let v = content_disposition("a\"b\\c\r\nX: y;Nœud.pkg");
+        assert_eq!(
+            v,
+            "attachment; filename=\"a_b_c__X_ y_N_ud.pkg\"; filename*=UTF-8''a%22b%5Cc%0D%0AX%3A%20y%3BN%C5%93ud.pkg"
+        );
+        assert!(axum::http::HeaderValue::from_str(&v).is_ok());
     }
 }

@@ -15,7 +15,7 @@ use axum::routing::get;
 use serde_json::json;
 
 use crate::cluster::{Member, Membership, NodeRecord};
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::node::NodeState;
 
 /// What every handler can reach.
@@ -80,7 +80,7 @@ pub async fn authorize(
     headers: &HeaderMap,
     changes_state: bool,
 ) -> Result<Principal, ApiError> {
-    if has_api_key(headers, app.config.auth.api_key.as_ref()) {
+    if has_api_key(headers, &app.config.auth) {
         return Ok(Principal::ApiKey);
     }
     let Some((_, session)) = crate::web::current_session(app, headers).await else {
@@ -167,9 +167,13 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// True when the request carries the configured API key (`X-API-Key` or a bearer token).
-fn has_api_key(headers: &HeaderMap, key: Option<&Secret>) -> bool {
-    let Some(key) = key else { return false };
+/// True when the request carries the configured API key (`X-API-Key` or a bearer token):
+/// its SHA-256 matches the configured digest (nodes hold only the digest), compared in
+/// constant time.
+fn has_api_key(headers: &HeaderMap, auth: &crate::config::AuthConfig) -> bool {
+    let Some(want) = auth.api_key_digest() else {
+        return false;
+    };
     let given = headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
@@ -179,11 +183,14 @@ fn has_api_key(headers: &HeaderMap, key: Option<&Secret>) -> bool {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
         });
-    given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.expose().as_bytes()))
+    given.is_some_and(|g| {
+        let got: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(g.as_bytes()).into();
+        constant_time_eq(&got, &want)
+    })
 }
 
 fn require_api_key_for_metrics(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    if has_api_key(headers, app.config.auth.api_key.as_ref()) {
+    if has_api_key(headers, &app.config.auth) {
         Ok(())
     } else {
         Err(ApiError(
@@ -502,7 +509,13 @@ async fn build_package(
         } else {
             StatusCode::INTERNAL_SERVER_ERROR
         };
-        ApiError(status, e.to_string())
+        let field = match &e {
+            crate::packages::BuildError::Package(fleet_package::Error::InvalidPackageName {
+                ..
+            }) => "package_name: ",
+            _ => "",
+        };
+        ApiError(status, format!("{field}{e}"))
     })?;
     let built = cb.built;
     if let Some(why) = &cb.shared_credentials {
@@ -527,7 +540,7 @@ async fn build_package(
     if let Some(lifetime) = link_lifetime {
         return offer_download(&app, &built, lifetime, until).await;
     }
-    let disposition = format!("attachment; filename=\"{}\"", built.file_name);
+    let disposition = crate::downloads::content_disposition(&built.file_name);
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
@@ -784,7 +797,7 @@ async fn download_package(
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
             (
                 header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{}\"", taken.file_name),
+                crate::downloads::content_disposition(&taken.file_name),
             ),
             (header::CACHE_CONTROL, "no-store".to_string()),
         ],

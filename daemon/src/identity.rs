@@ -69,24 +69,16 @@ pub fn hostname() -> String {
 /// first start, `derived` (the hostname reduced to a name), kept from then on.
 pub fn load_or_keep_derived_name(state_dir: &Path, derived: &str) -> std::io::Result<String> {
     let path = state_dir.join(NODE_NAME_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let kept = text.trim();
-            if validate_node_name(kept).is_ok() {
-                return Ok(kept.to_string());
-            }
-            log::warn!(
-                "{} holds no valid node name ({kept:?}): using the hostname's",
-                path.display()
-            );
+    if let Some(text) = read_own_file(&path, STATE_FILE_CAP)? {
+        let kept = text.trim();
+        if validate_node_name(kept).is_ok() {
+            return Ok(kept.to_string());
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(std::io::Error::new(
-                e.kind(),
-                format!("reading {}: {e}", path.display()),
-            ));
-        }
+        // Not its content: whatever the file holds is not for the log.
+        log::warn!(
+            "{} holds no valid node name: using the hostname's",
+            path.display()
+        );
     }
     if PLACEHOLDER_NAMES.contains(&derived) {
         log::warn!(
@@ -100,6 +92,68 @@ pub fn load_or_keep_derived_name(state_dir: &Path, derived: &str) -> std::io::Re
         path.display()
     );
     Ok(derived.to_string())
+}
+
+/// The most a node's own small state file (`node_id`, `node_name`) may hold.
+pub const STATE_FILE_CAP: usize = 4096;
+
+/// True when `id` looks like any node's id: `<valid name>-<6 [a-z0-9]>`.
+fn is_node_id(id: &str) -> bool {
+    id.rsplit_once('-')
+        .is_some_and(|(name, _)| validate_node_name(name).is_ok() && id_belongs_to(id, name))
+}
+
+/// Reads a file of the daemon's own from the state or configuration directory: `None` when it
+/// does not exist. Refused, with an error that names the file and never its content: a
+/// symlink (opened with `O_NOFOLLOW`, so one swapped in after a check is refused too), anything
+/// but a regular file, a file another user owns (it could be planted, or be another's secret
+/// reached through a link), and more than `cap` bytes.
+pub fn read_own_file(path: &Path, cap: usize) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let refuse = |why: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("refusing {}: {why}", path.display()),
+        )
+    };
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        // O_NONBLOCK: a FIFO planted in its place must not hang the start.
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err(refuse("it is a symbolic link".into()));
+        }
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("reading {}: {e}", path.display()),
+            ));
+        }
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(refuse("not a regular file".into()));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(refuse(format!(
+            "owned by uid {}, not by this daemon's user (uid {me})",
+            meta.uid()
+        )));
+    }
+    let mut buf = Vec::new();
+    file.take(cap as u64 + 1).read_to_end(&mut buf)?;
+    if buf.len() > cap {
+        return Err(refuse(format!("larger than {cap} bytes")));
+    }
+    String::from_utf8(buf)
+        .map(Some)
+        .map_err(|_| refuse("not text".into()))
 }
 
 /// A new id for `name`.
@@ -126,20 +180,19 @@ pub fn id_belongs_to(id: &str, name: &str) -> bool {
 /// another name is replaced, since the id carries the name.
 pub fn load_or_create_node_id(state_dir: &Path, name: &str) -> std::io::Result<String> {
     let path = state_dir.join(NODE_ID_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let id = text.trim();
-            if id_belongs_to(id, name) {
-                return Ok(id.to_string());
-            }
-            log::info!("node name is now `{name}`: the kept node id `{id}` is replaced");
+    if let Some(text) = read_own_file(&path, STATE_FILE_CAP)? {
+        let id = text.trim();
+        if id_belongs_to(id, name) {
+            return Ok(id.to_string());
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(std::io::Error::new(
-                e.kind(),
-                format!("reading {}: {e}", path.display()),
-            ));
+        // The old id only when it is one (a node id's alphabet): never arbitrary content.
+        if is_node_id(id) {
+            log::info!("node name is now `{name}`: the kept node id `{id}` is replaced");
+        } else {
+            log::warn!(
+                "{} holds no valid node id: a new one is made",
+                path.display()
+            );
         }
     }
     let id = new_node_id(name);
@@ -232,5 +285,27 @@ mod tests {
         assert_eq!(a, b);
         let c = load_or_create_node_id(dir.path(), "n2").unwrap();
         assert!(c.starts_with("n2-"));
+    }
+
+    #[test]
+    fn own_files_refuse_links_and_big_files_without_their_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, "secret-content").unwrap();
+        let link = dir.path().join("node_id");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = read_own_file(&link, 100).unwrap_err().to_string();
+        assert!(e.contains("symbolic link") && e.contains("node_id"), "{e}");
+        assert!(!e.contains("secret"), "{e}");
+        assert_eq!(read_own_file(&dir.path().join("none"), 100).unwrap(), None);
+        assert_eq!(
+            read_own_file(&target, 100).unwrap().as_deref(),
+            Some("secret-content")
+        );
+        let e = read_own_file(&target, 4).unwrap_err().to_string();
+        assert!(e.contains("larger than 4 bytes"), "{e}");
+        let e = read_own_file(dir.path(), 100).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        assert!(is_node_id("web-01-abc123") && !is_node_id("\x1b[2J-abc123"));
     }
 }

@@ -17,6 +17,7 @@ pub mod packages;
 pub mod serve;
 pub mod server;
 pub mod sessions;
+pub mod sessionsig;
 pub mod tls;
 pub mod upgrade;
 pub mod version;

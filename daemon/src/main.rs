@@ -117,8 +117,8 @@ enum ConfigCommand {
         /// Configuration file (default: the platform's).
         path: Option<PathBuf>,
     },
-    /// Read a password on standard input and print its Argon2id hash, for
-    /// `auth.web_password_hash`.
+    /// Read a password on standard input and print the two `auth:` lines it gives:
+    /// `web_password_hash` (Argon2id) and `session_public_key` (checks signed sessions).
     HashPassword,
     /// Write a new configuration with fresh secrets; prints the admin password once.
     Init {
@@ -579,7 +579,12 @@ fn real_main() -> anyhow::Result<()> {
             if password.is_empty() {
                 anyhow::bail!("no password on standard input");
             }
-            println!("{}", fleet_server::auth::hash_password(password));
+            // Both lines go under `auth:`: the hash checks logins, the public key checks the
+            // sessions that logins sign.
+            let (hash, public) =
+                fleet_server::sessionsig::credentials_for(password).map_err(anyhow::Error::msg)?;
+            println!("web_password_hash: \"{hash}\"");
+            println!("session_public_key: \"{public}\"");
             Ok(())
         }
         Command::Config {
@@ -748,10 +753,9 @@ fn real_main() -> anyhow::Result<()> {
                 .await?;
                 let path = output.unwrap_or_else(|| PathBuf::from(&cb.built.file_name));
                 if let Err(e) = packages::write_package(&path, &cb.built, force) {
-                    // The node user of a package that was not written must not linger.
-                    let mut sent = req.clone();
-                    sent.node_credential = cb.credential.clone();
-                    packages::discard_after_failure(&c, &sent).await;
+                    // Nothing of a package that was not written may linger: its pending
+                    // record, its enrollment user, its node user.
+                    packages::discard_built(&c, backend.as_deref(), &req, &cb).await;
                     return Err(anyhow::Error::from(e));
                 }
                 packages::record_built(backend.as_deref(), &cb.built, &built_by).await;

@@ -91,6 +91,9 @@ pub struct BuildRequest {
     /// Set by [`build_for_cluster`]: the token and the enrollment user this package redeems
     /// with; `None`: no enrollment (offline build, or a backend without records).
     pub enrollment: Option<EnrollmentPlan>,
+    /// Set by [`build_for_cluster`]: the backend's clock at the build, ms since the epoch, from
+    /// which the package's and its record's expiries are counted; `None`: this machine's.
+    pub clock_ms: Option<u64>,
 }
 
 /// How a package enrolls: its token, and the backend user that may take its record (`None`:
@@ -119,6 +122,7 @@ impl Default for BuildRequest {
             node_credential: None,
             no_enrollment: false,
             enrollment: None,
+            clock_ms: None,
         }
     }
 }
@@ -292,6 +296,9 @@ pub fn node_config(primary: &Config, node_name: Option<&str>, format: Format) ->
     c.cluster.etcd_password_file = None;
     c.auth.api_key_file = None;
     c.auth.web_password = None;
+    // A node checks the API key by its digest and never holds the key (issue 14).
+    c.auth.api_key_sha256 = primary.auth.api_key_digest().map(hex::encode);
+    c.auth.api_key = None;
     // Every node can build packages for its own platform: the package installs its binaries
     // as a node template (postinstall / provision.sh), and the node's configuration names it.
     c.package = crate::config::PackageConfig {
@@ -579,7 +586,7 @@ impl Builder {
                 };
                 let (nonce, ciphertext) =
                     crate::enrollment::seal(&plan.token, &enrolled.to_plaintext());
-                let now_ms = now_secs() * 1000;
+                let now_ms = req.clock_ms.unwrap_or_else(|| now_secs() * 1000);
                 let users = [&req.node_credential, &plan.user]
                     .into_iter()
                     .flatten()
@@ -599,7 +606,7 @@ impl Builder {
                 (boot_yaml, public, Some(record))
             }
         };
-        let created_at = now_secs();
+        let created_at = req.clock_ms.map_or_else(now_secs, |ms| ms / 1000);
         let opts = SealOptions {
             created_at,
             not_after: created_at + req.expires.as_secs(),
@@ -808,6 +815,17 @@ pub async fn build_for_cluster(
     let mut enrollment_note = None;
     if let Some(backend) = backend {
         check_available(backend, req.node_name.as_deref(), &req.ips).await?;
+        // Expiries are counted on the backend's clock (the one housekeeping and Redis's
+        // PXAT judge them by), not this machine's.
+        let clock = tokio::time::timeout(CHECK_DEADLINE, backend.backend_now_ms())
+            .await
+            .unwrap_or_else(|_| {
+                Err(ClusterError::Unreachable {
+                    backend: backend.kind().as_str(),
+                    reason: "no answer reading the backend's clock".into(),
+                })
+            })?;
+        req.clock_ms = Some(clock);
         match node_credential(primary, req.node_name.as_deref()).await? {
             Some(CredentialChoice::NodeUser(cred)) => req.node_credential = Some(cred),
             Some(CredentialChoice::Shared(why)) => shared_credentials = Some(why),
@@ -819,7 +837,7 @@ pub async fn build_for_cluster(
             );
         } else if backend.supports_enrollment() {
             let token = crate::enrollment::Token::generate();
-            let expires_ms = (now_secs() + req.expires.as_secs()) * 1000;
+            let expires_ms = clock + req.expires.as_millis() as u64;
             let user = match enrollment_user(primary, &token.id, expires_ms).await {
                 Ok(u) => u,
                 Err(e) => {
@@ -906,6 +924,38 @@ fn redis_of(primary: &Config) -> Result<crate::cluster::redis::RedisMembership, 
         crate::cluster::redis::RedisMembership::new(&primary.cluster, timing)?
             .with_user_registry(&primary.server.state_dir),
     )
+}
+
+/// Undoes a build that succeeded but was not delivered (the CLI could not write its file):
+/// its pending enrollment record is revoked and every backend user made for it deleted, so a
+/// failed build leaves nothing behind. Failures are logged, never fatal.
+pub async fn discard_built(
+    primary: &Config,
+    backend: Option<&dyn Membership>,
+    req: &BuildRequest,
+    cb: &ClusterBuild,
+) {
+    if let (Some(b), Some(rec)) = (backend, &cb.built.enrollment) {
+        match tokio::time::timeout(CHECK_DEADLINE, b.revoke_enrollment(&rec.token_id)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => log::warn!("the pending record of this build remains: {e}"),
+            Err(_) => log::warn!("the pending record of this build remains: no answer"),
+        }
+        // The enrollment user (the node's own user is discarded below, with its digest).
+        let node_user = cb.credential.as_ref().map(|c| c.user.as_str());
+        if primary.cluster.backend == BackendKind::Redis
+            && let Ok(r) = redis_of(primary)
+        {
+            for u in rec.users.iter().filter(|u| Some(u.as_str()) != node_user) {
+                if let Err(e) = r.delete_user(u).await {
+                    log::warn!("the enrollment user {u} made for this build remains: {e}");
+                }
+            }
+        }
+    }
+    let mut sent = req.clone();
+    sent.node_credential = cb.credential.clone();
+    discard_after_failure(primary, &sent).await;
 }
 
 /// Deletes the backend users of a package that was not delivered (logged when it cannot be).

@@ -25,6 +25,14 @@ pub struct Session {
     pub csrf: String,
     /// When it was made, ms since the epoch (the creating node's clock: informative).
     pub created_ms: u64,
+    /// When it ends at the latest, ms since the epoch (signed: sliding expiry cannot pass it).
+    #[serde(default)]
+    pub expires_ms: u64,
+    /// Hex Ed25519 signature by the key the admin's password derives, over the session id's
+    /// digest and the fields above (`sessionsig::session_message`). A record without a valid
+    /// one is refused, so a node that can write the store still cannot mint a session.
+    #[serde(default)]
+    pub sig: String,
 }
 
 impl std::fmt::Debug for Session {
@@ -36,7 +44,8 @@ impl std::fmt::Debug for Session {
     }
 }
 
-fn digest(sid: &str) -> String {
+/// The digest a session is stored (and signed) under.
+pub fn digest(sid: &str) -> String {
     hex::encode(Sha256::digest(sid.as_bytes()))
 }
 
@@ -421,6 +430,8 @@ mod tests {
             user: "admin".into(),
             csrf: "c".into(),
             created_ms: 1,
+            expires_ms: 2,
+            sig: String::new(),
         };
         store
             .put("sid1", &s, Duration::from_millis(50))

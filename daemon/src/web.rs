@@ -69,12 +69,66 @@ pub async fn current_session(app: &AppState, headers: &HeaderMap) -> Option<(Str
         return None;
     }
     match app.sessions.get(&sid, app.session_ttl()).await {
-        Ok(Some(s)) => Some((sid, s)),
+        Ok(Some(s)) if session_is_signed(app, &sid, &s) => Some((sid, s)),
+        Ok(Some(_)) => {
+            log::warn!(
+                "a session record without a valid signature was refused (written by someone without the admin's password?)"
+            );
+            None
+        }
         Ok(None) => None,
         Err(e) => {
             log::warn!("session store unavailable: {e}");
             None
         }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// True when the stored session carries the signature of the key the admin's password
+/// derives (checked with `auth.session_public_key`), for this very session id, for the
+/// configured user, and has not passed its signed expiry.
+fn session_is_signed(app: &AppState, sid: &str, s: &Session) -> bool {
+    let auth = &app.config.auth;
+    let Some(pk) = auth
+        .session_public_key
+        .as_deref()
+        .and_then(|k| crate::sessionsig::parse_public_key(k).ok())
+    else {
+        return false;
+    };
+    let msg = crate::sessionsig::session_message(
+        &crate::sessions::digest(sid),
+        &s.user,
+        &s.csrf,
+        s.created_ms,
+        s.expires_ms,
+    );
+    s.user == auth.web_username
+        && now_ms() < s.expires_ms
+        && crate::sessionsig::verify(&pk, &msg, &s.sig)
+}
+
+/// The login limiter's key for a client: its address, or for IPv6 its /64 (one subscriber's
+/// prefix, which hands out addresses by the billion).
+fn client_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        std::net::IpAddr::V6(v6) => format!(
+            "ip:{}",
+            v6.to_ipv4_mapped()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)
+        ),
+        std::net::IpAddr::V4(v4) => format!("ip:{v4}"),
     }
 }
 
@@ -139,7 +193,11 @@ pub async fn index() -> Redirect {
 }
 
 fn login_page(app: &AppState, message: Option<&str>, status: StatusCode) -> Response {
-    let token = auth::random_hex(16);
+    // Issued and signed by the server: a value the client plants is refused at login.
+    let token = crate::sessionsig::issue_login_token(
+        app.config.auth.web_password_hash.as_deref(),
+        now_ms(),
+    );
     let msg = message
         .map(|m| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(m)))
         .unwrap_or_default();
@@ -183,8 +241,9 @@ pub async fn login(
     headers: HeaderMap,
     axum::Form(form): axum::Form<LoginForm>,
 ) -> Response {
-    let ip_key = format!("ip:{}", peer.ip());
-    let user_key = format!("user:{}", form.username.to_lowercase());
+    // Per client and per node, never per user: a lockout by user name would let anyone keep
+    // the admin out by failing as "admin" (issue 14).
+    let ip_key = client_key(peer.ip());
     // Taken before the password is checked, so concurrent attempts cannot overshoot the
     // budget; given back when the attempt ends any other way than a failed check.
     let Some(place) = app.limiter.reserve_global() else {
@@ -199,7 +258,7 @@ pub async fn login(
             StatusCode::TOO_MANY_REQUESTS,
         );
     };
-    if app.limiter.is_blocked(&ip_key) || app.limiter.is_blocked(&user_key) {
+    if app.limiter.is_blocked(&ip_key) {
         log::warn!(
             "login throttled for {} (user {:?})",
             peer.ip(),
@@ -212,7 +271,14 @@ pub async fn login(
         );
     }
     let cookie_token = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
-    if form.csrf.is_empty() || !constant_time_eq(form.csrf.as_bytes(), cookie_token.as_bytes()) {
+    if form.csrf.is_empty()
+        || !constant_time_eq(form.csrf.as_bytes(), cookie_token.as_bytes())
+        || !crate::sessionsig::check_login_token(
+            app.config.auth.web_password_hash.as_deref(),
+            &form.csrf,
+            now_ms(),
+        )
+    {
         return login_page(
             &app,
             Some("The login form expired. Please try again."),
@@ -240,7 +306,6 @@ pub async fn login(
     if !(user_ok && pass_ok) {
         place.failed();
         app.limiter.fail(&ip_key);
-        app.limiter.fail(&user_key);
         log::warn!("failed login from {} (user {:?})", peer.ip(), form.username);
         let msg = if auth_cfg.web_password_hash.is_none() {
             "No dashboard password is configured (auth.web_password_hash)."
@@ -250,16 +315,70 @@ pub async fn login(
         return login_page(&app, Some(msg), StatusCode::UNAUTHORIZED);
     }
     app.limiter.clear(&ip_key);
-    app.limiter.clear(&user_key);
+    // Sign the session with the key the password derives (one more Argon2id run, off the
+    // async workers); nodes hold only the public key, so none can mint a session.
+    let (Some(hash), Some(public)) = (
+        auth_cfg.web_password_hash.clone(),
+        auth_cfg.session_public_key.clone(),
+    ) else {
+        log::error!(
+            "login refused: auth.session_public_key is not configured (`fleet-server config hash-password` prints it)"
+        );
+        return login_page(
+            &app,
+            Some(
+                "This server has no session key configured (auth.session_public_key); see its log.",
+            ),
+            StatusCode::SERVICE_UNAVAILABLE,
+        );
+    };
+    let password = form.password.clone();
+    let derived =
+        tokio::task::spawn_blocking(move || crate::sessionsig::derive_key(&password, &hash))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+    let key = match derived {
+        Ok(k) if crate::sessionsig::public_key_text(&k) == public => k,
+        Ok(_) => {
+            log::error!(
+                "login refused: auth.session_public_key does not belong to auth.web_password_hash (set both from one `fleet-server config hash-password`)"
+            );
+            return login_page(
+                &app,
+                Some("This server's session key does not match its password; see its log."),
+                StatusCode::SERVICE_UNAVAILABLE,
+            );
+        }
+        Err(e) => {
+            log::error!("login refused: {e}");
+            return login_page(
+                &app,
+                Some("The session could not be signed; try again shortly."),
+                StatusCode::SERVICE_UNAVAILABLE,
+            );
+        }
+    };
     let sid = auth::random_hex(32);
-    let session = Session {
+    let created_ms = now_ms();
+    let mut session = Session {
         user: auth_cfg.web_username.clone(),
         csrf: auth::random_hex(32),
-        created_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
+        created_ms,
+        expires_ms: created_ms
+            + crate::sessionsig::SESSION_MAX_MS.max(app.session_ttl().as_millis() as u64),
+        sig: String::new(),
     };
+    session.sig = crate::sessionsig::sign(
+        &key,
+        &crate::sessionsig::session_message(
+            &crate::sessions::digest(&sid),
+            &session.user,
+            &session.csrf,
+            session.created_ms,
+            session.expires_ms,
+        ),
+    );
     if let Err(e) = app.sessions.put(&sid, &session, app.session_ttl()).await {
         log::error!("cannot store a session: {e}");
         return login_page(
@@ -443,7 +562,7 @@ cluster's keys: delete it after installation.</p>",
                     body.push_str(&format!(
                         "<tr data-token=\"{t}\"><td><code>{short}</code></td><td>{node}</td><td>{by}</td><td>{exp}</td><td><button class=\"danger revoke\" data-token=\"{t}\">Revoke</button></td></tr>",
                         t = esc(&r.token_id),
-                        short = esc(&r.token_id[..12.min(r.token_id.len())]),
+                        short = esc(&r.token_id.chars().take(12).collect::<String>()),
                         node = esc(if r.node_name.is_empty() { "(hostname)" } else { &r.node_name }),
                         by = esc(&r.built_by),
                         exp = esc(&crate::logging::timestamp(UNIX_EPOCH + Duration::from_millis(r.expires_ms))),
@@ -505,6 +624,8 @@ cluster's keys: delete it after installation.</p>",
                     name = esc(&m.node.name),
                     addr = esc(&m.node.addresses.join(", ")),
                     state = match m.state {
+                        // A record that fails validation is not trusted (issue 14).
+                        _ if m.node.validate().is_err() => "invalid",
                         MemberState::Active => "active",
                         MemberState::Expired => "expired",
                     },

@@ -814,8 +814,15 @@ pub fn open(
 }
 
 /// Reads a whole file, telling a missing file apart from an unreadable one.
-pub fn read_file(path: &Path) -> Result<Vec<u8>, SealError> {
-    std::fs::read(path).map_err(|e| {
+/// The most a sealed configuration can be: the header, the largest body, the tag.
+pub const MAX_SEALED_LEN: usize = HEADER_LEN + MAX_BODY_LEN + TAG_LEN;
+/// The most a key file or a passphrase file may hold (a key file holds [`KEY_LEN`] bytes).
+pub const MAX_KEY_FILE_LEN: usize = 4096;
+
+/// Reads a sealed configuration or key file of at most `cap` bytes. At most `cap + 1` bytes
+/// are read, so `/dev/zero` or a huge file is refused at once instead of filling memory.
+pub fn read_file(path: &Path, cap: usize) -> Result<Vec<u8>, SealError> {
+    let io_err = |e: io::Error| {
         if e.kind() == io::ErrorKind::NotFound {
             SealError::Missing(path.to_path_buf())
         } else {
@@ -824,7 +831,23 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, SealError> {
                 source: e,
             }
         }
-    })
+    };
+    let file = std::fs::File::open(path).map_err(io_err)?;
+    read_capped(file, cap).map_err(io_err)
+}
+
+/// Reads at most `cap` bytes from `r`; more is an `InvalidData` error that names the cap.
+pub fn read_capped(r: impl io::Read, cap: usize) -> io::Result<Vec<u8>> {
+    use io::Read as _;
+    let mut buf = Vec::new();
+    r.take(cap as u64 + 1).read_to_end(&mut buf)?;
+    if buf.len() > cap {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {cap} bytes, the most this file may hold"),
+        ));
+    }
+    Ok(buf)
 }
 
 fn derive_key(header: &Header, key: KeySource<'_>) -> Result<Zeroizing<[u8; KEY_LEN]>, SealError> {

@@ -26,11 +26,11 @@ use crate::timefmt::format_utc;
 /// | 10 | no Ethernet adapter |
 /// | 11 | no active Ethernet connection |
 /// | 12 | the network interfaces could not be listed |
-/// | 20 | sealed configuration (or its key file) missing or unreadable |
+/// | 20 | sealed configuration (or its key file) missing, unreadable or over its size cap |
 /// | 21 | wrong key or passphrase, or the package was tampered with / corrupted |
 /// | 22 | the package expired |
 /// | 23 | unsupported sealed format version |
-/// | 24 | passphrase file missing, empty, or not root-only |
+/// | 24 | passphrase file missing, empty, over its size cap, or not root-only |
 /// | 30 | cannot write the configuration |
 /// | 50 | upgrade package: this machine is not a node (no configuration or no node id) |
 /// | 51 | upgrade package: the installed daemon is this version or newer |
@@ -326,7 +326,7 @@ pub fn run(
         .sealed
         .clone()
         .unwrap_or_else(|| exe_dir.join(sealed::SEALED_FILE_NAME));
-    let blob = sealed::read_file(&sealed_path).map_err(seal_error)?;
+    let blob = sealed::read_file(&sealed_path, sealed::MAX_SEALED_LEN).map_err(seal_error)?;
     let header = sealed::Header::parse(&blob).map_err(seal_error)?;
 
     // 1. Ethernet. The policy is read before authentication, but a forged policy
@@ -346,7 +346,7 @@ pub fn run(
                     .unwrap_or(Path::new("."))
                     .join(sealed::KEY_FILE_NAME)
             });
-            let bytes = zeroize::Zeroizing::new(sealed::read_file(&key_path).map_err(|e| {
+            let bytes = zeroize::Zeroizing::new(sealed::read_file(&key_path, sealed::MAX_KEY_FILE_LEN).map_err(|e| {
                 match e {
                     SealError::Missing(p) => StubError::new(
                         ExitStatus::SealedMissing,
@@ -567,7 +567,13 @@ fn read_passphrase_file(
             format!("owned by uid {}, not root", meta.uid()),
         ));
     }
-    std::fs::read(path)
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NOFOLLOW: a symlink swapped in after the check above is refused, not followed.
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .and_then(|f| sealed::read_capped(f, sealed::MAX_KEY_FILE_LEN))
         .map(zeroize::Zeroizing::new)
         .map_err(|e| passphrase_error(path, e.to_string()))
 }

@@ -353,3 +353,56 @@ fn key_file_blob_with_wrong_mode_flag() {
     let err = assert_refused(&pkg, &[], 24, "install.passphrase");
     assert!(!err.contains(SECRET));
 }
+
+/// Item 7 of issue 14: every read of a sealed blob, key or passphrase is capped, so a device
+/// or a huge file is refused at once with the size error and the documented exit code.
+#[test]
+fn endless_or_huge_inputs_are_refused_quickly() {
+    let pkg = Package::key_file(opts(EthernetPolicy::Skip, TargetLayout::Macos));
+    let zero = OsStr::new("/dev/zero");
+    let root = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let o = run_in(
+        root.path(),
+        &[
+            OsStr::new("--sealed"),
+            zero,
+            OsStr::new("--key"),
+            pkg.key.as_os_str(),
+        ],
+    );
+    assert_exit(&o, 20);
+    let err = stderr(&o);
+    assert!(
+        err.contains("Cannot read the sealed configuration"),
+        "{err}"
+    );
+    assert!(err.contains("larger than"), "{err}");
+    assert!(t.elapsed().as_secs() < 10, "took {:?}", t.elapsed());
+
+    let o = run_in(
+        root.path(),
+        &[
+            OsStr::new("--sealed"),
+            pkg.sealed.as_os_str(),
+            OsStr::new("--key"),
+            zero,
+        ],
+    );
+    assert_exit(&o, 20);
+    assert!(
+        stderr(&o).contains("larger than 4096 bytes"),
+        "{}",
+        stderr(&o)
+    );
+
+    let pkg = Package::passphrase(opts(EthernetPolicy::Skip, TargetLayout::Linux), "pw");
+    let (root, o, before) = with_passphrase_file(&pkg, &"p".repeat(5000), 0o600);
+    assert_exit(&o, 24);
+    assert!(
+        stderr(&o).contains("larger than 4096 bytes"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(snapshot(root.path()), before);
+}

@@ -46,6 +46,14 @@ fn validate_file_name(name: &str, ending: &'static str) -> Result<()> {
     if name.chars().any(char::is_control) {
         return bad("it must not contain control characters");
     }
+    // A safe set: the name goes into a Content-Disposition header, the printed install
+    // commands and a file on disk; quotes, `\`, `;`, `%`, `$` and the like have no place there.
+    if !name
+        .chars()
+        .all(|c| c.is_alphanumeric() || matches!(c, ' ' | '.' | '_' | '-' | '+'))
+    {
+        return bad("only letters, digits, spaces and . _ - + are allowed");
+    }
     if name.len() > 255 {
         return bad("it is longer than 255 bytes");
     }

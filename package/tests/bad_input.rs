@@ -35,7 +35,7 @@ fn node_names() {
 
 #[test]
 fn package_names() {
-    for ok in [DEFAULT_PKG_NAME, "node-2.pkg", "My Node.pkg"] {
+    for ok in [DEFAULT_PKG_NAME, "node-2.pkg", "My Node.pkg", "Nœud_3+.pkg"] {
         validate_package_name(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
     }
     for (bad, why) in [
@@ -48,6 +48,10 @@ fn package_names() {
         ("x.pkg.tar.gz", ".pkg"),
         (".pkg", "before the ending"),
         ("", ".pkg"),
+        ("a\"b.pkg", "only letters"),
+        ("a;b.pkg", "only letters"),
+        ("a%22.pkg", "only letters"),
+        ("$(x).pkg", "only letters"),
     ] {
         let e = validate_package_name(bad).unwrap_err().to_string();
         assert!(

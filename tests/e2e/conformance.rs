@@ -436,6 +436,27 @@ async fn custom_events_round_trip(f: impl Fixture) {
     );
 }
 
+/// Issue 14: the backend's clock, which package and enrollment expiries come from, is the
+/// one its events carry (Redis `TIME`, the file server's time; etcd: the node's).
+async fn backend_now_is_the_backends_clock(f: impl Fixture) {
+    let b = f.open();
+    let before = b.backend_now_ms().await.unwrap();
+    assert!(before > 1_600_000_000_000, "ms since the epoch: {before}");
+    let ev = fleet_server::cluster::Event {
+        kind: EventKind::PackageBuilt,
+        node_id: "n".into(),
+        at_ms: 0,
+        detail: Default::default(),
+    };
+    b.record_event(&ev).await.unwrap();
+    let at = b.events(1).await.unwrap()[0].at_ms;
+    let after = b.backend_now_ms().await.unwrap();
+    assert!(
+        before <= at + 1000 && at <= after + 1000,
+        "event at {at} outside backend_now {before}..{after}"
+    );
+}
+
 /// The pages of the member list, read with the cursor each returns, are the whole list in its
 /// order; a member that leaves between pages is simply not on the later ones.
 async fn member_pages_cover_the_list(f: impl Fixture) {
@@ -521,6 +542,7 @@ conformance!(
     custom_events_round_trip,
     build_check_refuses_live_names_and_ips,
     member_pages_cover_the_list,
+    backend_now_is_the_backends_clock,
 );
 
 #[tokio::test]

@@ -137,11 +137,12 @@ impl Cluster {
                 )
             }
         };
-        let hash = fleet_server::auth::hash_password(WEB_PASSWORD);
+        let (hash, public) =
+            fleet_server::sessionsig::credentials_for(WEB_PASSWORD).expect("credentials");
         let pdir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let config = format!(
-            "server:\n  host: 127.0.0.1\n  port: {port}\n  state_dir: {state}\ncluster:\n  enabled: true\n  node_name: primary\n  heartbeat_interval: 1\n  heartbeat_timeout: 3\n{backend_yaml}auth:\n  api_key: {TEST_API_KEY}\n  web_username: admin\n  web_password_hash: \"{hash}\"\nsessions:\n  backend: memory\nencryption:\n  database_key: {DATABASE_KEY}\n  payload_key: {PAYLOAD_KEY}\npackage:\n  template_dir: {tpl}\n",
+            "server:\n  host: 127.0.0.1\n  port: {port}\n  state_dir: {state}\ncluster:\n  enabled: true\n  node_name: primary\n  heartbeat_interval: 1\n  heartbeat_timeout: 3\n{backend_yaml}auth:\n  api_key: {TEST_API_KEY}\n  web_username: admin\n  web_password_hash: \"{hash}\"\n  session_public_key: \"{public}\"\nsessions:\n  backend: memory\nencryption:\n  database_key: {DATABASE_KEY}\n  payload_key: {PAYLOAD_KEY}\npackage:\n  template_dir: {tpl}\n",
             state = pdir.path().join("state").display(),
             tpl = template.display(),
         );
@@ -476,10 +477,9 @@ fn one_package_on_two_machines(backend: Backend) {
     assert_eq!(mode(&a.config_path()), 0o600);
     let full = a.config();
     assert!(full.enrollment.is_none(), "the bootstrap was replaced");
-    assert_eq!(
-        full.auth.api_key.as_ref().map(|k| k.expose()),
-        Some(TEST_API_KEY)
-    );
+    // Issue 14: the node can check the API key but does not hold it.
+    assert!(full.auth.api_key.is_none(), "the plain API key travelled");
+    assert_eq!(full.auth.api_key_digest(), test_api_key_digest());
     if backend == Backend::Redis {
         assert_eq!(
             full.cluster.redis_username.as_deref(),
@@ -1035,10 +1035,9 @@ fn no_enrollment_packages_carry_the_full_configuration() {
     let yaml = sealed_config(&dir);
     let full = Config::parse(&yaml, Path::new("sealed")).unwrap();
     assert!(full.enrollment.is_none(), "{yaml}");
-    assert_eq!(
-        full.auth.api_key.as_ref().map(|k| k.expose()),
-        Some(TEST_API_KEY)
-    );
+    // Issue 14: the node can check the API key but does not hold it.
+    assert!(full.auth.api_key.is_none(), "the plain API key travelled");
+    assert_eq!(full.auth.api_key_digest(), test_api_key_digest());
     assert_eq!(
         full.encryption.database_key.as_ref().map(|k| k.expose()),
         Some(DATABASE_KEY)
@@ -1473,4 +1472,13 @@ fn health_answers_while_a_node_enrolls() {
     );
     assert!(m.log().contains("✅ Enrollment redeemed"), "{}", m.log());
     assert!(id.starts_with("node2-"), "{id}");
+}
+
+/// The digest of the test API key, as a node's configuration holds it.
+fn test_api_key_digest() -> Option<[u8; 32]> {
+    fleet_server::config::AuthConfig {
+        api_key: Some(fleet_server::config::Secret::new(TEST_API_KEY)),
+        ..Default::default()
+    }
+    .api_key_digest()
 }

@@ -167,6 +167,8 @@ fn session(user: &str) -> fleet_server::sessions::Session {
         user: user.into(),
         csrf: "csrf-token-123".into(),
         created_ms: 1,
+        expires_ms: 2,
+        sig: "ab".into(),
     }
 }
 

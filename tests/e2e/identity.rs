@@ -118,3 +118,79 @@ fn hostname_change_keeps_the_name_and_the_id() {
     assert!(!status.to_string().contains("beta-"), "{status}");
     stop(second);
 }
+
+/// Issue 14, item 6: a `node_id` in the state directory that is a symlink (here to a file
+/// holding a secret) or a file of another user is refused at start with an error naming the
+/// file; the target's content never reaches the log.
+#[test]
+fn a_symlinked_or_foreign_node_id_is_refused_and_not_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let share = dir.path().join("share");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::create_dir_all(&share).unwrap();
+    let secret = dir.path().join("secret");
+    let canary = "node-secretvalue-do-not-log";
+    std::fs::write(&secret, format!("{canary}\n")).unwrap();
+    std::os::unix::fs::symlink(&secret, state.join("node_id")).unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server:\n  host: 127.0.0.1\n  port: {port}\n  state_dir: {}\ncluster:\n  enabled: true\n  node_name: n1\n  backend: storage\n  storage_path: {}\n  heartbeat_interval: 1\n  heartbeat_timeout: 3\nauth:\n  api_key: {TEST_API_KEY}\n",
+            state.display(),
+            share.display()
+        ),
+    )
+    .unwrap();
+    let run = || {
+        let mut child = Command::new(fleet_server_bin())
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the daemon started on a refused node_id");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let o = child.wait_with_output().unwrap();
+        assert!(!o.status.success(), "it must refuse to start");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let log = run();
+    assert!(log.contains("is a symbolic link"), "{log}");
+    assert!(log.contains("node_id"), "{log}");
+    assert!(
+        !log.contains("secretvalue"),
+        "the target's content was logged:\n{log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&secret).unwrap(),
+        format!("{canary}\n"),
+        "the target is untouched"
+    );
+
+    // A regular file of another user: refused the same way.
+    std::fs::remove_file(state.join("node_id")).unwrap();
+    std::fs::write(state.join("node_id"), format!("{canary}\n")).unwrap();
+    std::os::unix::fs::chown(state.join("node_id"), Some(65534), Some(65534)).unwrap();
+    let log = run();
+    assert!(log.contains("owned by uid 65534"), "{log}");
+    assert!(
+        !log.contains("secretvalue"),
+        "the content was logged:\n{log}"
+    );
+}

@@ -18,9 +18,11 @@ const ROTATE_AT: [usize; 2] = [100, 200];
 
 /// A failed login for `user`: the daemon logs one line naming the user before it answers.
 fn failed_login(port: u16, user: &str) -> std::io::Result<u16> {
-    let body = format!("username={user}&password=x&csrf=t");
+    // The form's token must be one the server issued (issue 14): fetch the form first.
+    let token = login_token(port)?;
+    let body = format!("username={user}&password=x&csrf={token}");
     let req = format!(
-        "POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nCookie: fleet_login=t\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nCookie: fleet_login={token}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
@@ -33,6 +35,21 @@ fn failed_login(port: u16, user: &str) -> std::io::Result<u16> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0))
+}
+
+/// The login form's token, from the cookie `GET /login` sets.
+fn login_token(port: u16) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    resp.lines()
+        .find_map(|l| {
+            let v = l.strip_prefix("set-cookie: fleet_login=")?;
+            Some(v.split(';').next()?.to_string())
+        })
+        .ok_or_else(|| std::io::Error::other(format!("no login cookie in:\n{resp}")))
 }
 
 /// What newsyslog does: shift `log.N` up, rename `log` to `log.0`, create a new `log` with the

@@ -16,6 +16,7 @@ mod flood;
 mod identity;
 mod install;
 mod lb;
+mod leastpriv;
 mod logrotate;
 mod netns;
 mod sentinel;

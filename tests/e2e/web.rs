@@ -140,9 +140,14 @@ pub fn node_template(dir: &Path) -> PathBuf {
 
 /// Extra configuration for a node with the dashboard: password, template, sessions.
 pub fn web_yaml(template: &Path, sessions: &str) -> String {
-    let hash = fleet_server::auth::hash_password(WEB_PASSWORD);
+    // One hash for every node of a test, as a real cluster's nodes share the primary's: the
+    // session key it derives must be the one every node checks with.
+    static CREDENTIALS: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    let (hash, public) = CREDENTIALS.get_or_init(|| {
+        fleet_server::sessionsig::credentials_for(WEB_PASSWORD).expect("credentials")
+    });
     format!(
-        "auth:\n  api_key: {TEST_API_KEY}\n  web_username: admin\n  web_password_hash: \"{hash}\"\nsessions:\n{sessions}package:\n  template_dir: {}\n  allow_foreign_binaries: true\n",
+        "auth:\n  api_key: {TEST_API_KEY}\n  web_username: admin\n  web_password_hash: \"{hash}\"\n  session_public_key: \"{public}\"\nsessions:\n{sessions}package:\n  template_dir: {}\n  allow_foreign_binaries: true\n",
         template.display()
     )
 }
@@ -382,7 +387,9 @@ fn build_by_session_and_by_api_key_and_remove_by_session() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         r.header("content-disposition"),
-        Some("attachment; filename=\"FleetServerClusterNode.pkg\"")
+        Some(
+            "attachment; filename=\"FleetServerClusterNode.pkg\"; filename*=UTF-8''FleetServerClusterNode.pkg"
+        )
     );
     assert_eq!(&r.body[..4], b"xar!", "a XAR (pkg) came back");
     let pkg = shared.path().join("dl.pkg");
@@ -429,6 +436,19 @@ fn build_by_session_and_by_api_key_and_remove_by_session() {
         br#"{"package_name":"../evil.pkg"}"#,
     );
     assert_eq!(r.status, 400, "{}", r.text());
+    // Issue 14: a `"` (which would end the quoted filename in Content-Disposition) is refused,
+    // and the answer names the field.
+    let r = c.request(
+        "POST",
+        "/api/fleet/cluster/packages",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-CSRF-Token", &csrf),
+        ],
+        br#"{"package_name":"a\"; filename=evil.sh; x=\".pkg"}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("package_name"), "{}", r.text());
 
     // The API key builds a Linux bundle without a session.
     let mut api = Client::new(a.port);
@@ -444,7 +464,9 @@ fn build_by_session_and_by_api_key_and_remove_by_session() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         r.header("content-disposition"),
-        Some("attachment; filename=\"node2_provision.tar.gz\"")
+        Some(
+            "attachment; filename=\"node2_provision.tar.gz\"; filename*=UTF-8''node2_provision.tar.gz"
+        )
     );
 
     // Remove the other node with the session's token: gone, and the node is told.

@@ -66,6 +66,60 @@ impl NodeRecord {
     }
 }
 
+/// Most addresses a record may list.
+pub const MAX_ADDRESSES: usize = 64;
+
+impl NodeRecord {
+    /// Checks a record read from the backend, which another machine wrote: the name rule, an
+    /// id made for that name, parseable addresses, plain text of bounded length. The reason
+    /// never repeats the offending value (it may hold terminal escapes).
+    pub fn validate(&self) -> Result<(), String> {
+        fn plain(
+            field: &str,
+            v: &str,
+            max: usize,
+            ok: impl Fn(char) -> bool,
+        ) -> Result<(), String> {
+            if v.len() > max {
+                return Err(format!("{field} is longer than {max} bytes"));
+            }
+            if !v.chars().all(ok) {
+                return Err(format!("{field} has characters outside its alphabet"));
+            }
+            Ok(())
+        }
+        if crate::identity::validate_node_name(&self.name).is_err() {
+            return Err("name breaks the node name rule ([a-z0-9-], at most 63)".into());
+        }
+        if !crate::identity::id_belongs_to(&self.id, &self.name) {
+            return Err("id is not <name>-<6 [a-z0-9]>".into());
+        }
+        plain("hostname", &self.hostname, 255, |c| {
+            c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')
+        })?;
+        plain("version", &self.version, 64, |c| {
+            c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '_' | '~')
+        })?;
+        plain("os", &self.os, 32, |c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'
+        })?;
+        plain("url", &self.url, 2048, |c| c.is_ascii_graphic())?;
+        if !(self.url.is_empty()
+            || self.url.starts_with("http://")
+            || self.url.starts_with("https://"))
+        {
+            return Err("url is not http(s)://".into());
+        }
+        if self.addresses.len() > MAX_ADDRESSES {
+            return Err(format!("more than {MAX_ADDRESSES} addresses"));
+        }
+        if self.addresses.iter().any(|a| a.parse::<IpAddr>().is_err()) {
+            return Err("an address is not an IP address".into());
+        }
+        Ok(())
+    }
+}
+
 /// Whether a member still counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -285,6 +339,16 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
     /// heartbeats again is told it was removed. Returns whether it was a member.
     async fn remove(&self, node_id: &str, by: &str) -> Result<bool, ClusterError>;
 
+    /// The backend's clock, ms since the epoch, for expiries that others check (a package's,
+    /// an enrollment record's): Redis `TIME`, the file server's time. etcd gives clients no
+    /// clock: there it is this node's.
+    async fn backend_now_ms(&self) -> Result<u64, ClusterError> {
+        Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0))
+    }
+
     /// Every member with its state and last heartbeat, sorted by name.
     async fn members(&self) -> Result<Vec<Member>, ClusterError>;
 
@@ -309,7 +373,8 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
     ) -> Result<Holders, ClusterError> {
         let mut out = Holders::default();
         for m in self.members().await? {
-            if m.state != MemberState::Active {
+            // A record that fails validation is not trusted to hold a name or an address.
+            if m.state != MemberState::Active || m.node.validate().is_err() {
                 continue;
             }
             if out.name.is_none() && name == Some(m.node.name.as_str()) {
@@ -434,6 +499,33 @@ mod tests {
             age_ms: 0,
             state: MemberState::Active,
         }
+    }
+
+    #[test]
+    fn records_are_validated_without_echoing_them() {
+        let mut m = member("web-01", "web-01-abc123");
+        m.node.addresses = vec!["192.0.2.7".into(), "2001:db8::1".into()];
+        m.node.url = "http://192.0.2.7:8768".into();
+        m.node.version = "0.1.0".into();
+        m.node.os = "linux".into();
+        m.node.hostname = "web-01.example".into();
+        assert_eq!(m.node.validate(), Ok(()));
+        let bad = |f: &dyn Fn(&mut NodeRecord)| {
+            let mut n = m.node.clone();
+            f(&mut n);
+            let e = n.validate().unwrap_err();
+            assert!(!e.contains('\x1b') && !e.contains('\n'), "{e:?}");
+            e
+        };
+        assert!(bad(&|n| n.name = "web\x1b[2J".into()).contains("name"));
+        assert!(bad(&|n| n.id = "other-abc123".into()).contains("id"));
+        assert!(bad(&|n| n.hostname = "h\r\nFAKE ROW".into()).contains("hostname"));
+        assert!(bad(&|n| n.version = "0.1\u{9b}31m".into()).contains("version"));
+        assert!(bad(&|n| n.url = "javascript:x".into()).contains("url"));
+        assert!(bad(&|n| n.url = "http://a b".into()).contains("url"));
+        assert!(bad(&|n| n.addresses = vec!["not-ip".into()]).contains("address"));
+        assert!(bad(&|n| n.addresses = vec!["192.0.2.1".into(); 65]).contains("addresses"));
+        assert!(bad(&|n| n.hostname = "h".repeat(300)).contains("longer"));
     }
 
     #[test]

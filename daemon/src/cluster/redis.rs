@@ -767,6 +767,10 @@ impl Membership for RedisMembership {
         BackendKind::Redis
     }
 
+    async fn backend_now_ms(&self) -> Result<u64, ClusterError> {
+        self.server_now_ms().await
+    }
+
     async fn register(&self, node: &NodeRecord) -> Result<usize, ClusterError> {
         let mut args = self.base_args();
         args.push(self.timeout_ms().to_string());

@@ -584,6 +584,10 @@ impl Membership for StorageMembership {
         BackendKind::Storage
     }
 
+    async fn backend_now_ms(&self) -> Result<u64, ClusterError> {
+        self.with(|d| d.now_ms()).await
+    }
+
     async fn register(&self, node: &NodeRecord) -> Result<usize, ClusterError> {
         let node = node.clone();
         self.with(move |d| {
