@@ -18,6 +18,7 @@ mod install;
 mod lb;
 mod logrotate;
 mod netns;
+mod privilege;
 mod sentinel;
 mod signing;
 mod web;

@@ -46,10 +46,23 @@ local function unindex(prefix, id, nkey)
   end
   return f[1]
 end
+local function own_alive(prefix, id, timeout)
+  local n = string.match(id, '^(.*)%-[^%-]*$')
+  if not n then return nil end
+  local sk = prefix .. 'cluster:self:' .. n
+  if redis.call('HGET', sk, 'id') ~= id then return nil end
+  local p = redis.call('PTTL', sk)
+  if p > timeout and p <= 2 * timeout then return p end
+  return nil
+end
 local function forget(prefix, id)
   local nkey = prefix .. 'cluster:node:' .. id
   local name = unindex(prefix, id, nkey)
   redis.call('DEL', nkey)
+  local n = name or string.match(id, '^(.*)%-[^%-]*$')
+  if n and redis.call('HGET', prefix .. 'cluster:self:' .. n, 'id') == id then
+    redis.call('DEL', prefix .. 'cluster:self:' .. n)
+  end
   if name and redis.call('HGET', prefix .. 'cluster:names', name) == id then
     redis.call('HDEL', prefix .. 'cluster:names', name)
   end
@@ -62,12 +75,20 @@ end
 local function prune(prefix, now, timeout, limit, cap)
   local members = prefix .. 'cluster:members'
   local old = redis.call('ZRANGEBYSCORE', members, '-inf', now - timeout, 'LIMIT', 0, limit)
+  local gone = {}
   for _, id in ipairs(old) do
-    redis.call('ZREM', members, id)
-    local name = forget(prefix, id)
-    event(prefix, cap, 'expired', id, now, 'name', name)
+    -- A node with a user of its own heartbeats on its own key: alive there, it stays.
+    local p = own_alive(prefix, id, timeout)
+    if p then
+      redis.call('ZADD', members, now - (2 * timeout - p), id)
+    else
+      redis.call('ZREM', members, id)
+      local name = forget(prefix, id)
+      event(prefix, cap, 'expired', id, now, 'name', name)
+      gone[#gone + 1] = id
+    end
   end
-  return old
+  return gone
 end
 local function active(prefix, now, timeout)
   return redis.call('ZCOUNT', prefix .. 'cluster:members', now - timeout + 1, '+inf')
@@ -79,6 +100,12 @@ const REGISTER: &str = r#"
 local prefix, cap, timeout, id, name, ips = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
 local now = now_ms()
 if redis.call('EXISTS', prefix .. 'cluster:removed:' .. id) == 1 then return {'removed', ''} end
+local sk = prefix .. 'cluster:self:' .. name
+local sh = redis.call('HGET', sk, 'id')
+if sh and sh ~= id then
+  local p = redis.call('PTTL', sk)
+  if p > timeout and p <= 2 * timeout then return {'name_taken', sh} end
+end
 local members = prefix .. 'cluster:members'
 local holder = redis.call('HGET', prefix .. 'cluster:names', name)
 if holder and holder ~= id then
@@ -139,6 +166,42 @@ local prefix, cap, timeout, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumbe
 return prune(prefix, now_ms(), timeout, limit, cap)
 "#;
 
+/// The primary copies the own records of nodes with users of their own into the indexes.
+/// ARGV: prefix, cap, timeout_ms, then per node: id, name, last heartbeat ms, ips, n, n fields
+/// and values. The indexes are rewritten only when the member is new or its addresses moved.
+const ADOPT: &str = r#"
+local prefix, cap, timeout = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local now = now_ms()
+local members = prefix .. 'cluster:members'
+local i, n = 4, 0
+while i <= #ARGV do
+  local id, name, score, ips, nf = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], tonumber(ARGV[i + 4])
+  local fields = {}
+  for j = 1, nf * 2 do fields[j] = ARGV[i + 4 + j] end
+  i = i + 5 + nf * 2
+  if redis.call('EXISTS', prefix .. 'cluster:removed:' .. id) == 0 then
+    local prev = redis.call('ZSCORE', members, id)
+    local fresh = ((not prev) or (now - tonumber(prev) >= timeout)) and (now - score < timeout)
+    redis.call('ZADD', members, score, id)
+    local nkey = prefix .. 'cluster:node:' .. id
+    if fresh or redis.call('HGET', nkey, 'ips') ~= ips then
+      redis.call('HSET', prefix .. 'cluster:names', name, id)
+      unindex(prefix, id, nkey)
+      redis.call('DEL', nkey)
+      redis.call('HSET', nkey, 'ips', ips, unpack(fields))
+      redis.call('ZADD', prefix .. 'cluster:order', 0, name .. '\0' .. id)
+      for ip in string.gmatch(ips, '[^,]+') do
+        redis.call('HSET', prefix .. 'cluster:ips', ip, id)
+      end
+    end
+    redis.call('PEXPIRE', nkey, timeout * 2)
+    if fresh then event(prefix, cap, 'joined', id, now, 'name', name) end
+    n = n + 1
+  end
+end
+return n
+"#;
+
 /// ARGV: prefix, timeout_ms → {now, active}
 const ACTIVE: &str = r#"
 local now = now_ms()
@@ -160,6 +223,7 @@ static LEAVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(LEAVE));
 static PRUNE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(PRUNE));
 static ACTIVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(ACTIVE));
 static NOW_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(NOW));
+static ADOPT_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(ADOPT));
 
 /// The fields of a node's hash, as `NodeRecord::to_fields` writes them.
 const RECORD_FIELDS: [&str; 7] = [
@@ -195,8 +259,10 @@ fn record_from_row(id: String, row: Vec<Option<String>>) -> NodeRecord {
     }
 }
 
+mod roles;
 mod sentinel;
 mod users;
+use roles::Role;
 pub use users::LOCAL_FILE as NODE_USERS_FILE;
 
 /// Members pruned at most per heartbeat, so one heartbeat stays short after a mass outage.
@@ -220,6 +286,14 @@ pub struct RedisMembership {
     users_file: Option<std::path::PathBuf>,
     /// Set when the master is found through Sentinel (`sentinel.rs`).
     sentinel: Option<sentinel::Sentinel>,
+    /// What this credential may write (`roles.rs`), from its user name.
+    role: Role,
+    /// The database the users' `SELECT` is limited to.
+    db: i64,
+    /// When this process last tried the primary's adoption turn (`roles.rs`).
+    adopted_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Whether housekeeping has rewritten the node users' rules since this process started.
+    rules_applied: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for RedisMembership {
@@ -334,7 +408,7 @@ impl RedisMembership {
             Some(m) if sentinel.is_some() => format!("master {m} via Sentinel"),
             _ => describe_address(cfg),
         };
-        Ok(RedisMembership {
+        let mut m = RedisMembership {
             conn: std::sync::RwLock::new(connect_lazy(info.clone(), &timing)?),
             list_conn: std::sync::RwLock::new(connect_lazy(info.clone(), &timing)?),
             info,
@@ -343,7 +417,13 @@ impl RedisMembership {
             address,
             users_file: None,
             sentinel,
-        })
+            role: Role::Admin,
+            db: cfg.redis_db,
+            adopted_at: std::sync::Mutex::new(None),
+            rules_applied: std::sync::atomic::AtomicBool::new(false),
+        };
+        m.role = m.role_of(cfg.redis_username.as_deref());
+        Ok(m)
     }
 
     /// Keeps the node users' password digests in `state_dir` too, to re-create them after the
@@ -465,6 +545,10 @@ impl RedisMembership {
 
     /// The Redis server's clock, in ms since the epoch.
     pub async fn server_now_ms(&self) -> Result<u64, ClusterError> {
+        if self.role != Role::Admin {
+            let ((secs, micros),): ((u64, u64),) = self.query(redis::pipe().cmd("TIME")).await?;
+            return Ok(secs * 1000 + micros / 1000);
+        }
         let s: String = self.run(&NOW_SCRIPT, &[]).await?;
         Ok(s.parse().unwrap_or(0))
     }
@@ -645,7 +729,7 @@ impl RedisMembership {
                 format!(">{}", password.expose()),
             ]
             .into_iter()
-            .chain(self.node_user_rules())
+            .chain(self.node_rules(node_name))
             .collect::<Vec<_>>(),
         )
         .await
@@ -669,27 +753,25 @@ impl RedisMembership {
     ) -> Result<(String, Secret), ClusterError> {
         let user = self.user_name("enroll", token_id);
         let password = Secret::new(crate::auth::random_hex(32));
-        self.acl(&[
-            "SETUSER".into(),
-            user.clone(),
-            "reset".into(),
-            "on".into(),
-            format!(">{}", password.expose()),
-            format!("~{}", self.key(&format!("enroll:{token_id}"))),
-            format!("~{}", self.key("events")),
+        self.acl(
+            &[
+                "SETUSER".to_string(),
+                user.clone(),
+                "reset".into(),
+                "on".into(),
+                format!(">{}", password.expose()),
+            ]
+            .into_iter()
             // No EVAL: a script can hold the server (a busy loop), and a package's holder
-            // must not be able to stop the cluster's Redis. Events are a plain XADD.
-            "-@all".into(),
-            "+getdel".into(),
-            "+xadd".into(),
-            "+time".into(),
-            "+ping".into(),
-            "+select".into(),
-        ])
+            // must not be able to stop the cluster's Redis. No XADD: a refusal is a note.
+            .chain(self.enroll_rules(token_id))
+            .collect::<Vec<String>>(),
+        )
         .await
         .map_err(acl_refused)?;
-        // Remembered with the package's expiry: housekeeping deletes the user then, so a used
-        // package keeps its one remaining right (appending events) no longer than it is valid.
+        // Remembered with the package's expiry: housekeeping deletes the user then, or a grace
+        // period after its record is taken or revoked (`roles.rs`), so a used package keeps its
+        // one remaining right (leaving a refusal note) no longer than that.
         let mut cmd = redis::cmd("ZADD");
         cmd.arg(self.key("enroll-users")).arg(expires_ms).arg(&user);
         self.query::<()>(redis::pipe().add_command(cmd).ignore())
@@ -737,6 +819,9 @@ impl Membership for RedisMembership {
     }
 
     async fn register(&self, node: &NodeRecord) -> Result<usize, ClusterError> {
+        if let Role::Node(name) = &self.role {
+            return self.own_register(name, node).await;
+        }
         let mut args = self.base_args();
         args.push(self.timeout_ms().to_string());
         args.push(node.id.clone());
@@ -765,6 +850,10 @@ impl Membership for RedisMembership {
 
     async fn heartbeat(&self, node: &NodeRecord) -> Result<Heartbeat, ClusterError> {
         self.check_users_after_move().await;
+        if let Role::Node(name) = &self.role {
+            return self.own_heartbeat(name, node).await;
+        }
+        self.adopt_turn().await;
         let mut args = self.base_args();
         args.push(self.timeout_ms().to_string());
         args.push(node.id.clone());
@@ -774,6 +863,9 @@ impl Membership for RedisMembership {
     }
 
     async fn deregister(&self, node_id: &str) -> Result<(), ClusterError> {
+        if let Role::Node(name) = &self.role {
+            return self.own_deregister(name, node_id).await;
+        }
         let mut args = self.base_args();
         args.extend([node_id.into(), "left".into(), "0".into(), String::new()]);
         let _: i64 = self.run(&LEAVE_SCRIPT, &args).await?;
@@ -781,19 +873,19 @@ impl Membership for RedisMembership {
     }
 
     async fn remove(&self, node_id: &str, by: &str) -> Result<bool, ClusterError> {
-        let mut cmd = redis::cmd("HGET");
-        cmd.arg(self.key(&format!("node:{node_id}"))).arg("name");
-        let name: Option<String> = self
-            .query::<(Option<String>,)>(redis::pipe().add_command(cmd))
-            .await
-            .map(|(n,)| n)
-            .unwrap_or(None);
         let removed = self.remove_member(node_id, by).await?;
         // Its own ACL user goes with it, so its credentials stop working at once (Redis also
-        // closes that user's connections). A node without one (shared credentials) is fine.
-        if let Some(name) = name {
-            let user = self.user_name("node", &name);
-            if let Err(e) = self.delete_user(&user).await {
+        // closes that user's connections). The user is the one the primary registered for the
+        // name the id carries (never a name a record claims); a node without one is fine.
+        if let Some(name) = roles::name_of_id(node_id) {
+            let user = self.user_name("node", name);
+            let mut cmd = redis::cmd("HEXISTS");
+            cmd.arg(self.key("node-users")).arg(&user);
+            let registered = matches!(
+                self.query::<(bool,)>(redis::pipe().add_command(cmd)).await,
+                Ok((true,))
+            );
+            if registered && let Err(e) = self.delete_user(&user).await {
                 log::warn!("node {node_id} removed, but its Redis user {user} may remain: {e}");
             }
         }
@@ -801,38 +893,17 @@ impl Membership for RedisMembership {
     }
 
     async fn housekeeping(&self) -> Result<(), ClusterError> {
+        if self.role != Role::Admin {
+            return Ok(());
+        }
         if let Err(e) = self.restore_users().await {
             log::warn!("could not check the node users on the Redis server: {e}");
         }
-        let mut pipe = redis::pipe();
-        pipe.cmd("TIME");
-        pipe.cmd("ZRANGEBYSCORE")
-            .arg(self.key("enroll-users"))
-            .arg("-inf")
-            .arg("(+inf")
-            .arg("WITHSCORES")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(50);
-        let ((secs, micros), due): ((u64, u64), Vec<(String, u64)>) = self.query(&pipe).await?;
-        let now = secs * 1000 + micros / 1000;
-        for (user, expires) in due.into_iter().filter(|(_, e)| *e <= now) {
-            match self.delete_user(&user).await {
-                Ok(()) => {
-                    let mut cmd = redis::cmd("ZREM");
-                    cmd.arg(self.key("enroll-users")).arg(&user);
-                    self.query::<()>(redis::pipe().add_command(cmd).ignore())
-                        .await?;
-                    log::debug!(
-                        "deleted the enrollment user {user} (package expired at {expires})"
-                    );
-                }
-                // This node may not manage users: a node that may will do it.
-                Err(ClusterError::Auth { .. }) | Err(ClusterError::Backend { .. }) => return Ok(()),
-                Err(e) => return Err(e),
-            }
+        match self.expire_enroll_users().await {
+            // This node may not manage users: a node that may will do it.
+            Err(ClusterError::Auth { .. }) | Err(ClusterError::Backend { .. }) => Ok(()),
+            other => other,
         }
-        Ok(())
     }
 
     fn supports_enrollment(&self) -> bool {
@@ -904,14 +975,15 @@ impl Membership for RedisMembership {
     ) -> Result<Option<EnrollmentRecord>, ClusterError> {
         let taken = self.take_enrollment(token_id).await?;
         if let Some(rec) = &taken {
-            // The enrollment user stays until the package expires (housekeeping deletes it
-            // then): it can read nothing, and with it the revoked package's node records its
+            // The enrollment user stays a short while (housekeeping deletes it then): it can
+            // only leave a refusal note, and with it the revoked package's node records its
             // rejection. The node user goes, unless a pending
             // package or a member still uses it: a later build for the same name shares it
-            // (and reset its password), so it may be the one a live node runs with.
-            let enroll_user = self.user_name("enroll", &rec.token_id);
+            // (and reset its password), so it may be the one a live node runs with. Only the
+            // node user of the record's own name, which the primary wrote.
+            let own_user = self.user_name("node", &rec.node_name);
             let in_use = self.node_users_in_use().await;
-            for user in rec.users.iter().filter(|u| **u != enroll_user) {
+            for user in rec.users.iter().filter(|u| **u == own_user) {
                 match &in_use {
                     Ok(used) if used.contains(user) => {
                         log::info!("package revoked; its Redis user {user} stays (in use)");
@@ -938,8 +1010,17 @@ impl Membership for RedisMembership {
         let (scores, (secs, micros)): (Vec<(String, f64)>, (u64, u64)) =
             self.query_list(&pipe).await?;
         let now = secs * 1000 + micros / 1000;
-        let scores = scores.into_iter().map(|(id, s)| (id, Some(s))).collect();
+        // Nodes with a user of their own are listed from their own records (at once, without
+        // waiting for the primary's index), the others from the index.
+        let roster = self.roster().await?;
+        let own: std::collections::BTreeSet<&str> = roster.iter().map(String::as_str).collect();
+        let scores = scores
+            .into_iter()
+            .filter(|(id, _)| !roles::name_of_id(id).is_some_and(|n| own.contains(n)))
+            .map(|(id, s)| (id, Some(s)))
+            .collect();
         let mut out = self.rows_to_members(scores, now).await?;
+        out.extend(self.own_members(&roster, now).await?);
         out.sort_by(|a, b| {
             a.node
                 .name
@@ -990,10 +1071,34 @@ impl Membership for RedisMembership {
         for id in &ids {
             pipe.zscore(self.key("members"), id);
         }
-        let scores: Vec<Option<f64>> = self.query_list(&pipe).await?;
-        let out = self
-            .rows_to_members(ids.into_iter().zip(scores).collect(), now)
-            .await?;
+        for id in &ids {
+            pipe.zscore(self.key("roster"), roles::name_of_id(id).unwrap_or(""));
+        }
+        let mut scores: Vec<Option<f64>> = self.query_list(&pipe).await?;
+        let rostered = scores.split_off(ids.len());
+        let mut out = Vec::with_capacity(ids.len());
+        let mut index_rows = Vec::new();
+        for ((id, score), rostered) in ids.into_iter().zip(scores).zip(rostered) {
+            // A node with a user of its own is shown as its own record says, if that is still
+            // this id (it may have left since the index was written).
+            match (rostered.is_some(), roles::name_of_id(&id)) {
+                (true, Some(name)) => {
+                    if let Some(m) = self.own_member_of(name, now).await?
+                        && m.node.id == id
+                    {
+                        out.push(m);
+                    }
+                }
+                _ => index_rows.push((id, score)),
+            }
+        }
+        out.extend(self.rows_to_members(index_rows, now).await?);
+        out.sort_by(|a, b| {
+            a.node
+                .name
+                .cmp(&b.node.name)
+                .then(a.node.id.cmp(&b.node.id))
+        });
         Ok((out, next))
     }
 
@@ -1029,14 +1134,18 @@ impl Membership for RedisMembership {
             .cloned()
             .chain(ip_holders.iter().map(|(_, h)| h.clone()))
             .collect();
-        if candidates.is_empty() {
+        if candidates.is_empty() && name.is_none() {
             return Ok(super::Holders::default());
         }
         let mut pipe = redis::pipe();
         for id in &candidates {
             pipe.zscore(self.key("members"), id);
         }
-        let scores: Vec<Option<f64>> = self.query_list(&pipe).await?;
+        let scores: Vec<Option<f64>> = if candidates.is_empty() {
+            Vec::new()
+        } else {
+            self.query_list(&pipe).await?
+        };
         let timeout = self.timeout_ms();
         let live: std::collections::BTreeSet<&String> = candidates
             .iter()
@@ -1044,8 +1153,17 @@ impl Membership for RedisMembership {
             .filter(|(_, s)| s.is_some_and(|s| now.saturating_sub(s as u64) < timeout))
             .map(|(id, _)| id)
             .collect();
+        // A node with a user of its own holds its name by its own record, at once.
+        let own_holder = match name {
+            Some(n) => self
+                .own_member_of(n, now)
+                .await?
+                .filter(|m| m.state == MemberState::Active)
+                .map(|m| m.node.id),
+            None => None,
+        };
         Ok(super::Holders {
-            name: name_holder.filter(|h| name.is_some() && live.contains(h)),
+            name: own_holder.or(name_holder.filter(|h| name.is_some() && live.contains(h))),
             ip: ip_holders.into_iter().find(|(_, h)| live.contains(h)),
         })
     }
@@ -1064,24 +1182,14 @@ impl Membership for RedisMembership {
     }
 
     async fn record_event(&self, event: &Event) -> Result<(), ClusterError> {
-        // A plain XADD, not a script: the enrollment user records rejections with it and may
-        // run no script (nor load one into an empty script cache). The entry's id carries
-        // the server's time, which `events` reads as `at_ms`.
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(self.key("events"))
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(EVENTS_CAP)
-            .arg("*")
-            .arg("kind")
-            .arg(event.kind.as_str())
-            .arg("node_id")
-            .arg(&event.node_id);
-        for (k, v) in &event.detail {
-            cmd.arg(k).arg(v);
+        // Nodes and enrollment users leave a note of their own that the primary records; the
+        // primary's own events are a plain XADD (the entry's id carries the server's time,
+        // which `events` reads as `at_ms`).
+        match &self.role {
+            Role::Node(name) => self.own_event(name, event).await,
+            Role::Enroll(token) => self.enroll_event(token, event).await,
+            Role::Admin => self.admin_event(event).await,
         }
-        self.query::<()>(redis::pipe().add_command(cmd).ignore())
-            .await
     }
 
     async fn events(&self, limit: usize) -> Result<Vec<Event>, ClusterError> {
