@@ -113,3 +113,343 @@ async fn a_node_user_joins_through_its_own_keys() {
     let (page, _) = primary.members_page(10, None).await.unwrap();
     assert!(page.iter().all(|m| m.node.id != me.id), "{page:?}");
 }
+
+/// Sends `cmd` as an attacker and expects the server to refuse it for lack of permission.
+fn refused(conn: &mut fleet_tests::RespConn, who: &str, cmd: &[&str]) {
+    let r = conn.call(cmd).unwrap();
+    assert!(
+        r.starts_with("-NOPERM"),
+        "{who} was allowed {:?}: {r}",
+        cmd.iter()
+            .map(|a| &a[..a.len().min(40)])
+            .collect::<Vec<_>>()
+    );
+}
+
+fn users(redis: &RedisServer) -> String {
+    redis.command(&["ACL", "USERS"]).unwrap()
+}
+
+/// A pending enrollment record for `name`, as a build puts it, with its enrollment user.
+async fn pending(primary: &RedisMembership, name: &str, ttl_ms: u64) -> (String, String, Secret) {
+    let token = fleet_server::enrollment::Token::generate();
+    let now = primary.server_now_ms().await.unwrap();
+    let (user, pw) = primary
+        .create_enrollment_user(&token.id, now + ttl_ms)
+        .await
+        .unwrap();
+    let (nonce, ciphertext) = fleet_server::enrollment::seal(&token, "cluster: {}\n");
+    primary
+        .put_enrollment(&fleet_server::enrollment::EnrollmentRecord {
+            token_id: token.id.clone(),
+            node_name: name.into(),
+            created_ms: now,
+            expires_ms: now + ttl_ms,
+            built_by: "test".into(),
+            package_id: "p".into(),
+            users: vec![user.clone()],
+            nonce,
+            ciphertext,
+        })
+        .await
+        .unwrap();
+    (token.id, user, pw)
+}
+
+/// The attacks of issue 14 with a real node's Redis user and with the enrollment users of a
+/// used, a revoked and an expired package: each refused by Redis, and the cluster intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_and_used_packages_can_change_nothing_but_their_own_records() {
+    let redis = RedisServer::start_with(Some("priv-admin-pw"), &[]);
+    let primary = admin(&redis);
+    let p = node("primary", "192.0.2.1");
+    primary.register(&p).await.unwrap();
+    let (vu, vpw) = primary.create_node_user("victim").await.unwrap();
+    let victim = as_user(&redis, &vu, &vpw);
+    let v = node("victim", "192.0.2.3");
+    victim.register(&v).await.unwrap();
+    let (au, apw) = primary.create_node_user("mallory").await.unwrap();
+    let attacker_node = as_user(&redis, &au, &apw);
+    let a = node("mallory", "192.0.2.4");
+    attacker_node.register(&a).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    primary.heartbeat(&p).await.unwrap();
+    let events_before = primary.events(100).await.unwrap();
+    assert!(events_before.len() >= 3, "{events_before:?}");
+    let users_before = users(&redis);
+
+    let (_, mut m) = redis.connect_as(&au, apw.expose()).unwrap();
+    let who = "a node's user";
+    let sid = "ab".repeat(32);
+    let tomb = format!("fleet:cluster:removed:{}", v.id);
+    let other_record = format!("fleet:cluster:node:{}", v.id);
+    let mine = format!("fleet:cluster:self:mallory");
+    for cmd in [
+        // Another node's records, in the index and its own.
+        &["HSET", other_record.as_str(), "name", "mallory"][..],
+        &["HSET", "fleet:cluster:self:victim", "id", "victim-aaaaaa"],
+        &["DEL", "fleet:cluster:self:victim"],
+        &["PEXPIRE", "fleet:cluster:self:victim", "1"],
+        // An admin session, the users and their registries.
+        &[
+            "SET",
+            &format!("fleet:session:{sid}"),
+            "{\"user\":\"admin\"}",
+        ],
+        &[
+            "HSET",
+            "fleet:cluster:node-users",
+            "fleet-node-x",
+            &"0".repeat(64),
+        ],
+        &["HGETALL", "fleet:cluster:node-users"],
+        &["ZADD", "fleet:cluster:enroll-users", "1", "default"],
+        &["ZADD", "fleet:cluster:enroll-users", "1", vu.as_str()],
+        &["ZADD", "fleet:cluster:roster", "0", "squatter"],
+        // A tombstone, a heartbeat in the future, the shared indexes and events.
+        &["SET", tomb.as_str(), "admin"],
+        &[
+            "ZADD",
+            "fleet:cluster:members",
+            "99999999999999",
+            a.id.as_str(),
+        ],
+        &["HSET", "fleet:cluster:names", "victim", a.id.as_str()],
+        &["HSET", "fleet:cluster:ips", "192.0.2.3", a.id.as_str()],
+        &[
+            "XADD",
+            "fleet:cluster:events",
+            "MAXLEN",
+            "0",
+            "*",
+            "kind",
+            "left",
+        ],
+        &[
+            "XADD",
+            "fleet:cluster:events",
+            "18446744073709551615-18446744073709551615",
+            "a",
+            "b",
+        ],
+        &["DEL", "fleet:cluster:events"],
+        &["PERSIST", mine.as_str()],
+        // Reading pending enrollments, listing keys, scripts, other databases, the server.
+        &["GET", "fleet:cluster:enroll:0123"],
+        &["SCAN", "0"],
+        &["KEYS", "*"],
+        &["SCRIPT", "FLUSH"],
+        &["FUNCTION", "FLUSH"],
+        &[
+            "FUNCTION",
+            "LOAD",
+            "#!lua name=x\nredis.register_function('x', function() return 1 end)",
+        ],
+        &["EVAL", "return redis.call('FLUSHDB')", "0"],
+        &["SELECT", "1"],
+        &["FLUSHDB"],
+        &["FLUSHALL"],
+        &["CONFIG", "GET", "*"],
+        &["ACL", "LIST"],
+        &["ACL", "DELUSER", vu.as_str()],
+        &["SET", "other:key", "x"],
+    ] {
+        refused(&mut m, who, cmd);
+    }
+    // Its own record it may write, even a heartbeat "in the future": never alive then.
+    let r = m.call(&["PEXPIRE", &mine, "999999999"]).unwrap();
+    assert!(r.starts_with(":1"), "{r}");
+    let listed = primary.members().await.unwrap();
+    let me = listed.iter().find(|x| x.node.id == a.id).unwrap();
+    assert_eq!(
+        me.state,
+        MemberState::Expired,
+        "a TTL in the future is not alive"
+    );
+    assert!(
+        primary
+            .live_holders(Some("mallory"), &[])
+            .await
+            .unwrap()
+            .name
+            .is_none(),
+        "a forged heartbeat holds no name"
+    );
+    // Its own record claiming another's name and address changes nothing of theirs.
+    let r = m
+        .call(&[
+            "HSET",
+            &mine,
+            "name",
+            "victim",
+            "ips",
+            "192.0.2.3",
+            "addresses",
+            "192.0.2.3",
+        ])
+        .unwrap();
+    assert!(r.starts_with(':'), "{r}");
+    let r = m.call(&["PEXPIRE", &mine, "6000"]).unwrap();
+    assert!(r.starts_with(":1"), "{r}");
+    // A note far over the cap is dropped unread.
+    let big = "x".repeat(1 << 20);
+    let r = m
+        .call(&["HSET", "fleet:cluster:self:mallory:events", "left", &big])
+        .unwrap();
+    assert!(r.starts_with(':'), "{r}");
+
+    // The enrollment users of a used, a revoked and an expired package.
+    let (used_t, used_u, used_pw) = pending(&primary, "used", 60_000).await;
+    let (rev_t, rev_u, rev_pw) = pending(&primary, "revoked", 60_000).await;
+    let (exp_t, exp_u, exp_pw) = pending(&primary, "expired", 60_000).await;
+    let used = as_user(&redis, &used_u, &used_pw);
+    assert!(used.take_enrollment(&used_t).await.unwrap().is_some());
+    assert!(primary.revoke_enrollment(&rev_t).await.unwrap().is_some());
+    redis
+        .command(&["PEXPIRE", &format!("fleet:cluster:enroll:{exp_t}"), "1"])
+        .unwrap();
+    let fifty_mb = "e".repeat(50 << 20);
+    for (t, u, pw) in [
+        (&used_t, &used_u, &used_pw),
+        (&rev_t, &rev_u, &rev_pw),
+        (&exp_t, &exp_u, &exp_pw),
+    ] {
+        let (auth, mut e) = redis.connect_as(u, pw.expose()).unwrap();
+        assert!(auth.starts_with("+OK"), "{auth}");
+        let who = format!("the enrollment user {u}");
+        for cmd in [
+            &[
+                "XADD",
+                "fleet:cluster:events",
+                "MAXLEN",
+                "0",
+                "*",
+                "kind",
+                "x",
+            ][..],
+            &[
+                "XADD",
+                "fleet:cluster:events",
+                "18446744073709551615-18446744073709551615",
+                "a",
+                "b",
+            ],
+            &[
+                "XADD",
+                "fleet:cluster:events",
+                "*",
+                "kind",
+                "enrollment_rejected",
+                "reason",
+                fifty_mb.as_str(),
+            ],
+            &["GET", &format!("fleet:cluster:refused:{t}")],
+            &["GETDEL", &format!("fleet:cluster:enroll:{used_t}x")],
+            &[
+                "SET",
+                "fleet:cluster:refused:0123456789abcdef0123456789abcdef",
+                "x",
+            ],
+            &["SET", &format!("fleet:session:{sid}"), "{}"],
+            &["ZADD", "fleet:cluster:enroll-users", "1", "default"],
+            &["ZRANGE", "fleet:cluster:members", "0", "-1"],
+            &["EVAL", "return 1", "0"],
+            &["SCAN", "0"],
+            &["SELECT", "1"],
+            &["SCRIPT", "FLUSH"],
+            &["FUNCTION", "FLUSH"],
+            &["FLUSHDB"],
+        ] {
+            refused(&mut e, &who, cmd);
+        }
+    }
+    // Its one write, a refusal note of its own, is checked before it becomes an event.
+    let (_, mut e) = redis.connect_as(&used_u, used_pw.expose()).unwrap();
+    let r = e
+        .call(&[
+            "SET",
+            &format!("fleet:cluster:refused:{used_t}"),
+            &"r".repeat(1 << 20),
+        ])
+        .unwrap();
+    assert!(r.starts_with("+OK"), "{r}");
+    let rev = as_user(&redis, &rev_u, &rev_pw);
+    rev.record_event(&fleet_server::cluster::Event {
+        kind: fleet_server::cluster::EventKind::EnrollmentRejected,
+        node_id: "machine-3\x1b[2J".into(),
+        at_ms: 0,
+        detail: [
+            ("token_id".to_string(), "forged".to_string()),
+            ("reason".to_string(), "revoked\r\nforged row".to_string()),
+        ]
+        .into(),
+    })
+    .await
+    .unwrap();
+
+    // The primary's next turn: the cluster is intact.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    victim.heartbeat(&v).await.unwrap();
+    attacker_node.heartbeat(&a).await.unwrap();
+    primary.heartbeat(&p).await.unwrap();
+    primary.housekeeping().await.unwrap();
+    let listed = primary.members().await.unwrap();
+    for n in [&p, &v] {
+        let m = listed
+            .iter()
+            .find(|m| m.node.id == n.id)
+            .expect("still listed");
+        assert_eq!(m.state, MemberState::Active, "{m:?}");
+    }
+    let vm = listed.iter().find(|m| m.node.id == v.id).unwrap();
+    assert_eq!(vm.node, v, "the victim's record is its own");
+    let am = listed.iter().find(|m| m.node.id == a.id).unwrap();
+    assert_eq!(
+        am.node.name, "mallory",
+        "a record cannot take another's name"
+    );
+    let holders = primary
+        .live_holders(Some("victim"), &["192.0.2.3".parse().unwrap()])
+        .await
+        .unwrap();
+    assert_eq!(holders.name.as_deref(), Some(v.id.as_str()));
+    assert!(matches!(
+        victim.heartbeat(&v).await.unwrap(),
+        Heartbeat::Alive { .. }
+    ));
+    let events = primary.events(200).await.unwrap();
+    for e in &events_before {
+        assert!(events.contains(e), "event lost: {e:?}");
+    }
+    let rejections: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == fleet_server::cluster::EventKind::EnrollmentRejected)
+        .collect();
+    assert_eq!(
+        rejections.len(),
+        1,
+        "only the well-formed note: {rejections:?}"
+    );
+    let r = rejections[0];
+    assert_eq!(
+        r.detail.get("token_id"),
+        Some(&rev_t),
+        "the token is the user's own"
+    );
+    assert_eq!(
+        r.detail.get("reason").map(String::as_str),
+        Some("revokedforged row")
+    );
+    assert!(r.node_id.chars().all(|c| !c.is_control()), "{r:?}");
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.kind == fleet_server::cluster::EventKind::Left && e.node_id == a.id),
+        "the oversized note was dropped"
+    );
+    let users_after = users(&redis);
+    for u in ["default", vu.as_str(), au.as_str()] {
+        assert!(users_after.contains(u), "user {u} lost: {users_after}");
+    }
+    assert!(users_before.contains(&vu));
+}

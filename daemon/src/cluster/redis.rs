@@ -1116,11 +1116,15 @@ impl Membership for RedisMembership {
         }
         pipe.add_command(cmd);
         pipe.cmd("TIME");
-        let (name_holder, ip_holders, (secs, micros)): (
+        pipe.zscore(self.key("roster"), name.unwrap_or(""));
+        let (name_holder, ip_holders, (secs, micros), rostered): (
             Option<String>,
             Vec<Option<String>>,
             (u64, u64),
+            Option<f64>,
         ) = self.query_list(&pipe).await?;
+        // A name on the roster is held by its own record alone (the index may be behind).
+        let name_holder = name_holder.filter(|_| rostered.is_none());
         let now = secs * 1000 + micros / 1000;
         // The first entry of HMGET is the "" placeholder (HMGET needs one field at least).
         let ip_holders: Vec<(std::net::IpAddr, String)> = ips
