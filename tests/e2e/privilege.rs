@@ -183,7 +183,7 @@ async fn a_node_and_used_packages_can_change_nothing_but_their_own_records() {
     let sid = "ab".repeat(32);
     let tomb = format!("fleet:cluster:removed:{}", v.id);
     let other_record = format!("fleet:cluster:node:{}", v.id);
-    let mine = format!("fleet:cluster:self:mallory");
+    let mine = "fleet:cluster:self:mallory".to_string();
     for cmd in [
         // Another node's records, in the index and its own.
         &["HSET", other_record.as_str(), "name", "mallory"][..],
