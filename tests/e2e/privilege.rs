@@ -453,3 +453,55 @@ async fn a_node_and_used_packages_can_change_nothing_but_their_own_records() {
     }
     assert!(users_before.contains(&vu));
 }
+
+/// Migration: a node user of the previous release (the broad rules) gets the new rules at the
+/// primary's first housekeeping; removing a member the primary never registered a user for
+/// deletes no user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_node_users_are_narrowed_and_phantoms_delete_no_user() {
+    let redis = RedisServer::start_with(Some("priv-admin-pw"), &[]);
+    let before = admin(&redis);
+    let (user, pw) = before.create_node_user("old").await.unwrap();
+    let r = redis
+        .command(&[
+            "ACL",
+            "SETUSER",
+            &user,
+            "resetkeys",
+            "~fleet:*",
+            "&fleet:*",
+            "+@all",
+            "-@dangerous",
+            "-@admin",
+        ])
+        .unwrap();
+    assert!(r.starts_with("+OK"), "{r}");
+    let (_, mut c) = redis.connect_as(&user, pw.expose()).unwrap();
+    assert!(
+        c.call(&["SET", "fleet:probe", "1"])
+            .unwrap()
+            .starts_with("+OK")
+    );
+    // A restarted primary (a new process) narrows it.
+    let primary = admin(&redis);
+    primary.housekeeping().await.unwrap();
+    let (auth, mut c) = redis.connect_as(&user, pw.expose()).unwrap();
+    assert!(auth.starts_with("+OK"), "the password is kept: {auth}");
+    refused(&mut c, "a migrated node user", &["SET", "fleet:probe", "2"]);
+    let r = c.call(&["ZCARD", "fleet:cluster:members"]).unwrap();
+    assert!(r.starts_with(':'), "it still reads the members: {r}");
+
+    // Phantoms: an id whose name has no registered user, and the user `default` named in a
+    // record, delete nothing.
+    redis
+        .command(&["ACL", "SETUSER", "outsider", "on", ">x", "~*", "+@all"])
+        .unwrap();
+    let phantom = node("outsider", "192.0.2.9");
+    primary.register(&phantom).await.unwrap();
+    assert!(primary.remove(&phantom.id, "admin").await.unwrap());
+    assert!(!primary.remove("default-abcdef", "admin").await.unwrap());
+    let u = users(&redis);
+    for name in ["default", "outsider", user.as_str()] {
+        assert!(u.contains(name), "{name} deleted: {u}");
+    }
+}

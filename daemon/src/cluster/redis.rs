@@ -769,6 +769,15 @@ impl RedisMembership {
         )
         .await
         .map_err(acl_refused)?;
+        // The expiry on the server's clock (housekeeping compares it with `TIME`).
+        let local_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let expires_ms = self
+            .server_now_ms()
+            .await?
+            .saturating_add(expires_ms.saturating_sub(local_now));
         // Remembered with the package's expiry: housekeeping deletes the user then, or a grace
         // period after its record is taken or revoked (`roles.rs`), so a used package keeps its
         // one remaining right (leaving a refusal note) no longer than that.
@@ -913,11 +922,18 @@ impl Membership for RedisMembership {
     async fn put_enrollment(&self, record: &EnrollmentRecord) -> Result<(), ClusterError> {
         // Strings and numbers only: serialising cannot fail.
         let json = serde_json::to_string(record).unwrap_or_default();
+        // Its lifetime, not its date: Redis counts it down on its own clock, whatever this
+        // machine's clock says.
+        let local_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let ttl = record.expires_ms.saturating_sub(local_now).max(1);
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.key(&format!("enroll:{}", record.token_id)))
             .arg(json)
-            .arg("PXAT")
-            .arg(record.expires_ms);
+            .arg("PX")
+            .arg(ttl);
         self.query::<()>(redis::pipe().add_command(cmd).ignore())
             .await
     }
