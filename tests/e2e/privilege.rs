@@ -505,3 +505,94 @@ async fn old_node_users_are_narrowed_and_phantoms_delete_no_user() {
         assert!(u.contains(name), "{name} deleted: {u}");
     }
 }
+
+fn etcd_config(etcd: &fleet_tests::etcd::EtcdServer, user: &str, password: &str) -> Config {
+    let text = format!(
+        "cluster:\n  enabled: true\n  backend: etcd\n  heartbeat_interval: 1\n  heartbeat_timeout: 3\n  etcd_endpoints: [\"{}\"]\n  etcd_username: {user}\n  etcd_password: \"{password}\"\n",
+        etcd.endpoint()
+    );
+    Config::parse(&text, std::path::Path::new("e.yaml")).unwrap()
+}
+
+/// The same on etcd: a node's role writes only its own keys (and events); tombstones, the users
+/// registry, the count, the pruner's turn, sessions and other nodes' keys are refused, and the
+/// cluster is intact afterwards. A role of the earlier release (the whole prefix) is narrowed
+/// by the primary's housekeeping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_nodes_role_changes_only_its_own_keys() {
+    use fleet_server::cluster::etcd::EtcdMembership;
+    const ROOT: &str = "priv-etcd-root-pw";
+    let etcd = fleet_tests::etcd::EtcdServer::start_with_auth(ROOT);
+    let primary = EtcdMembership::new(&etcd_config(&etcd, "root", ROOT).cluster, TIMING).unwrap();
+    let p = node("primary", "198.51.100.1");
+    primary.register(&p).await.unwrap();
+    let (vu, vpw) = primary.create_node_user("victim").await.unwrap();
+    let victim =
+        EtcdMembership::new(&etcd_config(&etcd, &vu, vpw.expose()).cluster, TIMING).unwrap();
+    let v = node("victim", "198.51.100.3");
+    victim.register(&v).await.unwrap();
+    let (au, apw) = primary.create_node_user("mallory").await.unwrap();
+    let attacker =
+        EtcdMembership::new(&etcd_config(&etcd, &au, apw.expose()).cluster, TIMING).unwrap();
+    let a = node("mallory", "198.51.100.4");
+    attacker.register(&a).await.unwrap();
+    assert!(matches!(
+        attacker.heartbeat(&a).await.unwrap(),
+        Heartbeat::Alive { .. }
+    ));
+    let events_before = primary.events(100).await.unwrap();
+
+    let pw = apw.expose();
+    for key in [
+        format!("fleet:cluster/removed/{}", v.id),
+        format!("fleet:cluster/members/{}", v.id),
+        format!("fleet:cluster/alive/{}", v.id),
+        "fleet:cluster/names/victim".to_string(),
+        "fleet:cluster/users/mallory2".to_string(),
+        "fleet:cluster/active".to_string(),
+        "fleet:cluster/pruner".to_string(),
+        format!("fleet:session/{}", "ab".repeat(32)),
+        "elsewhere".to_string(),
+    ] {
+        let denied = etcd.put_as(&au, pw, &key, "x").unwrap_err();
+        assert!(denied.contains("permission denied"), "{key}: {denied}");
+    }
+    for prefix in [
+        "fleet:cluster/members/",
+        "fleet:cluster/users/",
+        "fleet:cluster/",
+        "fleet:",
+    ] {
+        let denied = etcd.delete_prefix_as(&au, pw, prefix).unwrap_err();
+        assert!(denied.contains("permission denied"), "{prefix}: {denied}");
+    }
+    // It may not remove another node, nor prune it.
+    assert!(attacker.remove(&v.id, "mallory").await.is_err());
+
+    // Intact: both nodes alive, listed, events kept, users there.
+    assert!(matches!(
+        victim.heartbeat(&v).await.unwrap(),
+        Heartbeat::Alive { .. }
+    ));
+    let listed = primary.members().await.unwrap();
+    for n in [&p, &v, &a] {
+        let m = listed.iter().find(|m| m.node.id == n.id).expect("listed");
+        assert_eq!(m.state, MemberState::Active);
+    }
+    let events = primary.events(200).await.unwrap();
+    for e in &events_before {
+        assert!(events.contains(e), "event lost: {e:?}");
+    }
+    assert!(etcd.authenticate(&vu, vpw.expose()).is_ok());
+
+    // Migration: the broad role of the previous release, narrowed by housekeeping.
+    let (ou, opw) = primary.create_node_user("old").await.unwrap();
+    etcd.grant_prefix_rw(&ou, "fleet:").unwrap();
+    etcd.put_as(&ou, opw.expose(), "fleet:probe", "1").unwrap();
+    let restarted = EtcdMembership::new(&etcd_config(&etcd, "root", ROOT).cluster, TIMING).unwrap();
+    restarted.housekeeping().await.unwrap();
+    let denied = etcd
+        .put_as(&ou, opw.expose(), "fleet:probe", "2")
+        .unwrap_err();
+    assert!(denied.contains("permission denied"), "{denied}");
+}
