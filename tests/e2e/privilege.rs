@@ -165,9 +165,26 @@ async fn a_node_and_used_packages_can_change_nothing_but_their_own_records() {
     let p = node("primary", "192.0.2.1");
     primary.register(&p).await.unwrap();
     let (vu, vpw) = primary.create_node_user("victim").await.unwrap();
-    let victim = as_user(&redis, &vu, &vpw);
+    let victim = std::sync::Arc::new(as_user(&redis, &vu, &vpw));
     let v = node("victim", "192.0.2.3");
     victim.register(&v).await.unwrap();
+    // The victim keeps heartbeating through the attack (which is slow: 50 MB payloads); every
+    // heartbeat must find it alive.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let beats = tokio::spawn({
+        let (victim, v, stop) = (victim.clone(), v.clone(), stop.clone());
+        async move {
+            let mut outcomes = Vec::new();
+            for _ in 0..600 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                outcomes.push(victim.heartbeat(&v).await);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            outcomes
+        }
+    });
     let (au, apw) = primary.create_node_user("mallory").await.unwrap();
     let attacker_node = as_user(&redis, &au, &apw);
     let a = node("mallory", "192.0.2.4");
@@ -388,6 +405,15 @@ async fn a_node_and_used_packages_can_change_nothing_but_their_own_records() {
     .unwrap();
 
     // The primary's next turn: the cluster is intact.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let outcomes = beats.await.unwrap();
+    assert!(
+        !outcomes.is_empty()
+            && outcomes
+                .iter()
+                .all(|o| matches!(o, Ok(Heartbeat::Alive { .. }))),
+        "{outcomes:?}"
+    );
     tokio::time::sleep(Duration::from_millis(800)).await;
     victim.heartbeat(&v).await.unwrap();
     attacker_node.heartbeat(&a).await.unwrap();

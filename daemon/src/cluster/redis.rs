@@ -1051,10 +1051,20 @@ impl Membership for RedisMembership {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<(Vec<Member>, Option<String>), ClusterError> {
-        let start: Vec<u8> = match cursor.and_then(super::parse_cursor) {
-            Some((name, id)) => [b"(".as_slice(), &order_entry(&name, &id)].concat(),
+        // Two sorted sources merged: the index (`order`, written by the primary) for nodes on
+        // shared credentials, and the roster's own records for nodes with users of their own
+        // (listed at once, before the primary indexes them). Each read is bounded; the page
+        // stops where the first truncated source stops, so no member falls between pages.
+        let after = cursor.and_then(super::parse_cursor);
+        let start: Vec<u8> = match &after {
+            Some((name, id)) => [b"(".as_slice(), &order_entry(name, id)].concat(),
             None => b"-".to_vec(),
         };
+        let roster_start: Vec<u8> = match &after {
+            Some((name, _)) => [b"[".as_slice(), name.as_bytes()].concat(),
+            None => b"-".to_vec(),
+        };
+        let window = limit.saturating_add(1);
         let mut pipe = redis::pipe();
         pipe.cmd("ZRANGEBYLEX")
             .arg(self.key("order"))
@@ -1062,59 +1072,74 @@ impl Membership for RedisMembership {
             .arg("+")
             .arg("LIMIT")
             .arg(0)
-            .arg(limit.saturating_add(1));
+            .arg(window);
         pipe.cmd("TIME");
-        let (entries, (secs, micros)): (Vec<Vec<u8>>, (u64, u64)) = self.query_list(&pipe).await?;
+        pipe.cmd("ZRANGEBYLEX")
+            .arg(self.key("roster"))
+            .arg(roster_start)
+            .arg("+")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(window);
+        let (entries, (secs, micros), names): (Vec<Vec<u8>>, (u64, u64), Vec<String>) =
+            self.query_list(&pipe).await?;
         let now = secs * 1000 + micros / 1000;
-        let more = entries.len() > limit;
-        let ids: Vec<String> = entries
+        let parsed: Vec<(String, String)> = entries
             .iter()
-            .take(limit)
-            .filter_map(|e| {
-                let at = e.iter().position(|b| *b == 0)?;
-                String::from_utf8(e[at + 1..].to_vec()).ok()
-            })
+            .filter_map(|e| super::parse_cursor(&hex::encode(e)))
             .collect();
+        // Everything up to `bound` (inclusive) has been seen in both sources.
+        let mut bound: Option<(String, String)> = None;
+        if entries.len() >= window
+            && let Some(last) = parsed.last()
+        {
+            bound = Some(last.clone());
+        }
+        if names.len() >= window
+            && let Some(last) = names.last()
+        {
+            let b = (last.clone(), "\u{7f}".to_string());
+            bound = Some(match bound {
+                Some(a) if a < b => a,
+                _ => b,
+            });
+        }
+        let rostered: std::collections::BTreeSet<&str> = names.iter().map(String::as_str).collect();
+        let index_ids: Vec<String> = parsed
+            .iter()
+            .filter(|(name, _)| !rostered.contains(name.as_str()))
+            .map(|(_, id)| id.clone())
+            .collect();
+        let mut out = Vec::new();
+        if !index_ids.is_empty() {
+            let mut pipe = redis::pipe();
+            for id in &index_ids {
+                pipe.zscore(self.key("members"), id);
+            }
+            let scores: Vec<Option<f64>> = self.query_list(&pipe).await?;
+            out.extend(
+                self.rows_to_members(index_ids.into_iter().zip(scores).collect(), now)
+                    .await?,
+            );
+        }
+        out.extend(self.own_members(&names, now).await?);
+        let key = |m: &Member| (m.node.name.clone(), m.node.id.clone());
+        out.retain(|m| {
+            let k = key(m);
+            after.as_ref().is_none_or(|a| k > *a) && bound.as_ref().is_none_or(|b| k <= *b)
+        });
+        out.sort_by_key(key);
+        let more = bound.is_some() || out.len() > limit;
+        out.truncate(limit);
         let next = if more {
-            entries.get(limit.saturating_sub(1)).map(hex::encode)
+            match (out.last(), &bound) {
+                (Some(m), _) => Some(super::cursor_of(&m.node)),
+                (None, Some((n, i))) => Some(hex::encode(order_entry(n, i))),
+                (None, None) => None,
+            }
         } else {
             None
         };
-        if ids.is_empty() {
-            return Ok((Vec::new(), next));
-        }
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.zscore(self.key("members"), id);
-        }
-        for id in &ids {
-            pipe.zscore(self.key("roster"), roles::name_of_id(id).unwrap_or(""));
-        }
-        let mut scores: Vec<Option<f64>> = self.query_list(&pipe).await?;
-        let rostered = scores.split_off(ids.len());
-        let mut out = Vec::with_capacity(ids.len());
-        let mut index_rows = Vec::new();
-        for ((id, score), rostered) in ids.into_iter().zip(scores).zip(rostered) {
-            // A node with a user of its own is shown as its own record says, if that is still
-            // this id (it may have left since the index was written).
-            match (rostered.is_some(), roles::name_of_id(&id)) {
-                (true, Some(name)) => {
-                    if let Some(m) = self.own_member_of(name, now).await?
-                        && m.node.id == id
-                    {
-                        out.push(m);
-                    }
-                }
-                _ => index_rows.push((id, score)),
-            }
-        }
-        out.extend(self.rows_to_members(index_rows, now).await?);
-        out.sort_by(|a, b| {
-            a.node
-                .name
-                .cmp(&b.node.name)
-                .then(a.node.id.cmp(&b.node.id))
-        });
         Ok((out, next))
     }
 
