@@ -637,8 +637,9 @@ fn a_removed_nodes_redis_user_stops_working_at_once() {
 
     let (auth, mut open) = c.redis().connect_as(&user, pw.expose()).unwrap();
     assert!(auth.starts_with("+OK"), "{auth}");
+    // It reads the index (which the primary fills at its next heartbeat).
     let r = open.call(&["ZCARD", "fleet:cluster:members"]).unwrap();
-    assert_eq!(r, ":2\r\n", "reads the cluster");
+    assert!(r.starts_with(':'), "reads the cluster: {r}");
     // It writes its own record and nothing else (`privilege.rs` tries the rest).
     let r = open
         .call(&["HGET", "fleet:cluster:self:node2", "id"])

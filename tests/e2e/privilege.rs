@@ -622,3 +622,38 @@ async fn an_etcd_nodes_role_changes_only_its_own_keys() {
         .unwrap_err();
     assert!(denied.contains("permission denied"), "{denied}");
 }
+
+/// On a database other than 0, a node's user may select that one database and no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_user_selects_its_database_only() {
+    let redis = RedisServer::start_with(Some("priv-admin-pw"), &[]);
+    let text = format!(
+        "cluster:\n  enabled: true\n{}  redis_db: 3\n",
+        redis.cluster_yaml()
+    );
+    let c = Config::parse(&text, std::path::Path::new("p.yaml")).unwrap();
+    let primary = RedisMembership::new(&c.cluster, TIMING).unwrap();
+    let (user, pw) = primary.create_node_user("node3").await.unwrap();
+    let node_text = format!(
+        "cluster:\n  enabled: true\n  backend: redis\n  redis_host: 127.0.0.1\n  redis_port: {}\n  redis_db: 3\n  redis_username: {user}\n  redis_password: \"{}\"\n",
+        redis.port,
+        pw.expose()
+    );
+    let nc = Config::parse(&node_text, std::path::Path::new("n.yaml")).unwrap();
+    let n3 = RedisMembership::new(&nc.cluster, TIMING).unwrap();
+    let me = node("node3", "192.0.2.5");
+    n3.register(&me).await.unwrap();
+    assert!(
+        primary
+            .members()
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.node.id == me.id)
+    );
+    let (_, mut conn) = redis.connect_as(&user, pw.expose()).unwrap();
+    assert!(conn.call(&["SELECT", "3"]).unwrap().starts_with("+OK"));
+    for db in ["0", "1"] {
+        refused(&mut conn, "a node's user", &["SELECT", db]);
+    }
+}

@@ -166,13 +166,19 @@ impl RedisMembership {
         ] {
             r.push(format!("+{c}"));
         }
-        r.push(format!("+select|{}", self.db));
+        r.extend(self.select_rule());
         r
+    }
+
+    /// `SELECT` of the configured database only, and only when it is not 0 (the client selects
+    /// a database at connect only then).
+    fn select_rule(&self) -> Option<String> {
+        (self.db != 0).then(|| format!("+select|{}", self.db))
     }
 
     /// An enrollment user's rights: GETDEL its own record, SET its own refusal note.
     pub(super) fn enroll_rules(&self, token_id: &str) -> Vec<String> {
-        vec![
+        let mut r: Vec<String> = vec![
             "resetkeys".into(),
             "resetchannels".into(),
             "-@all".into(),
@@ -181,8 +187,9 @@ impl RedisMembership {
             "+getdel".into(),
             "+set".into(),
             "+ping".into(),
-            format!("+select|{}", self.db),
-        ]
+        ];
+        r.extend(self.select_rule());
+        r
     }
 
     async fn now_ms(&self) -> Result<u64, ClusterError> {
