@@ -1271,7 +1271,10 @@ impl EtcdMembership {
         let password = Secret::new(Alphanumeric.sample_string(&mut rand::rng(), 32));
         let users_key = self.key(&format!("users/{node_name}"));
         let (u, pw) = (user.clone(), password.clone());
-        self.run("creating a node user", |mut client| async move {
+        // An admin's operation of several raft writes (role, five grants, user): a deadline of
+        // its own, longer than a heartbeat's.
+        let deadline = std::time::Duration::from_secs(15);
+        self.run_within("creating a node user", deadline, |mut client| async move {
             let roles = client
                 .user_get(me.clone())
                 .await
