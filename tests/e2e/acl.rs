@@ -150,13 +150,31 @@ async fn node_users_are_saved_to_the_aclfile() {
     assert!(!saved.contains(&user), "{saved}");
 }
 
-/// A node removed through a node that may not manage users (its own user lacks `ACL`): the
+/// The remover's credentials: configured on the server (so they survive its restarts, as a
+/// managed service's do), everything but `@admin`.
+const REMOVER: &str = "fleet-remover";
+const REMOVER_PW: &str = "remover-pw-0123456789";
+const REMOVER_USER: &[&str] = &[
+    "--user",
+    REMOVER,
+    "on",
+    ">remover-pw-0123456789",
+    "~*",
+    "&*",
+    "+@all",
+    "-@admin",
+];
+
+/// A node removed through a node that may not manage users (its user lacks `ACL`): the
 /// primary deletes the removed node's user before its next heartbeat and forgets its digest,
 /// and a Redis restart that loses everything afterwards does not bring the user back, while
-/// the remover's own user is re-created as usual.
+/// the remover registers again as usual.
 #[test]
 fn a_removed_nodes_user_is_never_re_created() {
-    let mut redis = RedisServer::start_with(Some("acl-admin-pw"), &[]);
+    // The remover: a node on shared credentials that may not manage users (like a managed
+    // service's user: everything but @admin). A node with its own user may change only its own
+    // records (issue 14), so it cannot remove others at all.
+    let mut redis = RedisServer::start_with(Some("acl-admin-pw"), REMOVER_USER);
     let primary = Daemon::start("primary", &redis.cluster_yaml());
     primary.wait_health(200, Duration::from_secs(10));
     let state = primary.dir.path().join("state");
@@ -164,15 +182,15 @@ fn a_removed_nodes_user_is_never_re_created() {
         .enable_all()
         .build()
         .unwrap();
-    let [(user2, pw2), (user3, pw3)] = ["node2", "node3"].map(|name| {
-        rt.block_on(async {
+    let (user2, pw2) = (REMOVER.to_string(), Secret::new(REMOVER_PW));
+    let (user3, pw3) = rt
+        .block_on(async {
             membership(&redis)
                 .with_user_registry(&state)
-                .create_node_user(name)
+                .create_node_user("node3")
                 .await
         })
-        .unwrap()
-    });
+        .unwrap();
     let own = |user: &str, pw: &Secret| {
         format!(
             "  backend: redis\n  redis_host: 127.0.0.1\n  redis_port: {}\n  redis_username: {user}\n  redis_password: \"{}\"\n",
@@ -186,6 +204,29 @@ fn a_removed_nodes_user_is_never_re_created() {
     removed.wait_health(200, Duration::from_secs(10));
     let id3 = removed.node_id();
     primary.wait_listed(&id3, Duration::from_secs(10));
+    // Indexed by the primary (its heartbeat adopts the nodes' own records once an interval):
+    // removal works on the index.
+    fleet_tests::wait_for(
+        "the primary to index node3",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            redis
+                .command(&["ZSCORE", "fleet:cluster:members", &id3])
+                .ok()
+                .filter(|r| !r.starts_with("$-1") && !r.starts_with("*-1"))
+        },
+    );
+    // A node on its own user may not remove another: refused, saying why, nothing changed.
+    let (s, body) = fleet_tests::http(
+        "DELETE",
+        removed.port,
+        &format!("/api/fleet/cluster/nodes/{}", remover.node_id()),
+        &[("X-API-Key", fleet_tests::TEST_API_KEY)],
+    )
+    .unwrap();
+    assert_ne!(s, 200, "{body}");
+    assert!(body.contains("may change only its own records"), "{body}");
 
     let (s, body) = fleet_tests::http(
         "DELETE",
@@ -221,7 +262,7 @@ fn a_removed_nodes_user_is_never_re_created() {
         Duration::from_millis(20),
         || {
             let kept = std::fs::read_to_string(state.join(NODE_USERS_FILE)).ok()?;
-            (!kept.contains(&user3) && kept.contains(&user2)).then_some(())
+            (!kept.contains(&user3)).then_some(())
         },
     );
     let r = redis
@@ -230,13 +271,7 @@ fn a_removed_nodes_user_is_never_re_created() {
     assert!(r.starts_with(":0"), "{r}");
 
     redis.restart();
-    // The remover's user comes back and it registers again; the removed node's user does not.
-    fleet_tests::wait_for(
-        "the primary to re-create the remover's user",
-        Duration::from_secs(10),
-        Duration::from_millis(20),
-        || (!absent(&redis.command(&["ACL", "GETUSER", &user2]).ok()?)).then_some(()),
-    );
+    // The remover registers again; the removed node's user does not come back.
     primary.wait_listed(&remover.node_id(), Duration::from_secs(20));
     // Two more housekeeping chances (the primary runs it at once after the loss, and before
     // each heartbeat for revocations): still absent.
@@ -267,7 +302,10 @@ fn a_removed_nodes_user_is_never_re_created() {
 #[test]
 fn a_removal_the_backend_lost_is_recorded_again_by_the_remover() {
     use nix::sys::signal::Signal;
-    let mut redis = RedisServer::start_with(Some("acl-admin-pw"), &[]);
+    // The remover: a node on shared credentials that may not manage users (like a managed
+    // service's user: everything but @admin). A node with its own user may change only its own
+    // records (issue 14), so it cannot remove others at all.
+    let mut redis = RedisServer::start_with(Some("acl-admin-pw"), REMOVER_USER);
     let primary = Daemon::start("primary", &redis.cluster_yaml());
     primary.wait_health(200, Duration::from_secs(10));
     let state = primary.dir.path().join("state");
@@ -275,15 +313,15 @@ fn a_removal_the_backend_lost_is_recorded_again_by_the_remover() {
         .enable_all()
         .build()
         .unwrap();
-    let [(user2, pw2), (user3, pw3)] = ["node2", "node3"].map(|name| {
-        rt.block_on(async {
+    let (user2, pw2) = (REMOVER.to_string(), Secret::new(REMOVER_PW));
+    let (user3, pw3) = rt
+        .block_on(async {
             membership(&redis)
                 .with_user_registry(&state)
-                .create_node_user(name)
+                .create_node_user("node3")
                 .await
         })
-        .unwrap()
-    });
+        .unwrap();
     let own = |user: &str, pw: &Secret| {
         format!(
             "  backend: redis\n  redis_host: 127.0.0.1\n  redis_port: {}\n  redis_username: {user}\n  redis_password: \"{}\"\n",
@@ -297,6 +335,19 @@ fn a_removal_the_backend_lost_is_recorded_again_by_the_remover() {
     removed.wait_health(200, Duration::from_secs(10));
     let id3 = removed.node_id();
     primary.wait_listed(&id3, Duration::from_secs(10));
+    // Indexed by the primary (its heartbeat adopts the nodes' own records once an interval):
+    // removal works on the index.
+    fleet_tests::wait_for(
+        "the primary to index node3",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            redis
+                .command(&["ZSCORE", "fleet:cluster:members", &id3])
+                .ok()
+                .filter(|r| !r.starts_with("$-1") && !r.starts_with("*-1"))
+        },
+    );
 
     primary.signal(Signal::SIGSTOP);
     let (s, body) = fleet_tests::http(

@@ -113,17 +113,15 @@ async fn node_users_are_limited_to_the_prefix_and_deleted() {
     assert_eq!(user, "fleet-node-node2");
     assert!(password.expose().len() >= 32);
 
-    // The node's user joins the cluster, and may write under the prefix only.
+    // The node's user joins the cluster, and may write its own keys only.
     let as_node =
         EtcdMembership::new(&cluster_config(&etcd, &user, password.expose()), timing()).unwrap();
     let n2 = node("node2");
     assert_eq!(as_node.register(&n2).await.unwrap(), 2);
-    etcd.put_as(&user, password.expose(), "fleet:probe", "1")
-        .unwrap();
-    let denied = etcd
-        .put_as(&user, password.expose(), "elsewhere/probe", "1")
-        .unwrap_err();
-    assert!(denied.contains("permission denied"), "{denied}");
+    for key in ["elsewhere/probe", "fleet:probe"] {
+        let denied = etcd.put_as(&user, password.expose(), key, "1").unwrap_err();
+        assert!(denied.contains("permission denied"), "{denied}");
+    }
     // And may not make users of its own.
     let err = as_node.create_node_user("node3").await.unwrap_err();
     assert!(matches!(err, ClusterError::Auth { .. }), "{err:?}");
@@ -358,18 +356,14 @@ async fn package_build_makes_a_node_user_that_remove_deletes() {
         "{built:?}"
     );
 
-    // The node's user works on the cluster prefix and nowhere else; the node joins with it.
-    etcd.put_as("fleet-node-node2", password.expose(), "fleet:probe", "1")
-        .unwrap();
-    let denied = etcd
-        .put_as(
-            "fleet-node-node2",
-            password.expose(),
-            "elsewhere/probe",
-            "1",
-        )
-        .unwrap_err();
-    assert!(denied.contains("permission denied"), "{denied}");
+    // The node's user writes its own keys and nowhere else (`privilege.rs` tries the rest);
+    // the node joins with it.
+    for key in ["elsewhere/probe", "fleet:probe", "fleet:cluster/removed/x"] {
+        let denied = etcd
+            .put_as("fleet-node-node2", password.expose(), key, "1")
+            .unwrap_err();
+        assert!(denied.contains("permission denied"), "{key}: {denied}");
+    }
     let as_node = EtcdMembership::new(c, timing()).unwrap();
     let n2 = node("node2");
     as_node.register(&n2).await.unwrap();

@@ -19,6 +19,7 @@ mod lb;
 mod leastpriv;
 mod logrotate;
 mod netns;
+mod privilege;
 mod sentinel;
 mod signing;
 mod upgrade;

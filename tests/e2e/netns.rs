@@ -503,8 +503,16 @@ fn a_package_built_from_the_office_installs_in_the_datacenter_and_joins() {
         .filter_map(|n| n["id"].as_str())
         .collect();
     assert!(ids.contains(&node_id.as_str()), "{body}");
-    // And the admin's Settings page says so.
-    let page = admin.get("/settings").text();
+    // And the admin's Settings page says so (its count follows the primary's next heartbeat:
+    // the new node runs with a Redis user of its own, which the primary indexes then).
+    let mut page = String::new();
+    for _ in 0..150 {
+        page = admin.get("/settings").text();
+        if page.contains("<dd id=\"active-nodes\">2</dd>") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(
         page.contains("<dd id=\"active-nodes\">2</dd>"),
         "Active Nodes on the Settings page:\n{page}"

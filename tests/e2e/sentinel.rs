@@ -78,9 +78,12 @@ fn nodes_follow_a_sentinel_failover() {
     node2.wait_health(200, Duration::from_secs(15));
     let (id1, id2) = (primary.node_id(), node2.node_id());
     primary.wait_listed(&id2, Duration::from_secs(10));
-    assert!(
-        member_score(&set, set.master_port(), &id2).is_some(),
-        "node2 heartbeats on the master"
+    // node2 runs with its own user: the primary's next heartbeat copies it into the index.
+    wait_for(
+        "node2 heartbeats on the master",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || member_score(&set, set.master_port(), &id2),
     );
 
     let killed = Instant::now();

@@ -274,6 +274,37 @@ impl EtcdServer {
         .map(|_| ())
     }
 
+    /// As `root`: grants `role` read-write on every key under `prefix` (what node roles of an
+    /// earlier release had).
+    pub fn grant_prefix_rw(&self, role: &str, prefix: &str) -> Result<(), String> {
+        let pw = self.root_password.clone().ok_or("auth is off")?;
+        let token = self.authenticate("root", &pw)?;
+        self.call(
+            "/v3/auth/role/grant",
+            serde_json::json!({"name": role, "perm": {
+                "permType": "READWRITE",
+                "key": b64(prefix.as_bytes()),
+                "range_end": b64(&prefix_end(prefix.as_bytes())),
+            }}),
+            Some(&token),
+        )
+        .map(|_| ())
+    }
+
+    /// Deletes every key under `prefix` as `user`: Ok, or etcd's refusal.
+    pub fn delete_prefix_as(&self, user: &str, password: &str, prefix: &str) -> Result<(), String> {
+        let token = self.authenticate(user, password)?;
+        self.call(
+            "/v3/kv/deleterange",
+            serde_json::json!({
+                "key": b64(prefix.as_bytes()),
+                "range_end": b64(&prefix_end(prefix.as_bytes())),
+            }),
+            Some(&token),
+        )
+        .map(|_| ())
+    }
+
     /// Deletes every key that starts with `prefix` (the backend lost the cluster's data, while
     /// etcd and its leases stay up).
     pub fn delete_prefix(&self, prefix: &str) {

@@ -42,8 +42,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
-    Permission, PutOptions, SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse,
-    TxnResponse,
+    PutOptions, SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
 use rand::Rng;
 use rand::distr::{Alphanumeric, SampleString};
@@ -114,7 +113,11 @@ pub struct EtcdMembership {
     /// An open keepalive stream per lease: a heartbeat sends one request on it, rather than
     /// opening a stream (a goroutine and an HTTP/2 stream in etcd) every time.
     keepers: Mutex<HashMap<i64, Keeper>>,
+    /// Whether this process's housekeeping narrowed the node roles yet (`etcd/roles.rs`).
+    roles_narrowed: std::sync::atomic::AtomicBool,
 }
+
+mod roles;
 
 type Keeper = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
 
@@ -341,6 +344,7 @@ impl EtcdMembership {
             client: tokio::sync::Mutex::new(None),
             leases: Mutex::new(HashMap::new()),
             keepers: Mutex::new(HashMap::new()),
+            roles_narrowed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -609,7 +613,10 @@ impl EtcdMembership {
                 ));
                 // Not compared: two joins at once may count one; the next prune recounts.
                 count.n += 1;
-                ops.push(TxnOp::put(self.key("active"), count.to_json(), None));
+                // A node's own user may not write the count: the primary's prune recounts.
+                if !self.is_node_user() {
+                    ops.push(TxnOp::put(self.key("active"), count.to_json(), None));
+                }
             }
             let resp = client
                 .txn(
@@ -711,7 +718,9 @@ impl EtcdMembership {
             .first()
             .map(parse_active)
             .unwrap_or_default();
+        // Pruning deletes other nodes' keys: the primary's credential only.
         if count_of(&resp, 1) == 0
+            && !self.is_node_user()
             && let Some(active) = self.prune_turn(&mut client, id).await?
         {
             return Ok(Heartbeat::Alive { active });
@@ -971,7 +980,9 @@ impl EtcdMembership {
                     .map(parse_active)
                     .unwrap_or_default();
                 count.n = count.n.saturating_sub(1);
-                ops.push(TxnOp::put(self.key("active"), count.to_json(), None));
+                if !self.is_node_user() {
+                    ops.push(TxnOp::put(self.key("active"), count.to_json(), None));
+                }
             }
             let resp = client
                 .txn(
@@ -1258,10 +1269,12 @@ impl EtcdMembership {
         };
         let user = self.node_user_name(node_name);
         let password = Secret::new(Alphanumeric.sample_string(&mut rand::rng(), 32));
-        let prefix = self.key_prefix.clone();
         let users_key = self.key(&format!("users/{node_name}"));
         let (u, pw) = (user.clone(), password.clone());
-        self.run("creating a node user", |mut client| async move {
+        // An admin's operation of several raft writes (role, five grants, user): a deadline of
+        // its own, longer than a heartbeat's.
+        let deadline = std::time::Duration::from_secs(15);
+        self.run_within("creating a node user", deadline, |mut client| async move {
             let roles = client
                 .user_get(me.clone())
                 .await
@@ -1282,10 +1295,8 @@ impl EtcdMembership {
                     if s.message().contains("already exists") => {}
                 Err(e) => return Err(map_err(&e)),
             }
-            client
-                .role_grant_permission(u.clone(), Permission::read_write(prefix).with_prefix())
-                .await
-                .map_err(|e| map_err(&e))?;
+            // Read the cluster, write its own keys (`etcd/roles.rs`).
+            self.narrow_role(&mut client, &u, node_name).await?;
             match client.user_add(u.clone(), pw.expose(), None).await {
                 Ok(_) => {}
                 Err(etcd_client::Error::GRpcStatus(s))
@@ -1385,6 +1396,10 @@ impl EtcdMembership {
 impl Membership for EtcdMembership {
     fn kind(&self) -> BackendKind {
         BackendKind::Etcd
+    }
+
+    async fn housekeeping(&self) -> Result<(), ClusterError> {
+        self.narrow_node_roles().await
     }
 
     async fn register(&self, node: &NodeRecord) -> Result<usize, ClusterError> {

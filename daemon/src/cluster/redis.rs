@@ -46,10 +46,23 @@ local function unindex(prefix, id, nkey)
   end
   return f[1]
 end
+local function own_alive(prefix, id, timeout)
+  local n = string.match(id, '^(.*)%-[^%-]*$')
+  if not n then return nil end
+  local sk = prefix .. 'cluster:self:' .. n
+  if redis.call('HGET', sk, 'id') ~= id then return nil end
+  local p = redis.call('PTTL', sk)
+  if p > timeout and p <= 2 * timeout then return p end
+  return nil
+end
 local function forget(prefix, id)
   local nkey = prefix .. 'cluster:node:' .. id
   local name = unindex(prefix, id, nkey)
   redis.call('DEL', nkey)
+  local n = name or string.match(id, '^(.*)%-[^%-]*$')
+  if n and redis.call('HGET', prefix .. 'cluster:self:' .. n, 'id') == id then
+    redis.call('DEL', prefix .. 'cluster:self:' .. n)
+  end
   if name and redis.call('HGET', prefix .. 'cluster:names', name) == id then
     redis.call('HDEL', prefix .. 'cluster:names', name)
   end
@@ -62,12 +75,20 @@ end
 local function prune(prefix, now, timeout, limit, cap)
   local members = prefix .. 'cluster:members'
   local old = redis.call('ZRANGEBYSCORE', members, '-inf', now - timeout, 'LIMIT', 0, limit)
+  local gone = {}
   for _, id in ipairs(old) do
-    redis.call('ZREM', members, id)
-    local name = forget(prefix, id)
-    event(prefix, cap, 'expired', id, now, 'name', name)
+    -- A node with a user of its own heartbeats on its own key: alive there, it stays.
+    local p = own_alive(prefix, id, timeout)
+    if p then
+      redis.call('ZADD', members, now - (2 * timeout - p), id)
+    else
+      redis.call('ZREM', members, id)
+      local name = forget(prefix, id)
+      event(prefix, cap, 'expired', id, now, 'name', name)
+      gone[#gone + 1] = id
+    end
   end
-  return old
+  return gone
 end
 local function active(prefix, now, timeout)
   return redis.call('ZCOUNT', prefix .. 'cluster:members', now - timeout + 1, '+inf')
@@ -79,6 +100,12 @@ const REGISTER: &str = r#"
 local prefix, cap, timeout, id, name, ips = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
 local now = now_ms()
 if redis.call('EXISTS', prefix .. 'cluster:removed:' .. id) == 1 then return {'removed', ''} end
+local sk = prefix .. 'cluster:self:' .. name
+local sh = redis.call('HGET', sk, 'id')
+if sh and sh ~= id then
+  local p = redis.call('PTTL', sk)
+  if p > timeout and p <= 2 * timeout then return {'name_taken', sh} end
+end
 local members = prefix .. 'cluster:members'
 local holder = redis.call('HGET', prefix .. 'cluster:names', name)
 if holder and holder ~= id then
@@ -139,6 +166,42 @@ local prefix, cap, timeout, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumbe
 return prune(prefix, now_ms(), timeout, limit, cap)
 "#;
 
+/// The primary copies the own records of nodes with users of their own into the indexes.
+/// ARGV: prefix, cap, timeout_ms, then per node: id, name, last heartbeat ms, ips, n, n fields
+/// and values. The indexes are rewritten only when the member is new or its addresses moved.
+const ADOPT: &str = r#"
+local prefix, cap, timeout = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local now = now_ms()
+local members = prefix .. 'cluster:members'
+local i, n = 4, 0
+while i <= #ARGV do
+  local id, name, score, ips, nf = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], tonumber(ARGV[i + 4])
+  local fields = {}
+  for j = 1, nf * 2 do fields[j] = ARGV[i + 4 + j] end
+  i = i + 5 + nf * 2
+  if redis.call('EXISTS', prefix .. 'cluster:removed:' .. id) == 0 then
+    local prev = redis.call('ZSCORE', members, id)
+    local fresh = ((not prev) or (now - tonumber(prev) >= timeout)) and (now - score < timeout)
+    redis.call('ZADD', members, score, id)
+    local nkey = prefix .. 'cluster:node:' .. id
+    if fresh or redis.call('HGET', nkey, 'ips') ~= ips then
+      redis.call('HSET', prefix .. 'cluster:names', name, id)
+      unindex(prefix, id, nkey)
+      redis.call('DEL', nkey)
+      redis.call('HSET', nkey, 'ips', ips, unpack(fields))
+      redis.call('ZADD', prefix .. 'cluster:order', 0, name .. '\0' .. id)
+      for ip in string.gmatch(ips, '[^,]+') do
+        redis.call('HSET', prefix .. 'cluster:ips', ip, id)
+      end
+    end
+    redis.call('PEXPIRE', nkey, timeout * 2)
+    if fresh then event(prefix, cap, 'joined', id, now, 'name', name) end
+    n = n + 1
+  end
+end
+return n
+"#;
+
 /// ARGV: prefix, timeout_ms → {now, active}
 const ACTIVE: &str = r#"
 local now = now_ms()
@@ -160,6 +223,7 @@ static LEAVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(LEAVE));
 static PRUNE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(PRUNE));
 static ACTIVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(ACTIVE));
 static NOW_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(NOW));
+static ADOPT_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(ADOPT));
 
 /// The fields of a node's hash, as `NodeRecord::to_fields` writes them.
 const RECORD_FIELDS: [&str; 7] = [
@@ -195,8 +259,10 @@ fn record_from_row(id: String, row: Vec<Option<String>>) -> NodeRecord {
     }
 }
 
+mod roles;
 mod sentinel;
 mod users;
+use roles::Role;
 pub use sentinel::Sentinel;
 pub use users::LOCAL_FILE as NODE_USERS_FILE;
 
@@ -223,6 +289,14 @@ pub struct RedisMembership {
     sentinel: Option<sentinel::Sentinel>,
     /// The last housekeeping found that this connection may manage users (`users.rs`).
     manages_users: std::sync::atomic::AtomicBool,
+    /// What this credential may write (`roles.rs`), from its user name.
+    role: Role,
+    /// The database the users' `SELECT` is limited to.
+    db: i64,
+    /// When this process last tried the primary's adoption turn (`roles.rs`).
+    adopted_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Whether housekeeping has rewritten the node users' rules since this process started.
+    rules_applied: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for RedisMembership {
@@ -364,7 +438,7 @@ impl RedisMembership {
             Some(m) if sentinel.is_some() => format!("master {m} via Sentinel"),
             _ => describe_address(cfg),
         };
-        Ok(RedisMembership {
+        let mut m = RedisMembership {
             conn: std::sync::RwLock::new(connect_lazy(info.clone(), &timing)?),
             list_conn: std::sync::RwLock::new(connect_lazy(info.clone(), &timing)?),
             info,
@@ -374,7 +448,13 @@ impl RedisMembership {
             users_file: None,
             sentinel,
             manages_users: std::sync::atomic::AtomicBool::new(false),
-        })
+            role: Role::Admin,
+            db: cfg.redis_db,
+            adopted_at: std::sync::Mutex::new(None),
+            rules_applied: std::sync::atomic::AtomicBool::new(false),
+        };
+        m.role = m.role_of(cfg.redis_username.as_deref());
+        Ok(m)
     }
 
     /// Keeps the node users' password digests in `state_dir` too, to re-create them after the
@@ -496,6 +576,10 @@ impl RedisMembership {
 
     /// The Redis server's clock, in ms since the epoch.
     pub async fn server_now_ms(&self) -> Result<u64, ClusterError> {
+        if self.role != Role::Admin {
+            let ((secs, micros),): ((u64, u64),) = self.query(redis::pipe().cmd("TIME")).await?;
+            return Ok(secs * 1000 + micros / 1000);
+        }
         let s: String = self.run(&NOW_SCRIPT, &[]).await?;
         Ok(s.parse().unwrap_or(0))
     }
@@ -676,7 +760,7 @@ impl RedisMembership {
                 format!(">{}", password.expose()),
             ]
             .into_iter()
-            .chain(self.node_user_rules())
+            .chain(self.node_rules(node_name))
             .collect::<Vec<_>>(),
         )
         .await
@@ -700,27 +784,34 @@ impl RedisMembership {
     ) -> Result<(String, Secret), ClusterError> {
         let user = self.user_name("enroll", token_id);
         let password = Secret::new(crate::auth::random_hex(32));
-        self.acl(&[
-            "SETUSER".into(),
-            user.clone(),
-            "reset".into(),
-            "on".into(),
-            format!(">{}", password.expose()),
-            format!("~{}", self.key(&format!("enroll:{token_id}"))),
-            format!("~{}", self.key("events")),
+        self.acl(
+            &[
+                "SETUSER".to_string(),
+                user.clone(),
+                "reset".into(),
+                "on".into(),
+                format!(">{}", password.expose()),
+            ]
+            .into_iter()
             // No EVAL: a script can hold the server (a busy loop), and a package's holder
-            // must not be able to stop the cluster's Redis. Events are a plain XADD.
-            "-@all".into(),
-            "+getdel".into(),
-            "+xadd".into(),
-            "+time".into(),
-            "+ping".into(),
-            "+select".into(),
-        ])
+            // must not be able to stop the cluster's Redis. No XADD: a refusal is a note.
+            .chain(self.enroll_rules(token_id))
+            .collect::<Vec<String>>(),
+        )
         .await
         .map_err(acl_refused)?;
-        // Remembered with the package's expiry: housekeeping deletes the user then, so a used
-        // package keeps its one remaining right (appending events) no longer than it is valid.
+        // The expiry on the server's clock (housekeeping compares it with `TIME`).
+        let local_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let expires_ms = self
+            .server_now_ms()
+            .await?
+            .saturating_add(expires_ms.saturating_sub(local_now));
+        // Remembered with the package's expiry: housekeeping deletes the user then, or a grace
+        // period after its record is taken or revoked (`roles.rs`), so a used package keeps its
+        // one remaining right (leaving a refusal note) no longer than that.
         let mut cmd = redis::cmd("ZADD");
         cmd.arg(self.key("enroll-users")).arg(expires_ms).arg(&user);
         self.query::<()>(redis::pipe().add_command(cmd).ignore())
@@ -772,6 +863,9 @@ impl Membership for RedisMembership {
     }
 
     async fn register(&self, node: &NodeRecord) -> Result<usize, ClusterError> {
+        if let Role::Node(name) = &self.role {
+            return self.own_register(name, node).await;
+        }
         let mut args = self.base_args();
         args.push(self.timeout_ms().to_string());
         args.push(node.id.clone());
@@ -800,7 +894,11 @@ impl Membership for RedisMembership {
 
     async fn heartbeat(&self, node: &NodeRecord) -> Result<Heartbeat, ClusterError> {
         self.check_users_after_move().await;
+        if let Role::Node(name) = &self.role {
+            return self.own_heartbeat(name, node).await;
+        }
         self.check_revocations().await;
+        self.adopt_turn().await;
         let mut args = self.base_args();
         args.push(self.timeout_ms().to_string());
         args.push(node.id.clone());
@@ -810,6 +908,9 @@ impl Membership for RedisMembership {
     }
 
     async fn deregister(&self, node_id: &str) -> Result<(), ClusterError> {
+        if let Role::Node(name) = &self.role {
+            return self.own_deregister(name, node_id).await;
+        }
         let mut args = self.base_args();
         args.extend([node_id.into(), "left".into(), "0".into(), String::new()]);
         let _: i64 = self.run(&LEAVE_SCRIPT, &args).await?;
@@ -817,19 +918,22 @@ impl Membership for RedisMembership {
     }
 
     async fn remove(&self, node_id: &str, by: &str) -> Result<bool, ClusterError> {
-        let mut cmd = redis::cmd("HGET");
-        cmd.arg(self.key(&format!("node:{node_id}"))).arg("name");
-        let name: Option<String> = self
-            .query::<(Option<String>,)>(redis::pipe().add_command(cmd))
-            .await
-            .map(|(n,)| n)
-            .unwrap_or(None);
-        // The user goes with the node only while the name is its own: a newer node that took
-        // the name since (this one expired) has the user now.
-        let name = match name {
+        if let Role::Node(_) = &self.role {
+            // Its user may write only its own keys (`roles.rs`): say so, not NOPERM.
+            return Err(ClusterError::Auth {
+                backend: NAME,
+                reason: format!(
+                    "this node's own Redis user may change only its own records: remove {node_id} on the primary or on a node with the cluster's credentials"
+                ),
+            });
+        }
+        // The user goes with the node: the one the primary registered for the name the id
+        // carries (never a name a record claims), and only while that name is still the
+        // node's own (a newer node that took the name since has the user now).
+        let user = match roles::name_of_id(node_id) {
             Some(n) => {
                 let mut holder = redis::cmd("HGET");
-                holder.arg(self.key("names")).arg(&n);
+                holder.arg(self.key("names")).arg(n);
                 let (holder,): (Option<String>,) =
                     self.query(redis::pipe().add_command(holder)).await?;
                 match holder {
@@ -839,14 +943,22 @@ impl Membership for RedisMembership {
                         );
                         None
                     }
-                    _ => Some(n),
+                    _ => {
+                        let user = self.user_name("node", n);
+                        let mut cmd = redis::cmd("HEXISTS");
+                        cmd.arg(self.key("node-users")).arg(&user);
+                        let registered = matches!(
+                            self.query::<(bool,)>(redis::pipe().add_command(cmd)).await,
+                            Ok((true,))
+                        );
+                        registered.then_some(user)
+                    }
                 }
             }
             None => None,
         };
         // Revoked first: once removed, the node's user is never re-created (`users.rs`), even
         // if this node may not delete it and the server loses the user before one that may.
-        let user = name.map(|n| self.user_name("node", &n));
         if let Some(user) = &user {
             self.revoke_user(user, node_id, if by.is_empty() { "admin" } else { by })
                 .await?;
@@ -871,41 +983,20 @@ impl Membership for RedisMembership {
     }
 
     async fn housekeeping(&self) -> Result<(), ClusterError> {
+        if self.role != Role::Admin {
+            return Ok(());
+        }
         if let Err(e) = self.reassert_removals().await {
             log::warn!("could not check this node's removals on the Redis server: {e}");
         }
         if let Err(e) = self.restore_users().await {
             log::warn!("could not check the node users on the Redis server: {e}");
         }
-        let mut pipe = redis::pipe();
-        pipe.cmd("TIME");
-        pipe.cmd("ZRANGEBYSCORE")
-            .arg(self.key("enroll-users"))
-            .arg("-inf")
-            .arg("(+inf")
-            .arg("WITHSCORES")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(50);
-        let ((secs, micros), due): ((u64, u64), Vec<(String, u64)>) = self.query(&pipe).await?;
-        let now = secs * 1000 + micros / 1000;
-        for (user, expires) in due.into_iter().filter(|(_, e)| *e <= now) {
-            match self.delete_user(&user).await {
-                Ok(()) => {
-                    let mut cmd = redis::cmd("ZREM");
-                    cmd.arg(self.key("enroll-users")).arg(&user);
-                    self.query::<()>(redis::pipe().add_command(cmd).ignore())
-                        .await?;
-                    log::debug!(
-                        "deleted the enrollment user {user} (package expired at {expires})"
-                    );
-                }
-                // This node may not manage users: a node that may will do it.
-                Err(ClusterError::Auth { .. }) | Err(ClusterError::Backend { .. }) => return Ok(()),
-                Err(e) => return Err(e),
-            }
+        match self.expire_enroll_users().await {
+            // This node may not manage users: a node that may will do it.
+            Err(ClusterError::Auth { .. }) | Err(ClusterError::Backend { .. }) => Ok(()),
+            other => other,
         }
-        Ok(())
     }
 
     fn supports_enrollment(&self) -> bool {
@@ -915,11 +1006,18 @@ impl Membership for RedisMembership {
     async fn put_enrollment(&self, record: &EnrollmentRecord) -> Result<(), ClusterError> {
         // Strings and numbers only: serialising cannot fail.
         let json = serde_json::to_string(record).unwrap_or_default();
+        // Its lifetime, not its date: Redis counts it down on its own clock, whatever this
+        // machine's clock says.
+        let local_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let ttl = record.expires_ms.saturating_sub(local_now).max(1);
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.key(&format!("enroll:{}", record.token_id)))
             .arg(json)
-            .arg("PXAT")
-            .arg(record.expires_ms);
+            .arg("PX")
+            .arg(ttl);
         self.query::<()>(redis::pipe().add_command(cmd).ignore())
             .await
     }
@@ -977,14 +1075,15 @@ impl Membership for RedisMembership {
     ) -> Result<Option<EnrollmentRecord>, ClusterError> {
         let taken = self.take_enrollment(token_id).await?;
         if let Some(rec) = &taken {
-            // The enrollment user stays until the package expires (housekeeping deletes it
-            // then): it can read nothing, and with it the revoked package's node records its
+            // The enrollment user stays a short while (housekeeping deletes it then): it can
+            // only leave a refusal note, and with it the revoked package's node records its
             // rejection. The node user goes, unless a pending
             // package or a member still uses it: a later build for the same name shares it
-            // (and reset its password), so it may be the one a live node runs with.
-            let enroll_user = self.user_name("enroll", &rec.token_id);
+            // (and reset its password), so it may be the one a live node runs with. Only the
+            // node user of the record's own name, which the primary wrote.
+            let own_user = self.user_name("node", &rec.node_name);
             let in_use = self.node_users_in_use().await;
-            for user in rec.users.iter().filter(|u| **u != enroll_user) {
+            for user in rec.users.iter().filter(|u| **u == own_user) {
                 match &in_use {
                     Ok(used) if used.contains(user) => {
                         log::info!("package revoked; its Redis user {user} stays (in use)");
@@ -1011,8 +1110,17 @@ impl Membership for RedisMembership {
         let (scores, (secs, micros)): (Vec<(String, f64)>, (u64, u64)) =
             self.query_list(&pipe).await?;
         let now = secs * 1000 + micros / 1000;
-        let scores = scores.into_iter().map(|(id, s)| (id, Some(s))).collect();
+        // Nodes with a user of their own are listed from their own records (at once, without
+        // waiting for the primary's index), the others from the index.
+        let roster = self.roster().await?;
+        let own: std::collections::BTreeSet<&str> = roster.iter().map(String::as_str).collect();
+        let scores = scores
+            .into_iter()
+            .filter(|(id, _)| !roles::name_of_id(id).is_some_and(|n| own.contains(n)))
+            .map(|(id, s)| (id, Some(s)))
+            .collect();
         let mut out = self.rows_to_members(scores, now).await?;
+        out.extend(self.own_members(&roster, now).await?);
         out.sort_by(|a, b| {
             a.node
                 .name
@@ -1027,10 +1135,20 @@ impl Membership for RedisMembership {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<(Vec<Member>, Option<String>), ClusterError> {
-        let start: Vec<u8> = match cursor.and_then(super::parse_cursor) {
-            Some((name, id)) => [b"(".as_slice(), &order_entry(&name, &id)].concat(),
+        // Two sorted sources merged: the index (`order`, written by the primary) for nodes on
+        // shared credentials, and the roster's own records for nodes with users of their own
+        // (listed at once, before the primary indexes them). Each read is bounded; the page
+        // stops where the first truncated source stops, so no member falls between pages.
+        let after = cursor.and_then(super::parse_cursor);
+        let start: Vec<u8> = match &after {
+            Some((name, id)) => [b"(".as_slice(), &order_entry(name, id)].concat(),
             None => b"-".to_vec(),
         };
+        let roster_start: Vec<u8> = match &after {
+            Some((name, _)) => [b"[".as_slice(), name.as_bytes()].concat(),
+            None => b"-".to_vec(),
+        };
+        let window = limit.saturating_add(1);
         let mut pipe = redis::pipe();
         pipe.cmd("ZRANGEBYLEX")
             .arg(self.key("order"))
@@ -1038,35 +1156,74 @@ impl Membership for RedisMembership {
             .arg("+")
             .arg("LIMIT")
             .arg(0)
-            .arg(limit.saturating_add(1));
+            .arg(window);
         pipe.cmd("TIME");
-        let (entries, (secs, micros)): (Vec<Vec<u8>>, (u64, u64)) = self.query_list(&pipe).await?;
+        pipe.cmd("ZRANGEBYLEX")
+            .arg(self.key("roster"))
+            .arg(roster_start)
+            .arg("+")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(window);
+        let (entries, (secs, micros), names): (Vec<Vec<u8>>, (u64, u64), Vec<String>) =
+            self.query_list(&pipe).await?;
         let now = secs * 1000 + micros / 1000;
-        let more = entries.len() > limit;
-        let ids: Vec<String> = entries
+        let parsed: Vec<(String, String)> = entries
             .iter()
-            .take(limit)
-            .filter_map(|e| {
-                let at = e.iter().position(|b| *b == 0)?;
-                String::from_utf8(e[at + 1..].to_vec()).ok()
-            })
+            .filter_map(|e| super::parse_cursor(&hex::encode(e)))
             .collect();
+        // Everything up to `bound` (inclusive) has been seen in both sources.
+        let mut bound: Option<(String, String)> = None;
+        if entries.len() >= window
+            && let Some(last) = parsed.last()
+        {
+            bound = Some(last.clone());
+        }
+        if names.len() >= window
+            && let Some(last) = names.last()
+        {
+            let b = (last.clone(), "\u{7f}".to_string());
+            bound = Some(match bound {
+                Some(a) if a < b => a,
+                _ => b,
+            });
+        }
+        let rostered: std::collections::BTreeSet<&str> = names.iter().map(String::as_str).collect();
+        let index_ids: Vec<String> = parsed
+            .iter()
+            .filter(|(name, _)| !rostered.contains(name.as_str()))
+            .map(|(_, id)| id.clone())
+            .collect();
+        let mut out = Vec::new();
+        if !index_ids.is_empty() {
+            let mut pipe = redis::pipe();
+            for id in &index_ids {
+                pipe.zscore(self.key("members"), id);
+            }
+            let scores: Vec<Option<f64>> = self.query_list(&pipe).await?;
+            out.extend(
+                self.rows_to_members(index_ids.into_iter().zip(scores).collect(), now)
+                    .await?,
+            );
+        }
+        out.extend(self.own_members(&names, now).await?);
+        let key = |m: &Member| (m.node.name.clone(), m.node.id.clone());
+        out.retain(|m| {
+            let k = key(m);
+            after.as_ref().is_none_or(|a| k > *a) && bound.as_ref().is_none_or(|b| k <= *b)
+        });
+        out.sort_by_key(key);
+        let more = bound.is_some() || out.len() > limit;
+        out.truncate(limit);
         let next = if more {
-            entries.get(limit.saturating_sub(1)).map(hex::encode)
+            match (out.last(), &bound) {
+                (Some(m), _) => Some(super::cursor_of(&m.node)),
+                (None, Some((n, i))) => Some(hex::encode(order_entry(n, i))),
+                (None, None) => None,
+            }
         } else {
             None
         };
-        if ids.is_empty() {
-            return Ok((Vec::new(), next));
-        }
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.zscore(self.key("members"), id);
-        }
-        let scores: Vec<Option<f64>> = self.query_list(&pipe).await?;
-        let out = self
-            .rows_to_members(ids.into_iter().zip(scores).collect(), now)
-            .await?;
         Ok((out, next))
     }
 
@@ -1084,11 +1241,15 @@ impl Membership for RedisMembership {
         }
         pipe.add_command(cmd);
         pipe.cmd("TIME");
-        let (name_holder, ip_holders, (secs, micros)): (
+        pipe.zscore(self.key("roster"), name.unwrap_or(""));
+        let (name_holder, ip_holders, (secs, micros), rostered): (
             Option<String>,
             Vec<Option<String>>,
             (u64, u64),
+            Option<f64>,
         ) = self.query_list(&pipe).await?;
+        // A name on the roster is held by its own record alone (the index may be behind).
+        let name_holder = name_holder.filter(|_| rostered.is_none());
         let now = secs * 1000 + micros / 1000;
         // The first entry of HMGET is the "" placeholder (HMGET needs one field at least).
         let ip_holders: Vec<(std::net::IpAddr, String)> = ips
@@ -1102,14 +1263,18 @@ impl Membership for RedisMembership {
             .cloned()
             .chain(ip_holders.iter().map(|(_, h)| h.clone()))
             .collect();
-        if candidates.is_empty() {
+        if candidates.is_empty() && name.is_none() {
             return Ok(super::Holders::default());
         }
         let mut pipe = redis::pipe();
         for id in &candidates {
             pipe.zscore(self.key("members"), id);
         }
-        let scores: Vec<Option<f64>> = self.query_list(&pipe).await?;
+        let scores: Vec<Option<f64>> = if candidates.is_empty() {
+            Vec::new()
+        } else {
+            self.query_list(&pipe).await?
+        };
         let timeout = self.timeout_ms();
         let live: std::collections::BTreeSet<&String> = candidates
             .iter()
@@ -1117,8 +1282,17 @@ impl Membership for RedisMembership {
             .filter(|(_, s)| s.is_some_and(|s| now.saturating_sub(s as u64) < timeout))
             .map(|(id, _)| id)
             .collect();
+        // A node with a user of its own holds its name by its own record, at once.
+        let own_holder = match name {
+            Some(n) => self
+                .own_member_of(n, now)
+                .await?
+                .filter(|m| m.state == MemberState::Active)
+                .map(|m| m.node.id),
+            None => None,
+        };
         Ok(super::Holders {
-            name: name_holder.filter(|h| name.is_some() && live.contains(h)),
+            name: own_holder.or(name_holder.filter(|h| name.is_some() && live.contains(h))),
             ip: ip_holders.into_iter().find(|(_, h)| live.contains(h)),
         })
     }
@@ -1137,24 +1311,14 @@ impl Membership for RedisMembership {
     }
 
     async fn record_event(&self, event: &Event) -> Result<(), ClusterError> {
-        // A plain XADD, not a script: the enrollment user records rejections with it and may
-        // run no script (nor load one into an empty script cache). The entry's id carries
-        // the server's time, which `events` reads as `at_ms`.
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(self.key("events"))
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(EVENTS_CAP)
-            .arg("*")
-            .arg("kind")
-            .arg(event.kind.as_str())
-            .arg("node_id")
-            .arg(&event.node_id);
-        for (k, v) in &event.detail {
-            cmd.arg(k).arg(v);
+        // Nodes and enrollment users leave a note of their own that the primary records; the
+        // primary's own events are a plain XADD (the entry's id carries the server's time,
+        // which `events` reads as `at_ms`).
+        match &self.role {
+            Role::Node(name) => self.own_event(name, event).await,
+            Role::Enroll(token) => self.enroll_event(token, event).await,
+            Role::Admin => self.admin_event(event).await,
         }
-        self.query::<()>(redis::pipe().add_command(cmd).ignore())
-            .await
     }
 
     async fn events(&self, limit: usize) -> Result<Vec<Event>, ClusterError> {

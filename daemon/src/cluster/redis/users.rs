@@ -73,16 +73,13 @@ fn digest(password: &Secret) -> String {
 }
 
 impl RedisMembership {
-    /// What a node user may do, after its password: the cluster's keys and channels, no admin or
-    /// dangerous commands.
-    pub(super) fn node_user_rules(&self) -> Vec<String> {
-        vec![
-            format!("~{}*", self.prefix),
-            format!("&{}*", self.prefix),
-            "+@all".into(),
-            "-@dangerous".into(),
-            "-@admin".into(),
-        ]
+    /// What a node user may do, after its password (`roles.rs`: read the membership keys, write
+    /// its own); empty for a name that is not one of our node users.
+    pub(super) fn node_user_rules(&self, user: &str) -> Vec<String> {
+        match self.role_of(Some(user)) {
+            super::Role::Node(name) => self.node_rules(&name),
+            _ => Vec::new(),
+        }
     }
 
     /// Data another machine may have written: only our node users, with a well-formed digest.
@@ -147,6 +144,10 @@ impl RedisMembership {
             .arg(user)
             .arg(&d)
             .ignore();
+        // The roster of names listed from their own records (`roles.rs`).
+        if let super::Role::Node(name) = self.role_of(Some(user)) {
+            pipe.zadd(self.key("roster"), name, 0).ignore();
+        }
         self.query::<()>(&pipe).await?;
         let mut on_replicas: Vec<String> = vec![
             "SETUSER".into(),
@@ -155,7 +156,7 @@ impl RedisMembership {
             "on".into(),
             format!("#{d}"),
         ];
-        on_replicas.extend(self.node_user_rules());
+        on_replicas.extend(self.node_user_rules(user));
         if let Some(path) = &self.users_file {
             let mut local = self.read_local(path);
             local.insert(user.to_string(), d);
@@ -399,10 +400,12 @@ impl RedisMembership {
             .await;
         let mut cmd = redis::cmd("HDEL");
         cmd.arg(self.key("node-users")).arg(user);
-        if let Err(e) = self
-            .query::<()>(redis::pipe().add_command(cmd).ignore())
-            .await
-        {
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd).ignore();
+        if let super::Role::Node(name) = self.role_of(Some(user)) {
+            pipe.zrem(self.key("roster"), name).ignore();
+        }
+        if let Err(e) = self.query::<()>(&pipe).await {
             log::warn!("could not forget the Redis user {user}: {e}");
         }
         if let Some(path) = &self.users_file {
@@ -488,9 +491,40 @@ impl RedisMembership {
                 .await?;
         }
         self.write_local(&registry);
+        // The roster follows the registry (both written by the primary alone).
+        let mut roster = redis::pipe();
+        for user in registry.keys() {
+            if let super::Role::Node(name) = self.role_of(Some(user)) {
+                roster.zadd(self.key("roster"), name, 0).ignore();
+            }
+        }
+        if !registry.is_empty() {
+            self.query::<()>(&roster).await?;
+        }
+        // Once per process, the users that exist get the current rules again: nodes of an
+        // earlier release had the broad `~fleet:* +@all -@dangerous -@admin`.
+        let rewrite = !self
+            .rules_applied
+            .swap(true, std::sync::atomic::Ordering::Relaxed);
         let mut restored = Vec::new();
         for (user, d) in &registry {
-            if existing.iter().any(|e| e == user) || revoked.contains(user) {
+            if revoked.contains(user) {
+                continue;
+            }
+            if existing.iter().any(|e| e == user) {
+                if rewrite {
+                    let mut args: Vec<String> = vec![
+                        "SETUSER".into(),
+                        user.clone(),
+                        "reset".into(),
+                        "on".into(),
+                        format!("#{d}"),
+                    ];
+                    args.extend(self.node_user_rules(user));
+                    if let Err(e) = self.acl(&args).await {
+                        log::warn!("could not renew the rules of the Redis user {user}: {e}");
+                    }
+                }
                 continue;
             }
             let mut args: Vec<String> = vec![
@@ -500,7 +534,7 @@ impl RedisMembership {
                 "on".into(),
                 format!("#{d}"),
             ];
-            args.extend(self.node_user_rules());
+            args.extend(self.node_user_rules(user));
             self.acl(&args).await?;
             restored.push(user.as_str());
         }
