@@ -331,6 +331,7 @@ impl Dir {
                     } else {
                         MemberState::Expired
                     },
+                    age_known: true,
                 });
             }
         }
