@@ -853,6 +853,42 @@ async fn scale_redis() {
         ),
         "",
     );
+    // The same lists from another client (its own connections, on a runtime and thread of its
+    // own, as another node's would be): what is left is Redis's own queue, not this process's
+    // decoding of the list.
+    let other = Arc::new(RedisMembership::new(&c.cluster, SCALE_TIMING).unwrap());
+    let stop = stop_flag();
+    let lister = {
+        let (b, stop) = (other, stop.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || n == 0 {
+                    let m = b.members().await.expect("the 100,000-member list");
+                    assert!(m.len() >= BIG);
+                    n += 1;
+                }
+                n
+            })
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, _) = status_and_beats(&sim, &nodes, Duration::from_secs(6)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let n = lister.join().unwrap();
+    row(
+        &format!("status p99 while another client lists ({n} lists)"),
+        format!(
+            "{} ({})",
+            ms(percentile(&status, 0.99)),
+            ratio(percentile(&status, 0.99), percentile(&idle_status, 0.99))
+        ),
+        "< 5 ms",
+    );
 }
 
 /// Status reads and heartbeats one after the other for `window`: their latencies, sorted.
