@@ -223,7 +223,11 @@ pub fn write_table(members: &[Member], out: &mut impl Write) -> anyhow::Result<(
                     MemberState::Active => "active".into(),
                     MemberState::Expired => "expired".into(),
                 },
-                format!("{:.1}s ago", m.age_ms as f64 / 1000.0),
+                if m.age_known {
+                    format!("{:.1}s ago", m.age_ms as f64 / 1000.0)
+                } else {
+                    "within timeout".into()
+                },
                 if crate::cluster::is_older_version(&m.node.version, crate::version::version()) {
                     format!("{} (older)", m.node.version)
                 } else {

@@ -874,6 +874,7 @@ async fn lb_targets(app: &AppState) -> Result<(Vec<crate::lb::Target>, &'static 
             last_heartbeat_ms: 0,
             age_ms: 0,
             state: crate::cluster::MemberState::Active,
+            age_known: true,
         };
         return Ok((crate::lb::targets(&[me]).0, "none"));
     };

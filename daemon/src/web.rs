@@ -629,7 +629,7 @@ cluster's keys: delete it after installation.</p>",
                         MemberState::Active => "active",
                         MemberState::Expired => "expired",
                     },
-                    ago = ago(m.age_ms),
+                    ago = if m.age_known { ago(m.age_ms) } else { "within the timeout".into() },
                     version = if crate::cluster::is_older_version(&m.node.version, &app.node.version) {
                         format!(
                             "<span class=\"warn-text older\" title=\"older than this node ({})\">{} ⬆︎ older</span>",

@@ -597,3 +597,90 @@ async fn redis_indexes_follow_the_members() {
     assert_eq!(count("order", "ZCARD"), 1, "only echo is left");
     assert_eq!(count("ips", "HLEN"), 1);
 }
+
+/// A member that a version before the indexes registered (its record without `ips`, not in
+/// `cluster:order` nor `cluster:ips`) is missing from the pages and the address check until
+/// the index backfill (housekeeping) adds it; a member that registered since keeps its address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_backfill_indexes_older_members() {
+    let f = redis();
+    let b = f.open();
+    let fresh = node("bravo");
+    b.register(&fresh).await.unwrap();
+    // Written as the older registration script did: score, record, name; no index entries.
+    let old = node("alpha");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    let nkey = format!("fleet:cluster:node:{}", old.id);
+    let cmd = |args: &[&str]| f.server.command(args).unwrap();
+    cmd(&["ZADD", "fleet:cluster:members", &now, &old.id]);
+    cmd(&[
+        "HSET",
+        &nkey,
+        "id",
+        &old.id,
+        "name",
+        "alpha",
+        "hostname",
+        "alpha.test",
+        "addresses",
+        "198.51.100.7,2001:DB8:0:0::7,192.0.2.10,not-an-ip",
+        "version",
+        "0.0.9",
+        "os",
+        "linux",
+        "started_at",
+        "1",
+        "url",
+        "http://198.51.100.7:8768",
+    ]);
+    cmd(&["PEXPIRE", &nkey, "60000"]);
+    cmd(&["HSET", "fleet:cluster:names", "alpha", &old.id]);
+    let paged = |b: std::sync::Arc<dyn Membership>| async move {
+        b.members_page(10, None)
+            .await
+            .unwrap()
+            .0
+            .into_iter()
+            .map(|m| m.node.name)
+            .collect::<Vec<_>>()
+    };
+    let ip: std::net::IpAddr = "198.51.100.7".parse().unwrap();
+    let v6: std::net::IpAddr = "2001:db8::7".parse().unwrap();
+    assert_eq!(paged(b.clone()).await, ["bravo"], "not indexed yet");
+    assert!(b.live_holders(None, &[ip]).await.unwrap().ip.is_none());
+    b.housekeeping().await.unwrap();
+    assert_eq!(paged(b.clone()).await, ["alpha", "bravo"]);
+    let holders = b.live_holders(None, &[v6]).await.unwrap();
+    assert_eq!(
+        holders.ip,
+        Some((v6, old.id.clone())),
+        "canonical IPv6 form"
+    );
+    assert_eq!(
+        b.live_holders(None, &[ip]).await.unwrap().ip,
+        Some((ip, old.id.clone()))
+    );
+    // alpha is listed as it was written.
+    let listed = b.members().await.unwrap();
+    let alpha = listed.iter().find(|m| m.node.id == old.id).unwrap();
+    assert_eq!(alpha.state, MemberState::Active);
+    assert_eq!(alpha.node.version, "0.0.9");
+    assert_eq!(
+        f.server
+            .command(&["HGET", "fleet:cluster:ips", "192.0.2.10"])
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap_or_default(),
+        fresh.id,
+        "an address held by a member that registered since stays its own"
+    );
+    // Leaving takes the backfilled entries out like any other member's.
+    b.deregister(&old.id).await.unwrap();
+    assert_eq!(paged(b.clone()).await, ["bravo"]);
+    assert!(b.live_holders(None, &[ip]).await.unwrap().ip.is_none());
+}

@@ -674,3 +674,40 @@ async fn heartbeats_do_not_grow_etcd_history() {
         .expect_err("the history before the heartbeats was not compacted");
     assert!(err.contains("compacted"), "{err}");
 }
+
+/// The member list is one round trip however many members: it asks each lease's age only
+/// when the answer holds at most 500 active members (a page, the Settings page's 500);
+/// a longer one lists them active with `age_known: false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lists_skip_the_lease_lookups() {
+    let etcd = EtcdServer::start();
+    let text = format!("cluster:\n  enabled: true\n{}", etcd.cluster_yaml());
+    let config = Config::parse(&text, std::path::Path::new("t.yaml")).unwrap();
+    let timing = Timing {
+        interval: Duration::from_secs(5),
+        timeout: Duration::from_secs(60),
+    };
+    let b = EtcdMembership::new(&config.cluster, timing).unwrap();
+    let nodes: Vec<NodeRecord> = (0..501).map(|i| node(&format!("long-{i:03}"))).collect();
+    b.simulate_members(&nodes).await.unwrap();
+    let all = b.members().await.unwrap();
+    assert_eq!(all.len(), 501);
+    assert!(
+        all.iter()
+            .all(|m| m.state == fleet_server::cluster::MemberState::Active && !m.age_known),
+        "501 active members: listed active, their ages not asked"
+    );
+    let json = serde_json::to_value(&all[0]).unwrap();
+    assert_eq!(json["age_known"], false, "{json}");
+    let (page, next) = b.members_page(500, None).await.unwrap();
+    assert_eq!(page.len(), 500);
+    assert!(next.is_some());
+    assert!(page.iter().all(|m| m.age_known && m.age_ms < 60_000));
+    let json = serde_json::to_value(&page[0]).unwrap();
+    assert!(json.get("age_known").is_none(), "{json}");
+    // One leaves: 500 active members, within the budget, their ages asked.
+    b.deregister(&nodes[0].id).await.unwrap();
+    let all = b.members().await.unwrap();
+    assert_eq!(all.len(), 500);
+    assert!(all.iter().all(|m| m.age_known), "500 active: ages asked");
+}

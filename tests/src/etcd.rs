@@ -153,6 +153,8 @@ impl EtcdServer {
             .arg("10")
             .arg("--election-timeout")
             .arg("100")
+            // For profiling a benchmark: `FLEET_ETCD_PPROF=1` serves /debug/pprof/.
+            .args(std::env::var_os("FLEET_ETCD_PPROF").map(|_| "--enable-pprof"))
             .arg("--logger")
             .arg("zap")
             .arg("--log-outputs")

@@ -140,6 +140,22 @@ pub struct Member {
     /// How long ago that was, on the backend's clock.
     pub age_ms: u64,
     pub state: MemberState,
+    /// False when the backend did not read the last heartbeat (etcd, in a list of more active
+    /// members than it asks leases for): the member is active, so its age is under the timeout;
+    /// `last_heartbeat_ms` is then the list's time and `age_ms` 0, a lower bound.
+    #[serde(
+        default = "age_known_default",
+        skip_serializing_if = "age_known_default_is"
+    )]
+    pub age_known: bool,
+}
+
+fn age_known_default() -> bool {
+    true
+}
+
+fn age_known_default_is(known: &bool) -> bool {
+    *known
 }
 
 /// The result of a heartbeat.
@@ -498,6 +514,7 @@ mod tests {
             last_heartbeat_ms: 0,
             age_ms: 0,
             state: MemberState::Active,
+            age_known: true,
         }
     }
 

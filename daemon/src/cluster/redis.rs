@@ -6,7 +6,9 @@
 //! the timeout; `cluster:names` HASH name → id of its holder; `cluster:ips` HASH address → id of
 //! the node that registered it last; `cluster:order` ZSET of `<name>\0<id>` (all scores 0: read
 //! by lex range, the pages of the member list); `cluster:events` STREAM (capped);
-//! `cluster:removed:<id>` a tombstone set when an admin removes a node.
+//! `cluster:removed:<id>` a tombstone set when an admin removes a node;
+//! `cluster:backfill-turn` and `cluster:backfill-cursor`, the index backfill's turn and ZSCAN
+//! cursor (members an older version registered get their `order` and `ips` entries).
 //! The member list runs on a connection of its own, so a node's heartbeats and status reads
 //! never wait behind a list of 100,000 members.
 //! The scripts derive keys from the prefix, which is fine for a single Redis (or a replicated
@@ -208,6 +210,27 @@ local now = now_ms()
 return {tostring(now), tostring(active(ARGV[1], now, tonumber(ARGV[2])))}
 "#;
 
+/// ARGV: prefix, then id, name, ips (comma-separated) for each member registered without the
+/// indexes (by a version before them) → how many were indexed. A record that has its `ips`
+/// field meanwhile (its node registered again) is left alone; an address held already stays
+/// with its holder (HSETNX: that one registered later).
+const BACKFILL: &str = r#"
+local prefix, done = ARGV[1], 0
+for i = 2, #ARGV - 2, 3 do
+  local id, name, ips = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local nkey = prefix .. 'cluster:node:' .. id
+  if redis.call('EXISTS', nkey) == 1 and redis.call('HEXISTS', nkey, 'ips') == 0 then
+    redis.call('HSET', nkey, 'ips', ips)
+    redis.call('ZADD', prefix .. 'cluster:order', 0, name .. '\0' .. id)
+    for ip in string.gmatch(ips, '[^,]+') do
+      redis.call('HSETNX', prefix .. 'cluster:ips', ip, id)
+    end
+    done = done + 1
+  end
+end
+return done
+"#;
+
 /// ARGV: none → now in ms
 const NOW: &str = r#"
 return tostring(now_ms())
@@ -224,6 +247,7 @@ static PRUNE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(PRUNE));
 static ACTIVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(ACTIVE));
 static NOW_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(NOW));
 static ADOPT_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(ADOPT));
+static BACKFILL_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(BACKFILL));
 
 /// The fields of a node's hash, as `NodeRecord::to_fields` writes them.
 const RECORD_FIELDS: [&str; 7] = [
@@ -270,6 +294,11 @@ pub use users::LOCAL_FILE as NODE_USERS_FILE;
 const PRUNE_LIMIT: usize = 100;
 /// Records read per pipeline by the member list.
 const LIST_BATCH: usize = 1000;
+/// Members the index backfill looks at per turn, and how long a turn is held: one node of the
+/// cluster takes it (`cluster:backfill-turn`), so 10,000 nodes' housekeeping is not 10,000
+/// scans; a pass over 10,000 members takes 20 turns.
+const BACKFILL_BATCH: usize = 500;
+const BACKFILL_TURN_MS: u64 = 10_000;
 
 /// Membership in Redis.
 pub struct RedisMembership {
@@ -628,6 +657,73 @@ fn order_entry(name: &str, id: &str) -> Vec<u8> {
 }
 
 impl RedisMembership {
+    /// One turn of the index backfill: members that a version before `cluster:order` and
+    /// `cluster:ips` registered (their record lacks the `ips` field) get their entries, so that
+    /// the pages list them and the build's address check sees them before they register again.
+    /// Walks `cluster:members` with ZSCAN from the cursor the last turn stored. Returns the
+    /// members indexed, or `None` when another node holds the turn.
+    pub async fn backfill_indexes(&self) -> Result<Option<usize>, ClusterError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.key("backfill-turn"))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(BACKFILL_TURN_MS);
+        pipe.get(self.key("backfill-cursor"));
+        let (turn, cursor): (Option<String>, Option<u64>) = self.query(&pipe).await?;
+        if turn.is_none() {
+            return Ok(None);
+        }
+        let mut cmd = redis::cmd("ZSCAN");
+        cmd.arg(self.key("members"))
+            .arg(cursor.unwrap_or(0))
+            .arg("COUNT")
+            .arg(BACKFILL_BATCH);
+        let ((next, flat),): ((u64, Vec<String>),) =
+            self.query(redis::pipe().add_command(cmd)).await?;
+        // ZSCAN answers member, score, member, score, …
+        let ids: Vec<String> = flat.into_iter().step_by(2).collect();
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HMGET")
+                .arg(self.key(&format!("node:{id}")))
+                .arg(&["name", "addresses", "ips"][..]);
+        }
+        let rows: Vec<(Option<String>, Option<String>, Option<String>)> = if ids.is_empty() {
+            Vec::new()
+        } else {
+            self.query(&pipe).await?
+        };
+        let mut args = vec![self.prefix.clone()];
+        for (id, (name, addresses, ips)) in ids.iter().zip(rows) {
+            let (Some(name), None) = (name, ips) else {
+                continue;
+            };
+            // Canonical forms, as registration writes them (`ips_of`).
+            let canonical: Vec<String> = addresses
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+                .map(|ip| ip.to_string())
+                .collect();
+            args.extend([id.clone(), name, canonical.join(",")]);
+        }
+        let done: usize = if args.len() > 1 {
+            self.run(&BACKFILL_SCRIPT, &args).await?
+        } else {
+            0
+        };
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key("backfill-cursor")).arg(next);
+        self.query::<()>(redis::pipe().add_command(cmd).ignore())
+            .await?;
+        if done > 0 {
+            log::info!("indexed {done} members registered by an older version");
+        }
+        Ok(Some(done))
+    }
+
     /// For the benchmarks: the raw commands a heartbeat cannot do without (move the member's
     /// score, extend its record's expiry), without the script's checks.
     pub async fn bench_floor_heartbeat(&self, id: &str, ms: u64) -> Result<(), ClusterError> {
@@ -705,6 +801,7 @@ impl RedisMembership {
                     } else {
                         MemberState::Expired
                     },
+                    age_known: true,
                 }
             })
             .collect())
@@ -991,6 +1088,9 @@ impl Membership for RedisMembership {
         }
         if let Err(e) = self.restore_users().await {
             log::warn!("could not check the node users on the Redis server: {e}");
+        }
+        if let Err(e) = self.backfill_indexes().await {
+            log::debug!("index backfill: {e}");
         }
         match self.expire_enroll_users().await {
             // This node may not manage users: a node that may will do it.

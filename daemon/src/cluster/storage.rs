@@ -334,6 +334,7 @@ impl Dir {
                     } else {
                         MemberState::Expired
                     },
+                    age_known: true,
                 });
             }
         }

@@ -266,6 +266,7 @@ pub(crate) mod tests {
             last_heartbeat_ms: 0,
             age_ms: 0,
             state,
+            age_known: true,
         }
     }
 

@@ -442,6 +442,7 @@ impl RedisMembership {
                     node,
                     last_heartbeat_ms: now.saturating_sub(age),
                     age_ms: age,
+                    age_known: true,
                     state,
                 })
             })
