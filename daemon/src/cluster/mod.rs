@@ -15,20 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{BackendKind, Config};
 
-/// Whether release `version` is older than `than` (dotted numbers, `0.1.0` < `0.10.0`;
-/// anything after `-` or `+` ignored). A version that does not parse is never "older".
+/// Whether release `version` is older than `than` (the version order of the stub's library,
+/// which the upgrade check uses too).
 pub fn is_older_version(version: &str, than: &str) -> bool {
-    fn parts(v: &str) -> Option<Vec<u64>> {
-        v.split(['-', '+'])
-            .next()?
-            .split('.')
-            .map(|p| p.parse().ok())
-            .collect()
-    }
-    match (parts(version), parts(than)) {
-        (Some(a), Some(b)) => a < b,
-        _ => false,
-    }
+    fleet_installer_stub::version_slot::is_older(version, than)
 }
 
 /// What a node says about itself in the member list.
