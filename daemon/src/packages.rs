@@ -664,11 +664,12 @@ impl Builder {
                     None => builder.build_pkg(&files, &options)?,
                 }
             }
-            Format::Bundle => fleet_package::build_bundle(
+            Format::Bundle => fleet_package::build_bundle_cached(
                 &template,
                 &root,
                 req.node_name.as_deref().unwrap_or("node"),
                 &files,
+                &self.cache,
             )?,
         };
         Ok(BuiltPackage {

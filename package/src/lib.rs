@@ -35,7 +35,7 @@ mod template;
 mod upgrade;
 mod xar;
 
-pub use bundle::{BUNDLE_SCRIPT_NAMES, build_bundle};
+pub use bundle::{BUNDLE_SCRIPT_NAMES, build_bundle, build_bundle_cached};
 pub use distribution::{COMPONENT_DIR, HOST_ARCHITECTURES, MIN_MACOS, TITLE};
 pub use embedded::PkgRoot;
 pub use error::Error;

@@ -133,6 +133,71 @@ pub(crate) fn write_cpio_gz_with_tail(
     Ok(out)
 }
 
+/// A run of bytes deflated on its own and ended by a sync flush, so that it can sit anywhere
+/// in a deflate stream between independently compressed runs (the binaries of a bundle: the
+/// same for every node, compressed once per template).
+#[derive(Debug)]
+pub(crate) struct DeflatedRun {
+    deflate: Vec<u8>,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl DeflatedRun {
+    pub fn new(data: &[u8]) -> std::io::Result<Self> {
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(data);
+        Ok(Self {
+            deflate: deflate_raw(data, flate2::FlushCompress::Sync)?,
+            crc,
+            len: data.len() as u64,
+        })
+    }
+}
+
+/// One part of a gzip member built by [`gzip_runs`].
+pub(crate) enum Run<'a> {
+    /// Compressed now.
+    Fresh(Vec<u8>),
+    /// Compressed earlier.
+    Cached(&'a DeflatedRun),
+}
+
+/// A gzip member (level 6, mtime 0, OS unknown) whose deflate stream is the runs in order:
+/// fresh ones compressed here (the last with the final block), cached ones copied. The bytes
+/// depend only on the runs' contents and where the cached ones sit.
+pub(crate) fn gzip_runs(runs: &[Run<'_>]) -> std::io::Result<Vec<u8>> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+    let mut crc = crc32fast::Hasher::new();
+    let mut total: u64 = 0;
+    for (i, run) in runs.iter().enumerate() {
+        let last = i + 1 == runs.len();
+        match run {
+            Run::Fresh(data) => {
+                crc.update(data);
+                total += data.len() as u64;
+                let flush = if last {
+                    flate2::FlushCompress::Finish
+                } else {
+                    flate2::FlushCompress::Sync
+                };
+                out.extend_from_slice(&deflate_raw(data, flush)?);
+            }
+            Run::Cached(c) => {
+                if last {
+                    return Err(std::io::Error::other("a cached run cannot end the stream"));
+                }
+                crc.combine(&c.crc);
+                total += c.len;
+                out.extend_from_slice(&c.deflate);
+            }
+        }
+    }
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&(total as u32).to_le_bytes());
+    Ok(out)
+}
+
 /// Raw deflate (level 6) of `data`, ended by `flush`: `Sync` leaves the
 /// stream open and byte-aligned, `Finish` writes the final block.
 fn deflate_raw(data: &[u8], flush: flate2::FlushCompress) -> std::io::Result<Vec<u8>> {

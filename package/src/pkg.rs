@@ -89,6 +89,8 @@ pub(crate) struct Artifacts {
 #[derive(Debug, Default)]
 pub struct ArtifactCache {
     entries: Mutex<HashMap<[u8; 32], Arc<Artifacts>>>,
+    /// Linux bundles: the two binaries' tar data, deflated, by template digest.
+    bundles: Mutex<HashMap<[u8; 32], Arc<crate::bundle::BundleRuns>>>,
 }
 
 impl ArtifactCache {
@@ -112,6 +114,35 @@ impl ArtifactCache {
     /// Forgets everything.
     pub fn clear(&self) {
         self.lock().clear();
+        self.bundle_lock().clear();
+    }
+
+    /// How many bundle templates are cached.
+    pub fn bundle_len(&self) -> usize {
+        self.bundle_lock().len()
+    }
+
+    fn bundle_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Arc<crate::bundle::BundleRuns>>> {
+        // A panic while holding the lock cannot leave the map inconsistent.
+        self.bundles.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn bundle_runs(
+        &self,
+        key: [u8; 32],
+        build: impl FnOnce() -> Result<crate::bundle::BundleRuns>,
+    ) -> Result<Arc<crate::bundle::BundleRuns>> {
+        if let Some(r) = self.bundle_lock().get(&key) {
+            return Ok(r.clone());
+        }
+        let built = Arc::new(build()?);
+        let mut map = self.bundle_lock();
+        if map.len() >= Self::CAPACITY && !map.contains_key(&key) {
+            map.clear();
+        }
+        Ok(map.entry(key).or_insert(built).clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Arc<Artifacts>>> {

@@ -268,3 +268,46 @@ fn provision_reports_the_stubs_code_and_a_refusal() {
         let _ = Command::new("kill").arg(pid.trim()).status();
     }
 }
+
+/// A warm build (the binaries' compressed data from the cache) gives the same bytes as a cold
+/// one, and its contents are exactly the files, byte for byte (GNU tar and bsdtar extract it).
+#[test]
+fn cached_bundle_builds_give_the_same_bytes_and_files() {
+    use fleet_package::{ArtifactCache, build_bundle_cached};
+    let t = linux_template();
+    let root = PkgRoot::embedded();
+    let cache = ArtifactCache::new();
+    let cold = build_bundle(&t, &root, "node2", &node()).unwrap();
+    let first = build_bundle_cached(&t, &root, "node2", &node(), &cache).unwrap();
+    assert_eq!(cache.bundle_len(), 1);
+    let warm = build_bundle_cached(&t, &root, "node2", &node(), &cache).unwrap();
+    assert_eq!(cache.bundle_len(), 1, "the same template is cached once");
+    assert!(cold == first && first == warm, "cached builds differ");
+    // Another node on the same template: only its own files differ.
+    let other = build_bundle_cached(&t, &root, "node3", &node(), &cache).unwrap();
+    assert_eq!(cache.bundle_len(), 1);
+    for (tool_name, bytes, top) in [("tar", &warm, "node2"), ("bsdtar", &other, "node3")] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "b.tar.gz", bytes);
+        run(Command::new(tool(tool_name))
+            .arg("-xzf")
+            .arg(&path)
+            .arg("-C")
+            .arg(dir.path()));
+        let top = dir.path().join(format!("{top}_provision"));
+        assert!(std::fs::read(top.join("fleet-server")).unwrap() == t.fleet_server());
+        assert!(std::fs::read(top.join("fleet-installer-stub")).unwrap() == t.installer_stub());
+        assert_eq!(
+            std::fs::read(top.join("fleet-config.sealed")).unwrap(),
+            node().sealed
+        );
+        assert_eq!(
+            std::fs::read(top.join("provision.sh")).unwrap(),
+            root.provision_sh
+        );
+    }
+    // gzip -t checks the stream's CRC and length.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "b.tar.gz", &warm);
+    run(Command::new(tool("gzip")).arg("-t").arg(&path));
+}
