@@ -1024,6 +1024,17 @@ impl Membership for RedisMembership {
                 ),
             });
         }
+        if roles::name_of_id(node_id).is_some() {
+            // A node on its own user that joined within the last interval is listed from its
+            // own record but not indexed yet (`roles.rs`): index it first (before the
+            // revocation's tombstone, which indexing skips).
+            let mut score = redis::cmd("ZSCORE");
+            score.arg(self.key("members")).arg(node_id);
+            let (indexed,): (Option<f64>,) = self.query(redis::pipe().add_command(score)).await?;
+            if indexed.is_none() {
+                self.adopt().await?;
+            }
+        }
         // The user goes with the node: the one the primary registered for the name the id
         // carries (never a name a record claims), and only while that name is still the
         // node's own (a newer node that took the name since has the user now).
