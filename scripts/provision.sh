@@ -119,11 +119,8 @@ upgrade() {
     case "$pid" in '' | *[!0-9]*) pid="" ;; esac
     if [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ]; then
         args=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null || true)
-        prog=$(printf '%s\n' "$args" | head -n 1)
-        case "$prog" in
-            */fleet-server | fleet-server) ;;
-            *) die "$PIDFILE names process $pid, which is not fleet-server ($prog): not stopping it (a stale pid file? remove it and run provision.sh again); nothing was changed" ;;
-        esac
+        [ -n "$(fleet_server_pid "$PIDFILE" 2>/dev/null)" ] ||
+            die "$PIDFILE names process $pid, which is not fleet-server ($(readlink "/proc/$pid/exe" 2>/dev/null || echo unknown)): not stopping it (a stale pid file? remove it and run provision.sh again); nothing was changed"
         # Started again as it ran: the same port unless --port says otherwise.
         if [ -z "$PORT" ]; then
             PORT=$(printf '%s\n' "$args" | sed -n '/^--port$/{n;p;q}')

@@ -444,6 +444,9 @@ impl Dir {
     /// Counts the active members (a scan of the directory: the prune's turn only) and stores
     /// the count.
     fn recount(&self, now: u64) -> Result<usize, ClusterError> {
+        // Under the lock, as registrations and leaves adjust the count: a join during the scan
+        // is counted by the scan or by its own +1 afterwards, never lost.
+        let _lock = self.lock()?;
         let n = self.active_at(now)?;
         self.write_active(n)?;
         Ok(n)
