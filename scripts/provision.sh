@@ -67,6 +67,42 @@ while [ $# -gt 0 ]; do
     shift
 done
 
+# Waits (PROVISION_WAIT seconds, default 30) for the daemon's first outcome and reports it:
+# $1 (a printf format for the node id) when it joined; exit 40 when its enrollment was refused,
+# 41 when it has not joined in time, 1 when the daemon stopped. $2 names it in messages.
+first_outcome() {
+    WAIT=${PROVISION_WAIT:-30}
+    case "$WAIT" in '' | *[!0-9]*) die "PROVISION_WAIT must be a number of seconds" ;; esac
+    i=0
+    while [ ! -s "$OUTCOME" ] && [ "$i" -lt $((WAIT * 10)) ]; do
+        # The daemonized process writes its pid file a moment after provision's fork returns:
+        # only a pid that was written and is gone means the daemon stopped.
+        pid=$(cat "$PIDFILE" 2>/dev/null || true)
+        if [ "$SYSTEMD" -eq 0 ] && [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+            echo "❌ $2 stopped before joining the cluster:" >&2
+            tail -n 20 "$ROOT/var/log/fleet-server.log" >&2 2>/dev/null || true
+            exit 1
+        fi
+        sleep 0.1
+        i=$((i + 1))
+    done
+    outcome=$(cat "$OUTCOME" 2>/dev/null || true)
+    case "$outcome" in
+        "joined "*)
+            # shellcheck disable=SC2059 # $1 is the caller's format
+            printf "$1\n" "${outcome#joined }"
+            ;;
+        "refused "*)
+            echo "❌ Enrollment refused: ${outcome#refused }" >&2
+            exit 40
+            ;;
+        *)
+            echo "⏳ $2 has not joined the cluster within ${WAIT} s; it keeps trying (see $LOG_HINT)" >&2
+            exit 41
+            ;;
+    esac
+}
+
 # The pid in pid file $1 when it is a running fleet-server of this root, else nothing: a pid
 # file can be stale (the pid reused) or planted, and provision.sh signals no other process.
 fleet_server_pid() {
@@ -163,31 +199,7 @@ upgrade() {
     fi
 
     # 6. Its first outcome (bounded wait), as after an install.
-    WAIT=${PROVISION_WAIT:-30}
-    case "$WAIT" in '' | *[!0-9]*) die "PROVISION_WAIT must be a number of seconds" ;; esac
-    i=0
-    while [ ! -s "$OUTCOME" ] && [ "$i" -lt $((WAIT * 10)) ]; do
-        pid=$(cat "$PIDFILE" 2>/dev/null || true)
-        if [ "$SYSTEMD" -eq 0 ] && [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
-            echo "❌ fleet-server $VERSION stopped after the upgrade:" >&2
-            tail -n 20 "$ROOT/var/log/fleet-server.log" >&2 2>/dev/null || true
-            exit 1
-        fi
-        sleep 0.1
-        i=$((i + 1))
-    done
-    outcome=$(cat "$OUTCOME" 2>/dev/null || true)
-    case "$outcome" in
-        "joined "*) echo "✅ Upgraded ${outcome#joined } to $VERSION" ;;
-        "refused "*)
-            echo "❌ Enrollment refused: ${outcome#refused }" >&2
-            exit 40
-            ;;
-        *)
-            echo "⏳ fleet-server $VERSION has not joined the cluster within ${WAIT} s; it keeps trying (see $LOG_HINT)" >&2
-            exit 41
-            ;;
-    esac
+    first_outcome "✅ Upgraded %s to $VERSION" "fleet-server $VERSION"
 }
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -275,32 +287,4 @@ fi
 
 # 4. The daemon's first outcome (bounded wait).
 [ "${STARTED:-0}" -eq 1 ] || exit 0
-WAIT=${PROVISION_WAIT:-30}
-case "$WAIT" in '' | *[!0-9]*) die "PROVISION_WAIT must be a number of seconds" ;; esac
-i=0
-while [ ! -s "$OUTCOME" ] && [ "$i" -lt $((WAIT * 10)) ]; do
-    # The daemonized process writes its pid file a moment after provision's fork returns:
-    # only a pid that was written and is gone means the daemon stopped.
-    pid=$(cat "$PIDFILE" 2>/dev/null || true)
-    if [ "$SYSTEMD" -eq 0 ] && [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
-        echo "❌ fleet-server stopped before joining the cluster:" >&2
-        tail -n 20 "$ROOT/var/log/fleet-server.log" >&2 2>/dev/null || true
-        exit 1
-    fi
-    sleep 0.1
-    i=$((i + 1))
-done
-outcome=$(cat "$OUTCOME" 2>/dev/null || true)
-case "$outcome" in
-    "joined "*)
-        echo "✅ Joined the cluster as ${outcome#joined }"
-        ;;
-    "refused "*)
-        echo "❌ Enrollment refused: ${outcome#refused }" >&2
-        exit 40
-        ;;
-    *)
-        echo "⏳ fleet-server has not joined the cluster within ${WAIT} s; it keeps trying (see $LOG_HINT)" >&2
-        exit 41
-        ;;
-esac
+first_outcome "✅ Joined the cluster as %s" "fleet-server"

@@ -165,45 +165,89 @@ const REMOVER_USER: &[&str] = &[
     "-@admin",
 ];
 
+/// A primary, a remover on shared credentials without ACL rights (`REMOVER_USER`) and a node
+/// on its own user (node3), all registered: what the removal tests share.
+struct Removal {
+    redis: RedisServer,
+    primary: Daemon,
+    /// The primary's state directory (its copy of the users' digests).
+    state: std::path::PathBuf,
+    user2: String,
+    pw2: Secret,
+    user3: String,
+    pw3: Secret,
+    remover: Daemon,
+    removed: Daemon,
+    id3: String,
+}
+
+impl Removal {
+    fn start() -> Removal {
+        // The remover: a node on shared credentials that may not manage users (like a managed
+        // service's user: everything but @admin). A node with its own user may change only its own
+        // records (issue 14), so it cannot remove others at all.
+        let redis = RedisServer::start_with(Some("acl-admin-pw"), REMOVER_USER);
+        let primary = Daemon::start("primary", &redis.cluster_yaml());
+        primary.wait_health(200, Duration::from_secs(10));
+        let state = primary.dir.path().join("state");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (user2, pw2) = (REMOVER.to_string(), Secret::new(REMOVER_PW));
+        let (user3, pw3) = rt
+            .block_on(async {
+                membership(&redis)
+                    .with_user_registry(&state)
+                    .create_node_user("node3")
+                    .await
+            })
+            .unwrap();
+        let own = |user: &str, pw: &Secret| {
+            format!(
+                "  backend: redis\n  redis_host: 127.0.0.1\n  redis_port: {}\n  redis_username: {user}\n  redis_password: \"{}\"\n",
+                redis.port,
+                pw.expose()
+            )
+        };
+        let remover = Daemon::start("node2", &own(&user2, &pw2));
+        let removed = Daemon::start("node3", &own(&user3, &pw3));
+        remover.wait_health(200, Duration::from_secs(10));
+        removed.wait_health(200, Duration::from_secs(10));
+        let id3 = removed.node_id();
+        primary.wait_listed(&id3, Duration::from_secs(10));
+        Removal {
+            redis,
+            primary,
+            state,
+            user2,
+            pw2,
+            user3,
+            pw3,
+            remover,
+            removed,
+            id3,
+        }
+    }
+}
+
 /// A node removed through a node that may not manage users (its user lacks `ACL`): the
 /// primary deletes the removed node's user before its next heartbeat and forgets its digest,
 /// and a Redis restart that loses everything afterwards does not bring the user back, while
 /// the remover registers again as usual.
 #[test]
 fn a_removed_nodes_user_is_never_re_created() {
-    // The remover: a node on shared credentials that may not manage users (like a managed
-    // service's user: everything but @admin). A node with its own user may change only its own
-    // records (issue 14), so it cannot remove others at all.
-    let mut redis = RedisServer::start_with(Some("acl-admin-pw"), REMOVER_USER);
-    let primary = Daemon::start("primary", &redis.cluster_yaml());
-    primary.wait_health(200, Duration::from_secs(10));
-    let state = primary.dir.path().join("state");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (user2, pw2) = (REMOVER.to_string(), Secret::new(REMOVER_PW));
-    let (user3, pw3) = rt
-        .block_on(async {
-            membership(&redis)
-                .with_user_registry(&state)
-                .create_node_user("node3")
-                .await
-        })
-        .unwrap();
-    let own = |user: &str, pw: &Secret| {
-        format!(
-            "  backend: redis\n  redis_host: 127.0.0.1\n  redis_port: {}\n  redis_username: {user}\n  redis_password: \"{}\"\n",
-            redis.port,
-            pw.expose()
-        )
-    };
-    let remover = Daemon::start("node2", &own(&user2, &pw2));
-    let removed = Daemon::start("node3", &own(&user3, &pw3));
-    remover.wait_health(200, Duration::from_secs(10));
-    removed.wait_health(200, Duration::from_secs(10));
-    let id3 = removed.node_id();
-    primary.wait_listed(&id3, Duration::from_secs(10));
+    let Removal {
+        mut redis,
+        primary,
+        state,
+        user3,
+        pw3,
+        remover,
+        removed,
+        id3,
+        ..
+    } = Removal::start();
     // A node on its own user may not remove another: refused, saying why, nothing changed.
     let (s, body) = fleet_tests::http(
         "DELETE",
@@ -289,39 +333,18 @@ fn a_removed_nodes_user_is_never_re_created() {
 #[test]
 fn a_removal_the_backend_lost_is_recorded_again_by_the_remover() {
     use nix::sys::signal::Signal;
-    // The remover: a node on shared credentials that may not manage users (like a managed
-    // service's user: everything but @admin). A node with its own user may change only its own
-    // records (issue 14), so it cannot remove others at all.
-    let mut redis = RedisServer::start_with(Some("acl-admin-pw"), REMOVER_USER);
-    let primary = Daemon::start("primary", &redis.cluster_yaml());
-    primary.wait_health(200, Duration::from_secs(10));
-    let state = primary.dir.path().join("state");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (user2, pw2) = (REMOVER.to_string(), Secret::new(REMOVER_PW));
-    let (user3, pw3) = rt
-        .block_on(async {
-            membership(&redis)
-                .with_user_registry(&state)
-                .create_node_user("node3")
-                .await
-        })
-        .unwrap();
-    let own = |user: &str, pw: &Secret| {
-        format!(
-            "  backend: redis\n  redis_host: 127.0.0.1\n  redis_port: {}\n  redis_username: {user}\n  redis_password: \"{}\"\n",
-            redis.port,
-            pw.expose()
-        )
-    };
-    let remover = Daemon::start("node2", &own(&user2, &pw2));
-    let removed = Daemon::start("node3", &own(&user3, &pw3));
-    remover.wait_health(200, Duration::from_secs(10));
-    removed.wait_health(200, Duration::from_secs(10));
-    let id3 = removed.node_id();
-    primary.wait_listed(&id3, Duration::from_secs(10));
+    let Removal {
+        mut redis,
+        primary,
+        user2,
+        pw2,
+        user3,
+        pw3,
+        remover,
+        removed: _removed,
+        id3,
+        ..
+    } = Removal::start();
     // Indexed by the primary (its heartbeat adopts the nodes' own records once an interval):
     // removal works on the index.
     fleet_tests::wait_for(
