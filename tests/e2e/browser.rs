@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use fleet_tests::require_tool;
 
-use crate::web::{WEB_PASSWORD, node_template, start_web_node, web_yaml};
+use fleet_tests::web::{WEB_PASSWORD, node_template, start_web_node, web_yaml};
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -25,8 +25,8 @@ use fleet_tests::{
     Daemon, RedisServer, TEST_API_KEY, bin_path, free_port, get_json, http, require_tool, wait_for,
 };
 
-use crate::install::Daemonized;
-use crate::web::{Client, WEB_PASSWORD};
+use fleet_tests::install::Daemonized;
+use fleet_tests::web::{Client, WEB_PASSWORD};
 
 /// How long one command (a build, provision.sh, the CLI) may take.
 const LIMIT: Duration = Duration::from_secs(60);

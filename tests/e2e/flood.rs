@@ -113,7 +113,7 @@ fn a_login_flood_does_not_take_the_node_out_of_the_cluster() {
     assert!(log.contains("failed logins on this node in the last minute"));
     assert!(!log.contains("wrong-"), "a password reached the log");
     // The right password is refused too while the global budget is used up.
-    let mut c = crate::web::Client::new(flooded.port);
+    let mut c = fleet_tests::web::Client::new(flooded.port);
     let r = c.login("admin", "the-right-password");
     assert_eq!(r.status, 429, "{}", r.text());
 }

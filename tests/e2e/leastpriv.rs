@@ -110,13 +110,13 @@ fn cluster_nodes_prints_no_control_bytes_from_a_forged_record() {
 fn redis_web_node(redis: &RedisServer, name: &str) -> fleet_tests::Daemon {
     let dir = tempfile::tempdir().unwrap();
     // Inside the daemon's directory: removed with it.
-    let template = crate::web::node_template(dir.path());
+    let template = fleet_tests::web::node_template(dir.path());
     let port = fleet_tests::free_port();
     let config = format!(
         "server:\n  host: 127.0.0.1\n  port: {port}\n  state_dir: {}\ncluster:\n  enabled: true\n  node_name: {name}\n  heartbeat_interval: 1\n  heartbeat_timeout: 3\n{}{}",
         dir.path().join("state").display(),
         redis.cluster_yaml(),
-        crate::web::web_yaml(&template, "  backend: redis\n")
+        fleet_tests::web::web_yaml(&template, "  backend: redis\n")
     );
     let d = fleet_tests::Daemon::start_with_config(name, dir, port, &config);
     d.wait_health(200, Duration::from_secs(15));
@@ -137,8 +137,11 @@ fn a_session_forged_in_redis_opens_nothing() {
         "fleet:session:{}",
         fleet_server::sessions::digest(&forged_sid)
     );
-    let mut real = crate::web::Client::new(d.port);
-    assert_eq!(real.login("admin", crate::web::WEB_PASSWORD).status, 303);
+    let mut real = fleet_tests::web::Client::new(d.port);
+    assert_eq!(
+        real.login("admin", fleet_tests::web::WEB_PASSWORD).status,
+        303
+    );
     let real_sid = real.cookies["fleet_session"].clone();
     let real_record = redis
         .command(&[
@@ -171,7 +174,7 @@ fn a_session_forged_in_redis_opens_nothing() {
     ] {
         let r = redis.command(&["SET", &key, &record]).unwrap();
         assert!(r.starts_with("+OK"), "{r}");
-        let mut attacker = crate::web::Client::new(d.port);
+        let mut attacker = fleet_tests::web::Client::new(d.port);
         attacker
             .cookies
             .insert("fleet_session".into(), forged_sid.clone());
@@ -203,7 +206,7 @@ fn a_session_forged_in_redis_opens_nothing() {
     assert_eq!(real.get("/settings").status, 200);
     let csrf = real.page_csrf();
     assert_eq!(real.post_form("/logout", &[("csrf", &csrf)]).status, 303);
-    let mut replay = crate::web::Client::new(d.port);
+    let mut replay = fleet_tests::web::Client::new(d.port);
     replay.cookies.insert("fleet_session".into(), real_sid);
     assert_eq!(replay.get("/settings").status, 303, "logout revoked it");
 }
@@ -291,7 +294,7 @@ fn serde_yaml_values(c: &Config) -> Vec<String> {
 fn a_planted_login_token_is_refused() {
     let redis = RedisServer::start();
     let d = redis_web_node(&redis, "web-p");
-    let mut c = crate::web::Client::new(d.port);
+    let mut c = fleet_tests::web::Client::new(d.port);
     for planted in [
         "planted".to_string(),
         format!(
@@ -306,7 +309,7 @@ fn a_planted_login_token_is_refused() {
             "/login",
             &[
                 ("username", "admin"),
-                ("password", crate::web::WEB_PASSWORD),
+                ("password", fleet_tests::web::WEB_PASSWORD),
                 ("csrf", &planted),
             ],
         );
@@ -315,7 +318,7 @@ fn a_planted_login_token_is_refused() {
         assert!(!c.cookies.contains_key("fleet_session"));
     }
     // The server's own token works.
-    assert_eq!(c.login("admin", crate::web::WEB_PASSWORD).status, 303);
+    assert_eq!(c.login("admin", fleet_tests::web::WEB_PASSWORD).status, 303);
 }
 
 /// A client flooding the login form as `admin` with wrong passwords is throttled itself, but
@@ -327,7 +330,7 @@ fn another_clients_flood_does_not_lock_the_admin_out() {
     let redis = RedisServer::start();
     let d = redis_web_node(&redis, "web-f");
     let port = d.port;
-    let mut attacker = crate::web::Client::new(port);
+    let mut attacker = fleet_tests::web::Client::new(port);
     let mut throttled = false;
     for _ in 0..12 {
         let r = attacker.login("admin", "wrong-guess");
@@ -340,7 +343,7 @@ fn another_clients_flood_does_not_lock_the_admin_out() {
     assert!(throttled, "the flooding client was never throttled");
     // The admin, from 127.0.0.2.
     let server = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut admin = crate::web::Client::connecting(
+    let mut admin = fleet_tests::web::Client::connecting(
         server,
         Box::new(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -356,7 +359,7 @@ fn another_clients_flood_does_not_lock_the_admin_out() {
             })
         }),
     );
-    let r = admin.login("admin", crate::web::WEB_PASSWORD);
+    let r = admin.login("admin", fleet_tests::web::WEB_PASSWORD);
     assert_eq!(r.status, 303, "the admin was locked out: {}", r.text());
     assert_eq!(admin.get("/settings").status, 200);
     assert!(
@@ -366,7 +369,9 @@ fn another_clients_flood_does_not_lock_the_admin_out() {
     );
     // The attacker is still throttled, even with the right password.
     assert_eq!(
-        attacker.login("admin", crate::web::WEB_PASSWORD).status,
+        attacker
+            .login("admin", fleet_tests::web::WEB_PASSWORD)
+            .status,
         429
     );
 }

@@ -361,8 +361,8 @@ fn sigterm_on_the_node_leaves_at_once_and_exits_0() {
 /// `cloud`. Measures the join time and the failure-detection time for that installed node.
 #[test]
 fn a_package_built_from_the_office_installs_in_the_datacenter_and_joins() {
-    use crate::web::{Client, WEB_PASSWORD, web_yaml};
     use fleet_tests::pkginstall::{self, ExpandedPkg, Launchctl, LaunchdJob, as_installer_runs};
+    use fleet_tests::web::{Client, WEB_PASSWORD, web_yaml};
 
     const LIMIT: Duration = Duration::from_secs(120);
     // Locals drop in reverse: the installed node, the primary, redis, then the namespaces.

@@ -130,7 +130,7 @@ fn nodes_follow_a_sentinel_failover() {
 fn sessions_follow_a_sentinel_failover() {
     let mut set = SentinelSet::start();
     let shared = tempfile::tempdir().unwrap();
-    let template = crate::web::node_template(shared.path());
+    let template = fleet_tests::web::node_template(shared.path());
     let list = set
         .sentinel_addresses()
         .iter()
@@ -148,7 +148,7 @@ fn sessions_follow_a_sentinel_failover() {
         "server:\n  host: 127.0.0.1\n  port: {port}\n  state_dir: {}\ncluster:\n  enabled: true\n  node_name: web\n  heartbeat_interval: 1\n  heartbeat_timeout: 3\n{}{}",
         dir.path().join("state").display(),
         set.cluster_yaml(None),
-        crate::web::web_yaml(&template, &sessions)
+        fleet_tests::web::web_yaml(&template, &sessions)
     );
     let node = Daemon::start_with_config("web", dir, port, &config);
     // A second node whose sessions use the cluster's Sentinels (no `sessions.redis` of its own).
@@ -158,13 +158,13 @@ fn sessions_follow_a_sentinel_failover() {
         "server:\n  host: 127.0.0.1\n  port: {port2}\n  state_dir: {}\ncluster:\n  enabled: true\n  node_name: web2\n  heartbeat_interval: 1\n  heartbeat_timeout: 3\n{}{}",
         dir2.path().join("state").display(),
         set.cluster_yaml(None),
-        crate::web::web_yaml(&template, "  backend: redis\n")
+        fleet_tests::web::web_yaml(&template, "  backend: redis\n")
     );
     let node2 = Daemon::start_with_config("web2", dir2, port2, &config2);
     node.wait_health(200, Duration::from_secs(15));
     node2.wait_health(200, Duration::from_secs(15));
-    let mut browser = crate::web::Client::new(node.port);
-    let r = browser.login("admin", crate::web::WEB_PASSWORD);
+    let mut browser = fleet_tests::web::Client::new(node.port);
+    let r = browser.login("admin", fleet_tests::web::WEB_PASSWORD);
     assert_eq!(r.status, 303, "{}", r.text());
     assert_eq!(browser.get("/settings").status, 200);
     let cookies = browser.cookies.clone();
@@ -188,7 +188,7 @@ fn sessions_follow_a_sentinel_failover() {
         BOUND_AFTER_PROMOTION,
         Duration::from_millis(50),
         || {
-            let mut again = crate::web::Client::new(node.port);
+            let mut again = fleet_tests::web::Client::new(node.port);
             again.cookies = cookies.clone();
             (again.get("/settings").status == 200).then_some(())
         },
@@ -201,13 +201,13 @@ fn sessions_follow_a_sentinel_failover() {
         BOUND_AFTER_PROMOTION,
         Duration::from_millis(50),
         || {
-            let mut other = crate::web::Client::new(node2.port);
+            let mut other = fleet_tests::web::Client::new(node2.port);
             other.cookies = cookies.clone();
             (other.get("/settings").status == 200).then_some(())
         },
     );
-    let mut fresh = crate::web::Client::new(node.port);
-    let r = fresh.login("admin", crate::web::WEB_PASSWORD);
+    let mut fresh = fleet_tests::web::Client::new(node.port);
+    let r = fresh.login("admin", fleet_tests::web::WEB_PASSWORD);
     assert_eq!(
         r.status,
         303,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use fleet_tests::pkginstall::{ExpandedPkg, output_within};
 use fleet_tests::{bin_path, require_tool};
 
-use crate::web::{Client, WEB_PASSWORD, node_template, start_web_node, web_yaml};
+use fleet_tests::web::{Client, WEB_PASSWORD, node_template, start_web_node, web_yaml};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const P12_PASSWORD: &str = "e2e-p12-password-4b8d2f";

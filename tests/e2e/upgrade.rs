@@ -22,7 +22,7 @@ use fleet_tests::pkginstall::{
 };
 use fleet_tests::{TEST_API_KEY, bin_path, require_tool, wait_for};
 
-use crate::install::{Daemonized, LIMIT, Primary, REDIS_PASSWORD, assert_ok};
+use fleet_tests::install::{Daemonized, LIMIT, Primary, REDIS_PASSWORD, assert_ok};
 
 /// The version the "old" build reports.
 const OLD: &str = "0.0.1";

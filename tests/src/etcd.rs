@@ -3,7 +3,6 @@
 //! temporary data dir, killed on drop, its log dumped when a test fails. Setup that the daemon
 //! does not do itself (enabling auth, wiping keys) goes through etcd's JSON gateway.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -454,53 +453,23 @@ fn request(
     body: Option<&str>,
     token: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(
+    let s = TcpStream::connect_timeout(
         &format!("{host}:{port}").parse().expect("address"),
         Duration::from_secs(1),
     )?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let body = body.unwrap_or("");
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let mut headers = vec![("Content-Type", "application/json")];
     if let Some(t) = token {
-        req.push_str(&format!("Authorization: {t}\r\n"));
+        headers.push(("Authorization", t));
     }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes())?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)?;
-    let resp = String::from_utf8_lossy(&resp).into_owned();
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let (head, rest) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    let text = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    Ok((status, text))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
+    crate::http::send_lenient(
+        s,
+        host,
+        method,
+        path,
+        &headers,
+        body.unwrap_or("").as_bytes(),
+        Duration::from_secs(5),
+    )
 }
 
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {

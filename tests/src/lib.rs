@@ -1,8 +1,8 @@
 //! The test kit: a private `redis-server` per test, the built `fleet-server` binary run as a
-//! black box, and a tiny HTTP client. Every wait is bounded; everything started is stopped on
+//! black box, and one small HTTP client (`http`). Every wait is bounded; everything started is stopped on
 //! drop, and a failing test gets the server's log dumped.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,11 +11,14 @@ use std::time::{Duration, Instant};
 pub mod etcd;
 pub mod etcd_cluster;
 pub mod flood;
+pub mod http;
+pub mod install;
 pub mod lb;
 pub mod netns;
 pub mod pkginstall;
 pub mod pki;
 pub mod sentinel;
+pub mod web;
 
 /// A port nobody listens on right now (the OS picks it; a race with another process is
 /// possible but rare, and the callers retry on bind errors).
@@ -383,36 +386,27 @@ pub fn bin_path(name: &str) -> PathBuf {
     p
 }
 
-/// A minimal HTTP/1.1 request on loopback; returns the status and the body.
+/// One HTTP/1.1 request on loopback ([`http::send`], 5 s per read); returns the status and the
+/// body (status 0 when the server closed without answering).
 pub fn http(
     method: &str,
     port: u16,
     path: &str,
     headers: &[(&str, &str)],
 ) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(
+    let s = TcpStream::connect_timeout(
         &format!("127.0.0.1:{port}").parse().expect("address"),
         Duration::from_secs(2),
     )?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    http::send_lenient(
+        s,
+        "127.0.0.1",
+        method,
+        path,
+        headers,
+        b"",
+        Duration::from_secs(5),
+    )
 }
 
 /// `GET` returning the status and the body parsed as JSON (`Null` when it is not JSON).
