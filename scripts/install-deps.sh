@@ -35,6 +35,7 @@ APT_PACKAGES=(
   prometheus        # promtool checks the sd/prometheus output against Prometheus's own rules
   shellcheck        # make check-workflows: the workflows' run: blocks
   python3-yaml      # make check-workflows: reads the workflows to hand their run: blocks to shellcheck
+  faketime          # the conformance clock cases run redis-server with its clock an hour off (libfaketime)
 )
 # `make demo`: curl (the HTTP build request), python3 (reads JSON), redis-server for BACKEND=redis.
 DEMO_PACKAGES=(curl python3 ca-certificates)

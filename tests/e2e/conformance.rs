@@ -1,15 +1,18 @@
 //! One membership conformance suite, run against every backend: the same cases, the same
-//! expectations. Heartbeats are 1 s / 3 s to keep the expiry cases short.
+//! expectations. Heartbeats are 1 s / 3 s to keep the expiry cases short. Besides membership:
+//! the enrollment records (on the backends that keep them; etcd's refusal where not), and
+//! where the times come from (the backend's own clock, read by the test beside the backend).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fleet_server::cluster::{
     ClusterError, EventKind, Heartbeat, MemberState, Membership, NodeRecord,
 };
 use fleet_server::config::{BackendKind, Config};
-use fleet_tests::RedisServer;
+use fleet_server::enrollment::EnrollmentRecord;
 use fleet_tests::etcd::EtcdServer;
+use fleet_tests::{Daemon, RedisServer, local_now_ms};
 
 /// A backend under test, and the way to make it fail.
 trait Fixture: Send {
@@ -20,6 +23,12 @@ trait Fixture: Send {
     fn start(&mut self);
     /// The backend loses all its data (FLUSHALL, the directory wiped).
     fn wipe(&mut self);
+    /// Whether this backend keeps enrollment records (what the suite expects, not what the
+    /// backend says of itself).
+    fn keeps_enrollments(&self) -> bool;
+    /// The backend's own clock, ms since the epoch, read by the test beside the backend (not
+    /// through it); `None`: the backend shows its clients no clock (etcd).
+    fn clock_ms(&self) -> Option<u64>;
 }
 
 struct RedisFixture {
@@ -43,6 +52,12 @@ impl Fixture for RedisFixture {
     }
     fn wipe(&mut self) {
         self.server.flushall();
+    }
+    fn keeps_enrollments(&self) -> bool {
+        true
+    }
+    fn clock_ms(&self) -> Option<u64> {
+        Some(self.server.time_ms())
     }
 }
 
@@ -81,6 +96,23 @@ impl Fixture for StorageFixture {
         std::fs::remove_dir_all(self.shared()).unwrap();
         std::fs::create_dir_all(self.shared()).unwrap();
     }
+    fn keeps_enrollments(&self) -> bool {
+        true
+    }
+    // The time the share stamps on a file just written there (on a local disk that is this
+    // machine's kernel clock; on NFS the file server's).
+    fn clock_ms(&self) -> Option<u64> {
+        let probe = self.shared().join("test-clock-probe");
+        std::fs::write(&probe, b"").unwrap();
+        let mtime = std::fs::metadata(&probe).unwrap().modified().unwrap();
+        std::fs::remove_file(&probe).unwrap();
+        Some(
+            mtime
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64,
+        )
+    }
 }
 
 struct EtcdFixture {
@@ -106,6 +138,12 @@ impl Fixture for EtcdFixture {
     // The cluster's keys gone while etcd, and the nodes' leases, stay up.
     fn wipe(&mut self) {
         self.server.delete_prefix("fleet:");
+    }
+    fn keeps_enrollments(&self) -> bool {
+        false
+    }
+    fn clock_ms(&self) -> Option<u64> {
+        None
     }
 }
 
@@ -501,6 +539,268 @@ async fn member_pages_cover_the_list(f: impl Fixture) {
     assert_eq!(first[0].node.name, "bravo");
 }
 
+/// A pending enrollment as a build writes it, expiring `ttl` from now.
+fn pending(n: u32, name: &str, ttl: Duration) -> EnrollmentRecord {
+    let now = local_now_ms();
+    EnrollmentRecord {
+        token_id: format!("{n:032x}"),
+        node_name: name.into(),
+        created_ms: now + u64::from(n),
+        expires_ms: now + ttl.as_millis() as u64,
+        built_by: "cli:conformance".into(),
+        package_id: format!("package-{n}"),
+        users: vec![format!("fleet-enroll-{n:032x}")],
+        nonce: "00".repeat(12),
+        ciphertext: "c0ffee".into(),
+    }
+}
+
+/// Two nodes take the same record at the same moment: exactly one gets it.
+async fn race_for(a: &Arc<dyn Membership>, b: &Arc<dyn Membership>, token: &str) -> [bool; 2] {
+    let start = Arc::new(tokio::sync::Barrier::new(2));
+    let taker = |backend: Arc<dyn Membership>| {
+        let (start, token) = (start.clone(), token.to_string());
+        tokio::spawn(async move {
+            start.wait().await;
+            backend.take_enrollment(&token).await.unwrap()
+        })
+    };
+    let (x, y) = (taker(a.clone()), taker(b.clone()));
+    let (x, y) = (x.await.unwrap(), y.await.unwrap());
+    for got in [&x, &y].into_iter().flatten() {
+        assert_eq!(
+            got.token_id, token,
+            "the winner got the record it asked for"
+        );
+    }
+    [x.is_some(), y.is_some()]
+}
+
+/// Enrollment records: put, list (oldest first, as written), take once (of two concurrent
+/// takers exactly one wins, then it is gone), revoke, expiry. A backend that keeps none answers
+/// every call with the same clear refusal.
+async fn enrollments_are_taken_once_listed_revoked_and_expire(f: impl Fixture) {
+    let b = f.open();
+    assert_eq!(b.supports_enrollment(), f.keeps_enrollments());
+    if !f.keeps_enrollments() {
+        let rec = pending(1, "server-01", Duration::from_secs(60));
+        let want = format!(
+            "{} backend: this backend keeps no enrollment records (build with --no-enrollment)",
+            b.kind().as_str()
+        );
+        let errors = [
+            b.put_enrollment(&rec).await.unwrap_err(),
+            b.take_enrollment(&rec.token_id).await.unwrap_err(),
+            b.list_enrollments().await.unwrap_err(),
+            b.revoke_enrollment(&rec.token_id).await.unwrap_err(),
+        ];
+        for err in errors {
+            assert!(matches!(err, ClusterError::Backend { .. }), "{err:?}");
+            assert_eq!(err.to_string(), want);
+        }
+        return;
+    }
+    let minute = Duration::from_secs(60);
+    let (first, second) = (
+        pending(1, "server-01", minute),
+        pending(2, "server-02", minute),
+    );
+    b.put_enrollment(&second).await.unwrap();
+    b.put_enrollment(&first).await.unwrap();
+    assert_eq!(
+        b.list_enrollments().await.unwrap(),
+        [first.clone(), second.clone()],
+        "listed oldest first, as written"
+    );
+
+    // Another node's connection races this one for each of five records.
+    let other = f.open();
+    for n in 10..15 {
+        let rec = pending(n, "server-10", minute);
+        b.put_enrollment(&rec).await.unwrap();
+        let won = race_for(&b, &other, &rec.token_id).await;
+        assert_eq!(
+            won.iter().filter(|w| **w).count(),
+            1,
+            "record {n}: exactly one taker wins: {won:?}"
+        );
+        assert_eq!(b.take_enrollment(&rec.token_id).await.unwrap(), None);
+    }
+    assert_eq!(
+        b.list_enrollments().await.unwrap(),
+        [first.clone(), second.clone()]
+    );
+
+    // Taken: returned whole, then gone for everyone.
+    assert_eq!(
+        b.take_enrollment(&first.token_id).await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(other.take_enrollment(&first.token_id).await.unwrap(), None);
+    assert_eq!(
+        b.list_enrollments().await.unwrap(),
+        std::slice::from_ref(&second)
+    );
+    // Revoked: returned once, then nothing to revoke.
+    assert_eq!(
+        b.revoke_enrollment(&second.token_id).await.unwrap(),
+        Some(second.clone())
+    );
+    assert_eq!(b.revoke_enrollment(&second.token_id).await.unwrap(), None);
+    assert_eq!(b.list_enrollments().await.unwrap(), []);
+    // Unknown and malformed ids find nothing.
+    assert_eq!(b.take_enrollment(&"f".repeat(32)).await.unwrap(), None);
+    assert_eq!(b.take_enrollment("../../names/alpha").await.unwrap(), None);
+
+    // Expiry: listed until then, gone after, and no longer taken.
+    let brief = pending(20, "server-20", Duration::from_millis(1200));
+    b.put_enrollment(&brief).await.unwrap();
+    assert_eq!(
+        b.list_enrollments().await.unwrap(),
+        std::slice::from_ref(&brief)
+    );
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(b.list_enrollments().await.unwrap(), []);
+    assert_eq!(b.take_enrollment(&brief.token_id).await.unwrap(), None);
+}
+
+/// Where the times come from. Redis and storage: a member's last heartbeat, an event's time
+/// and `backend_now_ms` agree (within 1 s) with the backend's own clock as the test reads it
+/// beside the backend (Redis `TIME`; the mtime the share stamps on a file just written).
+/// etcd shows clients no clock: a member's age is its lease's, in whole seconds of the TTL that
+/// etcd counts down, growing while the node is silent and starting again at its heartbeat.
+async fn times_come_from_the_backends_clock(f: impl Fixture) {
+    let b = f.open();
+    let a = node("alpha");
+    b.register(&a).await.unwrap();
+    if f.clock_ms().is_none() {
+        let started = Instant::now();
+        let mut ages = Vec::new();
+        while started.elapsed() < Duration::from_millis(2300) {
+            let m = b.members().await.unwrap().remove(0);
+            assert_eq!((m.state, m.age_known), (MemberState::Active, true));
+            ages.push(m.age_ms);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        assert!(
+            ages.iter().all(|age| age % 1000 == 0),
+            "ages are whole seconds of the lease's TTL: {ages:?}"
+        );
+        assert!(ages.windows(2).all(|w| w[0] <= w[1]), "{ages:?}");
+        assert_eq!(ages[0], 0, "{ages:?}");
+        assert!(
+            *ages.last().unwrap() >= 1000,
+            "the age follows the TTL: {ages:?}"
+        );
+        assert_eq!(
+            b.heartbeat(&a).await.unwrap(),
+            Heartbeat::Alive { active: 1 }
+        );
+        assert_eq!(
+            b.members().await.unwrap()[0].age_ms,
+            0,
+            "renewed: age 0 again"
+        );
+        return;
+    }
+    let ev = fleet_server::cluster::Event {
+        kind: EventKind::PackageBuilt,
+        node_id: "server-09".into(),
+        at_ms: 0,
+        detail: Default::default(),
+    };
+    b.record_event(&ev).await.unwrap();
+    let member = b.members().await.unwrap().remove(0);
+    let events = b.events(2).await.unwrap();
+    let backend_now = b.backend_now_ms().await.unwrap();
+    let reference = f.clock_ms().unwrap();
+    for (what, ms) in [
+        ("the last heartbeat", member.last_heartbeat_ms),
+        ("the recorded event", events[0].at_ms),
+        ("the joined event", events[1].at_ms),
+        ("backend_now_ms", backend_now),
+    ] {
+        assert!(
+            ms.abs_diff(reference) <= 1000,
+            "{what} at {ms} is not the backend's clock {reference}"
+        );
+    }
+    assert!(member.age_ms < 1000, "age {}", member.age_ms);
+}
+
+/// A node whose own clock is an hour ahead (libfaketime) joins through Redis: its heartbeat
+/// and its `joined` event carry the Redis server's time, not the node's. Proof that the node's
+/// clock was wrong: the record's `started_at`, which is the node's own clock.
+#[test]
+fn redis_times_ignore_a_node_clock_an_hour_ahead() {
+    const HOUR_MS: u64 = 3_600_000;
+    let redis = RedisServer::start_with(Some("clock-pw"), &[]);
+    let before = redis.time_ms();
+    assert!(
+        before.abs_diff(local_now_ms()) < 1000,
+        "this machine and its redis-server share a clock"
+    );
+    let node = Daemon::start_with_clock_offset("skewed", &redis.cluster_yaml(), 3600);
+    node.wait_health(200, Duration::from_secs(20));
+    let id = node.node_id();
+    // A few heartbeats (every 1 s).
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let config = Config::parse(
+        &format!("cluster:\n  enabled: true\n{}", redis.cluster_yaml()),
+        std::path::Path::new("reader.yaml"),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The Redis client's connection task needs the runtime from the start.
+    let _in_runtime = rt.enter();
+    let reader = fleet_server::cluster::open(&config).unwrap();
+    let members = rt.block_on(reader.members()).unwrap();
+    let events = rt.block_on(reader.events(20)).unwrap();
+    let now = redis.time_ms();
+    let m = members
+        .iter()
+        .find(|m| m.node.id == id)
+        .unwrap_or_else(|| panic!("{id} not listed: {members:?}"));
+    assert!(
+        m.node.started_at > now + HOUR_MS - 60_000,
+        "the node's clock is an hour ahead: started_at {} vs {now}",
+        m.node.started_at
+    );
+    assert_eq!(m.state, MemberState::Active);
+    assert!(
+        now.saturating_sub(m.last_heartbeat_ms) <= 2000 && m.last_heartbeat_ms <= now,
+        "the heartbeat at {} is Redis's time {now}, not the node's",
+        m.last_heartbeat_ms
+    );
+    let joined = events
+        .iter()
+        .find(|e| e.kind == EventKind::Joined && e.node_id == id)
+        .unwrap_or_else(|| panic!("no joined event for {id}: {events:?}"));
+    assert!(
+        (before..=now).contains(&joined.at_ms),
+        "joined at {} is outside Redis's {before}..{now}",
+        joined.at_ms
+    );
+    // The node's own view: ages on Redis's clock, so its own heartbeat is fresh.
+    let (status, body) = node
+        .api_get("/api/fleet/cluster/nodes", Some(fleet_tests::TEST_API_KEY))
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let own = body["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == id.as_str())
+        .cloned()
+        .unwrap_or_default();
+    let last = own["last_heartbeat_ms"].as_u64().unwrap_or_default();
+    assert!(
+        last <= redis.time_ms() && last + 3000 >= now,
+        "the node reports its heartbeat at {last}, Redis's time {now}: {own}"
+    );
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod redis_backend {
@@ -543,6 +843,8 @@ conformance!(
     build_check_refuses_live_names_and_ips,
     member_pages_cover_the_list,
     backend_now_is_the_backends_clock,
+    enrollments_are_taken_once_listed_revoked_and_expire,
+    times_come_from_the_backends_clock,
 );
 
 #[tokio::test]

@@ -251,6 +251,21 @@ impl RedisServer {
         }
     }
 
+    /// The server's clock (`TIME`), ms since the epoch.
+    pub fn time_ms(&self) -> u64 {
+        let reply = self.command(&["TIME"]).expect("TIME");
+        // `*2 $10 <seconds> $6 <microseconds>`: the two values are the lines without a type mark.
+        let values: Vec<u64> = reply
+            .lines()
+            .filter(|l| !l.starts_with(['*', '$']))
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        match values[..] {
+            [secs, micros] => secs * 1000 + micros / 1000,
+            _ => panic!("TIME answered {reply:?}"),
+        }
+    }
+
     pub fn flushall(&self) {
         let r = self.command(&["FLUSHALL"]).expect("FLUSHALL");
         assert!(r.starts_with("+OK"), "FLUSHALL: {r}");
@@ -362,6 +377,28 @@ fn read_reply(r: &mut impl BufRead) -> std::io::Result<String> {
         _ => {}
     }
     Ok(out)
+}
+
+/// libfaketime's preload library (Debian's `faketime` package), which shifts a process's wall
+/// clock; fails loudly when it is missing.
+pub fn faketime_library() -> PathBuf {
+    let found = ["x86_64-linux-gnu", "aarch64-linux-gnu"]
+        .iter()
+        .map(|arch| PathBuf::from(format!("/usr/lib/{arch}/faketime/libfaketimeMT.so.1")))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        panic!(
+            "libfaketime not found: run scripts/install-deps.sh (it installs every tool the tests need)"
+        )
+    })
+}
+
+/// This machine's wall clock, ms since the epoch.
+pub fn local_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
 }
 
 /// The `fleet-server` binary cargo built for this test run.
@@ -517,6 +554,20 @@ impl Daemon {
             .arg("--")
             .arg(fleet_server_bin());
         Daemon::start_with_command(None, name, dir, port, config, cmd)
+    }
+
+    /// As [`Daemon::start`], with the process's wall clock `offset_secs` away from this
+    /// machine's (libfaketime preloaded; timers, on the monotonic clock, run as usual): a node
+    /// whose clock is wrong, for the checks that the cluster's times are the backend's.
+    pub fn start_with_clock_offset(name: &str, cluster_yaml: &str, offset_secs: i64) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let config = Daemon::config_text(name, "127.0.0.1", port, dir.path(), cluster_yaml);
+        let mut cmd = Command::new(fleet_server_bin());
+        cmd.env("LD_PRELOAD", faketime_library())
+            .env("FAKETIME", format!("{offset_secs:+}s"))
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        Daemon::start_with_command(None, name, dir, port, &config, cmd)
     }
 
     /// Runs `cmd` (which ends in the daemon's binary) with `serve --config`.
