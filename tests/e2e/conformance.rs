@@ -801,6 +801,62 @@ fn redis_times_ignore_a_node_clock_an_hour_ahead() {
     );
 }
 
+/// A package built on a primary whose clock is an hour ahead: its enrollment record lives as
+/// long as `--expires` says, on Redis's clock (the one its expiry and its enrollment user's are
+/// counted on), whatever the builder's clock says.
+#[test]
+#[ignore = "fails today: RedisMembership::put_enrollment turns the record's expiry (on Redis's clock) into a PX lifetime with this machine's clock; see the issue-13 kit report"]
+fn redis_enrollment_lifetime_ignores_a_builder_clock_an_hour_ahead() {
+    let redis = RedisServer::start_with(Some("clock-pw"), &[]);
+    let shared = tempfile::tempdir().unwrap();
+    let template = fleet_tests::web::node_template(shared.path());
+    let config = shared.path().join("primary.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server:\n  state_dir: {}\ncluster:\n  enabled: true\n{}",
+            shared.path().join("state").display(),
+            redis.cluster_yaml()
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(fleet_tests::fleet_server_bin());
+    fleet_tests::with_clock_offset(&mut cmd, 3600)
+        .args(["package", "build", "--format", "bundle", "--expires", "1d"])
+        .args(["--node-name", "server-05", "--allow-foreign-binaries"])
+        .arg("--config")
+        .arg(&config)
+        .arg("--template-dir")
+        .arg(&template)
+        .arg("--output")
+        .arg(shared.path().join("server-05.tar.gz"));
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keys = redis.command(&["KEYS", "fleet:cluster:enroll:*"]).unwrap();
+    let key = keys
+        .lines()
+        .find(|l| l.starts_with("fleet:cluster:enroll:"))
+        .unwrap_or_else(|| panic!("no enrollment record: {keys:?}"))
+        .to_string();
+    let pttl: u64 = redis
+        .command(&["PTTL", &key])
+        .unwrap()
+        .trim()
+        .trim_start_matches(':')
+        .parse()
+        .unwrap();
+    let day_ms = 24 * 3_600_000;
+    assert!(
+        pttl.abs_diff(day_ms) < 120_000,
+        "the record lives {pttl} ms, not the day --expires asked for"
+    );
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod redis_backend {

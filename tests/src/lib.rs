@@ -393,6 +393,14 @@ pub fn faketime_library() -> PathBuf {
     })
 }
 
+/// Runs `cmd` with its wall clock `offset_secs` away from this machine's (libfaketime
+/// preloaded); its monotonic clock, which timers use, is left alone.
+pub fn with_clock_offset(cmd: &mut Command, offset_secs: i64) -> &mut Command {
+    cmd.env("LD_PRELOAD", faketime_library())
+        .env("FAKETIME", format!("{offset_secs:+}s"))
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+}
+
 /// This machine's wall clock, ms since the epoch.
 pub fn local_now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -564,9 +572,7 @@ impl Daemon {
         let port = free_port();
         let config = Daemon::config_text(name, "127.0.0.1", port, dir.path(), cluster_yaml);
         let mut cmd = Command::new(fleet_server_bin());
-        cmd.env("LD_PRELOAD", faketime_library())
-            .env("FAKETIME", format!("{offset_secs:+}s"))
-            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        with_clock_offset(&mut cmd, offset_secs);
         Daemon::start_with_command(None, name, dir, port, &config, cmd)
     }
 
