@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::connect_info::Connected;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -44,15 +43,8 @@ impl AppState {
     }
 }
 
-/// The client's address, for login throttling and logs (the same for plain and TLS listeners).
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub std::net::SocketAddr);
-
-impl Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for ClientAddr {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
-    }
-}
+/// The client's address lives with the accept loop (`serve`), which sets it.
+pub use crate::serve::ClientAddr;
 
 /// Who is making a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
