@@ -21,4 +21,5 @@ pub mod sessionsig;
 pub mod tls;
 pub mod upgrade;
 pub mod version;
-pub mod web;
+/// Shim: the dashboard moved to `http::dashboard`.
+pub use http::dashboard as web;

@@ -19,8 +19,8 @@ pub const SESSION_COOKIE: &str = "fleet_session";
 /// The login form's double-submit cookie (there is no session yet to hold its token).
 const LOGIN_COOKIE: &str = "fleet_login";
 
-const STYLE: &str = include_str!("../assets/style.css");
-const SCRIPT: &str = include_str!("../assets/settings.js");
+const STYLE: &str = include_str!("../../assets/style.css");
+const SCRIPT: &str = include_str!("../../assets/settings.js");
 
 /// Escapes text for HTML element content and attribute values.
 pub fn esc(s: &str) -> String {
