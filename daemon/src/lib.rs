@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod advertise;
+pub mod app;
 pub mod auth;
 pub mod cluster;
 pub mod config;

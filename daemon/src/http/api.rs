@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::auth::{ApiError, AppState, Principal, authorize, has_api_key};
+use crate::app::remove::RemoveError;
 use crate::cluster::Member;
 
 fn require_api_key_for_metrics(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -195,19 +196,11 @@ pub(super) async fn remove_node(
             "Cluster mode not enabled".into(),
         ));
     };
-    if id.is_empty() || id.len() > 80 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    {
-        return Err(ApiError(StatusCode::BAD_REQUEST, "invalid node id".into()));
-    }
-    let was = with_deadline(backend.remove(&id, &who.label())).await?;
-    if was {
-        log::info!("🗑 Node removed from the cluster by {}: {id}", who.label());
-        Ok(axum::Json(json!({ "removed": id })).into_response())
-    } else {
-        Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("no member {id} in the cluster"),
-        ))
+    match crate::app::remove::remove(&**backend, &id, &who.label()).await {
+        Ok(()) => Ok(axum::Json(json!({ "removed": id })).into_response()),
+        Err(e @ RemoveError::InvalidId) => Err(ApiError(StatusCode::BAD_REQUEST, e.to_string())),
+        Err(e @ RemoveError::NotFound(_)) => Err(ApiError(StatusCode::NOT_FOUND, e.to_string())),
+        Err(RemoveError::Backend(e)) => Err(e.into()),
     }
 }
 
@@ -647,27 +640,8 @@ pub(super) async fn revoke_package(
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad_request("invalid package id"));
     }
-    match with_deadline(backend.revoke_enrollment(&id)).await? {
-        Some(rec) => {
-            let ev = crate::cluster::Event {
-                kind: crate::cluster::EventKind::PackageRevoked,
-                node_id: rec.node_name.clone(),
-                at_ms: 0,
-                detail: [
-                    ("by".to_string(), who.label()),
-                    ("token_id".to_string(), rec.token_id.clone()),
-                ]
-                .into(),
-            };
-            if let Err(e) = with_deadline(backend.record_event(&ev)).await {
-                log::warn!("package revoked, but not recorded: {}", e.1);
-            }
-            let store = app.downloads.clone();
-            let token = rec.token_id.clone();
-            let _ = tokio::task::spawn_blocking(move || store.revoke_token(&token)).await;
-            log::info!("🚫 {} revoked package {}", who.label(), &id[..12]);
-            Ok(axum::Json(json!({ "revoked": id })).into_response())
-        }
+    match crate::app::revoke::revoke(&**backend, &id, &who.label(), Some(&app.downloads)).await? {
+        Some(_) => Ok(axum::Json(json!({ "revoked": id })).into_response()),
         None => Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("no pending package {id} (already used, revoked or expired)"),
