@@ -78,3 +78,45 @@ pub fn enrolling_router(reason: tokio::sync::watch::Receiver<String>) -> axum::R
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every route that changes state (POST, DELETE) goes to an API handler whose first
+    /// statement is `authorize(…, true)` (the API key, or a session and its CSRF token), or to
+    /// one of the dashboard's two forms, which check their own CSRF tokens (the login form's
+    /// double-submit cookie; logout's session token).
+    #[test]
+    fn every_state_change_is_authorized_first() {
+        let routes = include_str!("mod.rs");
+        let api = include_str!("api.rs");
+        let start = routes.find("pub fn router(").expect("the router");
+        let router = &routes[start..];
+        let router = &router[..router.find("\n}\n").expect("its end")];
+        let mut handlers = 0;
+        for (i, _) in router
+            .match_indices("post(")
+            .chain(router.match_indices("delete("))
+        {
+            let name = router[i..].split(['(', ')']).nth(1).expect("a handler");
+            let Some(h) = name.strip_prefix("api::") else {
+                assert!(
+                    ["dashboard::login", "dashboard::logout"].contains(&name),
+                    "{name} changes state: it must be an API handler that authorizes first"
+                );
+                continue;
+            };
+            let at = api
+                .find(&format!("async fn {h}("))
+                .unwrap_or_else(|| panic!("api::{h} not found"));
+            let body = &api[at..];
+            let body = &body[body.find(" {\n").expect("its body") + 3..];
+            let first = body.lines().next().unwrap_or_default().trim();
+            assert!(
+                first.contains("authorize(&app, &headers, true)"),
+                "api::{h} must authorize (with CSRF) before anything else; it starts with {first:?}"
+            );
+            handlers += 1;
+        }
+        assert_eq!(handlers, 3, "build, remove and revoke");
+    }
+}
