@@ -401,26 +401,6 @@ pub async fn package_list(
     Ok(())
 }
 
-/// Finds the one pending enrollment whose token id starts with `id`.
-pub async fn resolve_token(backend: &dyn cluster::Membership, id: &str) -> anyhow::Result<String> {
-    if id.len() < 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        anyhow::bail!(
-            "`{id}` is not a package id: give 8 or more hex characters from `fleet-server package list`"
-        );
-    }
-    let pending = timed(backend.list_enrollments()).await?;
-    let matches: Vec<&str> = pending
-        .iter()
-        .map(|r| r.token_id.as_str())
-        .filter(|t| t.starts_with(id))
-        .collect();
-    match matches.as_slice() {
-        [one] => Ok(one.to_string()),
-        [] => anyhow::bail!("no pending package {id} (already used, revoked or expired?)"),
-        _ => anyhow::bail!("{id} matches several pending packages: give more characters"),
-    }
-}
-
 /// `fleet-server package revoke ID`.
 pub async fn package_revoke(
     config: &Config,
@@ -429,22 +409,9 @@ pub async fn package_revoke(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let backend = backend_of(config)?;
-    let token = resolve_token(&*backend, id).await?;
-    match timed(backend.revoke_enrollment(&token)).await? {
+    let token = crate::app::revoke::resolve_token(&*backend, id).await?;
+    match crate::app::revoke::revoke(&*backend, &token, by, None).await? {
         Some(rec) => {
-            let ev = cluster::Event {
-                kind: cluster::EventKind::PackageRevoked,
-                node_id: rec.node_name.clone(),
-                at_ms: 0,
-                detail: [
-                    ("by".to_string(), by.to_string()),
-                    ("token_id".to_string(), rec.token_id.clone()),
-                ]
-                .into(),
-            };
-            if let Err(e) = timed(backend.record_event(&ev)).await {
-                log::warn!("revoked, but not recorded in the events: {e}");
-            }
             writeln!(
                 out,
                 "✅ Revoked package {} (node {}): it can no longer join the cluster",

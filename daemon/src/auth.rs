@@ -1,22 +1,14 @@
 //! The dashboard's credentials: Argon2id password hashes (PHC strings), verification in constant
-//! time, random tokens, and the login-attempt limiter.
-
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+//! time, random tokens and constant-time comparison. The login-attempt limiter is in `http::auth`.
 
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use rand::Rng;
 
-/// Failed logins allowed per client and per user within `LOGIN_WINDOW`; the next is refused.
-pub const LOGIN_ATTEMPTS: u32 = 5;
-pub const LOGIN_WINDOW: Duration = Duration::from_secs(60);
-/// Failed logins allowed per node within `LOGIN_WINDOW`, whoever sends them: an attacker with
-/// many addresses and user names gets this many Argon2 verifications a minute, not 5 per address.
-/// Every login (the right password too) is refused while it is used up.
-pub const GLOBAL_LOGIN_FAILURES: u32 = 100;
-/// Logins that may wait for a verification slot; the next is answered 503 at once.
-pub const VERIFY_QUEUE: usize = 16;
+/// Shim: the login limiter moved to `http::auth`.
+pub use crate::http::auth::{
+    Busy, GLOBAL_LOGIN_FAILURES, GlobalPlace, LOGIN_ATTEMPTS, LOGIN_WINDOW, LoginLimiter,
+    VERIFY_QUEUE, Verifier,
+};
 
 /// Hashes a password as an Argon2id PHC string (`$argon2id$v=19$…`).
 pub fn hash_password(password: &str) -> String {
@@ -47,164 +39,12 @@ pub fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
-/// Runs Argon2 verifications on the blocking pool, a few at a time, so that a login flood takes
-/// neither the async workers (health, heartbeats, every other request) nor all the cores.
-#[derive(Debug)]
-pub struct Verifier {
-    /// One permit per verification that may run at once.
-    running: Arc<tokio::sync::Semaphore>,
-    /// One permit per login admitted (running or waiting): bounds the queue.
-    admitted: Arc<tokio::sync::Semaphore>,
-}
-
-/// Too many logins are waiting for a verification: answer 503 and let the client retry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Busy;
-
-impl Default for Verifier {
-    fn default() -> Self {
-        // Half the cores (at least one): the other half keeps serving while logins pour in.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Verifier::new((cores / 2).max(1), VERIFY_QUEUE)
+/// Compares two secrets in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
     }
-}
-
-impl Verifier {
-    pub fn new(parallel: usize, queue: usize) -> Self {
-        Verifier {
-            running: Arc::new(tokio::sync::Semaphore::new(parallel)),
-            admitted: Arc::new(tokio::sync::Semaphore::new(parallel + queue)),
-        }
-    }
-
-    /// `verify_password` on the blocking pool; `Err(Busy)` at once when the queue is full.
-    pub async fn verify(&self, password: &str, hash: &str) -> Result<bool, Busy> {
-        let _admitted = self
-            .admitted
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Busy)?;
-        // The semaphore is never closed.
-        let _running = self
-            .running
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Busy)?;
-        let (password, hash) = (password.to_string(), hash.to_string());
-        tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-            .await
-            .map_err(|_| Busy)
-    }
-}
-
-/// Counts failed logins per key (a client address, a user name) in a sliding window.
-/// Kept per node: a client spreading attempts over N nodes gets N times the budget, which the
-/// window keeps small; sessions themselves are shared.
-#[derive(Debug, Default)]
-pub struct LoginLimiter {
-    failures: Mutex<HashMap<String, Vec<Instant>>>,
-    /// The node's failures within the window and the attempts being checked now.
-    global: Mutex<GlobalBudget>,
-    /// Where the password checks run.
-    pub verifier: Verifier,
-}
-
-/// The per-node budget: every attempt takes a place before its password is checked, so that
-/// concurrent attempts cannot all pass the check of a budget that only failures fill.
-#[derive(Debug, Default)]
-struct GlobalBudget {
-    /// Failures within the window, oldest first.
-    failed: VecDeque<Instant>,
-    /// Attempts holding a place (`GlobalPlace`) that have not ended yet.
-    pending: u32,
-}
-
-/// One attempt's place in the per-node budget. Dropped, it gives the place back (a good login,
-/// or one refused before its password was checked); `failed` keeps it for the window.
-#[derive(Debug)]
-pub struct GlobalPlace<'a> {
-    limiter: &'a LoginLimiter,
-    done: bool,
-}
-
-impl GlobalPlace<'_> {
-    /// The attempt failed: its place stays taken for `LOGIN_WINDOW`.
-    pub fn failed(mut self) {
-        let mut g = self.limiter.global();
-        g.pending = g.pending.saturating_sub(1);
-        g.failed.push_back(Instant::now());
-        // Bounded: older entries beyond the budget can never matter.
-        while g.failed.len() > GLOBAL_LOGIN_FAILURES as usize {
-            g.failed.pop_front();
-        }
-        self.done = true;
-    }
-}
-
-impl Drop for GlobalPlace<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            let mut g = self.limiter.global();
-            g.pending = g.pending.saturating_sub(1);
-        }
-    }
-}
-
-impl LoginLimiter {
-    fn global(&self) -> std::sync::MutexGuard<'_, GlobalBudget> {
-        self.global.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A place in this node's failure budget for one attempt, or `None` when the failures
-    /// within the window and the attempts being checked together use it up. At most
-    /// `GLOBAL_LOGIN_FAILURES` passwords are checked per window beyond the good ones.
-    pub fn reserve_global(&self) -> Option<GlobalPlace<'_>> {
-        let mut g = self.global();
-        while g
-            .failed
-            .front()
-            .is_some_and(|t| t.elapsed() >= LOGIN_WINDOW)
-        {
-            g.failed.pop_front();
-        }
-        if g.failed.len() as u32 + g.pending >= GLOBAL_LOGIN_FAILURES {
-            return None;
-        }
-        g.pending += 1;
-        Some(GlobalPlace {
-            limiter: self,
-            done: false,
-        })
-    }
-
-    /// True when `key` has used up its attempts.
-    pub fn is_blocked(&self, key: &str) -> bool {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(list) = map.get_mut(key) else {
-            return false;
-        };
-        list.retain(|t| t.elapsed() < LOGIN_WINDOW);
-        list.len() as u32 >= LOGIN_ATTEMPTS
-    }
-
-    /// Records a failure for `key`.
-    pub fn fail(&self, key: &str) {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        // Bound the map: forget the quietest keys when an attacker sprays addresses.
-        if map.len() > 10_000 {
-            map.retain(|_, v| v.iter().any(|t| t.elapsed() < LOGIN_WINDOW));
-        }
-        map.entry(key.to_string()).or_default().push(Instant::now());
-    }
-
-    /// Forgets `key`'s failures after a good login.
-    pub fn clear(&self, key: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
-    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -222,113 +62,17 @@ mod tests {
     }
 
     #[test]
-    fn the_sixth_attempt_is_blocked() {
-        let l = LoginLimiter::default();
-        for _ in 0..LOGIN_ATTEMPTS {
-            assert!(!l.is_blocked("ip:192.0.2.1"));
-            l.fail("ip:192.0.2.1");
-        }
-        assert!(l.is_blocked("ip:192.0.2.1"));
-        assert!(!l.is_blocked("ip:192.0.2.2"));
-        l.clear("ip:192.0.2.1");
-        assert!(!l.is_blocked("ip:192.0.2.1"));
-    }
-
-    #[test]
-    fn the_global_budget_blocks_everyone() {
-        let l = LoginLimiter::default();
-        for _ in 0..GLOBAL_LOGIN_FAILURES {
-            l.reserve_global().expect("within the budget").failed();
-        }
-        assert!(l.reserve_global().is_none());
-        assert!(
-            !l.is_blocked("ip:192.0.2.9"),
-            "per-client counts are separate"
-        );
-    }
-
-    #[test]
-    fn a_good_login_gives_its_place_back() {
-        let l = LoginLimiter::default();
-        for _ in 0..GLOBAL_LOGIN_FAILURES - 1 {
-            l.reserve_global().unwrap().failed();
-        }
-        // The last place, taken and given back by good logins, again and again.
-        for _ in 0..10 {
-            let place = l.reserve_global().expect("one place left");
-            assert!(
-                l.reserve_global().is_none(),
-                "the place is held while checked"
-            );
-            drop(place);
-        }
-        l.reserve_global().unwrap().failed();
-        assert!(l.reserve_global().is_none());
-    }
-
-    /// Many wrong logins at once, each checked by a real Argon2 verification: no more passwords
-    /// are checked than the budget, however the attempts interleave.
-    #[test]
-    fn concurrent_wrong_logins_are_checked_at_most_budget_times() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(4)
-            .enable_all()
-            .build()
-            .unwrap();
-        let checked = rt.block_on(async {
-            let hash = Arc::new(hash_password("right"));
-            let limiter = Arc::new(LoginLimiter {
-                verifier: Verifier::new(8, 400),
-                ..LoginLimiter::default()
-            });
-            let checked = Arc::new(std::sync::atomic::AtomicU32::new(0));
-            let mut tasks = Vec::new();
-            for _ in 0..300 {
-                let (limiter, hash, checked) = (limiter.clone(), hash.clone(), checked.clone());
-                tasks.push(tokio::spawn(async move {
-                    let Some(place) = limiter.reserve_global() else {
-                        return;
-                    };
-                    let ok = limiter.verifier.verify("wrong", &hash).await;
-                    checked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    assert_eq!(ok, Ok(false));
-                    place.failed();
-                }));
-            }
-            for t in tasks {
-                t.await.unwrap();
-            }
-            checked.load(std::sync::atomic::Ordering::SeqCst)
-        });
-        assert_eq!(checked, GLOBAL_LOGIN_FAILURES, "passwords checked");
-    }
-
-    #[test]
-    fn a_full_verification_queue_answers_busy_at_once() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let hash = hash_password("pw");
-            let v = Verifier::new(1, 1);
-            assert_eq!(v.verify("pw", &hash).await, Ok(true));
-            assert_eq!(v.verify("nope", &hash).await, Ok(false));
-            // Both places taken (one running, one waiting): the next finds no room.
-            let held = v.admitted.clone().try_acquire_many_owned(2).unwrap();
-            let started = Instant::now();
-            assert_eq!(v.verify("pw", &hash).await, Err(Busy));
-            assert!(started.elapsed() < Duration::from_millis(50), "not at once");
-            drop(held);
-            assert_eq!(v.verify("pw", &hash).await, Ok(true), "room again");
-        });
-    }
-
-    #[test]
     fn tokens_are_random_hex() {
         let a = random_hex(32);
         assert_eq!(a.len(), 64);
         assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_ne!(a, random_hex(32));
+    }
+
+    #[test]
+    fn constant_time_eq_compares() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

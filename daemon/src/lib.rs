@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod advertise;
+pub mod app;
 pub mod auth;
 pub mod cluster;
 pub mod config;
@@ -21,4 +22,5 @@ pub mod sessionsig;
 pub mod tls;
 pub mod upgrade;
 pub mod version;
-pub mod web;
+/// Shim: the dashboard moved to `http::dashboard`.
+pub use http::dashboard as web;

@@ -21,7 +21,18 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::config::ServerConfig;
-use crate::http::ClientAddr;
+
+/// The client's address, for login throttling and logs (the same for plain and TLS listeners).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>>
+    for ClientAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
 
 /// Connections beyond the cap that are still served (health, or a quick 503).
 const OVERFLOW_CONNECTIONS: usize = 32;

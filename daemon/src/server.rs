@@ -55,21 +55,6 @@ fn record_outcome(state_dir: &std::path::Path, line: &str) {
     }
 }
 
-/// What the port answers while the node redeems its enrollment token: 503 and the current
-/// step, for every path (health included), with the same JSON shape as health.
-fn enrolling_router(reason: tokio::sync::watch::Receiver<String>) -> axum::Router {
-    axum::Router::new().fallback(move || {
-        let reason = reason.borrow().clone();
-        async move {
-            (
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                [(axum::http::header::RETRY_AFTER, "1")],
-                axum::Json(serde_json::json!({"status": "unavailable", "reason": reason})),
-            )
-        }
-    })
-}
-
 /// The record this node publishes about itself.
 pub fn node_record(config: &Config, id: String, name: String, port: u16) -> NodeRecord {
     let addresses = local_addresses();
@@ -128,8 +113,8 @@ pub async fn run(
         let early = tokio::spawn(crate::serve::serve(
             listener.clone(),
             early_tls,
-            enrolling_router(reason.clone()),
-            enrolling_router(reason),
+            crate::http::enrolling_router(reason.clone()),
+            crate::http::enrolling_router(reason),
             crate::serve::Limits::from_config(&config.server),
             early_stop.clone(),
         ));

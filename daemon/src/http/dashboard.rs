@@ -3,24 +3,23 @@
 //! state-changing request carries a CSRF token; sessions live in the session store, so any node
 //! behind the load balancer serves any logged-in user.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use crate::auth;
+use super::auth::{
+    AppState, Busy, GLOBAL_LOGIN_FAILURES, LOGIN_COOKIE, SESSION_COOKIE, client_key, cookie,
+    current_session, now_ms, set_cookie,
+};
+use crate::auth::{self, constant_time_eq};
 use crate::cluster::MemberState;
-use crate::http::{AppState, ClientAddr, constant_time_eq};
+use crate::serve::ClientAddr;
 use crate::sessions::Session;
 
-/// The session cookie.
-pub const SESSION_COOKIE: &str = "fleet_session";
-/// The login form's double-submit cookie (there is no session yet to hold its token).
-const LOGIN_COOKIE: &str = "fleet_login";
-
-const STYLE: &str = include_str!("../assets/style.css");
-const SCRIPT: &str = include_str!("../assets/settings.js");
+const STYLE: &str = include_str!("../../assets/style.css");
+const SCRIPT: &str = include_str!("../../assets/settings.js");
 
 /// Escapes text for HTML element content and attribute values.
 pub fn esc(s: &str) -> String {
@@ -36,100 +35,6 @@ pub fn esc(s: &str) -> String {
         }
     }
     out
-}
-
-/// Reads one cookie from the request.
-pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_string())
-}
-
-fn set_cookie(app: &AppState, name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
-    let mut c = format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict");
-    if app.tls {
-        c.push_str("; Secure");
-    }
-    if let Some(age) = max_age {
-        c.push_str(&format!("; Max-Age={age}"));
-    }
-    // Names and values are hex or fixed ASCII: always a valid header.
-    HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-/// The logged-in session of a request, if any (and its id).
-pub async fn current_session(app: &AppState, headers: &HeaderMap) -> Option<(String, Session)> {
-    let sid = cookie(headers, SESSION_COOKIE)?;
-    if sid.len() != 64 || !sid.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    match app.sessions.get(&sid, app.session_ttl()).await {
-        Ok(Some(s)) if session_is_signed(app, &sid, &s) => Some((sid, s)),
-        Ok(Some(_)) => {
-            log::warn!(
-                "a session record without a valid signature was refused (written by someone without the admin's password?)"
-            );
-            None
-        }
-        Ok(None) => None,
-        Err(e) => {
-            log::warn!("session store unavailable: {e}");
-            None
-        }
-    }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// True when the stored session carries the signature of the key the admin's password
-/// derives (checked with `auth.session_public_key`), for this very session id, for the
-/// configured user, and has not passed its signed expiry.
-fn session_is_signed(app: &AppState, sid: &str, s: &Session) -> bool {
-    let auth = &app.config.auth;
-    let Some(pk) = auth
-        .session_public_key
-        .as_deref()
-        .and_then(|k| crate::sessionsig::parse_public_key(k).ok())
-    else {
-        return false;
-    };
-    let msg = crate::sessionsig::session_message(
-        &crate::sessions::digest(sid),
-        &s.user,
-        &s.csrf,
-        s.created_ms,
-        s.expires_ms,
-    );
-    s.user == auth.web_username
-        && now_ms() < s.expires_ms
-        && crate::sessionsig::verify(&pk, &msg, &s.sig)
-}
-
-/// The login limiter's key for a client: its address, or for IPv6 its /64 (one subscriber's
-/// prefix, which hands out addresses by the billion).
-fn client_key(ip: std::net::IpAddr) -> String {
-    match ip {
-        std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-            let s = v6.segments();
-            format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-        }
-        std::net::IpAddr::V6(v6) => format!(
-            "ip:{}",
-            v6.to_ipv4_mapped()
-                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)
-        ),
-        std::net::IpAddr::V4(v4) => format!("ip:{v4}"),
-    }
 }
 
 /// Security headers for every page.
@@ -250,7 +155,7 @@ pub async fn login(
         log::warn!(
             "login refused for {}: more than {} failed logins on this node in the last minute",
             peer.ip(),
-            auth::GLOBAL_LOGIN_FAILURES
+            GLOBAL_LOGIN_FAILURES
         );
         return login_page(
             &app,
@@ -292,7 +197,7 @@ pub async fn login(
     let pass_ok = match &auth_cfg.web_password_hash {
         Some(h) => match app.limiter.verifier.verify(&form.password, h).await {
             Ok(ok) => ok,
-            Err(auth::Busy) => {
+            Err(Busy) => {
                 log::warn!("login from {} refused: too many logins waiting", peer.ip());
                 return login_page(
                     &app,
@@ -711,16 +616,5 @@ mod tests {
             esc("<a href=\"x\">'&'</a>"),
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
         );
-    }
-
-    #[test]
-    fn reads_cookies() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_static("a=1; fleet_session=abc; b=2"),
-        );
-        assert_eq!(cookie(&h, "fleet_session").as_deref(), Some("abc"));
-        assert_eq!(cookie(&h, "nope"), None);
     }
 }

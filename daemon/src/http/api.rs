@@ -2,192 +2,17 @@
 //! Prometheus metrics and the discovery documents for Prometheus and Traefik (`lb::sd`).
 //! Errors are logged in full and answered with a short reason.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::connect_info::Connected;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde_json::json;
 
-use crate::cluster::{Member, Membership, NodeRecord};
-use crate::config::Config;
-use crate::node::NodeState;
-
-/// What every handler can reach.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    /// `None` without cluster mode.
-    pub backend: Option<Arc<dyn Membership>>,
-    pub node: Arc<NodeRecord>,
-    pub state: Arc<NodeState>,
-    /// Web sessions (shared by every node when in Redis or etcd).
-    pub sessions: Arc<dyn crate::sessions::SessionStore>,
-    /// Failed-login counts per client and per user.
-    pub limiter: Arc<crate::auth::LoginLimiter>,
-    /// Builds node packages, with the template parts cached between builds.
-    pub builder: crate::packages::Builder,
-    /// Served over TLS: cookies get `Secure`.
-    pub tls: bool,
-    /// Packages left on this node behind a direct download link.
-    pub downloads: Arc<crate::downloads::DownloadStore>,
-}
-
-impl AppState {
-    pub fn session_ttl(&self) -> Duration {
-        Duration::from_secs(u64::from(self.config.sessions.timeout_minutes) * 60)
-    }
-}
-
-/// The client's address, for login throttling and logs (the same for plain and TLS listeners).
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub std::net::SocketAddr);
-
-impl Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for ClientAddr {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
-    }
-}
-
-/// Who is making a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
-    /// Holds the API key.
-    ApiKey,
-    /// A logged-in dashboard user.
-    User(String),
-}
-
-impl Principal {
-    /// For events and logs: `api-key` or `web:<user>`.
-    pub fn label(&self) -> String {
-        match self {
-            Principal::ApiKey => "api-key".into(),
-            Principal::User(u) => format!("web:{u}"),
-        }
-    }
-}
-
-/// The caller, by API key or session; for state-changing requests a session must also send its
-/// CSRF token in `X-CSRF-Token`. 401 without credentials, 403 with a bad token.
-pub async fn authorize(
-    app: &AppState,
-    headers: &HeaderMap,
-    changes_state: bool,
-) -> Result<Principal, ApiError> {
-    if has_api_key(headers, &app.config.auth) {
-        return Ok(Principal::ApiKey);
-    }
-    let Some((_, session)) = crate::web::current_session(app, headers).await else {
-        return Err(ApiError(
-            StatusCode::UNAUTHORIZED,
-            "log in, or send the API key (X-API-Key header or Authorization: Bearer)".into(),
-        ));
-    };
-    if changes_state {
-        let token = headers
-            .get("x-csrf-token")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        if token.is_empty() || !constant_time_eq(token.as_bytes(), session.csrf.as_bytes()) {
-            return Err(ApiError(
-                StatusCode::FORBIDDEN,
-                "missing or invalid CSRF token".into(),
-            ));
-        }
-    }
-    Ok(Principal::User(session.user))
-}
-
-/// An API error: the status and a short reason for the client.
-#[derive(Debug)]
-pub struct ApiError(pub StatusCode, pub String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, axum::Json(json!({ "error": self.1 }))).into_response()
-    }
-}
-
-impl From<crate::cluster::ClusterError> for ApiError {
-    fn from(e: crate::cluster::ClusterError) -> Self {
-        log::warn!("request failed: {e}");
-        ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-    }
-}
-
-/// The API's routes.
-pub fn router(app: AppState) -> Router {
-    Router::new()
-        .route("/api/fleet/cluster/status", get(status))
-        .route("/api/fleet/cluster/health", get(health))
-        .route("/api/fleet/cluster/nodes", get(nodes))
-        .route(
-            "/api/fleet/cluster/nodes/{id}",
-            axum::routing::delete(remove_node),
-        )
-        .route(
-            "/api/fleet/cluster/packages",
-            axum::routing::post(build_package).get(list_packages),
-        )
-        .route(
-            "/api/fleet/cluster/packages/{id}",
-            axum::routing::delete(revoke_package),
-        )
-        .route(
-            "/api/fleet/cluster/packages/{id}/download",
-            get(download_package),
-        )
-        .route("/api/fleet/cluster/sd/prometheus", get(sd_prometheus))
-        .route("/api/fleet/cluster/sd/traefik", get(sd_traefik))
-        .route("/metrics", get(metrics))
-        .route("/", get(crate::web::index))
-        .route(
-            "/login",
-            get(crate::web::login_form).post(crate::web::login),
-        )
-        .route("/logout", axum::routing::post(crate::web::logout))
-        .route("/settings", get(crate::web::settings))
-        .route("/static/style.css", get(crate::web::style))
-        .route("/static/settings.js", get(crate::web::script))
-        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
-        .with_state(app)
-}
-
-/// Compares two secrets in time that depends only on their lengths.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// True when the request carries the configured API key (`X-API-Key` or a bearer token):
-/// its SHA-256 matches the configured digest (nodes hold only the digest), compared in
-/// constant time.
-fn has_api_key(headers: &HeaderMap, auth: &crate::config::AuthConfig) -> bool {
-    let Some(want) = auth.api_key_digest() else {
-        return false;
-    };
-    let given = headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| {
-            headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-        });
-    given.is_some_and(|g| {
-        let got: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(g.as_bytes()).into();
-        constant_time_eq(&got, &want)
-    })
-}
+use super::auth::{ApiError, AppState, Principal, authorize, has_api_key};
+use crate::app::remove::RemoveError;
+use crate::cluster::Member;
 
 fn require_api_key_for_metrics(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     if has_api_key(headers, &app.config.auth) {
@@ -219,7 +44,7 @@ fn member_json(m: &Member) -> serde_json::Value {
     serde_json::to_value(m).unwrap_or_default()
 }
 
-async fn status(State(app): State<AppState>, headers: HeaderMap) -> Response {
+pub(super) async fn status(State(app): State<AppState>, headers: HeaderMap) -> Response {
     let authed = authorize(&app, &headers, false).await.is_ok();
     if let Some(crate::node::Unhealthy::Enrollment(reason)) = app.state.health() {
         return axum::Json(json!({
@@ -276,21 +101,7 @@ async fn status(State(app): State<AppState>, headers: HeaderMap) -> Response {
     axum::Json(body).into_response()
 }
 
-/// For connections over the cap (`serve`): health as usual, everything else 503 at once.
-pub fn overflow_router(app: AppState) -> Router {
-    Router::new()
-        .route("/api/fleet/cluster/health", get(health))
-        .fallback(|| async {
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::RETRY_AFTER, "1")],
-                axum::Json(json!({"error": "too many connections: try again shortly"})),
-            )
-        })
-        .with_state(app)
-}
-
-async fn health(State(app): State<AppState>) -> Response {
+pub(super) async fn health(State(app): State<AppState>) -> Response {
     match app.state.health() {
         None => (
             StatusCode::OK,
@@ -318,7 +129,7 @@ const NODES_PAGE_MAX: usize = 10_000;
 
 /// `GET /api/fleet/cluster/nodes`: the whole list, or with `limit` and/or `cursor` one page of
 /// it and `next_cursor` (null on the last page), so that a large cluster is read in pieces.
-async fn nodes(
+pub(super) async fn nodes(
     State(app): State<AppState>,
     headers: HeaderMap,
     axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
@@ -373,7 +184,7 @@ async fn nodes(
     .into_response())
 }
 
-async fn remove_node(
+pub(super) async fn remove_node(
     State(app): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -385,19 +196,11 @@ async fn remove_node(
             "Cluster mode not enabled".into(),
         ));
     };
-    if id.is_empty() || id.len() > 80 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    {
-        return Err(ApiError(StatusCode::BAD_REQUEST, "invalid node id".into()));
-    }
-    let was = with_deadline(backend.remove(&id, &who.label())).await?;
-    if was {
-        log::info!("🗑 Node removed from the cluster by {}: {id}", who.label());
-        Ok(axum::Json(json!({ "removed": id })).into_response())
-    } else {
-        Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("no member {id} in the cluster"),
-        ))
+    match crate::app::remove::remove(&**backend, &id, &who.label()).await {
+        Ok(()) => Ok(axum::Json(json!({ "removed": id })).into_response()),
+        Err(e @ RemoveError::InvalidId) => Err(ApiError(StatusCode::BAD_REQUEST, e.to_string())),
+        Err(e @ RemoveError::NotFound(_)) => Err(ApiError(StatusCode::NOT_FOUND, e.to_string())),
+        Err(RemoveError::Backend(e)) => Err(e.into()),
     }
 }
 
@@ -441,7 +244,7 @@ fn bad_request(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
-async fn build_package(
+pub(super) async fn build_package(
     State(app): State<AppState>,
     headers: HeaderMap,
     body: axum::body::Bytes,
@@ -739,14 +542,14 @@ async fn offer_download(
 }
 
 #[derive(serde::Deserialize)]
-struct DownloadQuery {
+pub(super) struct DownloadQuery {
     #[serde(default)]
     key: String,
 }
 
 /// `GET /api/fleet/cluster/packages/<id>/download?key=…`: the package, once. 404 unknown link,
 /// 403 wrong key, 410 downloaded, revoked (or used) or expired.
-async fn download_package(
+pub(super) async fn download_package(
     State(app): State<AppState>,
     Path(id): Path<String>,
     axum::extract::Query(q): axum::extract::Query<DownloadQuery>,
@@ -806,7 +609,7 @@ async fn download_package(
         .into_response())
 }
 
-async fn list_packages(
+pub(super) async fn list_packages(
     State(app): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -822,7 +625,7 @@ async fn list_packages(
     Ok(axum::Json(json!({ "pending": rows, "enrollment": true })).into_response())
 }
 
-async fn revoke_package(
+pub(super) async fn revoke_package(
     State(app): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -837,27 +640,8 @@ async fn revoke_package(
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad_request("invalid package id"));
     }
-    match with_deadline(backend.revoke_enrollment(&id)).await? {
-        Some(rec) => {
-            let ev = crate::cluster::Event {
-                kind: crate::cluster::EventKind::PackageRevoked,
-                node_id: rec.node_name.clone(),
-                at_ms: 0,
-                detail: [
-                    ("by".to_string(), who.label()),
-                    ("token_id".to_string(), rec.token_id.clone()),
-                ]
-                .into(),
-            };
-            if let Err(e) = with_deadline(backend.record_event(&ev)).await {
-                log::warn!("package revoked, but not recorded: {}", e.1);
-            }
-            let store = app.downloads.clone();
-            let token = rec.token_id.clone();
-            let _ = tokio::task::spawn_blocking(move || store.revoke_token(&token)).await;
-            log::info!("🚫 {} revoked package {}", who.label(), &id[..12]);
-            Ok(axum::Json(json!({ "revoked": id })).into_response())
-        }
+    match crate::app::revoke::revoke(&**backend, &id, &who.label(), Some(&app.downloads)).await? {
+        Some(_) => Ok(axum::Json(json!({ "revoked": id })).into_response()),
         None => Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("no pending package {id} (already used, revoked or expired)"),
@@ -883,7 +667,7 @@ async fn lb_targets(app: &AppState) -> Result<(Vec<crate::lb::Target>, &'static 
 }
 
 /// Prometheus `http_sd_configs` (behind the API key, which Prometheus sends as a bearer token).
-async fn sd_prometheus(
+pub(super) async fn sd_prometheus(
     State(app): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -893,13 +677,19 @@ async fn sd_prometheus(
 }
 
 /// Traefik's HTTP provider (behind the API key: `providers.http.headers`).
-async fn sd_traefik(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub(super) async fn sd_traefik(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     authorize(&app, &headers, false).await?;
     let (targets, _) = lb_targets(&app).await?;
     Ok(axum::Json(crate::lb::sd::traefik(&targets, "fleet")).into_response())
 }
 
-async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub(super) async fn metrics(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     if app.config.server.metrics_require_auth {
         require_api_key_for_metrics(&app, &headers)?;
     }
@@ -976,16 +766,4 @@ async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Result<Resp
         app.node.id
     ));
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn constant_time_eq_compares() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-    }
 }
