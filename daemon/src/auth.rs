@@ -1,12 +1,11 @@
-//! The dashboard's credentials: Argon2id password hashes (PHC strings), verification in constant
-//! time, random tokens, and the login-attempt limiter.
+//! The dashboard's login-attempt limiter and its Argon2 verification pool; the password and
+//! token primitives it uses live in `crypto` (re-exported here for the old paths).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use argon2::{Argon2, PasswordHasher, PasswordVerifier};
-use rand::Rng;
+pub use crate::crypto::{hash_password, is_password_hash, random_hex, verify_password};
 
 /// Failed logins allowed per client and per user within `LOGIN_WINDOW`; the next is refused.
 pub const LOGIN_ATTEMPTS: u32 = 5;
@@ -17,35 +16,6 @@ pub const LOGIN_WINDOW: Duration = Duration::from_secs(60);
 pub const GLOBAL_LOGIN_FAILURES: u32 = 100;
 /// Logins that may wait for a verification slot; the next is answered 503 at once.
 pub const VERIFY_QUEUE: usize = 16;
-
-/// Hashes a password as an Argon2id PHC string (`$argon2id$v=19$…`).
-pub fn hash_password(password: &str) -> String {
-    let salt: [u8; 16] = rand::rng().random();
-    Argon2::default()
-        .hash_password_with_salt(password.as_bytes(), &salt)
-        // Default parameters and a 16-byte salt are always accepted.
-        .map(|h| h.to_string())
-        .unwrap_or_default()
-}
-
-/// True when `hash` looks like a PHC string this server can verify.
-pub fn is_password_hash(hash: &str) -> bool {
-    hash.starts_with("$argon2")
-}
-
-/// Checks a password against a PHC string; Argon2's comparison is constant-time.
-pub fn verify_password(password: &str, hash: &str) -> bool {
-    Argon2::default()
-        .verify_password(password.as_bytes(), hash)
-        .is_ok()
-}
-
-/// A random token of `bytes` random bytes, hex-encoded (session ids, CSRF tokens).
-pub fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    rand::rng().fill(&mut buf[..]);
-    hex::encode(buf)
-}
 
 /// Runs Argon2 verifications on the blocking pool, a few at a time, so that a login flood takes
 /// neither the async workers (health, heartbeats, every other request) nor all the cores.
@@ -212,16 +182,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hashes_verify() {
-        let h = hash_password("correct horse");
-        assert!(is_password_hash(&h), "{h}");
-        assert!(verify_password("correct horse", &h));
-        assert!(!verify_password("wrong horse", &h));
-        assert!(!verify_password("x", "not a hash"));
-        assert_ne!(h, hash_password("correct horse"), "salted");
-    }
-
-    #[test]
     fn the_sixth_attempt_is_blocked() {
         let l = LoginLimiter::default();
         for _ in 0..LOGIN_ATTEMPTS {
@@ -322,13 +282,5 @@ mod tests {
             drop(held);
             assert_eq!(v.verify("pw", &hash).await, Ok(true), "room again");
         });
-    }
-
-    #[test]
-    fn tokens_are_random_hex() {
-        let a = random_hex(32);
-        assert_eq!(a.len(), 64);
-        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_ne!(a, random_hex(32));
     }
 }

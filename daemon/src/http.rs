@@ -159,13 +159,7 @@ pub fn router(app: AppState) -> Router {
         .with_state(app)
 }
 
-/// Compares two secrets in time that depends only on their lengths.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+pub use crate::crypto::constant_time_eq;
 
 /// True when the request carries the configured API key (`X-API-Key` or a bearer token):
 /// its SHA-256 matches the configured digest (nodes hold only the digest), compared in

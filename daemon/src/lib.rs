@@ -6,6 +6,7 @@ pub mod advertise;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod crypto;
 pub mod downloads;
 pub mod enrollment;
 pub mod http;
