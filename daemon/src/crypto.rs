@@ -9,6 +9,10 @@ use rand::Rng;
 use ring::signature::{self, KeyPair};
 use sha2::{Digest, Sha256};
 
+use crate::config::Loaded;
+// The shape checks belong to the configuration (a leaf); they are re-exported for the old paths.
+pub use crate::config::{PUBLIC_KEY_PREFIX, is_password_hash, parse_public_key};
+
 /// Hashes a password as an Argon2id PHC string (`$argon2id$v=19$…`).
 pub fn hash_password(password: &str) -> String {
     let salt: [u8; 16] = rand::rng().random();
@@ -17,11 +21,6 @@ pub fn hash_password(password: &str) -> String {
         // Default parameters and a 16-byte salt are always accepted.
         .map(|h| h.to_string())
         .unwrap_or_default()
-}
-
-/// True when `hash` looks like a PHC string this server can verify.
-pub fn is_password_hash(hash: &str) -> bool {
-    hash.starts_with("$argon2")
 }
 
 /// Checks a password against a PHC string; Argon2's comparison is constant-time.
@@ -61,8 +60,6 @@ pub fn sha256_hex(data: &[u8]) -> String {
 // password's key is refused. The login form's token is an HMAC of a random nonce and an
 // expiry under a key every node derives alike, so any node behind a load balancer accepts it.
 
-/// How `auth.session_public_key` starts.
-pub const PUBLIC_KEY_PREFIX: &str = "ed25519:";
 /// A signed session ends this long after login however busy it is (idle sessions end
 /// earlier, at `sessions.timeout_minutes`).
 pub const SESSION_MAX_MS: u64 = 12 * 3600 * 1000;
@@ -94,23 +91,41 @@ pub fn public_key_text(key: &signature::Ed25519KeyPair) -> String {
     )
 }
 
-/// The 32 bytes of an `ed25519:<64 hex>` public key.
-pub fn parse_public_key(text: &str) -> Result<[u8; 32], String> {
-    let hex_part = text
-        .strip_prefix(PUBLIC_KEY_PREFIX)
-        .ok_or_else(|| format!("must start with `{PUBLIC_KEY_PREFIX}`"))?;
-    let bytes = hex::decode(hex_part).map_err(|_| "is not hex after `ed25519:`".to_string())?;
-    bytes
-        .try_into()
-        .map_err(|_| "must hold 32 bytes (64 hex digits) after `ed25519:`".to_string())
-}
-
 /// The hash and the public key of a new password (`config hash-password`, `config init`,
 /// a plain `auth.web_password` at load).
 pub fn credentials_for(password: &str) -> Result<(String, String), String> {
     let hash = hash_password(password);
     let key = derive_key(password, &hash)?;
     Ok((hash, public_key_text(&key)))
+}
+
+/// Replaces a plain `auth.web_password` by its hash and session public key, so the plain text
+/// is not kept (nor copied into node packages), then a plain `auth.api_key` by its digest; the
+/// daemon calls it right after reading the file (and after enrollment). Warns in
+/// `loaded.warnings` about what is still stored in plain text or missing.
+pub fn secure(loaded: &mut Loaded) {
+    let auth = &mut loaded.config.auth;
+    if let Some(plain) = auth.web_password.take() {
+        if auth.web_password_hash.is_none() {
+            // The hash and the public key of the session key, both from the plain text.
+            match credentials_for(plain.expose()) {
+                Ok((hash, public)) => {
+                    auth.web_password_hash = Some(hash);
+                    auth.session_public_key = Some(public);
+                }
+                Err(e) => loaded.warnings.push(e),
+            }
+        }
+        loaded.warnings.push(
+            "auth.web_password is stored in plain text: replace it with the auth.web_password_hash and auth.session_public_key lines `fleet-server config hash-password` prints".into(),
+        );
+    }
+    if auth.web_password_hash.is_some() && auth.session_public_key.is_none() {
+        loaded.warnings.push(
+            "auth.session_public_key is missing: dashboard logins are refused until it is set (`fleet-server config hash-password` prints it with the hash)".into(),
+        );
+    }
+    loaded.hash_plain_api_key();
 }
 
 /// What a session's signature covers. Fields are separated by NUL, which none may hold.

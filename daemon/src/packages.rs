@@ -308,7 +308,6 @@ pub fn node_config(primary: &Config, node_name: Option<&str>, format: Format) ->
         allow_foreign_binaries: primary.package.allow_foreign_binaries,
         ..Default::default()
     };
-    c.load_warnings.clear();
     c
 }
 
