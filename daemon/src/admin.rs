@@ -322,7 +322,8 @@ pub fn config_init(
     let api_key = random_token(40);
     let mut c = Config::default();
     c.server.host = opts.host.clone();
-    c.server.port = opts.port;
+    c.server.port = crate::config::Port::new(opts.port)
+        .map_err(|m| crate::config::ConfigError::invalid(path, "server.port", m))?;
     c.server.state_dir = opts.state_dir.clone();
     c.cluster.enabled = true;
     c.cluster.backend = opts.backend;

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Config, ConfigError, Secret, invalid};
+use super::{Config, ConfigError, Port, Secret, invalid};
 
 /// Where a configuration came from and what the command line overrides in it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -72,7 +72,8 @@ impl Loaded {
         if let Some(root) = &self.origin.root {
             self.config.rebase(root);
         }
-        if let Some(port) = self.origin.port_override {
+        // `serve` refuses `--port 0` before it gets here.
+        if let Some(port) = self.origin.port_override.and_then(|p| Port::new(p).ok()) {
             self.config.server.port = port;
         }
     }

@@ -7,11 +7,13 @@ use std::path::{Path, PathBuf};
 mod loaded;
 mod schema;
 mod secret;
+mod types;
 mod validate;
 
 pub use loaded::{Loaded, Origin};
 pub use schema::*;
 pub use secret::Secret;
+pub use types::{AtLeastOne, ExpiryDays, Port};
 
 /// Where launchd's plist points the daemon on macOS.
 pub const MACOS_CONFIG_PATH: &str = "/Library/FleetServer/config/config.yaml";
@@ -46,12 +48,19 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(origin: &Path, field: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        path: origin.to_path_buf(),
-        field: field.to_string(),
-        message: message.into(),
+impl ConfigError {
+    /// `field` of the configuration `origin` cannot be used: `message` says why.
+    pub fn invalid(origin: &Path, field: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: origin.to_path_buf(),
+            field: field.to_string(),
+            message: message.into(),
+        }
     }
+}
+
+fn invalid(origin: &Path, field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::invalid(origin, field, message)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::Secret;
+use super::{AtLeastOne, ExpiryDays, Port, Secret};
 
 fn default_state_dir() -> PathBuf {
     if cfg!(target_os = "macos") {
@@ -59,7 +59,7 @@ pub struct ServerConfig {
     /// Address to listen on; `0.0.0.0` behind a load balancer.
     pub host: String,
     /// Port of the API and dashboard.
-    pub port: u16,
+    pub port: Port,
     /// PEM certificate chain; with `tls_key`, the server speaks HTTPS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
@@ -75,26 +75,26 @@ pub struct ServerConfig {
     pub metrics_require_auth: bool,
     /// Seconds a client has to send a request's headers; also how long a kept-alive connection
     /// may wait idle for its next request.
-    pub header_timeout_seconds: u32,
+    pub header_timeout_seconds: AtLeastOne,
     /// Open connections served at once (lowered to fit `ulimit -n`); more get health or 503.
-    pub max_connections: u32,
+    pub max_connections: AtLeastOne,
     /// Open connections served at once from one client address.
-    pub max_connections_per_client: u32,
+    pub max_connections_per_client: AtLeastOne,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             host: "0.0.0.0".into(),
-            port: 8768,
+            port: Port(8768),
             tls_cert: None,
             tls_key: None,
             state_dir: default_state_dir(),
             public_url: None,
             metrics_require_auth: false,
-            header_timeout_seconds: 10,
-            max_connections: 1024,
-            max_connections_per_client: 64,
+            header_timeout_seconds: AtLeastOne(10),
+            max_connections: AtLeastOne(1024),
+            max_connections_per_client: AtLeastOne(64),
         }
     }
 }
@@ -280,7 +280,7 @@ pub struct SessionsConfig {
     /// `memory`, `redis` or `etcd`.
     pub backend: SessionBackendKind,
     /// Minutes a session lives without use.
-    pub timeout_minutes: u32,
+    pub timeout_minutes: AtLeastOne,
     /// The session Redis, when `backend: redis`.
     pub redis: SessionRedisConfig,
 }
@@ -289,7 +289,7 @@ impl Default for SessionsConfig {
     fn default() -> Self {
         SessionsConfig {
             backend: SessionBackendKind::Memory,
-            timeout_minutes: 60,
+            timeout_minutes: AtLeastOne(60),
             redis: SessionRedisConfig::default(),
         }
     }
@@ -431,7 +431,7 @@ pub struct PackageConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template_dir: Option<PathBuf>,
     /// Days a built package stays installable.
-    pub expiry_days: u32,
+    pub expiry_days: ExpiryDays,
     /// Build packages even when the template's binaries do not fit the target (a macOS pkg
     /// with Linux binaries): for development and tests on Linux only.
     pub allow_foreign_binaries: bool,
@@ -444,7 +444,7 @@ impl Default for PackageConfig {
     fn default() -> Self {
         PackageConfig {
             template_dir: None,
-            expiry_days: 7,
+            expiry_days: ExpiryDays(7),
             allow_foreign_binaries: false,
             signing: None,
         }

@@ -12,34 +12,12 @@ impl Config {
     /// Checks every value that serde's types cannot express.
     pub fn validate(&self, origin: &Path) -> Result<(), ConfigError> {
         let c = &self.cluster;
-        if self.server.port == 0 {
-            return Err(invalid(
-                origin,
-                "server.port",
-                "must be between 1 and 65535",
-            ));
-        }
         if self.server.host.parse::<std::net::IpAddr>().is_err() {
             return Err(invalid(
                 origin,
                 "server.host",
                 format!("`{}` is not an IP address", self.server.host),
             ));
-        }
-        for (field, value) in [
-            (
-                "server.header_timeout_seconds",
-                self.server.header_timeout_seconds,
-            ),
-            ("server.max_connections", self.server.max_connections),
-            (
-                "server.max_connections_per_client",
-                self.server.max_connections_per_client,
-            ),
-        ] {
-            if value == 0 {
-                return Err(invalid(origin, field, "must be at least 1"));
-            }
         }
         match (&self.server.tls_cert, &self.server.tls_key) {
             (Some(_), None) => {
@@ -159,13 +137,6 @@ impl Config {
         {
             validate_etcd(origin, c)?;
         }
-        if self.sessions.timeout_minutes == 0 {
-            return Err(invalid(
-                origin,
-                "sessions.timeout_minutes",
-                "must be at least 1",
-            ));
-        }
         if let Some(h) = &self.auth.web_password_hash
             && !is_password_hash(h)
         {
@@ -216,13 +187,6 @@ impl Config {
                     "needs cluster.enabled: true (the token is redeemed at the cluster backend)",
                 ));
             }
-        }
-        if self.package.expiry_days == 0 || self.package.expiry_days > 365 {
-            return Err(invalid(
-                origin,
-                "package.expiry_days",
-                "must be between 1 and 365",
-            ));
         }
         Ok(())
     }
