@@ -300,7 +300,7 @@ pub struct InitOptions {
     pub host: String,
     pub port: u16,
     pub node_name: Option<String>,
-    pub redis_password: Option<String>,
+    pub redis_password: Option<crate::config::Secret>,
     pub template_dir: Option<std::path::PathBuf>,
     pub allow_foreign_binaries: bool,
 }
@@ -331,7 +331,7 @@ pub fn config_init(
     c.cluster.storage_path = opts.storage_path.clone();
     c.cluster.redis_host = opts.redis_host.clone();
     c.cluster.redis_port = opts.redis_port;
-    c.cluster.redis_password = opts.redis_password.clone().map(crate::config::Secret::new);
+    c.cluster.redis_password = opts.redis_password.clone();
     c.package.template_dir = opts.template_dir.clone();
     c.package.allow_foreign_binaries = opts.allow_foreign_binaries;
     // Only the key's digest is kept: the key is shown once, to the admin.
@@ -340,7 +340,7 @@ pub fn config_init(
     )));
     let (hash, public) =
         crate::sessionsig::credentials_for(&password).map_err(anyhow::Error::msg)?;
-    c.auth.web_password_hash = Some(hash);
+    c.auth.web_password_hash = Some(crate::config::Secret::new(hash));
     c.auth.session_public_key = Some(public);
     c.encryption.database_key = Some(crate::config::Secret::new(random_token(44)));
     c.encryption.payload_key = Some(crate::config::Secret::new(random_token(44)));

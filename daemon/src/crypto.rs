@@ -110,7 +110,7 @@ pub fn secure(loaded: &mut Loaded) {
             // The hash and the public key of the session key, both from the plain text.
             match credentials_for(plain.expose()) {
                 Ok((hash, public)) => {
-                    auth.web_password_hash = Some(hash);
+                    auth.web_password_hash = Some(crate::config::Secret::new(hash));
                     auth.session_public_key = Some(public);
                 }
                 Err(e) => loaded.warnings.push(e),
@@ -305,7 +305,7 @@ mod tests {
         )
         .unwrap();
         let hash = c.auth.web_password_hash.unwrap();
-        let key = derive_key("change-me-please", &hash).unwrap();
+        let key = derive_key("change-me-please", hash.expose()).unwrap();
         assert_eq!(
             c.auth.session_public_key.as_deref(),
             Some(public_key_text(&key).as_str())

@@ -67,19 +67,10 @@ impl EnrollmentRecord {
 }
 
 /// A new token: its id (public) and secret (only in the package).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Token {
     pub id: String,
     pub secret: Secret,
-}
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Token")
-            .field("id", &self.id)
-            .field("secret", &"***")
-            .finish()
-    }
 }
 
 impl Token {

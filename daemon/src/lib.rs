@@ -15,6 +15,8 @@ pub mod lb;
 pub mod logging;
 pub mod node;
 pub mod packages;
+#[cfg(test)]
+mod secret_debug;
 pub mod serve;
 pub mod server;
 pub mod sessions;

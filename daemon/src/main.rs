@@ -638,7 +638,7 @@ fn real_main() -> anyhow::Result<()> {
                 host,
                 port,
                 node_name,
-                redis_password,
+                redis_password: redis_password.map(fleet_server::config::Secret::new),
                 template_dir,
                 allow_foreign_binaries,
             };

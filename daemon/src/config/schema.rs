@@ -369,7 +369,7 @@ pub struct AuthConfig {
     pub web_password: Option<Secret>,
     /// The dashboard's password as an Argon2id hash (`fleet-server config hash-password`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub web_password_hash: Option<String>,
+    pub web_password_hash: Option<Secret>,
     /// `ed25519:<hex>`: the public half of the key the password derives; sessions must carry
     /// its signature (`fleet-server config hash-password` prints it with the hash).
     #[serde(skip_serializing_if = "Option::is_none")]

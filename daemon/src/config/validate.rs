@@ -138,7 +138,7 @@ impl Config {
             validate_etcd(origin, c)?;
         }
         if let Some(h) = &self.auth.web_password_hash
-            && !is_password_hash(h)
+            && !is_password_hash(h.expose())
         {
             return Err(invalid(
                 origin,
