@@ -321,7 +321,8 @@ pub fn config_init(
     let password = random_token(20);
     let api_key = random_token(40);
     let mut c = Config::default();
-    c.server.host = opts.host.clone();
+    c.server.host = crate::config::ListenHost::parse(&opts.host)
+        .map_err(|m| crate::config::ConfigError::invalid(path, "server.host", m))?;
     c.server.port = crate::config::Port::new(opts.port)
         .map_err(|m| crate::config::ConfigError::invalid(path, "server.port", m))?;
     c.server.state_dir = opts.state_dir.clone();

@@ -263,7 +263,7 @@ pub fn node_config(primary: &Config, node_name: Option<&str>, format: Format) ->
         Format::Pkg | Format::Component => "/Library/FleetServer/state",
         Format::Bundle => "/var/lib/fleet-server",
     });
-    c.server.host = "0.0.0.0".into();
+    c.server.host = crate::config::ListenHost::default();
     c.server.public_url = None;
     // Secrets read from files on the primary travel as values: the files are not on the node.
     c.cluster.redis_password_file = None;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AtLeastOne, ExpiryDays, Port, Secret};
+use super::{AtLeastOne, ExpiryDays, ListenHost, Port, Secret};
 
 fn default_state_dir() -> PathBuf {
     if cfg!(target_os = "macos") {
@@ -57,7 +57,7 @@ pub struct EnrollmentConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address to listen on; `0.0.0.0` behind a load balancer.
-    pub host: String,
+    pub host: ListenHost,
     /// Port of the API and dashboard.
     pub port: Port,
     /// PEM certificate chain; with `tls_key`, the server speaks HTTPS.
@@ -85,7 +85,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            host: "0.0.0.0".into(),
+            host: ListenHost::default(),
             port: Port(8768),
             tls_cert: None,
             tls_key: None,

@@ -2,6 +2,7 @@
 //! deserialised, so serde names its field; rules between fields stay in `validate`.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -19,6 +20,42 @@ impl Port {
     }
     pub const fn get(self) -> u16 {
         self.0
+    }
+}
+
+/// The address the server listens on: an IP address, not a host name.
+// Not `Copy`, so that callers written for the `String` it replaced (`.clone()`) stay as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ListenHost(pub(super) IpAddr);
+
+impl ListenHost {
+    pub fn parse(text: &str) -> Result<ListenHost, String> {
+        text.parse()
+            .map(ListenHost)
+            .map_err(|_| format!("`{text}` is not an IP address"))
+    }
+    pub const fn get(&self) -> IpAddr {
+        self.0
+    }
+}
+
+impl Default for ListenHost {
+    /// Every address: a node behind a load balancer.
+    fn default() -> Self {
+        ListenHost(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenHost {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        ListenHost::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for ListenHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
     }
 }
 
@@ -158,6 +195,18 @@ mod tests {
             let err = yaml::<ExpiryDays>(bad).unwrap_err();
             assert!(err.contains("must be between 1 and 365"), "{err}");
         }
+        assert_eq!(yaml::<ListenHost>("\"::1\"").unwrap().to_string(), "::1");
+        let err = yaml::<ListenHost>("fleet.example").unwrap_err();
+        assert!(
+            err.contains("`fleet.example` is not an IP address"),
+            "{err}"
+        );
+        assert_eq!(
+            serde_yaml::to_string(&ListenHost::default())
+                .unwrap()
+                .trim(),
+            "0.0.0.0"
+        );
         // Written back as plain numbers.
         assert_eq!(serde_yaml::to_string(&Port(80)).unwrap().trim(), "80");
     }

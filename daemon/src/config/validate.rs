@@ -12,13 +12,6 @@ impl Config {
     /// Checks every value that serde's types cannot express.
     pub fn validate(&self, origin: &Path) -> Result<(), ConfigError> {
         let c = &self.cluster;
-        if self.server.host.parse::<std::net::IpAddr>().is_err() {
-            return Err(invalid(
-                origin,
-                "server.host",
-                format!("`{}` is not an IP address", self.server.host),
-            ));
-        }
         match (&self.server.tls_cert, &self.server.tls_key) {
             (Some(_), None) => {
                 return Err(invalid(
