@@ -300,7 +300,7 @@ pub struct InitOptions {
     pub host: String,
     pub port: u16,
     pub node_name: Option<String>,
-    pub redis_password: Option<String>,
+    pub redis_password: Option<crate::config::Secret>,
     pub template_dir: Option<std::path::PathBuf>,
     pub allow_foreign_binaries: bool,
 }
@@ -321,8 +321,10 @@ pub fn config_init(
     let password = random_token(20);
     let api_key = random_token(40);
     let mut c = Config::default();
-    c.server.host = opts.host.clone();
-    c.server.port = opts.port;
+    c.server.host = crate::config::ListenHost::parse(&opts.host)
+        .map_err(|m| crate::config::ConfigError::invalid(path, "server.host", m))?;
+    c.server.port = crate::config::Port::new(opts.port)
+        .map_err(|m| crate::config::ConfigError::invalid(path, "server.port", m))?;
     c.server.state_dir = opts.state_dir.clone();
     c.cluster.enabled = true;
     c.cluster.backend = opts.backend;
@@ -330,7 +332,7 @@ pub fn config_init(
     c.cluster.storage_path = opts.storage_path.clone();
     c.cluster.redis_host = opts.redis_host.clone();
     c.cluster.redis_port = opts.redis_port;
-    c.cluster.redis_password = opts.redis_password.clone().map(crate::config::Secret::new);
+    c.cluster.redis_password = opts.redis_password.clone();
     c.package.template_dir = opts.template_dir.clone();
     c.package.allow_foreign_binaries = opts.allow_foreign_binaries;
     // Only the key's digest is kept: the key is shown once, to the admin.
@@ -339,7 +341,7 @@ pub fn config_init(
     )));
     let (hash, public) =
         crate::sessionsig::credentials_for(&password).map_err(anyhow::Error::msg)?;
-    c.auth.web_password_hash = Some(hash);
+    c.auth.web_password_hash = Some(crate::config::Secret::new(hash));
     c.auth.session_public_key = Some(public);
     c.encryption.database_key = Some(crate::config::Secret::new(random_token(44)));
     c.encryption.payload_key = Some(crate::config::Secret::new(random_token(44)));

@@ -13,7 +13,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::config::Secret;
 
@@ -101,7 +100,7 @@ fn now_ms() -> u64 {
 }
 
 fn digest_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
+    crate::crypto::sha256_hex(data)
 }
 
 /// A link id: 32 lowercase hex digits.

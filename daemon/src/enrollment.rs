@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{ClusterError, Event, EventKind, Membership};
-use crate::config::{Config, Secret};
+use crate::config::{Config, Loaded, Origin, Secret};
 
 /// A pending enrollment as the backend keeps it: metadata in clear (for `package list`), the
 /// node's configuration sealed.
@@ -67,19 +67,10 @@ impl EnrollmentRecord {
 }
 
 /// A new token: its id (public) and secret (only in the package).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Token {
     pub id: String,
     pub secret: Secret,
-}
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Token")
-            .field("id", &self.id)
-            .field("secret", &"***")
-            .finish()
-    }
 }
 
 impl Token {
@@ -212,6 +203,7 @@ pub enum Redemption {
 /// recorded as `enrollment_rejected`.
 pub async fn redeem(
     config: &Config,
+    origin: &Origin,
     shutdown: &CancellationToken,
     status: &tokio::sync::watch::Sender<String>,
 ) -> Redemption {
@@ -223,7 +215,7 @@ pub async fn redeem(
         secret: enroll.token_secret.clone(),
     };
     let short = &token.id[..8.min(token.id.len())];
-    let Some(path) = config.source.clone() else {
+    let Some(path) = origin.source.clone() else {
         return Redemption::Refused("the configuration file's path is unknown".into());
     };
     let backend = match crate::cluster::open(config) {
@@ -289,7 +281,7 @@ pub async fn redeem(
         Ok(y) => y,
         Err(e) => return refuse(&*backend, &token, e.to_string()).await,
     };
-    let mut full = match Config::parse(&yaml, &path).and_then(|c| {
+    let full = match Config::parse(&yaml, &path).and_then(|c| {
         c.validate(&path)?;
         Ok(c)
     }) {
@@ -322,11 +314,17 @@ pub async fn redeem(
             path.display()
         ));
     }
-    full.source = Some(path.clone());
-    full.root = config.root.clone();
-    full.port_override = config.port_override;
+    let mut full = Loaded {
+        config: full,
+        origin: Origin {
+            source: Some(path.clone()),
+            ..origin.clone()
+        },
+        warnings: Vec::new(),
+    };
     full.apply_overrides();
-    full.hash_plain_password();
+    crate::crypto::secure(&mut full);
+    let full = full.config;
     log::info!(
         "✅ Enrollment redeemed: package {} for node {}; configuration written to {}",
         &record.package_id[..12.min(record.package_id.len())],
@@ -383,16 +381,7 @@ async fn refuse(backend: &dyn Membership, token: &Token, reason: String) -> Rede
     Redemption::Refused(reason)
 }
 
-/// Writes nothing; checks that a bootstrap configuration's token looks like one.
-pub fn validate_token(id: &str, secret: &str) -> Result<(), String> {
-    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err("token_id must be 32 hex characters".into());
-    }
-    if secret.len() != 64 || !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err("token_secret must be 64 hex characters".into());
-    }
-    Ok(())
-}
+pub use crate::config::validate_token;
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@ pub mod app;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod crypto;
 pub mod downloads;
 pub mod enrollment;
 pub mod http;
@@ -15,6 +16,8 @@ pub mod lb;
 pub mod logging;
 pub mod node;
 pub mod packages;
+#[cfg(test)]
+mod secret_debug;
 pub mod serve;
 pub mod server;
 pub mod sessions;

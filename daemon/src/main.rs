@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use fleet_server::config::{BackendKind, Config, default_config_path};
+use fleet_server::config::{BackendKind, Config, Loaded, default_config_path};
 use fleet_server::{admin, logging, packages, server};
 use tokio_util::sync::CancellationToken;
 
@@ -279,8 +279,15 @@ enum ClusterCommand {
 }
 
 fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    Ok(read(path)?.config)
+}
+
+/// The configuration and its origin, its plain secrets replaced by what checks them.
+fn read(path: Option<PathBuf>) -> anyhow::Result<Loaded> {
     let path = path.unwrap_or_else(default_config_path);
-    Ok(Config::load(&path)?)
+    let mut loaded = Loaded::read(&path)?;
+    fleet_server::crypto::secure(&mut loaded);
+    Ok(loaded)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -299,13 +306,18 @@ fn serve(
     root: Option<PathBuf>,
     port: Option<u16>,
 ) -> anyhow::Result<()> {
-    let mut config = load(config)?;
+    let mut loaded = read(config)?;
     if port == Some(0) {
         anyhow::bail!("--port: must be between 1 and 65535");
     }
-    config.root = root;
-    config.port_override = port;
-    config.apply_overrides();
+    loaded.origin.root = root;
+    loaded.origin.port_override = port;
+    loaded.apply_overrides();
+    let Loaded {
+        config,
+        origin,
+        warnings,
+    } = loaded;
     let config = Arc::new(config);
     let (pid_file, log_file) = if daemonize {
         (
@@ -336,7 +348,7 @@ fn serve(
         Some(path) => logging::init_with_file(level, syslog, path)?,
         None => logging::init(level, syslog),
     }
-    for w in &config.load_warnings {
+    for w in &warnings {
         log::warn!("{w}");
     }
     let rt = runtime()?;
@@ -374,7 +386,7 @@ fn serve(
             }
             signals.cancel();
         });
-        server::run(config, listener, shutdown).await
+        server::run(config, origin, listener, shutdown).await
     })?;
     rt.shutdown_timeout(std::time::Duration::from_millis(500));
     Ok(())
@@ -626,7 +638,7 @@ fn real_main() -> anyhow::Result<()> {
                 host,
                 port,
                 node_name,
-                redis_password,
+                redis_password: redis_password.map(fleet_server::config::Secret::new),
                 template_dir,
                 allow_foreign_binaries,
             };

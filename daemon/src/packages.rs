@@ -61,7 +61,7 @@ impl Format {
 }
 
 /// What an admin asks for.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct BuildRequest {
     /// The new node's name; `None`: the machine's hostname at first start.
     pub node_name: Option<String>,
@@ -128,19 +128,10 @@ impl Default for BuildRequest {
 }
 
 /// A backend user made for one node (an etcd user limited to the cluster's prefix).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct NodeCredential {
     pub user: String,
     pub password: Secret,
-}
-
-impl std::fmt::Debug for NodeCredential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeCredential")
-            .field("user", &self.user)
-            .field("password", &"***")
-            .finish()
-    }
 }
 
 /// Which backend credentials a new node's configuration carries.
@@ -150,22 +141,6 @@ pub enum CredentialChoice {
     NodeUser(NodeCredential),
     /// The primary's own credentials, and why no node user was made.
     Shared(String),
-}
-
-impl std::fmt::Debug for BuildRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BuildRequest")
-            .field("node_name", &self.node_name)
-            .field("format", &self.format)
-            .field("package_name", &self.package_name)
-            .field("expires", &self.expires)
-            .field("ethernet", &self.ethernet)
-            .field("passphrase", &self.passphrase.as_ref().map(|_| "***"))
-            .field("built_by", &self.built_by)
-            .field("ips", &self.ips)
-            .field("node_credential", &self.node_credential)
-            .finish()
-    }
 }
 
 /// A built package, ready to write or to download.
@@ -288,7 +263,7 @@ pub fn node_config(primary: &Config, node_name: Option<&str>, format: Format) ->
         Format::Pkg | Format::Component => "/Library/FleetServer/state",
         Format::Bundle => "/var/lib/fleet-server",
     });
-    c.server.host = "0.0.0.0".into();
+    c.server.host = crate::config::ListenHost::default();
     c.server.public_url = None;
     // Secrets read from files on the primary travel as values: the files are not on the node.
     c.cluster.redis_password_file = None;
@@ -308,7 +283,6 @@ pub fn node_config(primary: &Config, node_name: Option<&str>, format: Format) ->
         allow_foreign_binaries: primary.package.allow_foreign_binaries,
         ..Default::default()
     };
-    c.load_warnings.clear();
     c
 }
 

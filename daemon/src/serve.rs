@@ -57,7 +57,7 @@ pub struct Limits {
 impl Limits {
     /// The configured limits, with the total lowered to fit the process's descriptor limit.
     pub fn from_config(c: &ServerConfig) -> Limits {
-        let configured = c.max_connections as usize;
+        let configured = c.max_connections.get() as usize;
         let max_total = match descriptor_limit() {
             Some(n) => configured.min(
                 n.saturating_sub(RESERVED_DESCRIPTORS + OVERFLOW_CONNECTIONS as u64)
@@ -73,7 +73,7 @@ impl Limits {
         Limits {
             header_timeout: Duration::from_secs(u64::from(c.header_timeout_seconds)),
             max_total,
-            max_per_client: c.max_connections_per_client as usize,
+            max_per_client: c.max_connections_per_client.get() as usize,
         }
     }
 }

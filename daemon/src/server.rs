@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cluster::{self, NodeRecord, Timing};
-use crate::config::Config;
+use crate::config::{Config, Origin};
 use crate::http::{AppState, router};
 use crate::identity;
 use crate::node::{NodeState, spawn_membership_thread};
@@ -95,6 +95,7 @@ pub fn node_record(config: &Config, id: String, name: String, port: u16) -> Node
 /// serves HTTP on `listener`, then leaves the cluster and drains.
 pub async fn run(
     config: Arc<Config>,
+    origin: Origin,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -118,7 +119,7 @@ pub async fn run(
             crate::serve::Limits::from_config(&config.server),
             early_stop.clone(),
         ));
-        let redeemed = crate::enrollment::redeem(&config, &shutdown, &status).await;
+        let redeemed = crate::enrollment::redeem(&config, &origin, &shutdown, &status).await;
         early_stop.cancel();
         let _ = tokio::time::timeout(DRAIN_DEADLINE, early).await;
         match redeemed {

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::cluster::{ClusterError, Timing};
 use crate::config::{ClusterConfig, Config, SessionBackendKind};
@@ -46,7 +45,7 @@ impl std::fmt::Debug for Session {
 
 /// The digest a session is stored (and signed) under.
 pub fn digest(sid: &str) -> String {
-    hex::encode(Sha256::digest(sid.as_bytes()))
+    crate::crypto::sha256_hex(sid.as_bytes())
 }
 
 /// Where sessions live.

@@ -541,10 +541,10 @@ async fn offer_download(
         .into_response())
 }
 
-#[derive(serde::Deserialize)]
-pub(super) struct DownloadQuery {
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct DownloadQuery {
     #[serde(default)]
-    key: String,
+    key: crate::config::Secret,
 }
 
 /// `GET /api/fleet/cluster/packages/<id>/download?key=…`: the package, once. 404 unknown link,
@@ -572,7 +572,7 @@ pub(super) async fn download_package(
         ApiError(status_of(&e), e.to_string())
     };
     let (store, i, k) = (app.downloads.clone(), id.clone(), q.key.clone());
-    let token = tokio::task::spawn_blocking(move || store.token_of(&i, &k))
+    let token = tokio::task::spawn_blocking(move || store.token_of(&i, k.expose()))
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(&fail)?;
@@ -586,7 +586,7 @@ pub(super) async fn download_package(
         _ => true,
     };
     let (store, i, k) = (app.downloads.clone(), id.clone(), q.key.clone());
-    let taken = tokio::task::spawn_blocking(move || store.take(&i, &k, pending))
+    let taken = tokio::task::spawn_blocking(move || store.take(&i, k.expose(), pending))
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(&fail)?;

@@ -10,9 +10,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::auth::constant_time_eq;
 use crate::cluster::{Membership, NodeRecord};
 use crate::config::Config;
+use crate::crypto::constant_time_eq;
 use crate::node::NodeState;
 use crate::sessions::Session;
 

@@ -13,8 +13,9 @@ use super::auth::{
     AppState, Busy, GLOBAL_LOGIN_FAILURES, LOGIN_COOKIE, SESSION_COOKIE, client_key, cookie,
     current_session, now_ms, set_cookie,
 };
-use crate::auth::{self, constant_time_eq};
 use crate::cluster::MemberState;
+use crate::config::Secret;
+use crate::crypto::constant_time_eq;
 use crate::serve::ClientAddr;
 use crate::sessions::Session;
 
@@ -100,7 +101,11 @@ pub async fn index() -> Redirect {
 fn login_page(app: &AppState, message: Option<&str>, status: StatusCode) -> Response {
     // Issued and signed by the server: a value the client plants is refused at login.
     let token = crate::sessionsig::issue_login_token(
-        app.config.auth.web_password_hash.as_deref(),
+        app.config
+            .auth
+            .web_password_hash
+            .as_ref()
+            .map(Secret::expose),
         now_ms(),
     );
     let msg = message
@@ -130,14 +135,14 @@ pub async fn login_form(State(app): State<AppState>, headers: HeaderMap) -> Resp
 }
 
 /// The login form's fields.
-#[derive(serde::Deserialize)]
+#[derive(Debug, serde::Deserialize)]
 pub struct LoginForm {
     #[serde(default)]
     username: String,
     #[serde(default)]
-    password: String,
+    password: Secret,
     #[serde(default)]
-    csrf: String,
+    csrf: Secret,
 }
 
 pub async fn login(
@@ -177,10 +182,14 @@ pub async fn login(
     }
     let cookie_token = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
     if form.csrf.is_empty()
-        || !constant_time_eq(form.csrf.as_bytes(), cookie_token.as_bytes())
+        || !constant_time_eq(form.csrf.expose().as_bytes(), cookie_token.as_bytes())
         || !crate::sessionsig::check_login_token(
-            app.config.auth.web_password_hash.as_deref(),
-            &form.csrf,
+            app.config
+                .auth
+                .web_password_hash
+                .as_ref()
+                .map(Secret::expose),
+            form.csrf.expose(),
             now_ms(),
         )
     {
@@ -195,7 +204,12 @@ pub async fn login(
     // Verify even for a wrong user name, so timing does not tell which part was wrong.
     // Off the async workers, a few at a time (`auth::Verifier`).
     let pass_ok = match &auth_cfg.web_password_hash {
-        Some(h) => match app.limiter.verifier.verify(&form.password, h).await {
+        Some(h) => match app
+            .limiter
+            .verifier
+            .verify(form.password.expose(), h.expose())
+            .await
+        {
             Ok(ok) => ok,
             Err(Busy) => {
                 log::warn!("login from {} refused: too many logins waiting", peer.ip());
@@ -238,11 +252,12 @@ pub async fn login(
         );
     };
     let password = form.password.clone();
-    let derived =
-        tokio::task::spawn_blocking(move || crate::sessionsig::derive_key(&password, &hash))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
+    let derived = tokio::task::spawn_blocking(move || {
+        crate::sessionsig::derive_key(password.expose(), hash.expose())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
     let key = match derived {
         Ok(k) if crate::sessionsig::public_key_text(&k) == public => k,
         Ok(_) => {
@@ -264,11 +279,11 @@ pub async fn login(
             );
         }
     };
-    let sid = auth::random_hex(32);
+    let sid = crate::crypto::random_hex(32);
     let created_ms = now_ms();
     let mut session = Session {
         user: auth_cfg.web_username.clone(),
-        csrf: auth::random_hex(32),
+        csrf: crate::crypto::random_hex(32),
         created_ms,
         expires_ms: created_ms
             + crate::sessionsig::SESSION_MAX_MS.max(app.session_ttl().as_millis() as u64),
@@ -306,20 +321,11 @@ pub async fn login(
     resp
 }
 
-impl std::fmt::Debug for LoginForm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoginForm")
-            .field("username", &self.username)
-            .field("password", &"***")
-            .finish_non_exhaustive()
-    }
-}
-
 /// The logout form's field.
 #[derive(Debug, serde::Deserialize)]
 pub struct CsrfForm {
     #[serde(default)]
-    csrf: String,
+    csrf: Secret,
 }
 
 pub async fn logout(
@@ -328,7 +334,7 @@ pub async fn logout(
     axum::Form(form): axum::Form<CsrfForm>,
 ) -> Response {
     if let Some((sid, session)) = current_session(&app, &headers).await {
-        if !constant_time_eq(form.csrf.as_bytes(), session.csrf.as_bytes()) {
+        if !constant_time_eq(form.csrf.expose().as_bytes(), session.csrf.as_bytes()) {
             return (StatusCode::FORBIDDEN, "invalid CSRF token").into_response();
         }
         if let Err(e) = app.sessions.delete(&sid).await {

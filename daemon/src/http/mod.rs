@@ -11,7 +11,7 @@ use axum::routing::get;
 use serde_json::json;
 
 // Shims: the paths other modules used before `http` was split.
-pub use crate::auth::constant_time_eq;
+pub use crate::crypto::constant_time_eq;
 pub use crate::serve::ClientAddr;
 pub use auth::{ApiError, AppState, Principal, authorize};
 

@@ -19,7 +19,6 @@ use std::sync::LazyLock;
 use std::sync::atomic::Ordering;
 
 use redis::Script;
-use sha2::{Digest, Sha256};
 
 use super::{RedisMembership, script};
 use crate::cluster::ClusterError;
@@ -69,7 +68,7 @@ struct Removal {
 static REVOKE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(REVOKE));
 
 fn digest(password: &Secret) -> String {
-    hex::encode(Sha256::digest(password.expose().as_bytes()))
+    crate::crypto::sha256_hex(password.expose().as_bytes())
 }
 
 impl RedisMembership {

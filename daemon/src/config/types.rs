@@ -1,0 +1,213 @@
+//! Small value types of the schema: a value that is wrong on its own fails while it is
+//! deserialised, so serde names its field; rules between fields stay in `validate`.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A TCP port to listen on: 1 to 65535.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Port(pub(super) u16);
+
+impl Port {
+    pub fn new(port: u16) -> Result<Port, String> {
+        if port == 0 {
+            return Err("must be between 1 and 65535".into());
+        }
+        Ok(Port(port))
+    }
+    pub const fn get(self) -> u16 {
+        self.0
+    }
+}
+
+/// The address the server listens on: an IP address, not a host name.
+// Not `Copy`, so that callers written for the `String` it replaced (`.clone()`) stay as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ListenHost(pub(super) IpAddr);
+
+impl ListenHost {
+    pub fn parse(text: &str) -> Result<ListenHost, String> {
+        text.parse()
+            .map(ListenHost)
+            .map_err(|_| format!("`{text}` is not an IP address"))
+    }
+    pub const fn get(&self) -> IpAddr {
+        self.0
+    }
+}
+
+impl Default for ListenHost {
+    /// Every address: a node behind a load balancer.
+    fn default() -> Self {
+        ListenHost(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenHost {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        ListenHost::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for ListenHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A count or a number of time units that must be at least 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct AtLeastOne(pub(super) u32);
+
+impl AtLeastOne {
+    pub fn new(n: u32) -> Result<AtLeastOne, String> {
+        if n == 0 {
+            return Err("must be at least 1".into());
+        }
+        Ok(AtLeastOne(n))
+    }
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// `package.expiry_days`: 1 to 365.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ExpiryDays(pub(super) u32);
+
+impl ExpiryDays {
+    pub fn new(days: u32) -> Result<ExpiryDays, String> {
+        if days == 0 || days > 365 {
+            return Err("must be between 1 and 365".into());
+        }
+        Ok(ExpiryDays(days))
+    }
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+}
+
+// The plain number first (serde's own error for a negative or too large one), then the rule.
+impl<'de> Deserialize<'de> for Port {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Port::new(u16::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for AtLeastOne {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        AtLeastOne::new(u32::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for ExpiryDays {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        ExpiryDays::new(u32::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for AtLeastOne {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for ExpiryDays {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+// Compared with plain numbers, as the fields were before they had a type.
+impl PartialEq<u16> for Port {
+    fn eq(&self, other: &u16) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<u32> for AtLeastOne {
+    fn eq(&self, other: &u32) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<u32> for ExpiryDays {
+    fn eq(&self, other: &u32) -> bool {
+        self.0 == *other
+    }
+}
+
+impl From<Port> for u16 {
+    fn from(p: Port) -> u16 {
+        p.0
+    }
+}
+
+impl From<AtLeastOne> for u64 {
+    fn from(n: AtLeastOne) -> u64 {
+        u64::from(n.0)
+    }
+}
+
+impl From<ExpiryDays> for u64 {
+    fn from(d: ExpiryDays) -> u64 {
+        u64::from(d.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+        serde_yaml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn values_out_of_range_fail_with_todays_texts() {
+        assert_eq!(yaml::<Port>("8768").unwrap().get(), 8768);
+        assert!(
+            yaml::<Port>("0")
+                .unwrap_err()
+                .contains("must be between 1 and 65535")
+        );
+        assert!(yaml::<Port>("70000").unwrap_err().contains("70000"));
+        assert_eq!(yaml::<AtLeastOne>("1").unwrap().get(), 1);
+        assert!(
+            yaml::<AtLeastOne>("0")
+                .unwrap_err()
+                .contains("must be at least 1")
+        );
+        assert_eq!(yaml::<ExpiryDays>("365").unwrap().get(), 365);
+        for bad in ["0", "366"] {
+            let err = yaml::<ExpiryDays>(bad).unwrap_err();
+            assert!(err.contains("must be between 1 and 365"), "{err}");
+        }
+        assert_eq!(yaml::<ListenHost>("\"::1\"").unwrap().to_string(), "::1");
+        let err = yaml::<ListenHost>("fleet.example").unwrap_err();
+        assert!(
+            err.contains("`fleet.example` is not an IP address"),
+            "{err}"
+        );
+        assert_eq!(
+            serde_yaml::to_string(&ListenHost::default())
+                .unwrap()
+                .trim(),
+            "0.0.0.0"
+        );
+        // Written back as plain numbers.
+        assert_eq!(serde_yaml::to_string(&Port(80)).unwrap().trim(), "80");
+    }
+}
