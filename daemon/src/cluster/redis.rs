@@ -21,11 +21,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Script};
 
 use super::{
-    ClusterError, EVENTS_CAP, Event, EventKind, Heartbeat, Member, MemberState, Membership,
-    NodeRecord, REMOVAL_TOMBSTONE, Timing,
+    ClusterError, EVENTS_CAP, EnrollmentRecord, Event, EventKind, Heartbeat, Member, MemberState,
+    Membership, NodeRecord, REMOVAL_TOMBSTONE, Timing,
 };
 use crate::config::{BackendKind, ClusterConfig, Secret};
-use crate::enrollment::EnrollmentRecord;
 
 const NAME: &str = "redis";
 
@@ -847,7 +846,7 @@ impl RedisMembership {
         node_name: &str,
     ) -> Result<(String, Secret), ClusterError> {
         let user = self.user_name("node", node_name);
-        let password = Secret::new(crate::auth::random_hex(32));
+        let password = super::random_password();
         self.acl(
             &[
                 "SETUSER".to_string(),
@@ -880,7 +879,7 @@ impl RedisMembership {
         expires_ms: u64,
     ) -> Result<(String, Secret), ClusterError> {
         let user = self.user_name("enroll", token_id);
-        let password = Secret::new(crate::auth::random_hex(32));
+        let password = super::random_password();
         self.acl(
             &[
                 "SETUSER".to_string(),

@@ -32,11 +32,10 @@ use nix::sys::time::TimeSpec;
 use rand::Rng;
 
 use super::{
-    ClusterError, EVENTS_CAP, Event, EventKind, Heartbeat, Member, MemberState, Membership,
-    NodeRecord, REMOVAL_TOMBSTONE, Timing,
+    ClusterError, EVENTS_CAP, EnrollmentRecord, Event, EventKind, Heartbeat, Member, MemberState,
+    Membership, NodeRecord, REMOVAL_TOMBSTONE, Timing,
 };
 use crate::config::BackendKind;
-use crate::enrollment::EnrollmentRecord;
 use crate::identity::write_atomically;
 
 const NAME: &str = "storage";
