@@ -289,17 +289,10 @@ pub async fn redeem(
         path.display()
     );
     if let Ok(b) = crate::cluster::open(&full) {
-        let ev = Event {
-            kind: EventKind::EnrollmentRedeemed,
-            node_id: record.node_name.clone(),
-            at_ms: 0,
-            detail: [
-                ("token_id".to_string(), record.token_id.clone()),
-                ("package_id".to_string(), record.package_id.clone()),
-                ("host".to_string(), crate::identity::hostname()),
-            ]
-            .into(),
-        };
+        let ev = Event::new(EventKind::EnrollmentRedeemed, &record.node_name)
+            .with("token_id", &record.token_id)
+            .with("package_id", &record.package_id)
+            .with("host", crate::identity::hostname());
         if let Err(e) = tokio::time::timeout(Duration::from_secs(5), b.record_event(&ev))
             .await
             .unwrap_or(Err(ClusterError::Unreachable {
@@ -315,17 +308,13 @@ pub async fn redeem(
 
 async fn refuse(backend: &dyn Membership, token: &Token, reason: String) -> Redemption {
     log::error!("❌ Enrollment refused: {reason}");
-    let ev = Event {
-        kind: EventKind::EnrollmentRejected,
-        node_id: crate::identity::hostname_node_name(),
-        at_ms: 0,
-        detail: [
-            ("token_id".to_string(), token.id.clone()),
-            ("reason".to_string(), reason.clone()),
-            ("host".to_string(), crate::identity::hostname()),
-        ]
-        .into(),
-    };
+    let ev = Event::new(
+        EventKind::EnrollmentRejected,
+        crate::identity::hostname_node_name(),
+    )
+    .with("token_id", &token.id)
+    .with("reason", &reason)
+    .with("host", crate::identity::hostname());
     match tokio::time::timeout(Duration::from_secs(5), backend.record_event(&ev)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => log::warn!("the rejection could not be recorded in the cluster: {e}"),

@@ -839,16 +839,12 @@ async fn revoke_package(
     }
     match with_deadline(backend.revoke_enrollment(&id)).await? {
         Some(rec) => {
-            let ev = crate::cluster::Event {
-                kind: crate::cluster::EventKind::PackageRevoked,
-                node_id: rec.node_name.clone(),
-                at_ms: 0,
-                detail: [
-                    ("by".to_string(), who.label()),
-                    ("token_id".to_string(), rec.token_id.clone()),
-                ]
-                .into(),
-            };
+            let ev = crate::cluster::Event::new(
+                crate::cluster::EventKind::PackageRevoked,
+                &rec.node_name,
+            )
+            .with("by", who.label())
+            .with("token_id", &rec.token_id);
             if let Err(e) = with_deadline(backend.record_event(&ev)).await {
                 log::warn!("package revoked, but not recorded: {}", e.1);
             }

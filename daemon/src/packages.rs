@@ -1027,12 +1027,8 @@ pub async fn record_built(backend: Option<&dyn Membership>, pkg: &BuiltPackage, 
     if let Some(user) = &pkg.node_user {
         detail.insert("node_user".into(), user.clone());
     }
-    let event = crate::cluster::Event {
-        kind: crate::cluster::EventKind::PackageBuilt,
-        node_id: pkg.node_name.clone(),
-        at_ms: 0,
-        detail,
-    };
+    let event = crate::cluster::Event::new(crate::cluster::EventKind::PackageBuilt, &pkg.node_name)
+        .with_detail(detail);
     let result = tokio::time::timeout(Duration::from_secs(5), backend.record_event(&event))
         .await
         .unwrap_or_else(|_| {

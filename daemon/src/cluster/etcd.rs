@@ -500,12 +500,7 @@ impl EtcdMembership {
 
     fn event_put(&self, kind: EventKind, id: &str, detail: BTreeMap<String, String>) -> TxnOp {
         let at_ms = now_ms();
-        let ev = Event {
-            kind,
-            node_id: id.to_string(),
-            at_ms,
-            detail,
-        };
+        let ev = Event::new(kind, id).at(at_ms).with_detail(detail);
         let key = self.key(&format!(
             "events/{at_ms:015}-{:08x}",
             rand::rng().random::<u32>()

@@ -203,6 +203,37 @@ pub struct Event {
     pub detail: BTreeMap<String, String>,
 }
 
+impl Event {
+    /// An event about `node_id`, with no detail, its time left to the backend (`at_ms` 0: the
+    /// backend stamps it with its own clock when it records it).
+    pub fn new(kind: EventKind, node_id: impl Into<String>) -> Event {
+        Event {
+            kind,
+            node_id: node_id.into(),
+            at_ms: 0,
+            detail: BTreeMap::new(),
+        }
+    }
+
+    /// Adds one detail field.
+    pub fn with(mut self, key: impl Into<String>, value: impl Into<String>) -> Event {
+        self.detail.insert(key.into(), value.into());
+        self
+    }
+
+    /// Adds every field of `detail`.
+    pub fn with_detail(mut self, detail: BTreeMap<String, String>) -> Event {
+        self.detail.extend(detail);
+        self
+    }
+
+    /// The time it happened, ms since the epoch on the backend's clock (for backends).
+    pub fn at(mut self, at_ms: u64) -> Event {
+        self.at_ms = at_ms;
+        self
+    }
+}
+
 /// Events kept at most in the stream.
 pub const EVENTS_CAP: usize = 1000;
 /// How long an admin's removal of a node stops it from joining again under the same id.
@@ -357,6 +388,18 @@ mod tests {
         assert!(bad(&|n| n.addresses = vec!["not-ip".into()]).contains("address"));
         assert!(bad(&|n| n.addresses = vec!["192.0.2.1".into(); 65]).contains("addresses"));
         assert!(bad(&|n| n.hostname = "h".repeat(300)).contains("longer"));
+    }
+
+    #[test]
+    fn events_are_built_field_by_field() {
+        let ev = Event::new(EventKind::PackageRevoked, "web-01")
+            .with("by", "cli:root")
+            .with_detail([("token_id".to_string(), "ab".to_string())].into());
+        assert_eq!(ev.at_ms, 0, "the backend stamps the time");
+        assert_eq!(ev.node_id, "web-01");
+        assert_eq!(ev.detail.len(), 2);
+        assert_eq!(ev.detail["by"], "cli:root");
+        assert_eq!(ev.clone().at(7).at_ms, 7);
     }
 
     #[test]

@@ -1452,12 +1452,7 @@ impl Membership for RedisMembership {
                     .or_else(|| id.split('-').next().map(str::to_string))
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(0);
-                Some(Event {
-                    kind,
-                    node_id,
-                    at_ms,
-                    detail,
-                })
+                Some(Event::new(kind, node_id).at(at_ms).with_detail(detail))
             })
             .collect())
     }
