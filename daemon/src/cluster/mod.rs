@@ -6,11 +6,13 @@ pub mod etcd;
 pub mod records;
 pub mod redis;
 pub mod storage;
+pub mod users;
 
 pub use records::{
     EVENTS_CAP, EnrollmentRecord, Event, EventKind, Heartbeat, Holders, MAX_ADDRESSES, Member,
     MemberState, NodeRecord, REMOVAL_TOMBSTONE, cursor_of, page_of, parse_cursor,
 };
+pub use users::{BackendUsers, UserGrant};
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -172,6 +174,11 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
 
     /// The newest `limit` events, newest first.
     async fn events(&self, limit: usize) -> Result<Vec<Event>, ClusterError>;
+
+    /// The backend's users (node and enrollment users), if it has any.
+    fn users(&self) -> Option<&dyn BackendUsers> {
+        None
+    }
 
     /// Whether this backend keeps enrollment records (packages then carry a token, not secrets).
     fn supports_enrollment(&self) -> bool {

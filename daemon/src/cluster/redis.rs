@@ -821,12 +821,7 @@ impl RedisMembership {
     /// The ACL user name for a node or an enrollment: `fleet-node-server-03`,
     /// `fleet-enroll-<token id>` (the key prefix, reduced to letters and digits, first).
     pub fn user_name(&self, kind: &str, id: &str) -> String {
-        let p: String = self
-            .prefix
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
-        format!("{}-{kind}-{id}", p.trim_matches('-'))
+        super::users::user_name(&self.prefix, kind, id)
     }
 
     async fn acl(&self, args: &[String]) -> Result<(), ClusterError> {
@@ -956,6 +951,10 @@ impl Membership for RedisMembership {
 
     async fn backend_now_ms(&self) -> Result<u64, ClusterError> {
         self.server_now_ms().await
+    }
+
+    fn users(&self) -> Option<&dyn super::BackendUsers> {
+        Some(self)
     }
 
     async fn register(&self, node: &NodeRecord) -> Result<usize, ClusterError> {
