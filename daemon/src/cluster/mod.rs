@@ -5,6 +5,7 @@
 pub mod etcd;
 pub mod records;
 pub mod redis;
+pub mod sessions;
 pub mod storage;
 pub mod users;
 
