@@ -94,7 +94,8 @@ pub async fn authorize(
             .get("x-csrf-token")
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        if token.is_empty() || !constant_time_eq(token.as_bytes(), session.csrf.as_bytes()) {
+        if token.is_empty() || !constant_time_eq(token.as_bytes(), session.csrf.expose().as_bytes())
+        {
             return Err(ApiError(
                 StatusCode::FORBIDDEN,
                 "missing or invalid CSRF token".into(),

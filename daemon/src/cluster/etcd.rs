@@ -142,7 +142,10 @@ struct Check {
 }
 
 mod roles;
+mod sessions;
 mod users;
+
+pub use sessions::EtcdSessions;
 
 type Keeper = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
 

@@ -13,6 +13,7 @@ pub use records::{
     EVENTS_CAP, EnrollmentRecord, Event, EventKind, Heartbeat, Holders, MAX_ADDRESSES, Member,
     MemberState, NodeRecord, REMOVAL_TOMBSTONE, cursor_of, page_of, parse_cursor,
 };
+pub use sessions::{Session, SessionStore, open_sessions};
 pub use users::{BackendUsers, UserGrant};
 
 use std::net::IpAddr;

@@ -284,9 +284,11 @@ fn record_from_row(id: String, row: Vec<Option<String>>) -> NodeRecord {
 
 mod roles;
 mod sentinel;
+mod sessions;
 mod users;
 use roles::Role;
 pub use sentinel::Sentinel;
+pub use sessions::RedisSessions;
 pub use users::LOCAL_FILE as NODE_USERS_FILE;
 
 /// Members pruned at most per heartbeat, so one heartbeat stays short after a mass outage.
