@@ -13,8 +13,6 @@ use crate::cluster::{self, Member, MemberState};
 use crate::config::{BackendKind, Config};
 use crate::identity;
 
-const DEADLINE: Duration = Duration::from_secs(5);
-
 fn backend_of(config: &Config) -> anyhow::Result<std::sync::Arc<dyn cluster::Membership>> {
     if !config.cluster.enabled {
         anyhow::bail!(
@@ -24,13 +22,11 @@ fn backend_of(config: &Config) -> anyhow::Result<std::sync::Arc<dyn cluster::Mem
     Ok(cluster::open(config)?)
 }
 
+/// A backend call: its own deadline bounds it (a timeout is `ClusterError::Unreachable`).
 async fn timed<T>(
     f: impl std::future::Future<Output = Result<T, cluster::ClusterError>>,
 ) -> anyhow::Result<T> {
-    match tokio::time::timeout(DEADLINE, f).await {
-        Ok(r) => Ok(r?),
-        Err(_) => anyhow::bail!("the cluster backend did not answer within {DEADLINE:?}"),
-    }
+    Ok(f.await?)
 }
 
 /// Text another machine wrote, made safe for a terminal: C0 and C1 controls (ESC, CR, LF, the

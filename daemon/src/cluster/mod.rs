@@ -79,6 +79,15 @@ pub struct Timing {
 }
 
 impl Timing {
+    /// The cluster's heartbeat settings: the one place a running node's `Timing` is built
+    /// (the backends derive every deadline of theirs from it, see `op_timeout`).
+    pub fn of(cluster: &crate::config::ClusterConfig) -> Timing {
+        Timing {
+            interval: cluster.heartbeat_interval(),
+            timeout: cluster.heartbeat_timeout(),
+        }
+    }
+
     /// Longest wait for one backend operation: short enough that an outage shows within
     /// about one heartbeat interval, long enough for a backend across the internet.
     pub fn op_timeout(&self) -> Duration {
@@ -232,10 +241,7 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
 /// Opens the backend the configuration names. Never blocks on the network: a backend that is
 /// down at start is reached later, by the first operation that needs it.
 pub fn open(config: &Config) -> Result<Arc<dyn Membership>, ClusterError> {
-    let timing = Timing {
-        interval: config.cluster.heartbeat_interval(),
-        timeout: config.cluster.heartbeat_timeout(),
-    };
+    let timing = Timing::of(&config.cluster);
     Ok(match config.cluster.backend {
         BackendKind::Redis => Arc::new(
             redis::RedisMembership::new(&config.cluster, timing)?
