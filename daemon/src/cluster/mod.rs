@@ -62,6 +62,25 @@ impl ClusterError {
     }
 }
 
+/// The longest a graceful leave may take (shutdown waits for it, then exits anyway). Every
+/// backend's `deregister` keeps within it.
+pub const LEAVE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// `f` within `deadline`, or `Unreachable` saying what got no answer.
+pub(crate) async fn within<T>(
+    backend: &'static str,
+    what: &str,
+    deadline: Duration,
+    f: impl std::future::Future<Output = Result<T, ClusterError>>,
+) -> Result<T, ClusterError> {
+    tokio::time::timeout(deadline, f).await.unwrap_or_else(|_| {
+        Err(ClusterError::Unreachable {
+            backend,
+            reason: format!("{what}: no answer within {deadline:?}"),
+        })
+    })
+}
+
 /// A fresh password for a backend user: 32 random bytes, hex. Kept here (not taken from the
 /// HTTP layer's helpers) so that `cluster/` imports nothing above it.
 pub(crate) fn random_password() -> crate::config::Secret {

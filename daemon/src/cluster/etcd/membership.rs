@@ -702,11 +702,12 @@ impl Membership for EtcdMembership {
     }
 
     async fn deregister(&self, node_id: &str) -> Result<(), ClusterError> {
-        self.run("leave", |c| {
+        // A call's deadline, and never more than the shutdown's bound on leaving.
+        let deadline = (self.timing.op_timeout() * 3).min(crate::cluster::LEAVE_DEADLINE);
+        let leave = self.run_within("leave", deadline, |c| {
             self.leave_inner(c, node_id, EventKind::Left, "")
-        })
-        .await
-        .map(|_| ())
+        });
+        leave.await.map(|_| ())
     }
 
     async fn remove(&self, node_id: &str, by: &str) -> Result<bool, ClusterError> {

@@ -63,13 +63,16 @@ impl Membership for RedisMembership {
     }
 
     async fn deregister(&self, node_id: &str) -> Result<(), ClusterError> {
-        if let Role::Node(name) = &self.role {
-            return self.own_deregister(name, node_id).await;
-        }
-        let mut args = self.base_args();
-        args.extend([node_id.into(), "left".into(), "0".into(), String::new()]);
-        let _: i64 = self.run(&LEAVE_SCRIPT, &args).await?;
-        Ok(())
+        let leave = async {
+            if let Role::Node(name) = &self.role {
+                return self.own_deregister(name, node_id).await;
+            }
+            let mut args = self.base_args();
+            args.extend([node_id.into(), "left".into(), "0".into(), String::new()]);
+            let _: i64 = self.run(&LEAVE_SCRIPT, &args).await?;
+            Ok(())
+        };
+        crate::cluster::within(NAME, "leaving", crate::cluster::LEAVE_DEADLINE, leave).await
     }
 
     async fn remove(&self, node_id: &str, by: &str) -> Result<bool, ClusterError> {
