@@ -9,62 +9,13 @@ use std::time::Duration;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{ClusterError, Event, EventKind, Membership};
+use crate::cluster::{Event, EventKind, Membership};
 use crate::config::{Config, Loaded, Origin, Secret};
 
-/// A pending enrollment as the backend keeps it: metadata in clear (for `package list`), the
-/// node's configuration sealed.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EnrollmentRecord {
-    /// 32 hex characters; names the record. Not secret.
-    pub token_id: String,
-    /// The intended node name (empty: the machine's hostname).
-    pub node_name: String,
-    /// ms since the epoch.
-    pub created_ms: u64,
-    /// ms since the epoch; the backend forgets the record then.
-    pub expires_ms: u64,
-    /// Who built the package (`web:admin`, `cli:root`, `api-key`).
-    pub built_by: String,
-    /// The sealed header's package id.
-    pub package_id: String,
-    /// The backend users made for this package (deleted on revoke), if any.
-    #[serde(default)]
-    pub users: Vec<String>,
-    /// ChaCha20-Poly1305 nonce, hex.
-    pub nonce: String,
-    /// The node's configuration (YAML), encrypted; hex.
-    pub ciphertext: String,
-}
-
-impl std::fmt::Debug for EnrollmentRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EnrollmentRecord")
-            .field("token_id", &self.token_id)
-            .field("node_name", &self.node_name)
-            .field("expires_ms", &self.expires_ms)
-            .field("built_by", &self.built_by)
-            .finish_non_exhaustive()
-    }
-}
-
-impl EnrollmentRecord {
-    /// What `package list` and the API show of a pending package: no ciphertext, no users.
-    pub fn summary(&self) -> serde_json::Value {
-        serde_json::json!({
-            "token_id": self.token_id,
-            "node_name": self.node_name,
-            "created_ms": self.created_ms,
-            "expires_ms": self.expires_ms,
-            "built_by": self.built_by,
-            "package_id": self.package_id,
-        })
-    }
-}
+pub use crate::cluster::EnrollmentRecord;
 
 /// A new token: its id (public) and secret (only in the package).
 #[derive(Debug, Clone)]
@@ -226,11 +177,10 @@ pub async fn redeem(
     let mut logged = false;
     log::info!("🔑 Enrolling with package token {short}… at the cluster backend");
     let record = loop {
-        match tokio::time::timeout(Duration::from_secs(10), backend.take_enrollment(&token.id))
-            .await
-        {
-            Ok(Ok(r)) => break r,
-            Ok(Err(e)) if !e.is_transient() => {
+        // The backend bounds the call with its own deadline (a timeout is `Unreachable`).
+        match backend.take_enrollment(&token.id).await {
+            Ok(r) => break r,
+            Err(e) if !e.is_transient() => {
                 return refuse(
                     &*backend,
                     &token,
@@ -238,23 +188,12 @@ pub async fn redeem(
                 )
                 .await;
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 status.send_replace(format!(
                     "enrolling: the cluster backend is unavailable: {e} (retrying)"
                 ));
                 if !logged {
                     log::error!("❌ Cluster backend unavailable for enrollment: {e} (retrying)");
-                    logged = true;
-                }
-            }
-            Err(_) => {
-                status.send_replace(
-                    "enrolling: the cluster backend did not answer (retrying)".to_string(),
-                );
-                if !logged {
-                    log::error!(
-                        "❌ Cluster backend unavailable for enrollment: no answer (retrying)"
-                    );
                     logged = true;
                 }
             }
@@ -336,24 +275,11 @@ pub async fn redeem(
         path.display()
     );
     if let Ok(b) = crate::cluster::open(&full) {
-        let ev = Event {
-            kind: EventKind::EnrollmentRedeemed,
-            node_id: record.node_name.clone(),
-            at_ms: 0,
-            detail: [
-                ("token_id".to_string(), record.token_id.clone()),
-                ("package_id".to_string(), record.package_id.clone()),
-                ("host".to_string(), crate::identity::hostname()),
-            ]
-            .into(),
-        };
-        if let Err(e) = tokio::time::timeout(Duration::from_secs(5), b.record_event(&ev))
-            .await
-            .unwrap_or(Err(ClusterError::Unreachable {
-                backend: "cluster",
-                reason: "no answer".into(),
-            }))
-        {
+        let ev = Event::new(EventKind::EnrollmentRedeemed, &record.node_name)
+            .with("token_id", &record.token_id)
+            .with("package_id", &record.package_id)
+            .with("host", crate::identity::hostname());
+        if let Err(e) = b.record_event(&ev).await {
             log::warn!("enrollment redeemed, but not recorded in the cluster's events: {e}");
         }
     }
@@ -362,21 +288,15 @@ pub async fn redeem(
 
 async fn refuse(backend: &dyn Membership, token: &Token, reason: String) -> Redemption {
     log::error!("❌ Enrollment refused: {reason}");
-    let ev = Event {
-        kind: EventKind::EnrollmentRejected,
-        node_id: crate::identity::hostname_node_name(),
-        at_ms: 0,
-        detail: [
-            ("token_id".to_string(), token.id.clone()),
-            ("reason".to_string(), reason.clone()),
-            ("host".to_string(), crate::identity::hostname()),
-        ]
-        .into(),
-    };
-    match tokio::time::timeout(Duration::from_secs(5), backend.record_event(&ev)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => log::warn!("the rejection could not be recorded in the cluster: {e}"),
-        Err(_) => log::warn!("the rejection could not be recorded in the cluster: no answer"),
+    let ev = Event::new(
+        EventKind::EnrollmentRejected,
+        crate::identity::hostname_node_name(),
+    )
+    .with("token_id", &token.id)
+    .with("reason", &reason)
+    .with("host", crate::identity::hostname());
+    if let Err(e) = backend.record_event(&ev).await {
+        log::warn!("the rejection could not be recorded in the cluster: {e}");
     }
     Redemption::Refused(reason)
 }

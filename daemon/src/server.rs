@@ -159,10 +159,7 @@ pub async fn run(
         // Not in the cluster: serve health (503, with the reason) until stopped; no retries.
         (None, Arc::new(NodeState::refused(reason)))
     } else if config.cluster.enabled {
-        let timing = Timing {
-            interval: config.cluster.heartbeat_interval(),
-            timeout: config.cluster.heartbeat_timeout(),
-        };
+        let timing = Timing::of(&config.cluster);
         let backend = cluster::open(&config).context("opening the cluster backend")?;
         log::info!(
             "✅ Cluster mode ENABLED (node: {}, backend: {})",
@@ -213,7 +210,7 @@ pub async fn run(
         (None, Arc::new(NodeState::single_node()))
     };
 
-    let sessions = crate::sessions::open(&config).context("opening the session store")?;
+    let sessions = crate::cluster::open_sessions(&config).context("opening the session store")?;
     let app = AppState {
         config: config.clone(),
         backend,

@@ -5,7 +5,6 @@
 //! machine that is not a node, or one whose daemon is not older (`fleet_installer_stub::upgrade`).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use fleet_installer_stub::TargetLayout;
 use fleet_installer_stub::upgrade::Manifest;
@@ -168,14 +167,9 @@ pub async fn record_built(backend: Option<&dyn Membership>, pkg: &UpgradePackage
         ("enrollment".to_string(), "no".to_string()),
     ]
     .into();
-    let event = crate::cluster::Event {
-        kind: crate::cluster::EventKind::PackageBuilt,
-        node_id: String::new(),
-        at_ms: 0,
-        detail,
-    };
-    let result = tokio::time::timeout(Duration::from_secs(5), backend.record_event(&event)).await;
-    if !matches!(result, Ok(Ok(()))) {
+    let event =
+        crate::cluster::Event::new(crate::cluster::EventKind::PackageBuilt, "").with_detail(detail);
+    if backend.record_event(&event).await.is_err() {
         log::warn!("upgrade package built, but not recorded in the cluster's events");
     }
 }

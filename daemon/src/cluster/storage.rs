@@ -32,11 +32,10 @@ use nix::sys::time::TimeSpec;
 use rand::Rng;
 
 use super::{
-    ClusterError, EVENTS_CAP, Event, EventKind, Heartbeat, Member, MemberState, Membership,
-    NodeRecord, REMOVAL_TOMBSTONE, Timing,
+    ClusterError, EVENTS_CAP, EnrollmentRecord, Event, EventKind, Heartbeat, Member, MemberState,
+    Membership, NodeRecord, REMOVAL_TOMBSTONE, Timing,
 };
 use crate::config::BackendKind;
-use crate::enrollment::EnrollmentRecord;
 use crate::identity::write_atomically;
 
 const NAME: &str = "storage";
@@ -263,12 +262,7 @@ impl Dir {
         detail: BTreeMap<String, String>,
     ) -> Result<(), ClusterError> {
         let dir = self.ensure("events")?;
-        let ev = Event {
-            kind,
-            node_id: id.to_string(),
-            at_ms: now,
-            detail,
-        };
+        let ev = Event::new(kind, id).at(now).with_detail(detail);
         // Names sort in the order events happened: by the file server's millisecond, then, for
         // two events of this process in the same millisecond, by this process's sequence.
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -670,8 +664,8 @@ impl Membership for StorageMembership {
 
     async fn deregister(&self, node_id: &str) -> Result<(), ClusterError> {
         let id = node_id.to_string();
-        self.with(move |d| d.leave(&id, EventKind::Left, "").map(|_| ()))
-            .await
+        let leave = self.with(move |d| d.leave(&id, EventKind::Left, "").map(|_| ()));
+        super::within(NAME, "leaving", super::LEAVE_DEADLINE, leave).await
     }
 
     async fn remove(&self, node_id: &str, by: &str) -> Result<bool, ClusterError> {

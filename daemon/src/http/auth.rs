@@ -82,7 +82,8 @@ pub async fn authorize(
             .get("x-csrf-token")
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        if token.is_empty() || !constant_time_eq(token.as_bytes(), session.csrf.as_bytes()) {
+        if token.is_empty() || !constant_time_eq(token.as_bytes(), session.csrf.expose().as_bytes())
+        {
             return Err(ApiError(
                 StatusCode::FORBIDDEN,
                 "missing or invalid CSRF token".into(),
@@ -204,7 +205,7 @@ fn session_is_signed(app: &AppState, sid: &str, s: &Session) -> bool {
     let msg = crate::sessionsig::session_message(
         &crate::sessions::digest(sid),
         &s.user,
-        &s.csrf,
+        s.csrf.expose(),
         s.created_ms,
         s.expires_ms,
     );
