@@ -647,7 +647,6 @@ fn redis_times_ignore_a_node_clock_an_hour_ahead() {
 /// long as `--expires` says, on Redis's clock (the one its expiry and its enrollment user's are
 /// counted on), whatever the builder's clock says.
 #[test]
-#[ignore = "fails today: RedisMembership::put_enrollment turns the record's expiry (on Redis's clock) into a PX lifetime with this machine's clock; see the issue-13 kit report"]
 fn redis_enrollment_lifetime_ignores_a_builder_clock_an_hour_ahead() {
     let redis = RedisServer::start_with(Some("clock-pw"), &[]);
     let shared = tempfile::tempdir().unwrap();
@@ -696,6 +695,26 @@ fn redis_enrollment_lifetime_ignores_a_builder_clock_an_hour_ahead() {
     assert!(
         pttl.abs_diff(day_ms) < 120_000,
         "the record lives {pttl} ms, not the day --expires asked for"
+    );
+    // Its enrollment user is remembered until the same instant, on Redis's clock.
+    let users = redis
+        .command(&[
+            "ZRANGE",
+            "fleet:cluster:enroll-users",
+            "0",
+            "-1",
+            "WITHSCORES",
+        ])
+        .unwrap();
+    let scores: Vec<u64> = users
+        .lines()
+        .filter(|l| !l.starts_with(['*', '$']))
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let until = redis.time_ms() + day_ms;
+    assert!(
+        scores.len() == 1 && scores[0].abs_diff(until) < 120_000,
+        "the enrollment user is kept until {scores:?}, not Redis's now + 1 day ({until}): {users:?}"
     );
 }
 

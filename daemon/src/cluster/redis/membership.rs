@@ -178,18 +178,13 @@ impl Membership for RedisMembership {
     async fn put_enrollment(&self, record: &EnrollmentRecord) -> Result<(), ClusterError> {
         // Strings and numbers only: serialising cannot fail.
         let json = serde_json::to_string(record).unwrap_or_default();
-        // Its lifetime, not its date: Redis counts it down on its own clock, whatever this
-        // machine's clock says.
-        let local_now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let ttl = record.expires_ms.saturating_sub(local_now).max(1);
+        // The record's expiry is on Redis's clock (the build read it with `backend_now_ms`), so
+        // Redis ends it at that instant, whatever this machine's clock says.
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.key(&format!("enroll:{}", record.token_id)))
             .arg(json)
-            .arg("PX")
-            .arg(ttl);
+            .arg("PXAT")
+            .arg(record.expires_ms.max(1));
         self.query::<()>(redis::pipe().add_command(cmd).ignore())
             .await
     }

@@ -894,15 +894,8 @@ impl RedisMembership {
         )
         .await
         .map_err(acl_refused)?;
-        // The expiry on the server's clock (housekeeping compares it with `TIME`).
-        let local_now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let expires_ms = self
-            .server_now_ms()
-            .await?
-            .saturating_add(expires_ms.saturating_sub(local_now));
+        // `expires_ms` is on the server's clock already (the build read it with
+        // `backend_now_ms`); housekeeping compares it with `TIME`.
         // Remembered with the package's expiry: housekeeping deletes the user then, or a grace
         // period after its record is taken or revoked (`roles.rs`), so a used package keeps its
         // one remaining right (leaving a refusal note) no longer than that.
