@@ -1,9 +1,10 @@
 //! Fleet Server cluster node: the daemon as a library (`server::run`), cluster membership
 //! behind one trait (`cluster`), the HTTP API (`http`), configuration, identity and the admin CLI.
 
-pub mod admin;
 pub mod advertise;
+pub mod app;
 pub mod auth;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod downloads;
