@@ -7,19 +7,34 @@ pub mod auth;
 pub mod cli;
 pub mod cluster;
 pub mod config;
-pub mod downloads;
-pub mod enrollment;
 pub mod http;
 pub mod identity;
 pub mod lb;
 pub mod logging;
-pub mod node;
 pub mod packages;
 pub mod serve;
 pub mod server;
 pub mod sessions;
 pub mod sessionsig;
 pub mod tls;
-pub mod upgrade;
 pub mod version;
 pub mod web;
+
+// Old paths of modules that moved into `app` (issue 13), kept while other branches still use
+// them; they go once every branch is merged.
+pub mod downloads {
+    //! Moved to [`crate::app::downloads`].
+    pub use crate::app::downloads::*;
+}
+pub mod enrollment {
+    //! Moved to [`crate::app::enroll`].
+    pub use crate::app::enroll::*;
+}
+pub mod node {
+    //! Moved to [`crate::app::membership`].
+    pub use crate::app::membership::*;
+}
+pub mod upgrade {
+    //! Moved to [`crate::app::upgrade`].
+    pub use crate::app::upgrade::*;
+}

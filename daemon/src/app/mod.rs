@@ -4,3 +4,8 @@
 
 pub mod backend;
 pub mod config;
+pub mod downloads;
+pub mod enroll;
+pub mod housekeeping;
+pub mod membership;
+pub mod upgrade;
