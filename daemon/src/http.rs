@@ -94,7 +94,8 @@ pub async fn authorize(
             .get("x-csrf-token")
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        if token.is_empty() || !constant_time_eq(token.as_bytes(), session.csrf.as_bytes()) {
+        if token.is_empty() || !constant_time_eq(token.as_bytes(), session.csrf.expose().as_bytes())
+        {
             return Err(ApiError(
                 StatusCode::FORBIDDEN,
                 "missing or invalid CSRF token".into(),
@@ -839,16 +840,12 @@ async fn revoke_package(
     }
     match with_deadline(backend.revoke_enrollment(&id)).await? {
         Some(rec) => {
-            let ev = crate::cluster::Event {
-                kind: crate::cluster::EventKind::PackageRevoked,
-                node_id: rec.node_name.clone(),
-                at_ms: 0,
-                detail: [
-                    ("by".to_string(), who.label()),
-                    ("token_id".to_string(), rec.token_id.clone()),
-                ]
-                .into(),
-            };
+            let ev = crate::cluster::Event::new(
+                crate::cluster::EventKind::PackageRevoked,
+                &rec.node_name,
+            )
+            .with("by", who.label())
+            .with("token_id", &rec.token_id);
             if let Err(e) = with_deadline(backend.record_event(&ev)).await {
                 log::warn!("package revoked, but not recorded: {}", e.1);
             }

@@ -16,8 +16,8 @@ use fleet_package::{
     SigningOptions, Target, Template,
 };
 
-use crate::cluster::{ClusterError, Membership};
-use crate::config::{BackendKind, Config, Secret, SigningConfig};
+use crate::cluster::{ClusterError, Membership, UserGrant};
+use crate::config::{Config, Secret, SigningConfig};
 
 /// Which installer to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -416,23 +416,7 @@ pub fn node_files(
 
 /// Puts a node's own backend user into its configuration.
 fn use_credential(node: &mut Config, cred: &NodeCredential) {
-    match node.cluster.backend {
-        BackendKind::Etcd => {
-            node.cluster.etcd_username = Some(cred.user.clone());
-            node.cluster.etcd_password = Some(cred.password.clone());
-        }
-        BackendKind::Redis => {
-            // Sessions on the cluster's Redis use the node's user too.
-            if node.sessions.redis.host.is_none()
-                || node.sessions.redis.host == node.cluster.redis_host
-            {
-                node.sessions.redis = Default::default();
-            }
-            node.cluster.redis_username = Some(cred.user.clone());
-            node.cluster.redis_password = Some(cred.password.clone());
-        }
-        BackendKind::Storage => {}
-    }
+    crate::cluster::users::use_node_user(node, &cred.user, &cred.password);
 }
 
 /// What an enrolling package carries instead of the node's configuration: how to reach the
@@ -448,17 +432,9 @@ pub fn bootstrap_config(node: &Config, plan: &EnrollmentPlan) -> Config {
     c.redis_password_file = None;
     c.redis_sentinel_password_file = None;
     c.etcd_password_file = None;
-    match (&plan.user, c.backend) {
-        (Some(u), BackendKind::Redis) => {
-            c.redis_username = Some(u.user.clone());
-            c.redis_password = Some(u.password.clone());
-        }
-        (Some(u), BackendKind::Etcd) => {
-            c.etcd_username = Some(u.user.clone());
-            c.etcd_password = Some(u.password.clone());
-        }
-        // No user of its own: the shared credentials the node has anyway (said at build).
-        _ => {}
+    // No user of its own: the shared credentials the node has anyway (said at build).
+    if let Some(u) = &plan.user {
+        crate::cluster::users::set_credentials(&mut c, &u.user, &u.password);
     }
     b.cluster = c;
     b.enrollment = Some(crate::config::EnrollmentConfig {
@@ -724,57 +700,27 @@ pub async fn check_available(
     Ok(())
 }
 
-/// Makes the new node a backend user of its own when the backend is etcd and the primary's
-/// etcd user may manage users (root role): limited to the cluster's key prefix, recorded under
-/// `<prefix>cluster/users/<node name>` so that removing the node deletes it. Otherwise the node
-/// carries the primary's credentials, and the reason says why. `None`: not an etcd cluster.
+/// Makes the new node a backend user of its own where the backend has users and the primary
+/// may manage them (`cluster::BackendUsers`): limited to the cluster's key prefix and deleted
+/// with the node. Otherwise the node carries the primary's credentials, and the reason says
+/// why. `None`: no cluster, or a backend without users.
 pub async fn node_credential(
     primary: &Config,
     node_name: Option<&str>,
 ) -> Result<Option<CredentialChoice>, BuildError> {
-    let c = &primary.cluster;
-    if c.enabled && c.backend == BackendKind::Redis {
-        let Some(name) = node_name else {
-            return Ok(Some(CredentialChoice::Shared(
-                "no node name: a per-node Redis user needs one, so the node carries the shared Redis credentials".into(),
-            )));
-        };
-        return match redis_of(primary)?.create_node_user(name).await {
-            Ok((user, password)) => Ok(Some(CredentialChoice::NodeUser(NodeCredential {
-                user,
-                password,
-            }))),
-            Err(ClusterError::Auth { reason, .. }) => Ok(Some(CredentialChoice::Shared(format!(
-                "this Redis refuses user management ({reason}), so the node carries the shared Redis credentials"
-            )))),
-            Err(e) => Err(e.into()),
-        };
-    }
-    if !c.enabled || c.backend != BackendKind::Etcd {
+    if !primary.cluster.enabled {
         return Ok(None);
     }
-    if c.etcd_username.is_none() {
-        return Ok(Some(CredentialChoice::Shared(
-            "no cluster.etcd_username (etcd without auth): the node connects as the primary does"
-                .into(),
-        )));
-    }
-    let Some(name) = node_name else {
-        return Ok(Some(CredentialChoice::Shared(
-            "no node name: a per-node etcd user needs one (--node-name), so the node carries the shared etcd credentials".into(),
-        )));
+    let backend = crate::cluster::open(primary)?;
+    let Some(users) = backend.users() else {
+        return Ok(None);
     };
-    let etcd = etcd_of(primary)?;
-    match etcd.create_node_user(name).await {
-        Ok((user, password)) => Ok(Some(CredentialChoice::NodeUser(NodeCredential {
-            user,
-            password,
-        }))),
-        Err(ClusterError::Auth { reason, .. }) => Ok(Some(CredentialChoice::Shared(format!(
-            "the primary's etcd user may not manage users ({reason}), so the node carries the shared etcd credentials"
-        )))),
-        Err(e) => Err(e.into()),
-    }
+    Ok(Some(match users.create_node_user(node_name).await? {
+        UserGrant::Own { user, password } => {
+            CredentialChoice::NodeUser(NodeCredential { user, password })
+        }
+        UserGrant::Shared(why) => CredentialChoice::Shared(why),
+    }))
 }
 
 /// Deletes a node user made by [`node_credential`] for a build that then failed.
@@ -783,12 +729,11 @@ pub async fn discard_node_credential(
     node_name: &str,
     cred: &NodeCredential,
 ) -> Result<(), BuildError> {
-    if primary.cluster.backend == BackendKind::Redis {
-        return Ok(redis_of(primary)?.delete_user(&cred.user).await?);
+    let backend = crate::cluster::open(primary)?;
+    match backend.users() {
+        Some(users) => Ok(users.delete_node_user(node_name, &cred.user).await?),
+        None => Ok(()),
     }
-    Ok(etcd_of(primary)?
-        .forget_node_user(node_name, &cred.user)
-        .await?)
 }
 
 /// A package built for a running cluster, and what the caller should tell the admin.
@@ -839,17 +784,15 @@ pub async fn build_for_cluster(
         } else if backend.supports_enrollment() {
             let token = crate::enrollment::Token::generate();
             let expires_ms = clock + req.expires.as_millis() as u64;
-            let user = match enrollment_user(primary, &token.id, expires_ms).await {
+            let (user, shared) = match enrollment_user(backend, &token.id, expires_ms).await {
                 Ok(u) => u,
                 Err(e) => {
                     discard_after_failure(primary, &req).await;
                     return Err(e);
                 }
             };
-            if user.is_none() && primary.cluster.backend == BackendKind::Redis {
-                shared_credentials.get_or_insert_with(|| {
-                    "this Redis refuses user management (a managed Redis?): the package carries the shared Redis credentials".to_string()
-                });
+            if let Some(why) = shared {
+                shared_credentials.get_or_insert(why);
             }
             req.enrollment = Some(EnrollmentPlan { token, user });
         } else {
@@ -895,36 +838,21 @@ pub async fn build_for_cluster(
     }
 }
 
-/// Makes the Redis user that may only take this package's enrollment record. `None`: not
-/// Redis, or this Redis refuses user management (the bootstrap then carries the shared
-/// credentials, and the build says so).
+/// Makes the user that may only take this package's enrollment record, where the backend has
+/// users. `None`: no users on this backend, or user management refused (the bootstrap then
+/// carries the shared credentials, and the second value says why, for the build to tell).
 async fn enrollment_user(
-    primary: &Config,
+    backend: &dyn Membership,
     token_id: &str,
     expires_ms: u64,
-) -> Result<Option<NodeCredential>, BuildError> {
-    if primary.cluster.backend != BackendKind::Redis {
-        return Ok(None);
-    }
-    match redis_of(primary)?
-        .create_enrollment_user(token_id, expires_ms)
-        .await
-    {
-        Ok((user, password)) => Ok(Some(NodeCredential { user, password })),
-        Err(ClusterError::Auth { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn redis_of(primary: &Config) -> Result<crate::cluster::redis::RedisMembership, BuildError> {
-    let timing = crate::cluster::Timing {
-        interval: primary.cluster.heartbeat_interval(),
-        timeout: primary.cluster.heartbeat_timeout(),
+) -> Result<(Option<NodeCredential>, Option<String>), BuildError> {
+    let Some(users) = backend.users() else {
+        return Ok((None, None));
     };
-    Ok(
-        crate::cluster::redis::RedisMembership::new(&primary.cluster, timing)?
-            .with_user_registry(&primary.server.state_dir),
-    )
+    match users.create_enrollment_user(token_id, expires_ms).await? {
+        UserGrant::Own { user, password } => Ok((Some(NodeCredential { user, password }), None)),
+        UserGrant::Shared(why) => Ok((None, Some(why))),
+    }
 }
 
 /// Undoes a build that succeeded but was not delivered (the CLI could not write its file):
@@ -944,11 +872,9 @@ pub async fn discard_built(
         }
         // The enrollment user (the node's own user is discarded below, with its digest).
         let node_user = cb.credential.as_ref().map(|c| c.user.as_str());
-        if primary.cluster.backend == BackendKind::Redis
-            && let Ok(r) = redis_of(primary)
-        {
+        if let Some(users) = b.users() {
             for u in rec.users.iter().filter(|u| Some(u.as_str()) != node_user) {
-                if let Err(e) = r.delete_user(u).await {
+                if let Err(e) = users.delete_user(u).await {
                     log::warn!("the enrollment user {u} made for this build remains: {e}");
                 }
             }
@@ -970,25 +896,15 @@ pub async fn discard_after_failure(primary: &Config, req: &BuildRequest) {
         );
     }
     if let Some(EnrollmentPlan { user: Some(u), .. }) = &req.enrollment
-        && let Ok(r) = redis_of(primary)
-        && let Err(e) = r.delete_user(&u.user).await
+        && let Ok(backend) = crate::cluster::open(primary)
+        && let Some(users) = backend.users()
+        && let Err(e) = users.delete_user(&u.user).await
     {
         log::warn!(
             "the enrollment user {} made for this build remains: {e}",
             u.user
         );
     }
-}
-
-fn etcd_of(primary: &Config) -> Result<crate::cluster::etcd::EtcdMembership, BuildError> {
-    let timing = crate::cluster::Timing {
-        interval: primary.cluster.heartbeat_interval(),
-        timeout: primary.cluster.heartbeat_timeout(),
-    };
-    Ok(crate::cluster::etcd::EtcdMembership::new(
-        &primary.cluster,
-        timing,
-    )?)
 }
 
 fn template_fits(t: &Template, target: Target) -> bool {
@@ -1027,12 +943,8 @@ pub async fn record_built(backend: Option<&dyn Membership>, pkg: &BuiltPackage, 
     if let Some(user) = &pkg.node_user {
         detail.insert("node_user".into(), user.clone());
     }
-    let event = crate::cluster::Event {
-        kind: crate::cluster::EventKind::PackageBuilt,
-        node_id: pkg.node_name.clone(),
-        at_ms: 0,
-        detail,
-    };
+    let event = crate::cluster::Event::new(crate::cluster::EventKind::PackageBuilt, &pkg.node_name)
+        .with_detail(detail);
     let result = tokio::time::timeout(Duration::from_secs(5), backend.record_event(&event))
         .await
         .unwrap_or_else(|_| {

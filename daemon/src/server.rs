@@ -161,7 +161,7 @@ pub async fn run(
         (None, Arc::new(NodeState::single_node()))
     };
 
-    let sessions = crate::sessions::open(&config).context("opening the session store")?;
+    let sessions = crate::cluster::open_sessions(&config).context("opening the session store")?;
     let app = AppState {
         config: config.clone(),
         backend,

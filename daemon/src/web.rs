@@ -106,7 +106,7 @@ fn session_is_signed(app: &AppState, sid: &str, s: &Session) -> bool {
     let msg = crate::sessionsig::session_message(
         &crate::sessions::digest(sid),
         &s.user,
-        &s.csrf,
+        s.csrf.expose(),
         s.created_ms,
         s.expires_ms,
     );
@@ -363,7 +363,7 @@ pub async fn login(
     let created_ms = now_ms();
     let mut session = Session {
         user: auth_cfg.web_username.clone(),
-        csrf: auth::random_hex(32),
+        csrf: crate::config::Secret::new(auth::random_hex(32)),
         created_ms,
         expires_ms: created_ms
             + crate::sessionsig::SESSION_MAX_MS.max(app.session_ttl().as_millis() as u64),
@@ -374,7 +374,7 @@ pub async fn login(
         &crate::sessionsig::session_message(
             &crate::sessions::digest(&sid),
             &session.user,
-            &session.csrf,
+            session.csrf.expose(),
             session.created_ms,
             session.expires_ms,
         ),
@@ -423,7 +423,7 @@ pub async fn logout(
     axum::Form(form): axum::Form<CsrfForm>,
 ) -> Response {
     if let Some((sid, session)) = current_session(&app, &headers).await {
-        if !constant_time_eq(form.csrf.as_bytes(), session.csrf.as_bytes()) {
+        if !constant_time_eq(form.csrf.as_bytes(), session.csrf.expose().as_bytes()) {
             return (StatusCode::FORBIDDEN, "invalid CSRF token").into_response();
         }
         if let Err(e) = app.sessions.delete(&sid).await {
@@ -452,7 +452,7 @@ pub async fn settings(State(app): State<AppState>, headers: HeaderMap) -> Respon
     let Some((_, session)) = current_session(&app, &headers).await else {
         return Redirect::to("/login").into_response();
     };
-    let csrf = session.csrf.as_str();
+    let csrf = session.csrf.expose();
     let mut body = String::new();
     body.push_str(&format!(
         "<div class=\"titlebar\"><h1>⚙️ Settings</h1>\

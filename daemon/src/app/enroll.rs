@@ -9,62 +9,13 @@ use std::time::Duration;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{ClusterError, Event, EventKind, Membership};
 use crate::config::{Config, Secret};
 
-/// A pending enrollment as the backend keeps it: metadata in clear (for `package list`), the
-/// node's configuration sealed.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EnrollmentRecord {
-    /// 32 hex characters; names the record. Not secret.
-    pub token_id: String,
-    /// The intended node name (empty: the machine's hostname).
-    pub node_name: String,
-    /// ms since the epoch.
-    pub created_ms: u64,
-    /// ms since the epoch; the backend forgets the record then.
-    pub expires_ms: u64,
-    /// Who built the package (`web:admin`, `cli:root`, `api-key`).
-    pub built_by: String,
-    /// The sealed header's package id.
-    pub package_id: String,
-    /// The backend users made for this package (deleted on revoke), if any.
-    #[serde(default)]
-    pub users: Vec<String>,
-    /// ChaCha20-Poly1305 nonce, hex.
-    pub nonce: String,
-    /// The node's configuration (YAML), encrypted; hex.
-    pub ciphertext: String,
-}
-
-impl std::fmt::Debug for EnrollmentRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EnrollmentRecord")
-            .field("token_id", &self.token_id)
-            .field("node_name", &self.node_name)
-            .field("expires_ms", &self.expires_ms)
-            .field("built_by", &self.built_by)
-            .finish_non_exhaustive()
-    }
-}
-
-impl EnrollmentRecord {
-    /// What `package list` and the API show of a pending package: no ciphertext, no users.
-    pub fn summary(&self) -> serde_json::Value {
-        serde_json::json!({
-            "token_id": self.token_id,
-            "node_name": self.node_name,
-            "created_ms": self.created_ms,
-            "expires_ms": self.expires_ms,
-            "built_by": self.built_by,
-            "package_id": self.package_id,
-        })
-    }
-}
+pub use crate::cluster::EnrollmentRecord;
 
 /// A new token: its id (public) and secret (only in the package).
 #[derive(Clone)]
@@ -338,17 +289,10 @@ pub async fn redeem(
         path.display()
     );
     if let Ok(b) = crate::cluster::open(&full) {
-        let ev = Event {
-            kind: EventKind::EnrollmentRedeemed,
-            node_id: record.node_name.clone(),
-            at_ms: 0,
-            detail: [
-                ("token_id".to_string(), record.token_id.clone()),
-                ("package_id".to_string(), record.package_id.clone()),
-                ("host".to_string(), crate::identity::hostname()),
-            ]
-            .into(),
-        };
+        let ev = Event::new(EventKind::EnrollmentRedeemed, &record.node_name)
+            .with("token_id", &record.token_id)
+            .with("package_id", &record.package_id)
+            .with("host", crate::identity::hostname());
         if let Err(e) = tokio::time::timeout(Duration::from_secs(5), b.record_event(&ev))
             .await
             .unwrap_or(Err(ClusterError::Unreachable {
@@ -364,17 +308,13 @@ pub async fn redeem(
 
 async fn refuse(backend: &dyn Membership, token: &Token, reason: String) -> Redemption {
     log::error!("❌ Enrollment refused: {reason}");
-    let ev = Event {
-        kind: EventKind::EnrollmentRejected,
-        node_id: crate::identity::hostname_node_name(),
-        at_ms: 0,
-        detail: [
-            ("token_id".to_string(), token.id.clone()),
-            ("reason".to_string(), reason.clone()),
-            ("host".to_string(), crate::identity::hostname()),
-        ]
-        .into(),
-    };
+    let ev = Event::new(
+        EventKind::EnrollmentRejected,
+        crate::identity::hostname_node_name(),
+    )
+    .with("token_id", &token.id)
+    .with("reason", &reason)
+    .with("host", crate::identity::hostname());
     match tokio::time::timeout(Duration::from_secs(5), backend.record_event(&ev)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => log::warn!("the rejection could not be recorded in the cluster: {e}"),

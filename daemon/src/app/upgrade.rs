@@ -168,12 +168,8 @@ pub async fn record_built(backend: Option<&dyn Membership>, pkg: &UpgradePackage
         ("enrollment".to_string(), "no".to_string()),
     ]
     .into();
-    let event = crate::cluster::Event {
-        kind: crate::cluster::EventKind::PackageBuilt,
-        node_id: String::new(),
-        at_ms: 0,
-        detail,
-    };
+    let event =
+        crate::cluster::Event::new(crate::cluster::EventKind::PackageBuilt, "").with_detail(detail);
     let result = tokio::time::timeout(Duration::from_secs(5), backend.record_event(&event)).await;
     if !matches!(result, Ok(Ok(()))) {
         log::warn!("upgrade package built, but not recorded in the cluster's events");

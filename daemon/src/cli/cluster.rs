@@ -369,16 +369,9 @@ pub async fn package_revoke(
     let token = resolve_token(&*backend, id).await?;
     match timed(backend.revoke_enrollment(&token)).await? {
         Some(rec) => {
-            let ev = cluster::Event {
-                kind: cluster::EventKind::PackageRevoked,
-                node_id: rec.node_name.clone(),
-                at_ms: 0,
-                detail: [
-                    ("by".to_string(), by.to_string()),
-                    ("token_id".to_string(), rec.token_id.clone()),
-                ]
-                .into(),
-            };
+            let ev = cluster::Event::new(cluster::EventKind::PackageRevoked, &rec.node_name)
+                .with("by", by)
+                .with("token_id", &rec.token_id);
             if let Err(e) = timed(backend.record_event(&ev)).await {
                 log::warn!("revoked, but not recorded in the events: {e}");
             }

@@ -142,6 +142,10 @@ struct Check {
 }
 
 mod roles;
+mod sessions;
+mod users;
+
+pub use sessions::EtcdSessions;
 
 type Keeper = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
 
@@ -500,12 +504,7 @@ impl EtcdMembership {
 
     fn event_put(&self, kind: EventKind, id: &str, detail: BTreeMap<String, String>) -> TxnOp {
         let at_ms = now_ms();
-        let ev = Event {
-            kind,
-            node_id: id.to_string(),
-            at_ms,
-            detail,
-        };
+        let ev = Event::new(kind, id).at(at_ms).with_detail(detail);
         let key = self.key(&format!(
             "events/{at_ms:015}-{:08x}",
             rand::rng().random::<u32>()
@@ -1327,17 +1326,9 @@ impl EtcdMembership {
     }
 
     /// The user name `create_node_user` gives a node: `<prefix>-node-<name>`, with the key
-    /// prefix reduced to `[a-z0-9-]` (`fleet:` gives `fleet-node-server-03`).
+    /// prefix reduced as `users::user_name` says (`fleet:` gives `fleet-node-server-03`).
     pub fn node_user_name(&self, node_name: &str) -> String {
-        let slug: String = self
-            .key_prefix
-            .chars()
-            .map(|c| c.to_ascii_lowercase())
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
-        let slug = slug.trim_matches('-');
-        let slug = if slug.is_empty() { "fleet" } else { slug };
-        format!("{slug}-node-{node_name}")
+        super::users::user_name(&self.key_prefix, "node", node_name)
     }
 
     /// Creates an etcd user for a new node, with a role (of the same name) that may read and
@@ -1484,6 +1475,10 @@ impl EtcdMembership {
 impl Membership for EtcdMembership {
     fn kind(&self) -> BackendKind {
         BackendKind::Etcd
+    }
+
+    fn users(&self) -> Option<&dyn super::BackendUsers> {
+        Some(self)
     }
 
     async fn housekeeping(&self) -> Result<(), ClusterError> {

@@ -3,15 +3,22 @@
 //! conformance suite (`tests/e2e/conformance.rs`) checks against each of them.
 
 pub mod etcd;
+pub mod records;
 pub mod redis;
+pub mod sessions;
 pub mod storage;
+pub mod users;
 
-use std::collections::BTreeMap;
+pub use records::{
+    EVENTS_CAP, EnrollmentRecord, Event, EventKind, Heartbeat, Holders, MAX_ADDRESSES, Member,
+    MemberState, NodeRecord, REMOVAL_TOMBSTONE, cursor_of, page_of, parse_cursor,
+};
+pub use sessions::{Session, SessionStore, open_sessions};
+pub use users::{BackendUsers, UserGrant};
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
 
 use crate::config::{BackendKind, Config};
 
@@ -20,207 +27,6 @@ use crate::config::{BackendKind, Config};
 pub fn is_older_version(version: &str, than: &str) -> bool {
     fleet_installer_stub::version_slot::is_older(version, than)
 }
-
-/// What a node says about itself in the member list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRecord {
-    /// `<name>-<6 chars>`.
-    pub id: String,
-    /// Unique among live nodes.
-    pub name: String,
-    pub hostname: String,
-    /// Non-loopback addresses of the machine.
-    pub addresses: Vec<String>,
-    /// fleet-server version.
-    pub version: String,
-    /// `macos`, `linux`, …
-    pub os: String,
-    /// When this process started, ms since the epoch (the node's clock: informative only).
-    pub started_at: u64,
-    /// Where this node serves its API.
-    pub url: String,
-}
-
-impl NodeRecord {
-    pub(crate) fn to_fields(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("id", self.id.clone()),
-            ("name", self.name.clone()),
-            ("hostname", self.hostname.clone()),
-            ("addresses", self.addresses.join(",")),
-            ("version", self.version.clone()),
-            ("os", self.os.clone()),
-            ("started_at", self.started_at.to_string()),
-            ("url", self.url.clone()),
-        ]
-    }
-}
-
-/// Most addresses a record may list.
-pub const MAX_ADDRESSES: usize = 64;
-
-impl NodeRecord {
-    /// Checks a record read from the backend, which another machine wrote: the name rule, an
-    /// id made for that name, parseable addresses, plain text of bounded length. The reason
-    /// never repeats the offending value (it may hold terminal escapes).
-    pub fn validate(&self) -> Result<(), String> {
-        fn plain(
-            field: &str,
-            v: &str,
-            max: usize,
-            ok: impl Fn(char) -> bool,
-        ) -> Result<(), String> {
-            if v.len() > max {
-                return Err(format!("{field} is longer than {max} bytes"));
-            }
-            if !v.chars().all(ok) {
-                return Err(format!("{field} has characters outside its alphabet"));
-            }
-            Ok(())
-        }
-        if crate::identity::validate_node_name(&self.name).is_err() {
-            return Err("name breaks the node name rule ([a-z0-9-], at most 63)".into());
-        }
-        if !crate::identity::id_belongs_to(&self.id, &self.name) {
-            return Err("id is not <name>-<6 [a-z0-9]>".into());
-        }
-        plain("hostname", &self.hostname, 255, |c| {
-            c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')
-        })?;
-        plain("version", &self.version, 64, |c| {
-            c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '_' | '~')
-        })?;
-        plain("os", &self.os, 32, |c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'
-        })?;
-        plain("url", &self.url, 2048, |c| c.is_ascii_graphic())?;
-        if !(self.url.is_empty()
-            || self.url.starts_with("http://")
-            || self.url.starts_with("https://"))
-        {
-            return Err("url is not http(s)://".into());
-        }
-        if self.addresses.len() > MAX_ADDRESSES {
-            return Err(format!("more than {MAX_ADDRESSES} addresses"));
-        }
-        if self.addresses.iter().any(|a| a.parse::<IpAddr>().is_err()) {
-            return Err("an address is not an IP address".into());
-        }
-        Ok(())
-    }
-}
-
-/// Whether a member still counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MemberState {
-    /// Its last heartbeat is younger than the timeout.
-    Active,
-    /// Its last heartbeat is older than the timeout; the next prune removes it.
-    Expired,
-}
-
-/// One entry of the member list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
-    #[serde(flatten)]
-    pub node: NodeRecord,
-    /// Time of the last heartbeat, ms since the epoch, on the backend's clock.
-    pub last_heartbeat_ms: u64,
-    /// How long ago that was, on the backend's clock.
-    pub age_ms: u64,
-    pub state: MemberState,
-    /// False when the backend did not read the last heartbeat (etcd, in a list of more active
-    /// members than it asks leases for): the member is active, so its age is under the timeout;
-    /// `last_heartbeat_ms` is then the list's time and `age_ms` 0, a lower bound.
-    #[serde(
-        default = "age_known_default",
-        skip_serializing_if = "age_known_default_is"
-    )]
-    pub age_known: bool,
-}
-
-fn age_known_default() -> bool {
-    true
-}
-
-fn age_known_default_is(known: &bool) -> bool {
-    *known
-}
-
-/// The result of a heartbeat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Heartbeat {
-    /// Recorded; `active` nodes count now.
-    Alive { active: usize },
-    /// The backend does not know this node any more (it expired, or the backend lost its
-    /// data): the node must register again.
-    NotMember,
-    /// An admin removed this node: it must stop heartbeating.
-    Removed,
-}
-
-/// The kinds of entry in the events stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    Joined,
-    Left,
-    Expired,
-    Removed,
-    PackageBuilt,
-    EnrollmentRedeemed,
-    EnrollmentRejected,
-    PackageRevoked,
-}
-
-impl EventKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Joined => "joined",
-            EventKind::Left => "left",
-            EventKind::Expired => "expired",
-            EventKind::Removed => "removed",
-            EventKind::PackageBuilt => "package_built",
-            EventKind::EnrollmentRedeemed => "enrollment_redeemed",
-            EventKind::EnrollmentRejected => "enrollment_rejected",
-            EventKind::PackageRevoked => "package_revoked",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<EventKind> {
-        [
-            EventKind::Joined,
-            EventKind::Left,
-            EventKind::Expired,
-            EventKind::Removed,
-            EventKind::PackageBuilt,
-            EventKind::EnrollmentRedeemed,
-            EventKind::EnrollmentRejected,
-            EventKind::PackageRevoked,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
-    }
-}
-
-/// One entry of the events stream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
-    pub kind: EventKind,
-    /// The node it is about.
-    pub node_id: String,
-    /// ms since the epoch, on the backend's clock.
-    pub at_ms: u64,
-    /// Anything else worth keeping (node name, who, …). Never a secret.
-    #[serde(default)]
-    pub detail: BTreeMap<String, String>,
-}
-
-/// Events kept at most in the stream.
-pub const EVENTS_CAP: usize = 1000;
-/// How long an admin's removal of a node stops it from joining again under the same id.
-pub const REMOVAL_TOMBSTONE: Duration = Duration::from_secs(24 * 3600);
 
 /// What can go wrong talking to the cluster.
 #[derive(Debug, thiserror::Error)]
@@ -256,55 +62,13 @@ impl ClusterError {
     }
 }
 
-/// Who holds a name or an address among the live members (`live_holders`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Holders {
-    /// The id of the live node holding the name.
-    pub name: Option<String>,
-    /// The first of the addresses asked about that a live node holds, and that node's id.
-    pub ip: Option<(IpAddr, String)>,
-}
-
-/// The position of a member in the list order, as a page cursor: hex of `<name>\0<id>`, so
-/// that it is opaque in a URL and orders as (name, id) does.
-pub fn cursor_of(node: &NodeRecord) -> String {
-    let mut raw = node.name.clone().into_bytes();
-    raw.push(0);
-    raw.extend_from_slice(node.id.as_bytes());
-    hex::encode(raw)
-}
-
-/// The (name, id) a cursor stands for; `None` when it is not one of ours.
-pub fn parse_cursor(cursor: &str) -> Option<(String, String)> {
-    let raw = hex::decode(cursor).ok()?;
-    let at = raw.iter().position(|b| *b == 0)?;
-    let name = String::from_utf8(raw[..at].to_vec()).ok()?;
-    let id = String::from_utf8(raw[at + 1..].to_vec()).ok()?;
-    Some((name, id))
-}
-
-/// A page of a list sorted by (name, id): the members after `cursor`, at most `limit`.
-pub fn page_of(
-    sorted: Vec<Member>,
-    limit: usize,
-    cursor: Option<&str>,
-) -> (Vec<Member>, Option<String>) {
-    let after = cursor.and_then(parse_cursor);
-    let mut page: Vec<Member> = sorted
-        .into_iter()
-        .filter(|m| match &after {
-            Some((n, i)) => (m.node.name.as_str(), m.node.id.as_str()) > (n.as_str(), i.as_str()),
-            None => true,
-        })
-        .take(limit.saturating_add(1))
-        .collect();
-    let next = if page.len() > limit {
-        page.truncate(limit);
-        page.last().map(|m| cursor_of(&m.node))
-    } else {
-        None
-    };
-    (page, next)
+/// A fresh password for a backend user: 32 random bytes, hex. Kept here (not taken from the
+/// HTTP layer's helpers) so that `cluster/` imports nothing above it.
+pub(crate) fn random_password() -> crate::config::Secret {
+    use rand::Rng;
+    let mut buf = [0u8; 32];
+    rand::rng().fill(&mut buf[..]);
+    crate::config::Secret::new(hex::encode(buf))
 }
 
 /// Heartbeat settings every backend needs.
@@ -413,16 +177,18 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
     /// The newest `limit` events, newest first.
     async fn events(&self, limit: usize) -> Result<Vec<Event>, ClusterError>;
 
+    /// The backend's users (node and enrollment users), if it has any.
+    fn users(&self) -> Option<&dyn BackendUsers> {
+        None
+    }
+
     /// Whether this backend keeps enrollment records (packages then carry a token, not secrets).
     fn supports_enrollment(&self) -> bool {
         false
     }
 
     /// Stores a pending enrollment until its expiry.
-    async fn put_enrollment(
-        &self,
-        _record: &crate::enrollment::EnrollmentRecord,
-    ) -> Result<(), ClusterError> {
+    async fn put_enrollment(&self, _record: &EnrollmentRecord) -> Result<(), ClusterError> {
         Err(self.no_enrollment())
     }
 
@@ -431,14 +197,12 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
     async fn take_enrollment(
         &self,
         _token_id: &str,
-    ) -> Result<Option<crate::enrollment::EnrollmentRecord>, ClusterError> {
+    ) -> Result<Option<EnrollmentRecord>, ClusterError> {
         Err(self.no_enrollment())
     }
 
     /// The pending enrollments, oldest first.
-    async fn list_enrollments(
-        &self,
-    ) -> Result<Vec<crate::enrollment::EnrollmentRecord>, ClusterError> {
+    async fn list_enrollments(&self) -> Result<Vec<EnrollmentRecord>, ClusterError> {
         Err(self.no_enrollment())
     }
 
@@ -446,7 +210,7 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
     async fn revoke_enrollment(
         &self,
         _token_id: &str,
-    ) -> Result<Option<crate::enrollment::EnrollmentRecord>, ClusterError> {
+    ) -> Result<Option<EnrollmentRecord>, ClusterError> {
         Err(self.no_enrollment())
     }
 
@@ -483,82 +247,6 @@ pub fn open(config: &Config) -> Result<Arc<dyn Membership>, ClusterError> {
         )?),
         BackendKind::Etcd => Arc::new(etcd::EtcdMembership::new(&config.cluster, timing)?),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn member(name: &str, id: &str) -> Member {
-        Member {
-            node: NodeRecord {
-                id: id.into(),
-                name: name.into(),
-                hostname: String::new(),
-                addresses: Vec::new(),
-                version: String::new(),
-                os: String::new(),
-                started_at: 0,
-                url: String::new(),
-            },
-            last_heartbeat_ms: 0,
-            age_ms: 0,
-            state: MemberState::Active,
-            age_known: true,
-        }
-    }
-
-    #[test]
-    fn records_are_validated_without_echoing_them() {
-        let mut m = member("web-01", "web-01-abc123");
-        m.node.addresses = vec!["192.0.2.7".into(), "2001:db8::1".into()];
-        m.node.url = "http://192.0.2.7:8768".into();
-        m.node.version = "0.1.0".into();
-        m.node.os = "linux".into();
-        m.node.hostname = "web-01.example".into();
-        assert_eq!(m.node.validate(), Ok(()));
-        let bad = |f: &dyn Fn(&mut NodeRecord)| {
-            let mut n = m.node.clone();
-            f(&mut n);
-            let e = n.validate().unwrap_err();
-            assert!(!e.contains('\x1b') && !e.contains('\n'), "{e:?}");
-            e
-        };
-        assert!(bad(&|n| n.name = "web\x1b[2J".into()).contains("name"));
-        assert!(bad(&|n| n.id = "other-abc123".into()).contains("id"));
-        assert!(bad(&|n| n.hostname = "h\r\nFAKE ROW".into()).contains("hostname"));
-        assert!(bad(&|n| n.version = "0.1\u{9b}31m".into()).contains("version"));
-        assert!(bad(&|n| n.url = "javascript:x".into()).contains("url"));
-        assert!(bad(&|n| n.url = "http://a b".into()).contains("url"));
-        assert!(bad(&|n| n.addresses = vec!["not-ip".into()]).contains("address"));
-        assert!(bad(&|n| n.addresses = vec!["192.0.2.1".into(); 65]).contains("addresses"));
-        assert!(bad(&|n| n.hostname = "h".repeat(300)).contains("longer"));
-    }
-
-    #[test]
-    fn cursors_round_trip_and_order_as_name_then_id() {
-        let m = member("alpha", "alpha-abc123");
-        let c = cursor_of(&m.node);
-        assert_eq!(
-            parse_cursor(&c),
-            Some(("alpha".into(), "alpha-abc123".into()))
-        );
-        assert_eq!(parse_cursor("zz"), None);
-        assert_eq!(parse_cursor(&hex::encode("no-separator")), None);
-        // "alpha" sorts before "alpha-2" by name, as the list does.
-        let all = vec![
-            member("alpha", "alpha-xxxxxx"),
-            member("alpha-2", "alpha-2-aaaaaa"),
-            member("bravo", "bravo-bbbbbb"),
-        ];
-        let (first, next) = page_of(all.clone(), 1, None);
-        assert_eq!(first[0].node.name, "alpha");
-        let (second, next) = page_of(all.clone(), 1, next.as_deref());
-        assert_eq!(second[0].node.name, "alpha-2");
-        let (third, next) = page_of(all, 5, next.as_deref());
-        assert_eq!(third.len(), 1);
-        assert_eq!(next, None);
-    }
 }
 
 #[cfg(test)]

@@ -21,11 +21,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Script};
 
 use super::{
-    ClusterError, EVENTS_CAP, Event, EventKind, Heartbeat, Member, MemberState, Membership,
-    NodeRecord, REMOVAL_TOMBSTONE, Timing,
+    ClusterError, EVENTS_CAP, EnrollmentRecord, Event, EventKind, Heartbeat, Member, MemberState,
+    Membership, NodeRecord, REMOVAL_TOMBSTONE, Timing,
 };
 use crate::config::{BackendKind, ClusterConfig, Secret};
-use crate::enrollment::EnrollmentRecord;
 
 const NAME: &str = "redis";
 
@@ -285,9 +284,11 @@ fn record_from_row(id: String, row: Vec<Option<String>>) -> NodeRecord {
 
 mod roles;
 mod sentinel;
+mod sessions;
 mod users;
 use roles::Role;
 pub use sentinel::Sentinel;
+pub use sessions::RedisSessions;
 pub use users::LOCAL_FILE as NODE_USERS_FILE;
 
 /// Members pruned at most per heartbeat, so one heartbeat stays short after a mass outage.
@@ -822,12 +823,7 @@ impl RedisMembership {
     /// The ACL user name for a node or an enrollment: `fleet-node-server-03`,
     /// `fleet-enroll-<token id>` (the key prefix, reduced to letters and digits, first).
     pub fn user_name(&self, kind: &str, id: &str) -> String {
-        let p: String = self
-            .prefix
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
-        format!("{}-{kind}-{id}", p.trim_matches('-'))
+        super::users::user_name(&self.prefix, kind, id)
     }
 
     async fn acl(&self, args: &[String]) -> Result<(), ClusterError> {
@@ -847,7 +843,7 @@ impl RedisMembership {
         node_name: &str,
     ) -> Result<(String, Secret), ClusterError> {
         let user = self.user_name("node", node_name);
-        let password = Secret::new(crate::auth::random_hex(32));
+        let password = super::random_password();
         self.acl(
             &[
                 "SETUSER".to_string(),
@@ -880,7 +876,7 @@ impl RedisMembership {
         expires_ms: u64,
     ) -> Result<(String, Secret), ClusterError> {
         let user = self.user_name("enroll", token_id);
-        let password = Secret::new(crate::auth::random_hex(32));
+        let password = super::random_password();
         self.acl(
             &[
                 "SETUSER".to_string(),
@@ -957,6 +953,10 @@ impl Membership for RedisMembership {
 
     async fn backend_now_ms(&self) -> Result<u64, ClusterError> {
         self.server_now_ms().await
+    }
+
+    fn users(&self) -> Option<&dyn super::BackendUsers> {
+        Some(self)
     }
 
     async fn register(&self, node: &NodeRecord) -> Result<usize, ClusterError> {
@@ -1453,12 +1453,7 @@ impl Membership for RedisMembership {
                     .or_else(|| id.split('-').next().map(str::to_string))
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(0);
-                Some(Event {
-                    kind,
-                    node_id,
-                    at_ms,
-                    detail,
-                })
+                Some(Event::new(kind, node_id).at(at_ms).with_detail(detail))
             })
             .collect())
     }

@@ -32,11 +32,10 @@ use nix::sys::time::TimeSpec;
 use rand::Rng;
 
 use super::{
-    ClusterError, EVENTS_CAP, Event, EventKind, Heartbeat, Member, MemberState, Membership,
-    NodeRecord, REMOVAL_TOMBSTONE, Timing,
+    ClusterError, EVENTS_CAP, EnrollmentRecord, Event, EventKind, Heartbeat, Member, MemberState,
+    Membership, NodeRecord, REMOVAL_TOMBSTONE, Timing,
 };
 use crate::config::BackendKind;
-use crate::enrollment::EnrollmentRecord;
 use crate::identity::write_atomically;
 
 const NAME: &str = "storage";
@@ -263,12 +262,7 @@ impl Dir {
         detail: BTreeMap<String, String>,
     ) -> Result<(), ClusterError> {
         let dir = self.ensure("events")?;
-        let ev = Event {
-            kind,
-            node_id: id.to_string(),
-            at_ms: now,
-            detail,
-        };
+        let ev = Event::new(kind, id).at(now).with_detail(detail);
         // Names sort in the order events happened: by the file server's millisecond, then, for
         // two events of this process in the same millisecond, by this process's sequence.
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

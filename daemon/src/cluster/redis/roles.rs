@@ -623,13 +623,8 @@ impl RedisMembership {
                     .into_iter()
                     .filter_map(|k| Some((k.to_string(), clean(note.detail.get(k)?, 255))))
                     .collect();
-                self.admin_event(&Event {
-                    kind,
-                    node_id: name.to_string(),
-                    at_ms: 0,
-                    detail,
-                })
-                .await
+                self.admin_event(&Event::new(kind, name).with_detail(detail))
+                    .await
             }
         }
     }
@@ -670,12 +665,9 @@ impl RedisMembership {
                 }
             }
             let node_id = crate::identity::normalize_node_name(&note.node_id).unwrap_or_default();
-            self.admin_event(&Event {
-                kind: EventKind::EnrollmentRejected,
-                node_id,
-                at_ms: 0,
-                detail,
-            })
+            self.admin_event(
+                &Event::new(EventKind::EnrollmentRejected, node_id).with_detail(detail),
+            )
             .await?;
         }
         Ok(())

@@ -22,7 +22,7 @@ use redis::Script;
 use sha2::{Digest, Sha256};
 
 use super::{RedisMembership, script};
-use crate::cluster::ClusterError;
+use crate::cluster::{BackendUsers, ClusterError, UserGrant};
 use crate::config::Secret;
 
 /// The local copy, in the state directory of the nodes that may manage users.
@@ -547,5 +547,56 @@ impl RedisMembership {
             self.save_acl().await;
         }
         Ok(restored.len())
+    }
+}
+
+/// ACL users as the build asks for them; the reasons are the texts the build shows the admin
+/// when the node carries the shared credentials instead.
+#[async_trait::async_trait]
+impl BackendUsers for RedisMembership {
+    async fn create_node_user(&self, node_name: Option<&str>) -> Result<UserGrant, ClusterError> {
+        let Some(name) = node_name else {
+            return Ok(UserGrant::Shared(
+                "no node name: a per-node Redis user needs one, so the node carries the shared Redis credentials".into(),
+            ));
+        };
+        match RedisMembership::create_node_user(self, name).await {
+            Ok((user, password)) => Ok(UserGrant::Own { user, password }),
+            Err(ClusterError::Auth { reason, .. }) => Ok(UserGrant::Shared(format!(
+                "this Redis refuses user management ({reason}), so the node carries the shared Redis credentials"
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn create_enrollment_user(
+        &self,
+        token_id: &str,
+        expires_ms: u64,
+    ) -> Result<UserGrant, ClusterError> {
+        match RedisMembership::create_enrollment_user(self, token_id, expires_ms).await {
+            Ok((user, password)) => Ok(UserGrant::Own { user, password }),
+            Err(ClusterError::Auth { .. }) => Ok(UserGrant::Shared(
+                "this Redis refuses user management (a managed Redis?): the package carries the shared Redis credentials".into(),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete_node_user(&self, _node_name: &str, user: &str) -> Result<(), ClusterError> {
+        RedisMembership::delete_user(self, user).await
+    }
+
+    async fn delete_user(&self, user: &str) -> Result<(), ClusterError> {
+        RedisMembership::delete_user(self, user).await
+    }
+
+    async fn list_users(&self) -> Result<Vec<String>, ClusterError> {
+        let (node, enroll) = (self.user_name("node", ""), self.user_name("enroll", ""));
+        let (all,): (Vec<String>,) = self.query(redis::pipe().cmd("ACL").arg("USERS")).await?;
+        Ok(all
+            .into_iter()
+            .filter(|u| u.starts_with(&node) || u.starts_with(&enroll))
+            .collect())
     }
 }

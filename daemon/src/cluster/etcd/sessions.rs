@@ -1,0 +1,161 @@
+//! Web sessions in etcd (`<prefix>session/<sha256(sid)>` on a lease of the session's
+//! lifetime), on the same connect options and error mapping as the membership backend.
+
+use std::time::Duration;
+
+use super::{connect_options, map_err};
+use crate::cluster::sessions::{Session, SessionStore, digest};
+use crate::cluster::{ClusterError, Timing};
+use crate::config::ClusterConfig;
+
+/// Sessions in etcd, shared by every node: `<prefix>session/<sha256(sid)>` holds the session as
+/// JSON, bound to a lease of its own whose TTL is the session's lifetime, so etcd deletes it when
+/// it runs out. Reading a session renews its lease (a keepalive: the lease starts again from the
+/// TTL it was granted with, `sessions.timeout_minutes`, the same on every node).
+pub struct EtcdSessions {
+    endpoints: Vec<String>,
+    /// Holds the password: never printed.
+    options: etcd_client::ConnectOptions,
+    prefix: String,
+    /// Connected on first use, dropped after an outage so the next call connects again.
+    client: tokio::sync::Mutex<Option<etcd_client::Client>>,
+}
+
+impl std::fmt::Debug for EtcdSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdSessions")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdSessions {
+    /// Uses the cluster's etcd settings (endpoints, user, TLS); touches no network.
+    pub fn new(cluster: &ClusterConfig) -> Result<Self, ClusterError> {
+        if cluster.etcd_endpoints.is_empty() {
+            return Err(ClusterError::Backend {
+                backend: "etcd",
+                reason: "sessions on etcd need cluster.etcd_endpoints".into(),
+            });
+        }
+        let timing = Timing {
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(6),
+        };
+        Ok(EtcdSessions {
+            endpoints: cluster.etcd_endpoints.clone(),
+            options: connect_options(cluster, &timing)?,
+            prefix: cluster.key_prefix.clone(),
+            client: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    fn key(&self, sid: &str) -> String {
+        format!("{}session/{}", self.prefix, digest(sid))
+    }
+
+    /// Runs one operation with a deadline; an outage or a refused token drops the client.
+    async fn run<T, F, Fut>(&self, f: F) -> Result<T, ClusterError>
+    where
+        F: FnOnce(etcd_client::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let result = tokio::time::timeout(Duration::from_secs(3), async {
+            let client = {
+                let mut slot = self.client.lock().await;
+                match slot.as_ref() {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = etcd_client::Client::connect(
+                            &self.endpoints,
+                            Some(self.options.clone()),
+                        )
+                        .await
+                        .map_err(|e| map_err(&e))?;
+                        *slot = Some(c.clone());
+                        c
+                    }
+                }
+            };
+            f(client).await.map_err(|e| map_err(&e))
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(ClusterError::Unreachable {
+                backend: "etcd",
+                reason: "the session store did not answer in time".into(),
+            })
+        });
+        if let Err(ClusterError::Unreachable { .. } | ClusterError::Auth { .. }) = &result {
+            *self.client.lock().await = None;
+        }
+        result
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionStore for EtcdSessions {
+    async fn put(&self, sid: &str, session: &Session, ttl: Duration) -> Result<(), ClusterError> {
+        // A session is strings only: serialising it cannot fail.
+        let json = serde_json::to_string(session).unwrap_or_default();
+        let key = self.key(sid);
+        let ttl = ttl.as_secs().max(1) as i64;
+        self.run(|mut c| async move {
+            let lease = c.lease_grant(ttl, None).await?.id();
+            c.put(
+                key,
+                json,
+                Some(etcd_client::PutOptions::new().with_lease(lease)),
+            )
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get(&self, sid: &str, _ttl: Duration) -> Result<Option<Session>, ClusterError> {
+        let key = self.key(sid);
+        self.run(|mut c| async move {
+            let resp = c.get(key, None).await?;
+            let Some(kv) = resp.kvs().first() else {
+                return Ok(None);
+            };
+            let session: Option<Session> = serde_json::from_slice(kv.value()).ok();
+            if kv.lease() != 0 {
+                match c.lease_keep_alive(kv.lease()).await {
+                    Ok(_) => {}
+                    // Ran out between the read and the keepalive: the session is over.
+                    Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => {
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(session)
+        })
+        .await
+    }
+
+    async fn delete(&self, sid: &str) -> Result<(), ClusterError> {
+        let key = self.key(sid);
+        self.run(|mut c| async move {
+            let resp = c
+                .delete(key, Some(etcd_client::DeleteOptions::new().with_prev_key()))
+                .await?;
+            // Its lease holds nothing now: end it rather than leave it to run out.
+            for kv in resp.prev_kvs() {
+                if kv.lease() != 0 {
+                    match c.lease_revoke(kv.lease()).await {
+                        Ok(_) => {}
+                        Err(etcd_client::Error::GRpcStatus(s))
+                            if s.message().contains("lease not found") => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+}
