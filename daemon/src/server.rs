@@ -147,11 +147,6 @@ pub async fn run(
         // Startup lines come in the guide's order when the backend answers promptly; a backend
         // that is down does not hold up serving (health says 503 meanwhile).
         let _ = tokio::time::timeout(timing.op_timeout() * 3, first.cancelled()).await;
-        tracker.spawn(crate::app::housekeeping::run(
-            backend.clone(),
-            state.clone(),
-            shutdown.child_token(),
-        ));
         (Some(backend), state)
     } else {
         log::info!(

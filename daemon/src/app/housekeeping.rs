@@ -1,6 +1,7 @@
 //! The backend's housekeeping (expired enrollment users, node users a Redis restart lost, etcd
-//! node roles) as its own task beside the membership loop: once a minute while the node is in
-//! the cluster, and at once when the membership loop asks (first registration, data loss).
+//! node roles) as its own task beside the membership loop, on the membership thread and its
+//! backend instance: once a minute while the node is in the cluster, and at once when the
+//! membership loop asks (first registration, data loss).
 
 use std::future::Future;
 use std::sync::Arc;

@@ -281,8 +281,9 @@ pub async fn run_membership(
     }
 }
 
-/// Runs [`run_membership`] on its own OS thread and single-threaded runtime, so that heartbeats
-/// never wait behind request handling (a login flood, a package build) on the shared workers.
+/// Runs [`run_membership`] and the backend's housekeeping (`app::housekeeping`, its own task)
+/// on their own OS thread and single-threaded runtime, so that heartbeats never wait behind
+/// request handling (a login flood, a package build) on the shared workers.
 /// `open` makes the backend instance it uses, inside that runtime, so that its connections and
 /// their background tasks live on that thread too. The returned receiver resolves once the node
 /// has left the cluster (or the thread ended).
@@ -305,14 +306,17 @@ pub fn spawn_membership_thread(
     std::thread::Builder::new()
         .name("membership".into())
         .spawn(move || {
-            runtime.block_on(run_membership(
-                backend,
-                node,
-                timing,
-                state,
-                shutdown,
-                first_attempt,
-            ));
+            runtime.block_on(async move {
+                // Beside the loop, on the same backend instance: what housekeeping learns
+                // there (Redis: whether this credential may manage users) the heartbeat uses.
+                let housekeeping = tokio::spawn(super::housekeeping::run(
+                    backend.clone(),
+                    state.clone(),
+                    shutdown.clone(),
+                ));
+                run_membership(backend, node, timing, state, shutdown, first_attempt).await;
+                housekeeping.abort();
+            });
             // Dropping the runtime here closes the backend's connections on this thread.
             let _ = done.send(());
         })?;
