@@ -11,7 +11,6 @@ pub mod http;
 pub mod identity;
 pub mod lb;
 pub mod logging;
-pub mod packages;
 pub mod serve;
 pub mod server;
 pub mod sessions;
@@ -37,4 +36,9 @@ pub mod node {
 pub mod upgrade {
     //! Moved to [`crate::app::upgrade`].
     pub use crate::app::upgrade::*;
+}
+pub mod packages {
+    //! Moved to [`crate::app::package`] (the builder) and [`crate::app::build`] (the path).
+    pub use crate::app::build::*;
+    pub use crate::app::package::*;
 }

@@ -3,9 +3,11 @@
 //! `cluster`, `config` and `lb`.
 
 pub mod backend;
+pub mod build;
 pub mod config;
 pub mod downloads;
 pub mod enroll;
 pub mod housekeeping;
 pub mod membership;
+pub mod package;
 pub mod upgrade;

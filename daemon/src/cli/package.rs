@@ -1,13 +1,13 @@
 //! `fleet-server package build | list | revoke | inspect`: their arguments, the build's
 //! orchestration (credential, write, record, discard on failure) and what each prints.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 
 use super::{PackageCommand, load, runtime, whoami};
-use crate::packages;
+use crate::app::build::{Delivered, Sink, build};
+use crate::app::package as packages;
 
 pub(super) fn run(command: PackageCommand) -> anyhow::Result<()> {
     match command {
@@ -107,32 +107,29 @@ pub(super) fn run(command: PackageCommand) -> anyhow::Result<()> {
             };
             let rt = runtime()?;
             let c = Arc::new(c);
-            let built_by = req.built_by.clone();
             let passphrase = req.passphrase.is_some();
-            let result = rt.block_on(async {
+            let (path, cb) = rt.block_on(async {
                 let backend = if c.cluster.enabled {
                     Some(crate::cluster::open(&c)?)
                 } else {
                     None
                 };
-                let cb = packages::build_for_cluster(
+                let done = build(
                     &c,
                     backend.as_deref(),
                     &packages::Builder::new().with_signing(identity),
-                    req.clone(),
+                    req,
+                    Sink::File {
+                        path: output,
+                        force,
+                    },
                 )
                 .await?;
-                let path = output.unwrap_or_else(|| PathBuf::from(&cb.built.file_name));
-                if let Err(e) = packages::write_package(&path, &cb.built, force) {
-                    // Nothing of a package that was not written may linger: its pending
-                    // record, its enrollment user, its node user.
-                    packages::discard_built(&c, backend.as_deref(), &req, &cb).await;
-                    return Err(anyhow::Error::from(e));
-                }
-                packages::record_built(backend.as_deref(), &cb.built, &built_by).await;
-                anyhow::Ok((path, cb))
-            });
-            let (path, cb) = result?;
+                let Delivered::File(path) = done.delivered else {
+                    unreachable!("a file sink delivers a file")
+                };
+                anyhow::Ok((path, done.build))
+            })?;
             let (built, shared_note, enrollment_note) =
                 (cb.built, cb.shared_credentials, cb.enrollment_note);
             print_built(&path, &built, passphrase);
