@@ -226,7 +226,7 @@ async fn build_for_cluster(
                 "built without enrollment (--no-enrollment): the package carries the cluster's long-lived secrets".to_string(),
             );
         } else if backend.supports_enrollment() {
-            let token = crate::enrollment::Token::generate();
+            let token = super::enroll::Token::generate();
             let expires_ms = clock + req.expires.as_millis() as u64;
             let (user, shared) = match enrollment_user(backend, &token.id, expires_ms).await {
                 Ok(u) => u,

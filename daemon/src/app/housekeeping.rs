@@ -1,7 +1,8 @@
 //! The backend's housekeeping (expired enrollment users, node users a Redis restart lost, etcd
 //! node roles) as its own task beside the membership loop, on the membership thread and its
 //! backend instance: once a minute while the node is in the cluster, and at once when the
-//! membership loop asks (first registration, data loss).
+//! membership loop asks (the first heartbeat at start, and again once the backend had lost
+//! this node).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,7 +35,7 @@ async fn schedule<F, Fut>(
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), ClusterError>>,
 {
-    // No periodic turn before the membership loop asked for the first one (at registration):
+    // No periodic turn before the membership loop asked for the first one (after joining):
     // a node that never joined has nothing to keep tidy, and a backend that is down would
     // only log the same failures every minute.
     let mut next: Option<tokio::time::Instant> = None;
@@ -114,11 +115,11 @@ mod tests {
         let (turns, task) = counted(&state, &stop, Duration::from_secs(3600));
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(turns.load(Ordering::SeqCst), 0, "not asked yet");
-        // The first registration asks.
+        // The membership loop asks (its first heartbeat after joining).
         state.mark_registered_for_test();
         state.want_housekeeping();
         wait_turns(&turns, 1).await;
-        // The backend no longer lists the node: at once again, not a period later.
+        // Asked again (the backend had lost the node): at once, not a period later.
         state.want_housekeeping();
         wait_turns(&turns, 2).await;
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -60,8 +60,8 @@ pub struct NodeState {
     pub heartbeat_latency_sum_us: AtomicU64,
     /// Longest a healthy node may go without an acknowledged heartbeat.
     stale_after: Duration,
-    /// Wakes the housekeeping task (`app::housekeeping`) out of turn: at the first registration
-    /// and when the backend no longer lists this node (it may have lost its users too).
+    /// Wakes the housekeeping task (`app::housekeeping`) out of turn: after the first heartbeat
+    /// of a registration, at start and once the backend lost this node (and maybe its users).
     housekeeping_due: tokio::sync::Notify,
 }
 
@@ -190,6 +190,9 @@ pub async fn run_membership(
     let mut backoff = Backoff::new(timing.interval);
     let mut registered = false;
     let mut ever_registered = false;
+    // Housekeeping is asked for after the first heartbeat that follows a registration (at
+    // start, and after the backend lost this node), then it keeps its own minute.
+    let mut housekeeping_due = true;
     // The last problem logged, so each state change is logged once, not each retry.
     let mut logged: Option<String> = None;
 
@@ -209,7 +212,6 @@ pub async fn run_membership(
                         log::info!("✅ Re-registered node in cluster: {}", node.id);
                     } else {
                         log::info!("✅ Registered node in cluster: {}", node.id);
-                        state.want_housekeeping();
                     }
                     if logged.take().is_some() && ever_registered {
                         log::info!("✅ Cluster backend reachable again");
@@ -239,6 +241,9 @@ pub async fn run_membership(
                     if logged.take().is_some() {
                         log::info!("✅ Cluster backend reachable again");
                     }
+                    if std::mem::take(&mut housekeeping_due) {
+                        state.want_housekeeping();
+                    }
                     timing.interval
                 }
                 Ok(Heartbeat::NotMember) => {
@@ -248,8 +253,9 @@ pub async fn run_membership(
                     );
                     registered = false;
                     state.registered.store(false, Ordering::Relaxed);
-                    // The backend may have lost more (its users): housekeeping right away.
-                    state.want_housekeeping();
+                    // The backend may have lost more (its users): housekeeping right after the
+                    // next registration's first heartbeat, not a minute later.
+                    housekeeping_due = true;
                     Duration::ZERO
                 }
                 Ok(Heartbeat::Removed) => {

@@ -101,7 +101,7 @@ pub struct BuildRequest {
 /// the storage backend).
 #[derive(Clone, Debug)]
 pub struct EnrollmentPlan {
-    pub token: crate::enrollment::Token,
+    pub token: super::enroll::Token,
     pub user: Option<NodeCredential>,
 }
 
@@ -188,7 +188,7 @@ pub struct BuiltPackage {
     pub node_user: Option<String>,
     /// The enrollment record to store in the backend (`None`: the package carries the full
     /// configuration).
-    pub enrollment: Option<crate::enrollment::EnrollmentRecord>,
+    pub enrollment: Option<crate::cluster::EnrollmentRecord>,
     /// The signer's subject when the package is signed.
     pub signed_by: Option<String>,
 }
@@ -556,19 +556,19 @@ impl Builder {
                     .cloned()
                     .collect();
                 // The files (the TLS key is a long-lived secret) wait in the record too.
-                let enrolled = crate::enrollment::EnrolledConfig {
+                let enrolled = super::enroll::EnrolledConfig {
                     config_yaml: full_yaml,
                     files: node_files,
                 };
                 let (nonce, ciphertext) =
-                    crate::enrollment::seal(&plan.token, &enrolled.to_plaintext());
+                    super::enroll::seal(&plan.token, &enrolled.to_plaintext());
                 let now_ms = req.clock_ms.unwrap_or_else(|| now_secs() * 1000);
                 let users = [&req.node_credential, &plan.user]
                     .into_iter()
                     .flatten()
                     .map(|c| c.user.clone())
                     .collect();
-                let record = crate::enrollment::EnrollmentRecord {
+                let record = crate::cluster::EnrollmentRecord {
                     token_id: plan.token.id.clone(),
                     node_name: req.node_name.clone().unwrap_or_default(),
                     created_ms: now_ms,
@@ -620,7 +620,7 @@ impl Builder {
         let root = PkgRoot::embedded();
         // The package's version is the daemon's it installs (what an upgrade compares with);
         // binaries without a version slot (placeholders) get this builder's.
-        let version = crate::upgrade::template_version(&template)
+        let version = super::upgrade::template_version(&template)
             .unwrap_or_else(|_| crate::version::version().to_owned());
         let pkg_options = |format| PkgOptions {
             format,

@@ -62,7 +62,7 @@ pub(super) fn run(command: PackageCommand) -> anyhow::Result<()> {
                 None => None,
             };
             if upgrade {
-                let req = crate::upgrade::UpgradeRequest {
+                let req = crate::app::upgrade::UpgradeRequest {
                     format,
                     package_name,
                     template_dir,

@@ -9,8 +9,8 @@ use super::runtime;
 /// `package build --upgrade`: builds, writes, records the event, says how to install it.
 pub(super) fn build_upgrade_cli(
     c: &crate::config::Config,
-    builder: &crate::packages::Builder,
-    req: crate::upgrade::UpgradeRequest,
+    builder: &crate::app::package::Builder,
+    req: crate::app::upgrade::UpgradeRequest,
     output: Option<PathBuf>,
     force: bool,
 ) -> anyhow::Result<()> {
@@ -18,7 +18,7 @@ pub(super) fn build_upgrade_cli(
     let c = Arc::new(c.clone());
     let built_by = req.built_by.clone();
     let (path, built) = rt.block_on(async {
-        let built = crate::upgrade::build_upgrade_async(builder, &c, req).await?;
+        let built = crate::app::upgrade::build_upgrade_async(builder, &c, req).await?;
         let path = output.unwrap_or_else(|| PathBuf::from(&built.file_name));
         fleet_package::write_atomically(&path, &built.bytes, force)?;
         let backend = if c.cluster.enabled {
@@ -26,7 +26,7 @@ pub(super) fn build_upgrade_cli(
         } else {
             None
         };
-        crate::upgrade::record_built(backend.as_deref(), &built, &built_by).await;
+        crate::app::upgrade::record_built(backend.as_deref(), &built, &built_by).await;
         anyhow::Ok((path, built))
     })?;
     println!(
