@@ -102,10 +102,7 @@ pub async fn run(
         // Not in the cluster: serve health (503, with the reason) until stopped; no retries.
         (None, Arc::new(NodeState::refused(reason)))
     } else if config.cluster.enabled {
-        let timing = Timing {
-            interval: config.cluster.heartbeat_interval(),
-            timeout: config.cluster.heartbeat_timeout(),
-        };
+        let timing = Timing::of(&config.cluster);
         let backend = cluster::open(&config).context("opening the cluster backend")?;
         log::info!(
             "✅ Cluster mode ENABLED (node: {}, backend: {})",

@@ -456,3 +456,54 @@ async fn removing_an_expired_namesake_keeps_the_holders_user() {
     let r = redis.command(&["ACL", "GETUSER", &user]).unwrap();
     assert!(r.starts_with("*-1") || r.starts_with("$-1"), "{r}");
 }
+
+/// The build's door to users (`Membership::users()`): a node user and an enrollment user are
+/// listed under the cluster's names, a missing node name or deleting gives what the build
+/// expects, and the shared directory offers no users at all.
+#[tokio::test]
+async fn backend_users_create_list_and_delete_through_the_trait() {
+    use fleet_server::cluster::UserGrant;
+    let redis = RedisServer::start_with(Some("acl-admin-pw"), &[]);
+    let m = membership(&redis);
+    let users = m.users().expect("Redis offers users");
+    let node = match users.create_node_user(Some("web-07")).await.unwrap() {
+        UserGrant::Own { user, .. } => user,
+        UserGrant::Shared(why) => panic!("no node user: {why}"),
+    };
+    assert_eq!(node, "fleet-node-web-07");
+    let now = m.server_now_ms().await.unwrap();
+    let token = "00112233445566778899aabbccddeeff";
+    let enroll = match users.create_enrollment_user(token, now + 60_000).await {
+        Ok(UserGrant::Own { user, .. }) => user,
+        other => panic!("no enrollment user: {other:?}"),
+    };
+    assert_eq!(enroll, format!("fleet-enroll-{token}"));
+    let listed = users.list_users().await.unwrap();
+    assert!(
+        listed.contains(&node) && listed.contains(&enroll),
+        "{listed:?}"
+    );
+    assert!(!listed.iter().any(|u| u == "default"), "{listed:?}");
+    match users.create_node_user(None).await.unwrap() {
+        UserGrant::Shared(why) => assert!(why.starts_with("no node name"), "{why}"),
+        UserGrant::Own { user, .. } => panic!("a user without a name: {user}"),
+    }
+    users.delete_node_user("web-07", &node).await.unwrap();
+    users.delete_user(&enroll).await.unwrap();
+    let listed = users.list_users().await.unwrap();
+    assert!(
+        !listed.contains(&node) && !listed.contains(&enroll),
+        "{listed:?}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let storage = fleet_server::cluster::storage::StorageMembership::new(
+        dir.path(),
+        Timing {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(3),
+        },
+    )
+    .unwrap();
+    assert!(storage.users().is_none());
+}

@@ -13,7 +13,7 @@ use super::package::{
     BuildError, BuildRequest, Builder, BuiltPackage, CredentialChoice, EnrollmentPlan,
     NodeCredential,
 };
-use crate::cluster::{ClusterError, Membership, UserGrant};
+use crate::cluster::{Membership, UserGrant};
 use crate::config::Config;
 
 /// Where a built package goes.
@@ -108,9 +108,6 @@ async fn deliver(built: &BuiltPackage, sink: Sink) -> Result<Delivered, Failure>
     }
 }
 
-/// How long the checks below wait for the backend.
-const CHECK_DEADLINE: Duration = Duration::from_secs(5);
-
 /// Refuses a node name or an address that a live member holds, as `etcd_cluster_add.sh` does
 /// (every backend). Only active members count: the name of a dead node may be taken again, so
 /// a failed machine can be replaced. Nothing is reserved: two builds for the same name both
@@ -122,16 +119,7 @@ pub async fn check_available(
 ) -> Result<(), BuildError> {
     // By index where the backend keeps one (Redis: the names and addresses hashes), not by
     // reading the whole member list.
-    let holders = match tokio::time::timeout(CHECK_DEADLINE, backend.live_holders(name, ips)).await
-    {
-        Ok(r) => r?,
-        Err(_) => {
-            return Err(BuildError::Cluster(ClusterError::Unreachable {
-                backend: backend.kind().as_str(),
-                reason: format!("no answer about names and addresses within {CHECK_DEADLINE:?}"),
-            }));
-        }
-    };
+    let holders = backend.live_holders(name, ips).await?;
     if let (Some(name), Some(holder)) = (name, holders.name) {
         return Err(BuildError::NameInUse {
             name: name.to_string(),
@@ -207,14 +195,7 @@ async fn build_for_cluster(
         check_available(backend, req.node_name.as_deref(), &req.ips).await?;
         // Expiries are counted on the backend's clock (the one housekeeping and Redis's
         // PXAT judge them by), not this machine's.
-        let clock = tokio::time::timeout(CHECK_DEADLINE, backend.backend_now_ms())
-            .await
-            .unwrap_or_else(|_| {
-                Err(ClusterError::Unreachable {
-                    backend: backend.kind().as_str(),
-                    reason: "no answer reading the backend's clock".into(),
-                })
-            })?;
+        let clock = backend.backend_now_ms().await?;
         req.clock_ms = Some(clock);
         match node_credential(primary, req.node_name.as_deref()).await? {
             Some(CredentialChoice::NodeUser(cred)) => req.node_credential = Some(cred),
@@ -253,17 +234,9 @@ async fn build_for_cluster(
     };
     let result = match (result, backend) {
         (Ok(built), Some(backend)) if built.enrollment.is_some() => {
-            let stored = tokio::time::timeout(
-                CHECK_DEADLINE,
-                backend.put_enrollment(built.enrollment.as_ref().expect("checked above")),
-            )
-            .await
-            .unwrap_or_else(|_| {
-                Err(ClusterError::Unreachable {
-                    backend: backend.kind().as_str(),
-                    reason: "no answer storing the enrollment".into(),
-                })
-            });
+            let stored = backend
+                .put_enrollment(built.enrollment.as_ref().expect("checked above"))
+                .await;
             stored.map(|()| built).map_err(BuildError::Cluster)
         }
         (r, _) => r,
@@ -309,10 +282,8 @@ async fn discard_built(
     cb: &ClusterBuild,
 ) {
     if let (Some(b), Some(rec)) = (backend, &cb.built.enrollment) {
-        match tokio::time::timeout(CHECK_DEADLINE, b.revoke_enrollment(&rec.token_id)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => log::warn!("the pending record of this build remains: {e}"),
-            Err(_) => log::warn!("the pending record of this build remains: no answer"),
+        if let Err(e) = b.revoke_enrollment(&rec.token_id).await {
+            log::warn!("the pending record of this build remains: {e}");
         }
         // The enrollment user (the node's own user is discarded below, with its digest).
         let node_user = cb.credential.as_ref().map(|c| c.user.as_str());
@@ -381,15 +352,7 @@ async fn record_built(backend: Option<&dyn Membership>, pkg: &BuiltPackage, by: 
     }
     let event = crate::cluster::Event::new(crate::cluster::EventKind::PackageBuilt, &pkg.node_name)
         .with_detail(detail);
-    let result = tokio::time::timeout(Duration::from_secs(5), backend.record_event(&event))
-        .await
-        .unwrap_or_else(|_| {
-            Err(ClusterError::Unreachable {
-                backend: backend.kind().as_str(),
-                reason: "no answer".into(),
-            })
-        });
-    if let Err(e) = result {
+    if let Err(e) = backend.record_event(&event).await {
         log::warn!("package built, but not recorded in the cluster's events: {e}");
     }
 }

@@ -12,7 +12,7 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{ClusterError, Event, EventKind, Membership};
+use crate::cluster::{Event, EventKind, Membership};
 use crate::config::{Config, Secret};
 
 pub use crate::cluster::EnrollmentRecord;
@@ -185,11 +185,10 @@ pub async fn redeem(
     let mut logged = false;
     log::info!("🔑 Enrolling with package token {short}… at the cluster backend");
     let record = loop {
-        match tokio::time::timeout(Duration::from_secs(10), backend.take_enrollment(&token.id))
-            .await
-        {
-            Ok(Ok(r)) => break r,
-            Ok(Err(e)) if !e.is_transient() => {
+        // The backend bounds the call with its own deadline (a timeout is `Unreachable`).
+        match backend.take_enrollment(&token.id).await {
+            Ok(r) => break r,
+            Err(e) if !e.is_transient() => {
                 return refuse(
                     &*backend,
                     &token,
@@ -197,23 +196,12 @@ pub async fn redeem(
                 )
                 .await;
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 status.send_replace(format!(
                     "enrolling: the cluster backend is unavailable: {e} (retrying)"
                 ));
                 if !logged {
                     log::error!("❌ Cluster backend unavailable for enrollment: {e} (retrying)");
-                    logged = true;
-                }
-            }
-            Err(_) => {
-                status.send_replace(
-                    "enrolling: the cluster backend did not answer (retrying)".to_string(),
-                );
-                if !logged {
-                    log::error!(
-                        "❌ Cluster backend unavailable for enrollment: no answer (retrying)"
-                    );
                     logged = true;
                 }
             }
@@ -293,13 +281,7 @@ pub async fn redeem(
             .with("token_id", &record.token_id)
             .with("package_id", &record.package_id)
             .with("host", crate::identity::hostname());
-        if let Err(e) = tokio::time::timeout(Duration::from_secs(5), b.record_event(&ev))
-            .await
-            .unwrap_or(Err(ClusterError::Unreachable {
-                backend: "cluster",
-                reason: "no answer".into(),
-            }))
-        {
+        if let Err(e) = b.record_event(&ev).await {
             log::warn!("enrollment redeemed, but not recorded in the cluster's events: {e}");
         }
     }
@@ -315,10 +297,8 @@ async fn refuse(backend: &dyn Membership, token: &Token, reason: String) -> Rede
     .with("token_id", &token.id)
     .with("reason", &reason)
     .with("host", crate::identity::hostname());
-    match tokio::time::timeout(Duration::from_secs(5), backend.record_event(&ev)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => log::warn!("the rejection could not be recorded in the cluster: {e}"),
-        Err(_) => log::warn!("the rejection could not be recorded in the cluster: no answer"),
+    if let Err(e) = backend.record_event(&ev).await {
+        log::warn!("the rejection could not be recorded in the cluster: {e}");
     }
     Redemption::Refused(reason)
 }

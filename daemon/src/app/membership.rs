@@ -279,10 +279,10 @@ pub async fn run_membership(
 
     state.set_problem(Unhealthy::Stopping);
     if registered {
-        match tokio::time::timeout(Duration::from_secs(2), backend.deregister(&node.id)).await {
-            Ok(Ok(())) => log::info!("👋 Left the cluster: {}", node.id),
-            Ok(Err(e)) => log::warn!("could not leave the cluster cleanly: {e}"),
-            Err(_) => log::warn!("could not leave the cluster cleanly: the backend did not answer"),
+        // Within the backend's leave deadline (`cluster::LEAVE_DEADLINE`, 2 s).
+        match backend.deregister(&node.id).await {
+            Ok(()) => log::info!("👋 Left the cluster: {}", node.id),
+            Err(e) => log::warn!("could not leave the cluster cleanly: {e}"),
         }
     }
 }

@@ -12,8 +12,6 @@ use crate::cluster::{self, Member, MemberState};
 use crate::config::{BackendKind, Config};
 use crate::identity;
 
-const DEADLINE: Duration = Duration::from_secs(5);
-
 pub(super) fn run(command: ClusterCommand) -> anyhow::Result<()> {
     let rt = runtime()?;
     let mut out = std::io::stdout().lock();
@@ -33,13 +31,11 @@ pub(super) fn run(command: ClusterCommand) -> anyhow::Result<()> {
     }
 }
 
+/// A backend call: its own deadline bounds it (a timeout is `ClusterError::Unreachable`).
 async fn timed<T>(
     f: impl std::future::Future<Output = Result<T, cluster::ClusterError>>,
 ) -> anyhow::Result<T> {
-    match tokio::time::timeout(DEADLINE, f).await {
-        Ok(r) => Ok(r?),
-        Err(_) => anyhow::bail!("the cluster backend did not answer within {DEADLINE:?}"),
-    }
+    Ok(f.await?)
 }
 
 /// Text another machine wrote, made safe for a terminal: C0 and C1 controls (ESC, CR, LF, the

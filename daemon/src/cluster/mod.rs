@@ -62,6 +62,25 @@ impl ClusterError {
     }
 }
 
+/// The longest a graceful leave may take (shutdown waits for it, then exits anyway). Every
+/// backend's `deregister` keeps within it.
+pub const LEAVE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// `f` within `deadline`, or `Unreachable` saying what got no answer.
+pub(crate) async fn within<T>(
+    backend: &'static str,
+    what: &str,
+    deadline: Duration,
+    f: impl std::future::Future<Output = Result<T, ClusterError>>,
+) -> Result<T, ClusterError> {
+    tokio::time::timeout(deadline, f).await.unwrap_or_else(|_| {
+        Err(ClusterError::Unreachable {
+            backend,
+            reason: format!("{what}: no answer within {deadline:?}"),
+        })
+    })
+}
+
 /// A fresh password for a backend user: 32 random bytes, hex. Kept here (not taken from the
 /// HTTP layer's helpers) so that `cluster/` imports nothing above it.
 pub(crate) fn random_password() -> crate::config::Secret {
@@ -79,6 +98,15 @@ pub struct Timing {
 }
 
 impl Timing {
+    /// The cluster's heartbeat settings: the one place a running node's `Timing` is built
+    /// (the backends derive every deadline of theirs from it, see `op_timeout`).
+    pub fn of(cluster: &crate::config::ClusterConfig) -> Timing {
+        Timing {
+            interval: cluster.heartbeat_interval(),
+            timeout: cluster.heartbeat_timeout(),
+        }
+    }
+
     /// Longest wait for one backend operation: short enough that an outage shows within
     /// about one heartbeat interval, long enough for a backend across the internet.
     pub fn op_timeout(&self) -> Duration {
@@ -232,10 +260,7 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
 /// Opens the backend the configuration names. Never blocks on the network: a backend that is
 /// down at start is reached later, by the first operation that needs it.
 pub fn open(config: &Config) -> Result<Arc<dyn Membership>, ClusterError> {
-    let timing = Timing {
-        interval: config.cluster.heartbeat_interval(),
-        timeout: config.cluster.heartbeat_timeout(),
-    };
+    let timing = Timing::of(&config.cluster);
     Ok(match config.cluster.backend {
         BackendKind::Redis => Arc::new(
             redis::RedisMembership::new(&config.cluster, timing)?

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cluster::ClusterError;
 use crate::cluster::etcd::EtcdSessions;
 use crate::cluster::redis::RedisSessions;
+use crate::cluster::{ClusterError, Timing};
 use crate::config::{ClusterConfig, Config, Secret, SessionBackendKind};
 
 /// What a session knows.
@@ -95,9 +95,14 @@ impl SessionStore for MemorySessions {
 /// Opens the configured session store. `sessions.redis` falls back to the cluster's Redis for
 /// any connection setting it does not give; `sessions.backend: etcd` uses the cluster's etcd.
 pub fn open_sessions(config: &Config) -> Result<std::sync::Arc<dyn SessionStore>, ClusterError> {
+    // The cluster's deadlines, as its backends have them.
+    let timing = Timing::of(&config.cluster);
     match config.sessions.backend {
         SessionBackendKind::Memory => Ok(std::sync::Arc::new(MemorySessions::default())),
-        SessionBackendKind::Etcd => Ok(std::sync::Arc::new(EtcdSessions::new(&config.cluster)?)),
+        SessionBackendKind::Etcd => Ok(std::sync::Arc::new(EtcdSessions::new(
+            &config.cluster,
+            timing,
+        )?)),
         SessionBackendKind::Redis => {
             let s = &config.sessions.redis;
             let c = &config.cluster;
@@ -148,6 +153,7 @@ pub fn open_sessions(config: &Config) -> Result<std::sync::Arc<dyn SessionStore>
             Ok(std::sync::Arc::new(RedisSessions::new(
                 &cfg,
                 &c.key_prefix,
+                timing,
             )?))
         }
     }

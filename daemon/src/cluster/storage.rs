@@ -664,8 +664,8 @@ impl Membership for StorageMembership {
 
     async fn deregister(&self, node_id: &str) -> Result<(), ClusterError> {
         let id = node_id.to_string();
-        self.with(move |d| d.leave(&id, EventKind::Left, "").map(|_| ()))
-            .await
+        let leave = self.with(move |d| d.leave(&id, EventKind::Left, "").map(|_| ()));
+        super::within(NAME, "leaving", super::LEAVE_DEADLINE, leave).await
     }
 
     async fn remove(&self, node_id: &str, by: &str) -> Result<bool, ClusterError> {

@@ -413,9 +413,9 @@ pub async fn run(
         interval
     );
     loop {
-        let deadline = interval.max(Duration::from_millis(500));
-        match tokio::time::timeout(deadline, backend.members()).await {
-            Ok(Ok(members)) => {
+        // Within the backend's own deadline.
+        match backend.members().await {
+            Ok(members) => {
                 cluster_state.ok("cluster backend");
                 let (targets, mut skipped) = super::targets(&members);
                 let (targets, named) = by_address(targets);
@@ -428,20 +428,11 @@ pub async fn run(
                 }
                 last = Some(targets);
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 if once {
                     return Err(e.into());
                 }
                 cluster_state.fail("cluster backend unavailable, keeping HAProxy as it is", &e)
-            }
-            Err(_) => {
-                if once {
-                    anyhow::bail!("the cluster backend did not answer within {deadline:?}");
-                }
-                cluster_state.fail(
-                    "cluster backend unavailable, keeping HAProxy as it is",
-                    &format!("no answer within {deadline:?}"),
-                )
             }
         }
         if let Some(targets) = &last {

@@ -165,22 +165,12 @@ pub async fn run(
     let mut reload_state = super::haproxy::Transitions::default();
     let mut skipped_logged: Vec<String> = Vec::new();
     loop {
-        let deadline = interval.max(std::time::Duration::from_millis(500));
-        let members = match tokio::time::timeout(deadline, backend.members()).await {
-            Ok(Ok(m)) => Some(m),
-            Ok(Err(e)) if !opts.watch => return Err(e.into()),
-            Err(_) if !opts.watch => {
-                anyhow::bail!("the cluster backend did not answer within {deadline:?}")
-            }
-            Ok(Err(e)) => {
+        // Within the backend's own deadline.
+        let members = match backend.members().await {
+            Ok(m) => Some(m),
+            Err(e) if !opts.watch => return Err(e.into()),
+            Err(e) => {
                 cluster_state.fail("cluster backend unavailable, keeping the file as it is", &e);
-                None
-            }
-            Err(_) => {
-                cluster_state.fail(
-                    "cluster backend unavailable, keeping the file as it is",
-                    &format!("no answer within {deadline:?}"),
-                );
                 None
             }
         };

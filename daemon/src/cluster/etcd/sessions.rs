@@ -19,6 +19,7 @@ pub struct EtcdSessions {
     prefix: String,
     /// Connected on first use, dropped after an outage so the next call connects again.
     client: tokio::sync::Mutex<Option<etcd_client::Client>>,
+    timing: Timing,
 }
 
 impl std::fmt::Debug for EtcdSessions {
@@ -32,22 +33,19 @@ impl std::fmt::Debug for EtcdSessions {
 
 impl EtcdSessions {
     /// Uses the cluster's etcd settings (endpoints, user, TLS); touches no network.
-    pub fn new(cluster: &ClusterConfig) -> Result<Self, ClusterError> {
+    pub fn new(cluster: &ClusterConfig, timing: Timing) -> Result<Self, ClusterError> {
         if cluster.etcd_endpoints.is_empty() {
             return Err(ClusterError::Backend {
                 backend: "etcd",
                 reason: "sessions on etcd need cluster.etcd_endpoints".into(),
             });
         }
-        let timing = Timing {
-            interval: Duration::from_secs(2),
-            timeout: Duration::from_secs(6),
-        };
         Ok(EtcdSessions {
             endpoints: cluster.etcd_endpoints.clone(),
             options: connect_options(cluster, &timing)?,
             prefix: cluster.key_prefix.clone(),
             client: tokio::sync::Mutex::new(None),
+            timing,
         })
     }
 
@@ -61,7 +59,9 @@ impl EtcdSessions {
         F: FnOnce(etcd_client::Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        let result = tokio::time::timeout(Duration::from_secs(3), async {
+        // The membership backend's deadline for one call (`EtcdMembership::run`).
+        let deadline = self.timing.op_timeout() * 3;
+        let result = tokio::time::timeout(deadline, async {
             let client = {
                 let mut slot = self.client.lock().await;
                 match slot.as_ref() {
@@ -84,7 +84,7 @@ impl EtcdSessions {
         .unwrap_or_else(|_| {
             Err(ClusterError::Unreachable {
                 backend: "etcd",
-                reason: "the session store did not answer in time".into(),
+                reason: format!("the session store did not answer within {deadline:?}"),
             })
         });
         if let Err(ClusterError::Unreachable { .. } | ClusterError::Auth { .. }) = &result {

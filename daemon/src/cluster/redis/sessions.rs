@@ -31,11 +31,11 @@ impl std::fmt::Debug for RedisSessions {
 impl RedisSessions {
     /// Touches no network: connects at the first call (through the Sentinels when `cfg`
     /// names them).
-    pub(crate) fn new(cfg: &ClusterConfig, prefix: &str) -> Result<Self, ClusterError> {
-        let timing = Timing {
-            interval: Duration::from_secs(2),
-            timeout: Duration::from_secs(6),
-        };
+    pub(crate) fn new(
+        cfg: &ClusterConfig,
+        prefix: &str,
+        timing: Timing,
+    ) -> Result<Self, ClusterError> {
         let (sentinel, settings) = match Sentinel::from_config(cfg) {
             Some((s, settings)) => (Some(s), settings),
             None => (None, cfg.clone()),
@@ -54,9 +54,11 @@ impl RedisSessions {
     }
 
     async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, ClusterError> {
-        let deadline = Duration::from_secs(3);
+        // The membership backend's deadlines: Sentinel answers within one operation's time,
+        // a command within two (`RedisMembership::query_on`).
+        let deadline = self.timing.op_timeout() * 2;
         if let Some(s) = &self.sentinel {
-            s.follow(deadline, |settings| {
+            s.follow(self.timing.op_timeout(), |settings| {
                 let info = connection_info(settings)?;
                 let fresh = connect_lazy(info, &self.timing)?;
                 *self.conn.write().unwrap_or_else(|p| p.into_inner()) = fresh;
@@ -71,7 +73,7 @@ impl RedisSessions {
             Err(_) => (
                 ClusterError::Unreachable {
                     backend: "redis",
-                    reason: "the session store did not answer in time".into(),
+                    reason: format!("the session store did not answer within {deadline:?}"),
                 },
                 false,
             ),
