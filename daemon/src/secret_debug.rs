@@ -25,7 +25,7 @@ fn no_secret_shows_in_debug() {
         }),
         ..Default::default()
     };
-    let init = crate::admin::InitOptions {
+    let init = crate::app::config::InitOptions {
         backend: BackendKind::Redis,
         storage_path: None,
         redis_host: Some("192.0.2.1".into()),

@@ -1,95 +1,24 @@
 //! `run`: the daemon as a library. It takes an already bound listener and a shutdown token, so
-//! tests run it in-process on port 0 and `main` only parses, binds and wires signals.
+//! tests run it in-process on port 0 and `cli serve` only parses, binds and wires signals.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster::{self, NodeRecord, Timing};
+use crate::app::membership::{NodeState, record_outcome, spawn_membership_thread};
+use crate::cluster::{self, Timing};
 use crate::config::{Config, Origin};
 use crate::http::{AppState, router};
 use crate::identity;
-use crate::node::{NodeState, spawn_membership_thread};
+
+pub use crate::app::membership::{OUTCOME_FILE, local_addresses, node_name, node_record};
 
 /// How long in-flight HTTP requests may take to finish once shutdown starts.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
-
-/// This node's name: the configured one, or the hostname reduced to `[a-z0-9-]` at first
-/// start, kept in the state directory (a later hostname does not rename the node).
-pub fn node_name(config: &Config) -> std::io::Result<String> {
-    match &config.cluster.node_name {
-        Some(n) => Ok(n.clone()),
-        None => identity::load_or_keep_derived_name(
-            &config.server.state_dir,
-            &identity::hostname_node_name(),
-        ),
-    }
-}
-
-/// This machine's addresses to publish, best first (see [`crate::advertise`]).
-pub fn local_addresses() -> Vec<String> {
-    crate::advertise::local_addresses()
-        .iter()
-        .map(ToString::to_string)
-        .collect()
-}
-
-/// The file in the state directory that says how this start's first step ended: `joined <id>`
-/// once the node registered, or `refused <reason>` when its enrollment was refused. Installers
-/// (`provision.sh`, the pkg's postinstall) remove it, start the daemon and wait for it.
-pub const OUTCOME_FILE: &str = "first-outcome";
-
-fn record_outcome(state_dir: &std::path::Path, line: &str) {
-    // One line, whatever the reason held.
-    let line: String = line
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let path = state_dir.join(OUTCOME_FILE);
-    if let Err(e) = identity::write_atomically(&path, format!("{line}\n").as_bytes(), 0o644) {
-        log::warn!("cannot write {}: {e}", path.display());
-    }
-}
-
-/// The record this node publishes about itself.
-pub fn node_record(config: &Config, id: String, name: String, port: u16) -> NodeRecord {
-    let addresses = local_addresses();
-    let scheme = if config.server.tls_cert.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let url = config.server.public_url.clone().unwrap_or_else(|| {
-        let host = addresses
-            .first()
-            .map(|a| {
-                if a.contains(':') {
-                    format!("[{a}]")
-                } else {
-                    a.clone()
-                }
-            })
-            .unwrap_or_else(|| "127.0.0.1".into());
-        format!("{scheme}://{host}:{port}")
-    });
-    NodeRecord {
-        id,
-        name,
-        hostname: identity::hostname(),
-        addresses,
-        version: crate::version::version().into(),
-        os: std::env::consts::OS.into(),
-        started_at: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
-        url,
-    }
-}
 
 /// Runs the node until `shutdown` is cancelled: joins the cluster (when enabled), heartbeats,
 /// serves HTTP on `listener`, then leaves the cluster and drains.

@@ -289,35 +289,30 @@ pub(super) async fn build_package(
         }
         None => is_on(&form.download_link).then_some(crate::downloads::MAX_LIFETIME),
     };
-    let cb = crate::packages::build_for_cluster(
-        &app.config,
-        app.backend.as_deref(),
-        &app.builder,
-        req.clone(),
-    )
-    .await
-    .map_err(|e| {
-        log::warn!("package build for {} failed: {e}", who.label());
-        let status = if e.is_bad_request() {
-            StatusCode::BAD_REQUEST
-        } else if matches!(e, crate::packages::BuildError::Cluster(_)) {
-            StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::INTERNAL_SERVER_ERROR
-        };
-        let field = match &e {
-            crate::packages::BuildError::Package(fleet_package::Error::InvalidPackageName {
-                ..
-            }) => "package_name: ",
-            _ => "",
-        };
-        ApiError(status, format!("{field}{e}"))
-    })?;
+    use crate::app::build::{Delivered, Failure, Sink};
+    let sink = match link_lifetime {
+        Some(lifetime) => Sink::Download {
+            store: app.downloads.clone(),
+            lifetime,
+        },
+        None => Sink::Bytes,
+    };
+    let done =
+        crate::app::build::build(&app.config, app.backend.as_deref(), &app.builder, req, sink)
+            .await
+            .map_err(|e| match e {
+                Failure::Build(e) => build_failed(&who, e),
+                Failure::Task(e) => ApiError(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the download task failed: {e}"),
+                ),
+                Failure::Download(e) => download_failed(e),
+            })?;
+    let cb = done.build;
     let built = cb.built;
     if let Some(why) = &cb.shared_credentials {
         log::warn!("package for {}: {why}", built.node_name);
     }
-    crate::packages::record_built(app.backend.as_deref(), &built, &req.built_by).await;
     log::info!(
         "📦 {} built {} for node {} (package {}, {} bytes)",
         who.label(),
@@ -333,8 +328,8 @@ pub(super) async fn build_package(
     let until =
         crate::logging::timestamp(std::time::UNIX_EPOCH + Duration::from_secs(built.not_after))
             + " UTC";
-    if let Some(lifetime) = link_lifetime {
-        return offer_download(&app, &built, lifetime, until).await;
+    if let Delivered::Download(offered) = done.delivered {
+        return Ok(offer_download(&app, &built, offered, until));
     }
     let disposition = crate::downloads::content_disposition(&built.file_name);
     Ok((
@@ -368,6 +363,42 @@ pub(super) async fn build_package(
         built.bytes,
     )
         .into_response())
+}
+
+/// The answer to a build that failed (logged: the admin may not see the response).
+fn build_failed(who: &Principal, e: crate::packages::BuildError) -> ApiError {
+    log::warn!("package build for {} failed: {e}", who.label());
+    let status = if e.is_bad_request() {
+        StatusCode::BAD_REQUEST
+    } else if matches!(e, crate::packages::BuildError::Cluster(_)) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    let field = match &e {
+        crate::packages::BuildError::Package(fleet_package::Error::InvalidPackageName {
+            ..
+        }) => "package_name: ",
+        _ => "",
+    };
+    ApiError(status, format!("{field}{e}"))
+}
+
+/// The answer when a built package cannot be kept for download.
+fn download_failed(e: crate::downloads::DownloadError) -> ApiError {
+    match e {
+        crate::downloads::DownloadError::TooMany => {
+            ApiError(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+        }
+        crate::downloads::DownloadError::Lifetime => bad_request(e.to_string()),
+        e => {
+            log::warn!("keeping a package for download: {e}");
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the package could not be kept for download".into(),
+            )
+        }
+    }
 }
 
 /// `"upgrade": true`: the upgrade package of this node's template, sent as the response. Fields
@@ -452,44 +483,14 @@ async fn build_upgrade_package(
         .into_response())
 }
 
-/// Method C: keeps the built package on this node and answers with its single-use link and
-/// the lines to copy onto the new machine.
-async fn offer_download(
+/// Method C: the built package waits on this node (`app::build`'s download sink); the answer
+/// is its single-use link and the lines to copy onto the new machine.
+fn offer_download(
     app: &AppState,
     built: &crate::packages::BuiltPackage,
-    lifetime: Duration,
+    offered: crate::downloads::Offered,
     package_until: String,
-) -> Result<Response, ApiError> {
-    let (store, bytes, name) = (
-        app.downloads.clone(),
-        built.bytes.clone(),
-        built.file_name.clone(),
-    );
-    let token = built.enrollment.as_ref().map(|r| r.token_id.clone());
-    let not_after_ms = built.not_after * 1000;
-    let offered = tokio::task::spawn_blocking(move || {
-        store.offer(&name, &bytes, token.as_deref(), not_after_ms, lifetime)
-    })
-    .await
-    .map_err(|e| {
-        ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the download task failed: {e}"),
-        )
-    })?
-    .map_err(|e| match e {
-        crate::downloads::DownloadError::TooMany => {
-            ApiError(StatusCode::TOO_MANY_REQUESTS, e.to_string())
-        }
-        crate::downloads::DownloadError::Lifetime => bad_request(e.to_string()),
-        e => {
-            log::warn!("keeping a package for download: {e}");
-            ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the package could not be kept for download".into(),
-            )
-        }
-    })?;
+) -> Response {
     // The link names this node (the package is here only), not the load balancer.
     let url = format!(
         "{}/api/fleet/cluster/packages/{}/download?key={}",
@@ -514,7 +515,7 @@ async fn offer_download(
         &built.package_id[..12.min(built.package_id.len())],
         &offered.id[..12]
     );
-    Ok((
+    (
         [(header::CACHE_CONTROL, "no-store")],
         axum::Json(json!({
             "download": {
@@ -531,7 +532,7 @@ async fn offer_download(
             "package_expires": package_until,
         })),
     )
-        .into_response())
+        .into_response()
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -13,9 +13,9 @@ use fleet_package::{
     PkgBuilder, PkgFormat, PkgOptions, PkgRoot, SigningIdentity, Target, Template,
 };
 
+use super::package::{BuildError, Builder, Format, can_build};
 use crate::cluster::Membership;
 use crate::config::Config;
-use crate::packages::{BuildError, Builder, Format, can_build};
 
 /// What an admin asks for.
 #[derive(Debug, Clone)]

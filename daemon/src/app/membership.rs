@@ -1,14 +1,17 @@
 //! The node's life in the cluster: register, heartbeat, re-register after a backend outage or
-//! data loss, leave on shutdown; and the health state the HTTP API reports.
+//! data loss, leave on shutdown; the health state the HTTP API reports; and what the node
+//! publishes about itself (name, addresses, record) and the first-outcome file for installers.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{ClusterError, Heartbeat, Membership, NodeRecord, Timing};
+use crate::config::Config;
+use crate::identity;
 
 /// Why a node is not healthy, as the health endpoint reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +60,9 @@ pub struct NodeState {
     pub heartbeat_latency_sum_us: AtomicU64,
     /// Longest a healthy node may go without an acknowledged heartbeat.
     stale_after: Duration,
+    /// Wakes the housekeeping task (`app::housekeeping`) out of turn: after the first heartbeat
+    /// of a registration, at start and once the backend lost this node (and maybe its users).
+    housekeeping_due: tokio::sync::Notify,
 }
 
 impl NodeState {
@@ -72,6 +78,7 @@ impl NodeState {
             heartbeat_latency_us: AtomicU64::new(0),
             heartbeat_latency_sum_us: AtomicU64::new(0),
             stale_after: timing.interval + timing.op_timeout() * 2,
+            housekeeping_due: tokio::sync::Notify::new(),
         }
     }
 
@@ -119,6 +126,22 @@ impl NodeState {
         self.registered.load(Ordering::Relaxed)
     }
 
+    /// Resolves when the membership loop asks for housekeeping now (a request made while
+    /// nobody waits is kept for the next wait).
+    pub async fn housekeeping_due(&self) {
+        self.housekeeping_due.notified().await
+    }
+
+    pub(crate) fn want_housekeeping(&self) {
+        self.housekeeping_due.notify_one();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn mark_registered_for_test(&self) {
+        self.registered.store(true, Ordering::Relaxed);
+        self.set_ok();
+    }
+
     fn set_ok(&self) {
         *self.problem.lock().unwrap_or_else(|p| p.into_inner()) = None;
         *self.last_ok.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
@@ -153,9 +176,6 @@ impl Backoff {
     }
 }
 
-/// How often a node runs the backend's housekeeping (expired enrollment users).
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
-
 /// Registers and heartbeats until `shutdown`, then leaves the cluster.
 /// `first_attempt` is cancelled once the first registration attempt has ended (either way), so
 /// that startup can print its lines in the guide's order.
@@ -169,8 +189,10 @@ pub async fn run_membership(
 ) {
     let mut backoff = Backoff::new(timing.interval);
     let mut registered = false;
-    let mut last_housekeeping: Option<Instant> = None;
     let mut ever_registered = false;
+    // Housekeeping is asked for after the first heartbeat that follows a registration (at
+    // start, and after the backend lost this node), then it keeps its own minute.
+    let mut housekeeping_due = true;
     // The last problem logged, so each state change is logged once, not each retry.
     let mut logged: Option<String> = None;
 
@@ -219,11 +241,8 @@ pub async fn run_membership(
                     if logged.take().is_some() {
                         log::info!("✅ Cluster backend reachable again");
                     }
-                    if last_housekeeping.is_none_or(|t| t.elapsed() >= HOUSEKEEPING_EVERY) {
-                        last_housekeeping = Some(Instant::now());
-                        if let Err(e) = backend.housekeeping().await {
-                            log::debug!("housekeeping: {e}");
-                        }
+                    if std::mem::take(&mut housekeeping_due) {
+                        state.want_housekeeping();
                     }
                     timing.interval
                 }
@@ -234,8 +253,9 @@ pub async fn run_membership(
                     );
                     registered = false;
                     state.registered.store(false, Ordering::Relaxed);
-                    // The backend may have lost more (its users): housekeeping right away.
-                    last_housekeeping = None;
+                    // The backend may have lost more (its users): housekeeping right after the
+                    // next registration's first heartbeat, not a minute later.
+                    housekeeping_due = true;
                     Duration::ZERO
                 }
                 Ok(Heartbeat::Removed) => {
@@ -267,8 +287,9 @@ pub async fn run_membership(
     }
 }
 
-/// Runs [`run_membership`] on its own OS thread and single-threaded runtime, so that heartbeats
-/// never wait behind request handling (a login flood, a package build) on the shared workers.
+/// Runs [`run_membership`] and the backend's housekeeping (`app::housekeeping`, its own task)
+/// on their own OS thread and single-threaded runtime, so that heartbeats never wait behind
+/// request handling (a login flood, a package build) on the shared workers.
 /// `open` makes the backend instance it uses, inside that runtime, so that its connections and
 /// their background tasks live on that thread too. The returned receiver resolves once the node
 /// has left the cluster (or the thread ended).
@@ -291,14 +312,17 @@ pub fn spawn_membership_thread(
     std::thread::Builder::new()
         .name("membership".into())
         .spawn(move || {
-            runtime.block_on(run_membership(
-                backend,
-                node,
-                timing,
-                state,
-                shutdown,
-                first_attempt,
-            ));
+            runtime.block_on(async move {
+                // Beside the loop, on the same backend instance: what housekeeping learns
+                // there (Redis: whether this credential may manage users) the heartbeat uses.
+                let housekeeping = tokio::spawn(super::housekeeping::run(
+                    backend.clone(),
+                    state.clone(),
+                    shutdown.clone(),
+                ));
+                run_membership(backend, node, timing, state, shutdown, first_attempt).await;
+                housekeeping.abort();
+            });
             // Dropping the runtime here closes the backend's connections on this thread.
             let _ = done.send(());
         })?;
@@ -342,6 +366,79 @@ fn on_error(state: &NodeState, e: &ClusterError, logged: &mut Option<String>, no
     if logged.as_deref() != Some(key.as_str()) {
         log::error!("{text}");
         *logged = Some(key);
+    }
+}
+
+/// This node's name: the configured one, or the hostname reduced to `[a-z0-9-]` at first
+/// start, kept in the state directory (a later hostname does not rename the node).
+pub fn node_name(config: &Config) -> std::io::Result<String> {
+    match &config.cluster.node_name {
+        Some(n) => Ok(n.clone()),
+        None => identity::load_or_keep_derived_name(
+            &config.server.state_dir,
+            &identity::hostname_node_name(),
+        ),
+    }
+}
+
+/// This machine's addresses to publish, best first (see [`crate::advertise`]).
+pub fn local_addresses() -> Vec<String> {
+    crate::advertise::local_addresses()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// The file in the state directory that says how this start's first step ended: `joined <id>`
+/// once the node registered, or `refused <reason>` when its enrollment was refused. Installers
+/// (`provision.sh`, the pkg's postinstall) remove it, start the daemon and wait for it.
+pub const OUTCOME_FILE: &str = "first-outcome";
+
+pub fn record_outcome(state_dir: &std::path::Path, line: &str) {
+    // One line, whatever the reason held.
+    let line: String = line
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let path = state_dir.join(OUTCOME_FILE);
+    if let Err(e) = identity::write_atomically(&path, format!("{line}\n").as_bytes(), 0o644) {
+        log::warn!("cannot write {}: {e}", path.display());
+    }
+}
+
+/// The record this node publishes about itself.
+pub fn node_record(config: &Config, id: String, name: String, port: u16) -> NodeRecord {
+    let addresses = local_addresses();
+    let scheme = if config.server.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let url = config.server.public_url.clone().unwrap_or_else(|| {
+        let host = addresses
+            .first()
+            .map(|a| {
+                if a.contains(':') {
+                    format!("[{a}]")
+                } else {
+                    a.clone()
+                }
+            })
+            .unwrap_or_else(|| "127.0.0.1".into());
+        format!("{scheme}://{host}:{port}")
+    });
+    NodeRecord {
+        id,
+        name,
+        hostname: identity::hostname(),
+        addresses,
+        version: crate::version::version().into(),
+        os: std::env::consts::OS.into(),
+        started_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        url,
     }
 }
 

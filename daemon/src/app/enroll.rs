@@ -173,7 +173,7 @@ pub async fn redeem(
         Ok(b) => b,
         Err(e) => return Redemption::Refused(format!("cannot open the cluster backend: {e}")),
     };
-    let mut backoff = crate::node::Backoff::new(Duration::from_secs(60));
+    let mut backoff = super::membership::Backoff::new(Duration::from_secs(60));
     let mut logged = false;
     log::info!("🔑 Enrolling with package token {short}… at the cluster backend");
     let record = loop {

@@ -1,6 +1,6 @@
-//! Node packages from the primary's point of view: derive the node's configuration from the
-//! primary's, seal it (installer-stub's format), and wrap it in a macOS pkg or a Linux
-//! provision bundle (fleet-package). The CLI and the Settings page both build through here.
+//! Node packages from the primary's point of view, the pure part: derive the node's
+//! configuration from the primary's, seal it (installer-stub's format), and wrap it in a macOS
+//! pkg or a Linux provision bundle (fleet-package). `app::build` is the one path that uses it.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use fleet_package::{
     SigningOptions, Target, Template,
 };
 
-use crate::cluster::{ClusterError, Membership, UserGrant};
+use crate::cluster::ClusterError;
 use crate::config::{Config, Secret, SigningConfig};
 
 /// Which installer to build.
@@ -101,7 +101,7 @@ pub struct BuildRequest {
 /// the storage backend).
 #[derive(Clone, Debug)]
 pub struct EnrollmentPlan {
-    pub token: crate::enrollment::Token,
+    pub token: super::enroll::Token,
     pub user: Option<NodeCredential>,
 }
 
@@ -163,7 +163,7 @@ pub struct BuiltPackage {
     pub node_user: Option<String>,
     /// The enrollment record to store in the backend (`None`: the package carries the full
     /// configuration).
-    pub enrollment: Option<crate::enrollment::EnrollmentRecord>,
+    pub enrollment: Option<crate::cluster::EnrollmentRecord>,
     /// The signer's subject when the package is signed.
     pub signed_by: Option<String>,
 }
@@ -530,19 +530,19 @@ impl Builder {
                     .cloned()
                     .collect();
                 // The files (the TLS key is a long-lived secret) wait in the record too.
-                let enrolled = crate::enrollment::EnrolledConfig {
+                let enrolled = super::enroll::EnrolledConfig {
                     config_yaml: full_yaml,
                     files: node_files,
                 };
                 let (nonce, ciphertext) =
-                    crate::enrollment::seal(&plan.token, &enrolled.to_plaintext());
+                    super::enroll::seal(&plan.token, &enrolled.to_plaintext());
                 let now_ms = req.clock_ms.unwrap_or_else(|| now_secs() * 1000);
                 let users = [&req.node_credential, &plan.user]
                     .into_iter()
                     .flatten()
                     .map(|c| c.user.clone())
                     .collect();
-                let record = crate::enrollment::EnrollmentRecord {
+                let record = crate::cluster::EnrollmentRecord {
                     token_id: plan.token.id.clone(),
                     node_name: req.node_name.clone().unwrap_or_default(),
                     created_ms: now_ms,
@@ -594,7 +594,7 @@ impl Builder {
         let root = PkgRoot::embedded();
         // The package's version is the daemon's it installs (what an upgrade compares with);
         // binaries without a version slot (placeholders) get this builder's.
-        let version = crate::upgrade::template_version(&template)
+        let version = super::upgrade::template_version(&template)
             .unwrap_or_else(|_| crate::version::version().to_owned());
         let pkg_options = |format| PkgOptions {
             format,
@@ -638,267 +638,12 @@ impl Builder {
     }
 }
 
-/// Refuses a node name or an address that a live member holds, as `etcd_cluster_add.sh` does
-/// (every backend). Only active members count: the name of a dead node may be taken again, so
-/// a failed machine can be replaced. Nothing is reserved: two builds for the same name both
-/// pass until one of the nodes joins (the second is then refused at join).
-pub async fn check_available(
-    backend: &dyn Membership,
-    name: Option<&str>,
-    ips: &[IpAddr],
-) -> Result<(), BuildError> {
-    // By index where the backend keeps one (Redis: the names and addresses hashes), not by
-    // reading the whole member list.
-    let holders = backend.live_holders(name, ips).await?;
-    if let (Some(name), Some(holder)) = (name, holders.name) {
-        return Err(BuildError::NameInUse {
-            name: name.to_string(),
-            holder,
-        });
-    }
-    if let Some((ip, holder)) = holders.ip {
-        return Err(BuildError::IpInUse { ip, holder });
-    }
-    Ok(())
-}
-
-/// Makes the new node a backend user of its own where the backend has users and the primary
-/// may manage them (`cluster::BackendUsers`): limited to the cluster's key prefix and deleted
-/// with the node. Otherwise the node carries the primary's credentials, and the reason says
-/// why. `None`: no cluster, or a backend without users.
-pub async fn node_credential(
-    primary: &Config,
-    node_name: Option<&str>,
-) -> Result<Option<CredentialChoice>, BuildError> {
-    if !primary.cluster.enabled {
-        return Ok(None);
-    }
-    let backend = crate::cluster::open(primary)?;
-    let Some(users) = backend.users() else {
-        return Ok(None);
-    };
-    Ok(Some(match users.create_node_user(node_name).await? {
-        UserGrant::Own { user, password } => {
-            CredentialChoice::NodeUser(NodeCredential { user, password })
-        }
-        UserGrant::Shared(why) => CredentialChoice::Shared(why),
-    }))
-}
-
-/// Deletes a node user made by [`node_credential`] for a build that then failed.
-pub async fn discard_node_credential(
-    primary: &Config,
-    node_name: &str,
-    cred: &NodeCredential,
-) -> Result<(), BuildError> {
-    let backend = crate::cluster::open(primary)?;
-    match backend.users() {
-        Some(users) => Ok(users.delete_node_user(node_name, &cred.user).await?),
-        None => Ok(()),
-    }
-}
-
-/// A package built for a running cluster, and what the caller should tell the admin.
-#[derive(Debug)]
-pub struct ClusterBuild {
-    pub built: BuiltPackage,
-    /// Why the node carries the primary's backend credentials instead of its own, if it does.
-    pub shared_credentials: Option<String>,
-    /// Why the package carries long-lived secrets instead of an enrollment token, if it does.
-    pub enrollment_note: Option<String>,
-    /// The node user made for this package (to discard if the package is then not delivered).
-    pub credential: Option<NodeCredential>,
-}
-
-/// The one build path of the CLI and the Settings page: refuse a name or address a live node
-/// holds, make a per-node backend user where the backend allows it, build (on a blocking
-/// thread), and delete that user again when the build fails.
-pub async fn build_for_cluster(
-    primary: &Arc<Config>,
-    backend: Option<&dyn Membership>,
-    builder: &Builder,
-    mut req: BuildRequest,
-) -> Result<ClusterBuild, BuildError> {
-    let mut shared_credentials = None;
-    let mut enrollment_note = None;
-    if let Some(backend) = backend {
-        check_available(backend, req.node_name.as_deref(), &req.ips).await?;
-        // Expiries are counted on the backend's clock (the one housekeeping and Redis's
-        // PXAT judge them by), not this machine's.
-        let clock = backend.backend_now_ms().await?;
-        req.clock_ms = Some(clock);
-        match node_credential(primary, req.node_name.as_deref()).await? {
-            Some(CredentialChoice::NodeUser(cred)) => req.node_credential = Some(cred),
-            Some(CredentialChoice::Shared(why)) => shared_credentials = Some(why),
-            None => {}
-        }
-        if req.no_enrollment {
-            enrollment_note = Some(
-                "built without enrollment (--no-enrollment): the package carries the cluster's long-lived secrets".to_string(),
-            );
-        } else if backend.supports_enrollment() {
-            let token = crate::enrollment::Token::generate();
-            let expires_ms = clock + req.expires.as_millis() as u64;
-            let (user, shared) = match enrollment_user(backend, &token.id, expires_ms).await {
-                Ok(u) => u,
-                Err(e) => {
-                    discard_after_failure(primary, &req).await;
-                    return Err(e);
-                }
-            };
-            if let Some(why) = shared {
-                shared_credentials.get_or_insert(why);
-            }
-            req.enrollment = Some(EnrollmentPlan { token, user });
-        } else {
-            enrollment_note = Some(format!(
-                "the {} backend keeps no enrollment records: the package carries the cluster's long-lived secrets",
-                backend.kind()
-            ));
-        }
-    }
-    let (b, c, r) = (builder.clone(), primary.clone(), req.clone());
-    let result = match tokio::task::spawn_blocking(move || b.build(&c, &r)).await {
-        Ok(r) => r,
-        Err(e) => Err(BuildError::Seal(format!("the build task failed: {e}"))),
-    };
-    let result = match (result, backend) {
-        (Ok(built), Some(backend)) if built.enrollment.is_some() => {
-            let stored = backend
-                .put_enrollment(built.enrollment.as_ref().expect("checked above"))
-                .await;
-            stored.map(|()| built).map_err(BuildError::Cluster)
-        }
-        (r, _) => r,
-    };
-    match result {
-        Ok(built) => Ok(ClusterBuild {
-            built,
-            shared_credentials,
-            enrollment_note,
-            credential: req.node_credential,
-        }),
-        Err(e) => {
-            discard_after_failure(primary, &req).await;
-            Err(e)
-        }
-    }
-}
-
-/// Makes the user that may only take this package's enrollment record, where the backend has
-/// users. `None`: no users on this backend, or user management refused (the bootstrap then
-/// carries the shared credentials, and the second value says why, for the build to tell).
-async fn enrollment_user(
-    backend: &dyn Membership,
-    token_id: &str,
-    expires_ms: u64,
-) -> Result<(Option<NodeCredential>, Option<String>), BuildError> {
-    let Some(users) = backend.users() else {
-        return Ok((None, None));
-    };
-    match users.create_enrollment_user(token_id, expires_ms).await? {
-        UserGrant::Own { user, password } => Ok((Some(NodeCredential { user, password }), None)),
-        UserGrant::Shared(why) => Ok((None, Some(why))),
-    }
-}
-
-/// Undoes a build that succeeded but was not delivered (the CLI could not write its file):
-/// its pending enrollment record is revoked and every backend user made for it deleted, so a
-/// failed build leaves nothing behind. Failures are logged, never fatal.
-pub async fn discard_built(
-    primary: &Config,
-    backend: Option<&dyn Membership>,
-    req: &BuildRequest,
-    cb: &ClusterBuild,
-) {
-    if let (Some(b), Some(rec)) = (backend, &cb.built.enrollment) {
-        if let Err(e) = b.revoke_enrollment(&rec.token_id).await {
-            log::warn!("the pending record of this build remains: {e}");
-        }
-        // The enrollment user (the node's own user is discarded below, with its digest).
-        let node_user = cb.credential.as_ref().map(|c| c.user.as_str());
-        if let Some(users) = b.users() {
-            for u in rec.users.iter().filter(|u| Some(u.as_str()) != node_user) {
-                if let Err(e) = users.delete_user(u).await {
-                    log::warn!("the enrollment user {u} made for this build remains: {e}");
-                }
-            }
-        }
-    }
-    let mut sent = req.clone();
-    sent.node_credential = cb.credential.clone();
-    discard_after_failure(primary, &sent).await;
-}
-
-/// Deletes the backend users of a package that was not delivered (logged when it cannot be).
-pub async fn discard_after_failure(primary: &Config, req: &BuildRequest) {
-    if let (Some(cred), Some(name)) = (&req.node_credential, &req.node_name)
-        && let Err(e) = discard_node_credential(primary, name, cred).await
-    {
-        log::warn!(
-            "the backend user {} made for this build remains: {e}",
-            cred.user
-        );
-    }
-    if let Some(EnrollmentPlan { user: Some(u), .. }) = &req.enrollment
-        && let Ok(backend) = crate::cluster::open(primary)
-        && let Some(users) = backend.users()
-        && let Err(e) = users.delete_user(&u.user).await
-    {
-        log::warn!(
-            "the enrollment user {} made for this build remains: {e}",
-            u.user
-        );
-    }
-}
-
 fn template_fits(t: &Template, target: Target) -> bool {
     let want = match target {
         Target::MacOs => fleet_package::BinaryFormat::MachO,
         Target::LinuxX86_64 => fleet_package::BinaryFormat::Elf,
     };
     fleet_package::BinaryFormat::detect(t.fleet_server()) == want
-}
-
-/// Records `package_built` in the cluster's events, through the backend the build used (best
-/// effort: a build whose event cannot be written still succeeds, with a warning).
-pub async fn record_built(backend: Option<&dyn Membership>, pkg: &BuiltPackage, by: &str) {
-    let Some(backend) = backend else { return };
-    let mut detail: std::collections::BTreeMap<String, String> = [
-        ("by".to_string(), by.to_string()),
-        ("node_name".to_string(), pkg.node_name.clone()),
-        ("package_id".to_string(), pkg.package_id.clone()),
-        ("format".to_string(), pkg.format.as_str().to_string()),
-        ("not_after".to_string(), pkg.not_after.to_string()),
-        (
-            "enrollment".to_string(),
-            if pkg.enrollment.is_some() {
-                "yes"
-            } else {
-                "no"
-            }
-            .to_string(),
-        ),
-    ]
-    .into();
-    if !pkg.ips.is_empty() {
-        let ips: Vec<String> = pkg.ips.iter().map(ToString::to_string).collect();
-        detail.insert("ips".into(), ips.join(","));
-    }
-    if let Some(user) = &pkg.node_user {
-        detail.insert("node_user".into(), user.clone());
-    }
-    let event = crate::cluster::Event::new(crate::cluster::EventKind::PackageBuilt, &pkg.node_name)
-        .with_detail(detail);
-    if let Err(e) = backend.record_event(&event).await {
-        log::warn!("package built, but not recorded in the cluster's events: {e}");
-    }
-}
-
-/// Writes a built package to `path` (temporary file and rename; refuses to replace unless
-/// `force`).
-pub fn write_package(path: &Path, pkg: &BuiltPackage, force: bool) -> Result<(), BuildError> {
-    Ok(fleet_package::write_atomically(path, &pkg.bytes, force)?)
 }
 
 #[cfg(test)]

@@ -1,35 +1,33 @@
-//! The admin CLI's work: `cluster status`, `cluster nodes` (read the backend directly from the
-//! configuration) and `config init` (a ready-to-run configuration with fresh secrets).
+//! `fleet-server cluster status | nodes | info` and `package list | revoke`: they read the
+//! backend straight from the configuration and print what it holds (made safe for a terminal).
 
 use std::io::Write;
-use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context;
-use rand::Rng;
 use serde_json::json;
 
+use super::{ClusterCommand, load, runtime};
+use crate::app::backend::open as backend_of;
 use crate::cluster::{self, Member, MemberState};
-use crate::config::{BackendKind, Config};
+use crate::config::Config;
 use crate::identity;
 
-const DEADLINE: Duration = Duration::from_secs(5);
-
-fn backend_of(config: &Config) -> anyhow::Result<std::sync::Arc<dyn cluster::Membership>> {
-    if !config.cluster.enabled {
-        anyhow::bail!(
-            "Cluster mode not enabled: set cluster.enabled: true (and a backend) in the configuration"
-        );
-    }
-    Ok(cluster::open(config)?)
-}
-
-async fn timed<T>(
-    f: impl std::future::Future<Output = Result<T, cluster::ClusterError>>,
-) -> anyhow::Result<T> {
-    match tokio::time::timeout(DEADLINE, f).await {
-        Ok(r) => Ok(r?),
-        Err(_) => anyhow::bail!("the cluster backend did not answer within {DEADLINE:?}"),
+pub(super) fn run(command: ClusterCommand) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let mut out = std::io::stdout().lock();
+    match command {
+        ClusterCommand::Status { config, json } => {
+            let c = load(config)?;
+            rt.block_on(cluster_status(&c, json, &mut out))
+        }
+        ClusterCommand::Nodes { config, json } => {
+            let c = load(config)?;
+            rt.block_on(cluster_nodes(&c, json, &mut out))
+        }
+        ClusterCommand::Info { config, json } => {
+            let c = load(config)?;
+            rt.block_on(cluster_info(&c, json, &mut out))
+        }
     }
 }
 
@@ -87,7 +85,7 @@ fn members_json(members: &[Member]) -> serde_json::Value {
 async fn members_and_active(
     backend: &dyn cluster::Membership,
 ) -> anyhow::Result<(Vec<Member>, usize)> {
-    let members = timed(backend.members()).await?;
+    let members = backend.members().await?;
     let active = members
         .iter()
         .filter(|m| m.state == MemberState::Active)
@@ -142,7 +140,7 @@ pub async fn cluster_nodes(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let backend = backend_of(config)?;
-    let members = timed(backend.members()).await?;
+    let members = backend.members().await?;
     if as_json {
         let text = serde_json::to_string_pretty(&members_json(&members))?;
         writeln!(out, "{}", json_terminal_safe(&text))?;
@@ -154,22 +152,7 @@ pub async fn cluster_nodes(
 /// Where the backend is, without credentials: `redis://host:port/db`, the storage directory, or
 /// the etcd endpoints.
 pub fn backend_location(config: &Config) -> String {
-    let c = &config.cluster;
-    match c.backend {
-        BackendKind::Redis => match (&c.redis_socket, &c.redis_host) {
-            (Some(sock), _) => format!("unix:{}", sock.display()),
-            (None, host) => format!(
-                "{}://{}:{}/{}",
-                if c.redis_tls { "rediss" } else { "redis" },
-                host.as_deref().unwrap_or("?"),
-                c.redis_port,
-                c.redis_db
-            ),
-        },
-        BackendKind::Storage => config.storage_path().display().to_string(),
-        // Validated as http(s)://host:port without user info.
-        BackendKind::Etcd => c.etcd_endpoints.join(","),
-    }
+    cluster::location(config)
 }
 
 /// `fleet-server cluster info`: a summary line (members, active, backend and where it is) and
@@ -281,80 +264,6 @@ pub fn write_table(members: &[Member], out: &mut impl Write) -> anyhow::Result<(
     Ok(())
 }
 
-fn random_token(len: usize) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
-    let mut rng = rand::rng();
-    (0..len)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
-}
-
-/// Options of `config init`.
-#[derive(Debug, Clone)]
-pub struct InitOptions {
-    pub backend: BackendKind,
-    pub storage_path: Option<std::path::PathBuf>,
-    pub redis_host: Option<String>,
-    pub redis_port: u16,
-    pub state_dir: std::path::PathBuf,
-    pub host: String,
-    pub port: u16,
-    pub node_name: Option<String>,
-    pub redis_password: Option<crate::config::Secret>,
-    pub template_dir: Option<std::path::PathBuf>,
-    pub allow_foreign_binaries: bool,
-}
-
-/// Writes a configuration with fresh secrets (API key, admin password, encryption keys) and
-/// returns the admin password and API key, for the caller to show once.
-pub fn config_init(
-    path: &Path,
-    opts: &InitOptions,
-    force: bool,
-) -> anyhow::Result<(String, String)> {
-    if path.exists() && !force {
-        anyhow::bail!(
-            "{} exists: not overwriting it (use --force)",
-            path.display()
-        );
-    }
-    let password = random_token(20);
-    let api_key = random_token(40);
-    let mut c = Config::default();
-    c.server.host = crate::config::ListenHost::parse(&opts.host)
-        .map_err(|m| crate::config::ConfigError::invalid(path, "server.host", m))?;
-    c.server.port = crate::config::Port::new(opts.port)
-        .map_err(|m| crate::config::ConfigError::invalid(path, "server.port", m))?;
-    c.server.state_dir = opts.state_dir.clone();
-    c.cluster.enabled = true;
-    c.cluster.backend = opts.backend;
-    c.cluster.node_name = opts.node_name.clone();
-    c.cluster.storage_path = opts.storage_path.clone();
-    c.cluster.redis_host = opts.redis_host.clone();
-    c.cluster.redis_port = opts.redis_port;
-    c.cluster.redis_password = opts.redis_password.clone();
-    c.package.template_dir = opts.template_dir.clone();
-    c.package.allow_foreign_binaries = opts.allow_foreign_binaries;
-    // Only the key's digest is kept: the key is shown once, to the admin.
-    c.auth.api_key_sha256 = Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-        api_key.as_bytes(),
-    )));
-    let (hash, public) =
-        crate::sessionsig::credentials_for(&password).map_err(anyhow::Error::msg)?;
-    c.auth.web_password_hash = Some(crate::config::Secret::new(hash));
-    c.auth.session_public_key = Some(public);
-    c.encryption.database_key = Some(crate::config::Secret::new(random_token(44)));
-    c.encryption.payload_key = Some(crate::config::Secret::new(random_token(44)));
-    c.validate(path)?;
-    let yaml = serde_yaml::to_string(&c).context("rendering the configuration")?;
-    let text = format!(
-        "# Fleet Server node configuration, made by `fleet-server config init`.\n# It holds secrets: keep it 0600.\n{yaml}"
-    );
-    identity::write_atomically(path, text.as_bytes(), 0o600)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok((password, api_key))
-}
-
 fn utc_ms(ms: u64) -> String {
     crate::logging::timestamp(std::time::UNIX_EPOCH + Duration::from_millis(ms)) + " UTC"
 }
@@ -366,7 +275,7 @@ pub async fn package_list(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let backend = backend_of(config)?;
-    let pending = timed(backend.list_enrollments()).await?;
+    let pending = backend.list_enrollments().await?;
     if as_json {
         let rows: Vec<serde_json::Value> = pending.iter().map(|r| r.summary()).collect();
         writeln!(
@@ -433,6 +342,7 @@ pub async fn package_revoke(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::BackendKind;
 
     #[tokio::test]
     async fn cluster_info_prints_the_summary_and_the_table() {

@@ -1,0 +1,17 @@
+//! The one way a command opens the cluster backend of a configuration: refused, with the same
+//! advice everywhere, when cluster mode is off.
+
+use std::sync::Arc;
+
+use crate::cluster::{self, Membership};
+use crate::config::Config;
+
+/// The configuration's backend; an error that says how to enable cluster mode when it is off.
+pub fn open(config: &Config) -> anyhow::Result<Arc<dyn Membership>> {
+    if !config.cluster.enabled {
+        anyhow::bail!(
+            "Cluster mode not enabled: set cluster.enabled: true (and a backend) in the configuration"
+        );
+    }
+    Ok(cluster::open(config)?)
+}
