@@ -150,22 +150,7 @@ pub async fn cluster_nodes(
 /// Where the backend is, without credentials: `redis://host:port/db`, the storage directory, or
 /// the etcd endpoints.
 pub fn backend_location(config: &Config) -> String {
-    let c = &config.cluster;
-    match c.backend {
-        BackendKind::Redis => match (&c.redis_socket, &c.redis_host) {
-            (Some(sock), _) => format!("unix:{}", sock.display()),
-            (None, host) => format!(
-                "{}://{}:{}/{}",
-                if c.redis_tls { "rediss" } else { "redis" },
-                host.as_deref().unwrap_or("?"),
-                c.redis_port,
-                c.redis_db
-            ),
-        },
-        BackendKind::Storage => config.storage_path().display().to_string(),
-        // Validated as http(s)://host:port without user info.
-        BackendKind::Etcd => c.etcd_endpoints.join(","),
-    }
+    cluster::location(config)
 }
 
 /// `fleet-server cluster info`: a summary line (members, active, backend and where it is) and
