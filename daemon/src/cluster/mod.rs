@@ -257,6 +257,27 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// Where the configured backend is, for people (`cluster info`): a Redis URL without
+/// credentials or its socket, the shared directory, the etcd endpoints.
+pub fn location(config: &Config) -> String {
+    let c = &config.cluster;
+    match c.backend {
+        BackendKind::Redis => match (&c.redis_socket, &c.redis_host) {
+            (Some(sock), _) => format!("unix:{}", sock.display()),
+            (None, host) => format!(
+                "{}://{}:{}/{}",
+                if c.redis_tls { "rediss" } else { "redis" },
+                host.as_deref().unwrap_or("?"),
+                c.redis_port,
+                c.redis_db
+            ),
+        },
+        BackendKind::Storage => config.storage_path().display().to_string(),
+        // Validated as http(s)://host:port without user info.
+        BackendKind::Etcd => c.etcd_endpoints.join(","),
+    }
+}
+
 /// Opens the backend the configuration names. Never blocks on the network: a backend that is
 /// down at start is reached later, by the first operation that needs it.
 pub fn open(config: &Config) -> Result<Arc<dyn Membership>, ClusterError> {
