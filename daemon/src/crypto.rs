@@ -9,9 +9,7 @@ use rand::Rng;
 use ring::signature::{self, KeyPair};
 use sha2::{Digest, Sha256};
 
-use crate::config::Loaded;
-// The shape checks belong to the configuration (a leaf); they are re-exported for the old paths.
-pub use crate::config::{PUBLIC_KEY_PREFIX, is_password_hash, parse_public_key};
+use crate::config::{Loaded, PUBLIC_KEY_PREFIX};
 
 /// Hashes a password as an Argon2id PHC string (`$argon2id$v=19$…`).
 pub fn hash_password(password: &str) -> String {
@@ -209,6 +207,7 @@ pub fn check_login_token(phc_hash: Option<&str>, token: &str, now_ms: u64) -> bo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{is_password_hash, parse_public_key};
 
     #[test]
     fn hashes_verify() {

@@ -8,18 +8,18 @@ use crate::config::{BackendKind, Config, Secret};
 #[test]
 fn no_secret_shows_in_debug() {
     const SECRET: &str = "s3cret-value-0123456789abcdef";
-    let credential = crate::packages::NodeCredential {
+    let credential = crate::app::package::NodeCredential {
         user: "fleet-node-x".into(),
         password: Secret::new(SECRET),
     };
-    let token = crate::enrollment::Token {
+    let token = crate::app::enroll::Token {
         id: "0".repeat(32),
         secret: Secret::new(SECRET),
     };
-    let request = crate::packages::BuildRequest {
+    let request = crate::app::package::BuildRequest {
         passphrase: Some(Secret::new(SECRET)),
         node_credential: Some(credential.clone()),
-        enrollment: Some(crate::packages::EnrollmentPlan {
+        enrollment: Some(crate::app::package::EnrollmentPlan {
             token: token.clone(),
             user: Some(credential.clone()),
         }),
@@ -46,11 +46,11 @@ fn no_secret_shows_in_debug() {
     )
     .unwrap();
     let form = |json: serde_json::Value| json.to_string();
-    let login: crate::web::LoginForm = serde_json::from_str(&form(
+    let login: crate::http::dashboard::LoginForm = serde_json::from_str(&form(
         serde_json::json!({"username": "admin", "password": SECRET, "csrf": SECRET}),
     ))
     .unwrap();
-    let logout: crate::web::CsrfForm =
+    let logout: crate::http::dashboard::CsrfForm =
         serde_json::from_str(&form(serde_json::json!({"csrf": SECRET}))).unwrap();
     let download: crate::http::api::DownloadQuery =
         serde_json::from_str(&form(serde_json::json!({"key": SECRET}))).unwrap();

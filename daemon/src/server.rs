@@ -9,13 +9,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::membership::{NodeState, record_outcome, spawn_membership_thread};
+use crate::app::membership::{
+    NodeState, node_name, node_record, record_outcome, spawn_membership_thread,
+};
 use crate::cluster::{self, Timing};
 use crate::config::{Config, Origin};
 use crate::http::{AppState, router};
 use crate::identity;
-
-pub use crate::app::membership::{OUTCOME_FILE, local_addresses, node_name, node_record};
 
 /// How long in-flight HTTP requests may take to finish once shutdown starts.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
@@ -48,13 +48,13 @@ pub async fn run(
             crate::serve::Limits::from_config(&config.server),
             early_stop.clone(),
         ));
-        let redeemed = crate::enrollment::redeem(&config, &origin, &shutdown, &status).await;
+        let redeemed = crate::app::enroll::redeem(&config, &origin, &shutdown, &status).await;
         early_stop.cancel();
         let _ = tokio::time::timeout(DRAIN_DEADLINE, early).await;
         match redeemed {
-            crate::enrollment::Redemption::Redeemed(c) => (Arc::new(*c), None),
-            crate::enrollment::Redemption::Stopped => return Ok(()),
-            crate::enrollment::Redemption::Refused(reason) => (config, Some(reason)),
+            crate::app::enroll::Redemption::Redeemed(c) => (Arc::new(*c), None),
+            crate::app::enroll::Redemption::Stopped => return Ok(()),
+            crate::app::enroll::Redemption::Refused(reason) => (config, Some(reason)),
         }
     } else {
         (config, None)
@@ -147,10 +147,10 @@ pub async fn run(
         state,
         sessions,
         limiter: Default::default(),
-        builder: crate::packages::Builder::from_config(&config)
+        builder: crate::app::package::Builder::from_config(&config)
             .context("loading the package signing identity (package.signing)")?,
         tls: tls.is_some(),
-        downloads: Arc::new(crate::downloads::DownloadStore::new(state_dir)),
+        downloads: Arc::new(crate::app::downloads::DownloadStore::new(state_dir)),
     };
     // Expired download links go within a minute, even if nobody asks for them.
     let (downloads, stopping) = (app.downloads.clone(), shutdown.child_token());

@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fleet_server::cluster::EnrollmentRecord;
 use fleet_server::cluster::{
     ClusterError, EventKind, Heartbeat, MemberState, Membership, NodeRecord,
 };
 use fleet_server::config::Config;
-use fleet_server::enrollment::EnrollmentRecord;
 use fleet_tests::backends::{Fixture, etcd, node, redis, storage};
 use fleet_tests::{Daemon, RedisServer, local_now_ms};
 
@@ -183,7 +183,8 @@ async fn duplicate_live_name_is_refused_dead_name_reused(f: impl Fixture) {
 /// `package build --node-name … --ip …`: a name or an address a live member holds is refused;
 /// once that member is dead, both may be taken again.
 async fn build_check_refuses_live_names_and_ips(f: impl Fixture) {
-    use fleet_server::packages::{BuildError, check_available};
+    use fleet_server::app::build::check_available;
+    use fleet_server::app::package::BuildError;
     let b = f.open();
     let holder = node("server-07");
     let ip: std::net::IpAddr = "192.0.2.10".parse().unwrap();

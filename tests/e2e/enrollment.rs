@@ -17,9 +17,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fleet_installer_stub::sealed::{self, FileKey, KEY_FILE_NAME, KeySource, SEALED_FILE_NAME};
+use fleet_server::app::enroll::Token;
+use fleet_server::cluster::EnrollmentRecord;
 use fleet_server::cluster::{Event, EventKind};
 use fleet_server::config::Config;
-use fleet_server::enrollment::{EnrollmentRecord, Token};
 use fleet_tests::pkginstall::{self, mode, output_within};
 use fleet_tests::{
     Daemon, RedisServer, TEST_API_KEY, bin_path, free_port, get_json, http, require_tool, wait_for,
@@ -138,7 +139,7 @@ impl Cluster {
             }
         };
         let (hash, public) =
-            fleet_server::sessionsig::credentials_for(WEB_PASSWORD).expect("credentials");
+            fleet_server::crypto::credentials_for(WEB_PASSWORD).expect("credentials");
         let pdir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let config = format!(
@@ -709,7 +710,7 @@ fn race_takes(config: &Config, rounds: usize) {
         for round in 0..rounds {
             let token = Token::generate();
             let yaml = format!("# round {round}\ncluster:\n  enabled: true\n");
-            let (nonce, ciphertext) = fleet_server::enrollment::seal(&token, &yaml);
+            let (nonce, ciphertext) = fleet_server::app::enroll::seal(&token, &yaml);
             let rec = EnrollmentRecord {
                 token_id: token.id.clone(),
                 node_name: format!("racer-{round}"),
@@ -737,7 +738,7 @@ fn race_takes(config: &Config, rounds: usize) {
             let winners: Vec<EnrollmentRecord> = [ra, rb].into_iter().flatten().collect();
             assert_eq!(winners.len(), 1, "round {round}: exactly one taker wins");
             assert_eq!(
-                fleet_server::enrollment::open(&winners[0], &token).unwrap(),
+                fleet_server::app::enroll::open(&winners[0], &token).unwrap(),
                 yaml
             );
             assert!(a.take_enrollment(&token.id).await.unwrap().is_none());

@@ -160,8 +160,8 @@ async fn wrong_etcd_password_is_an_auth_error() {
     assert!(matches!(err, ClusterError::Auth { .. }), "{err:?}");
 }
 
-fn session(user: &str) -> fleet_server::sessions::Session {
-    fleet_server::sessions::Session {
+fn session(user: &str) -> fleet_server::cluster::sessions::Session {
+    fleet_server::cluster::sessions::Session {
         user: user.into(),
         csrf: "csrf-token-123".into(),
         created_ms: 1,
@@ -182,8 +182,8 @@ async fn etcd_sessions_are_shared_slide_and_expire() {
     let config = Config::parse(&text, std::path::Path::new("t.yaml")).unwrap();
     config.validate(std::path::Path::new("t.yaml")).unwrap();
     let (a, b) = (
-        fleet_server::sessions::open(&config).unwrap(),
-        fleet_server::sessions::open(&config).unwrap(),
+        fleet_server::cluster::open_sessions(&config).unwrap(),
+        fleet_server::cluster::open_sessions(&config).unwrap(),
     );
     assert!(!format!("{a:?}").contains(ROOT_PW));
     let long = Duration::from_secs(60);

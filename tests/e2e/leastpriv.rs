@@ -135,7 +135,7 @@ fn a_session_forged_in_redis_opens_nothing() {
     let forged_sid = "ab".repeat(32);
     let key = format!(
         "fleet:session:{}",
-        fleet_server::sessions::digest(&forged_sid)
+        fleet_server::cluster::sessions::digest(&forged_sid)
     );
     let mut real = fleet_tests::web::Client::new(d.port);
     assert_eq!(
@@ -148,7 +148,7 @@ fn a_session_forged_in_redis_opens_nothing() {
             "GET",
             &format!(
                 "fleet:session:{}",
-                fleet_server::sessions::digest(&real_sid)
+                fleet_server::cluster::sessions::digest(&real_sid)
             ),
         ])
         .unwrap();
@@ -223,10 +223,10 @@ fn nothing_a_node_holds_is_an_api_key() {
         primary.auth.api_key.is_none(),
         "the primary itself keeps only the digest after load"
     );
-    let node = fleet_server::packages::node_config(
+    let node = fleet_server::app::package::node_config(
         &primary,
         Some("node2"),
-        fleet_server::packages::Format::Bundle,
+        fleet_server::app::package::Format::Bundle,
     );
     let yaml = serde_yaml_values(&node);
     assert!(

@@ -132,15 +132,15 @@ fn users(redis: &RedisServer) -> String {
 
 /// A pending enrollment record for `name`, as a build puts it, with its enrollment user.
 async fn pending(primary: &RedisMembership, name: &str, ttl_ms: u64) -> (String, String, Secret) {
-    let token = fleet_server::enrollment::Token::generate();
+    let token = fleet_server::app::enroll::Token::generate();
     let now = primary.server_now_ms().await.unwrap();
     let (user, pw) = primary
         .create_enrollment_user(&token.id, now + ttl_ms)
         .await
         .unwrap();
-    let (nonce, ciphertext) = fleet_server::enrollment::seal(&token, "cluster: {}\n");
+    let (nonce, ciphertext) = fleet_server::app::enroll::seal(&token, "cluster: {}\n");
     primary
-        .put_enrollment(&fleet_server::enrollment::EnrollmentRecord {
+        .put_enrollment(&fleet_server::cluster::EnrollmentRecord {
             token_id: token.id.clone(),
             node_name: name.into(),
             created_ms: now,

@@ -192,7 +192,7 @@ pub fn latency_quantile(samples: &[(Duration, u16)], p: f64) -> Duration {
 /// A node configuration with the dashboard's password set (sessions in memory), for floods.
 pub fn flood_node_config(name: &str, port: u16, dir: &std::path::Path, cluster: &str) -> String {
     let (hash, public) =
-        fleet_server::sessionsig::credentials_for("the-right-password").expect("credentials");
+        fleet_server::crypto::credentials_for("the-right-password").expect("credentials");
     format!(
         "server:\n  host: 127.0.0.1\n  port: {port}\n  state_dir: {}\ncluster:\n  enabled: true\n  node_name: {name}\n  heartbeat_interval: 1\n  heartbeat_timeout: 3\n{cluster}auth:\n  api_key: {}\n  web_username: admin\n  web_password_hash: \"{hash}\"\n  session_public_key: \"{public}\"\nsessions:\n  backend: memory\n",
         dir.join("state").display(),

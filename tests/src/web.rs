@@ -152,9 +152,8 @@ pub fn web_yaml(template: &Path, sessions: &str) -> String {
     // One hash for every node of a test, as a real cluster's nodes share the primary's: the
     // session key it derives must be the one every node checks with.
     static CREDENTIALS: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
-    let (hash, public) = CREDENTIALS.get_or_init(|| {
-        fleet_server::sessionsig::credentials_for(WEB_PASSWORD).expect("credentials")
-    });
+    let (hash, public) = CREDENTIALS
+        .get_or_init(|| fleet_server::crypto::credentials_for(WEB_PASSWORD).expect("credentials"));
     format!(
         "auth:\n  api_key: {TEST_API_KEY}\n  web_username: admin\n  web_password_hash: \"{hash}\"\n  session_public_key: \"{public}\"\nsessions:\n{sessions}package:\n  template_dir: {}\n  allow_foreign_binaries: true\n",
         template.display()

@@ -67,8 +67,7 @@ pub fn config_init(
     c.auth.api_key_sha256 = Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
         api_key.as_bytes(),
     )));
-    let (hash, public) =
-        crate::sessionsig::credentials_for(&password).map_err(anyhow::Error::msg)?;
+    let (hash, public) = crate::crypto::credentials_for(&password).map_err(anyhow::Error::msg)?;
     c.auth.web_password_hash = Some(crate::config::Secret::new(hash));
     c.auth.session_public_key = Some(public);
     c.encryption.database_key = Some(crate::config::Secret::new(random_token(44)));

@@ -249,7 +249,7 @@ impl DownloadStore {
         }
         let meta = self.read_meta(id)?;
         let given = digest_hex(key.as_bytes());
-        if !crate::auth::constant_time_eq(given.as_bytes(), meta.key_sha256.as_bytes()) {
+        if !crate::crypto::constant_time_eq(given.as_bytes(), meta.key_sha256.as_bytes()) {
             return Err(DownloadError::WrongKey);
         }
         Ok(meta)

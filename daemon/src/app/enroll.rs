@@ -12,10 +12,8 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{Event, EventKind, Membership};
+use crate::cluster::{EnrollmentRecord, Event, EventKind, Membership};
 use crate::config::{Config, Loaded, Origin, Secret};
-
-pub use crate::cluster::EnrollmentRecord;
 
 /// A new token: its id (public) and secret (only in the package).
 #[derive(Debug, Clone)]
@@ -27,8 +25,8 @@ pub struct Token {
 impl Token {
     pub fn generate() -> Token {
         Token {
-            id: crate::auth::random_hex(16),
-            secret: Secret::new(crate::auth::random_hex(32)),
+            id: crate::crypto::random_hex(16),
+            secret: Secret::new(crate::crypto::random_hex(32)),
         }
     }
 }
@@ -301,11 +299,10 @@ async fn refuse(backend: &dyn Membership, token: &Token, reason: String) -> Rede
     Redemption::Refused(reason)
 }
 
-pub use crate::config::validate_token;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::validate_token;
 
     fn record(token: &Token, yaml: &str) -> EnrollmentRecord {
         let (nonce, ciphertext) = seal(token, yaml);

@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
+use crate::app::downloads::DownloadStore;
+use crate::cluster::EnrollmentRecord;
 use crate::cluster::{ClusterError, Event, EventKind, Membership};
-use crate::downloads::DownloadStore;
-use crate::enrollment::EnrollmentRecord;
 
 /// The one pending package whose token id starts with `id` (8 or more hex characters, as
 /// `package list` shows them).
@@ -133,7 +133,9 @@ mod tests {
         assert_eq!(ev.detail.get("token_id"), Some(&token));
         assert!(ev.at_ms > 0, "stamped by the backend");
         match store.take(&offered.id, offered.key.expose(), true) {
-            Err(crate::downloads::DownloadError::Gone(why)) => assert_eq!(why, "revoked or used"),
+            Err(crate::app::downloads::DownloadError::Gone(why)) => {
+                assert_eq!(why, "revoked or used")
+            }
             other => panic!("the link still works: {:?}", other.map(|t| t.file_name)),
         }
 

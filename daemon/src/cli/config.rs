@@ -35,7 +35,7 @@ pub(super) fn run(command: ConfigCommand) -> anyhow::Result<()> {
             // Both lines go under `auth:`: the hash checks logins, the public key checks the
             // sessions that logins sign.
             let (hash, public) =
-                crate::sessionsig::credentials_for(password).map_err(anyhow::Error::msg)?;
+                crate::crypto::credentials_for(password).map_err(anyhow::Error::msg)?;
             println!("web_password_hash: \"{hash}\"");
             println!("session_public_key: \"{public}\"");
             Ok(())

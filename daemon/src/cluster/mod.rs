@@ -81,13 +81,9 @@ pub(crate) async fn within<T>(
     })
 }
 
-/// A fresh password for a backend user: 32 random bytes, hex. Kept here (not taken from the
-/// HTTP layer's helpers) so that `cluster/` imports nothing above it.
+/// A fresh password for a backend user: 32 random bytes, hex.
 pub(crate) fn random_password() -> crate::config::Secret {
-    use rand::Rng;
-    let mut buf = [0u8; 32];
-    rand::rng().fill(&mut buf[..]);
-    crate::config::Secret::new(hex::encode(buf))
+    crate::config::Secret::new(crate::crypto::random_hex(32))
 }
 
 /// Heartbeat settings every backend needs.

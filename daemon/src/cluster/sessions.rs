@@ -158,16 +158,6 @@ pub fn open_sessions(config: &Config) -> Result<std::sync::Arc<dyn SessionStore>
     }
 }
 
-/// The name the session store's opener had before it moved into `cluster`.
-pub use open_sessions as open;
-
-/// A literal secret (tests build sessions so); kept beside `Session`, whose `csrf` is one.
-impl From<&str> for Secret {
-    fn from(value: &str) -> Secret {
-        Secret::new(value)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,3 +34,10 @@ impl fmt::Display for Secret {
         f.write_str("***")
     }
 }
+
+/// A literal secret (tests and fixtures build sessions and configurations so).
+impl From<&str> for Secret {
+    fn from(value: &str) -> Secret {
+        Secret::new(value)
+    }
+}

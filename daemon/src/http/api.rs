@@ -25,9 +25,9 @@ fn require_api_key_for_metrics(app: &AppState, headers: &HeaderMap) -> Result<()
     }
 }
 
-/// A backend call's error as the API's answer (503). The backend bounds every call with its
-/// own deadline (a timeout comes back as `Unreachable`), so none is added here.
-async fn with_deadline<T>(
+/// A backend call's error as the API's answer (503 when unreachable). The backend bounds every
+/// call with its own deadline (a timeout comes back as `Unreachable`), so none is added here.
+async fn backend_call<T>(
     f: impl std::future::Future<Output = Result<T, crate::cluster::ClusterError>>,
 ) -> Result<T, ApiError> {
     f.await.map_err(ApiError::from)
@@ -39,7 +39,7 @@ fn member_json(m: &Member) -> serde_json::Value {
 
 pub(super) async fn status(State(app): State<AppState>, headers: HeaderMap) -> Response {
     let authed = authorize(&app, &headers, false).await.is_ok();
-    if let Some(crate::node::Unhealthy::Enrollment(reason)) = app.state.health() {
+    if let Some(crate::app::membership::Unhealthy::Enrollment(reason)) = app.state.health() {
         return axum::Json(json!({
             "enabled": true,
             "node_id": app.node.id,
@@ -68,7 +68,7 @@ pub(super) async fn status(State(app): State<AppState>, headers: HeaderMap) -> R
         "healthy": app.state.health().is_none(),
     });
     if authed {
-        match with_deadline(backend.members()).await {
+        match backend_call(backend.members()).await {
             Ok(members) => {
                 let active = members
                     .iter()
@@ -83,7 +83,7 @@ pub(super) async fn status(State(app): State<AppState>, headers: HeaderMap) -> R
             }
         }
     } else {
-        match with_deadline(backend.active_count()).await {
+        match backend_call(backend.active_count()).await {
             Ok(n) => body["active_nodes"] = json!(n),
             Err(e) => {
                 body["active_nodes"] = json!(app.state.active_nodes.load(Ordering::Relaxed));
@@ -141,7 +141,7 @@ pub(super) async fn nodes(
     }
     let (limit, cursor) = (query.get("limit"), query.get("cursor"));
     let (members, next_cursor) = if limit.is_none() && cursor.is_none() {
-        (with_deadline(backend.members()).await?, None)
+        (backend_call(backend.members()).await?, None)
     } else {
         let limit = match limit {
             None => NODES_PAGE_DEFAULT,
@@ -165,7 +165,7 @@ pub(super) async fn nodes(
             ));
         }
         let (page, next) =
-            with_deadline(backend.members_page(limit, cursor.map(String::as_str))).await?;
+            backend_call(backend.members_page(limit, cursor.map(String::as_str))).await?;
         (page, Some(next))
     };
     Ok(axum::Json(Nodes {
@@ -260,17 +260,17 @@ pub(super) async fn build_package(
     let blank = |o: Option<String>| o.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
     let format = match blank(form.format) {
         Some(f) => f.parse().map_err(bad_request)?,
-        None => crate::packages::Format::Pkg,
+        None => crate::app::package::Format::Pkg,
     };
     let expires = match blank(form.expires) {
-        Some(e) => crate::packages::parse_expiry(&e).map_err(bad_request)?,
+        Some(e) => crate::app::package::parse_expiry(&e).map_err(bad_request)?,
         None => Duration::from_secs(u64::from(app.config.package.expiry_days) * 86_400),
     };
     let ethernet = match blank(form.ethernet) {
         Some(e) => e.parse().map_err(bad_request)?,
         None => fleet_installer_stub::EthernetPolicy::Require,
     };
-    let req = crate::packages::BuildRequest {
+    let req = crate::app::package::BuildRequest {
         node_name: blank(form.node_name),
         format,
         package_name: blank(form.package_name),
@@ -284,10 +284,10 @@ pub(super) async fn build_package(
         ..Default::default()
     };
     let link_lifetime = match blank(form.download_expires) {
-        Some(l) => {
-            Some(crate::downloads::parse_lifetime(&l).map_err(|e| bad_request(e.to_string()))?)
-        }
-        None => is_on(&form.download_link).then_some(crate::downloads::MAX_LIFETIME),
+        Some(l) => Some(
+            crate::app::downloads::parse_lifetime(&l).map_err(|e| bad_request(e.to_string()))?,
+        ),
+        None => is_on(&form.download_link).then_some(crate::app::downloads::MAX_LIFETIME),
     };
     use crate::app::build::{Delivered, Failure, Sink};
     let sink = match link_lifetime {
@@ -331,7 +331,7 @@ pub(super) async fn build_package(
     if let Delivered::Download(offered) = done.delivered {
         return Ok(offer_download(&app, &built, offered, until));
     }
-    let disposition = crate::downloads::content_disposition(&built.file_name);
+    let disposition = crate::app::downloads::content_disposition(&built.file_name);
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
@@ -366,17 +366,17 @@ pub(super) async fn build_package(
 }
 
 /// The answer to a build that failed (logged: the admin may not see the response).
-fn build_failed(who: &Principal, e: crate::packages::BuildError) -> ApiError {
+fn build_failed(who: &Principal, e: crate::app::package::BuildError) -> ApiError {
     log::warn!("package build for {} failed: {e}", who.label());
     let status = if e.is_bad_request() {
         StatusCode::BAD_REQUEST
-    } else if matches!(e, crate::packages::BuildError::Cluster(_)) {
+    } else if matches!(e, crate::app::package::BuildError::Cluster(_)) {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::INTERNAL_SERVER_ERROR
     };
     let field = match &e {
-        crate::packages::BuildError::Package(fleet_package::Error::InvalidPackageName {
+        crate::app::package::BuildError::Package(fleet_package::Error::InvalidPackageName {
             ..
         }) => "package_name: ",
         _ => "",
@@ -385,12 +385,12 @@ fn build_failed(who: &Principal, e: crate::packages::BuildError) -> ApiError {
 }
 
 /// The answer when a built package cannot be kept for download.
-fn download_failed(e: crate::downloads::DownloadError) -> ApiError {
+fn download_failed(e: crate::app::downloads::DownloadError) -> ApiError {
     match e {
-        crate::downloads::DownloadError::TooMany => {
+        crate::app::downloads::DownloadError::TooMany => {
             ApiError(StatusCode::TOO_MANY_REQUESTS, e.to_string())
         }
-        crate::downloads::DownloadError::Lifetime => bad_request(e.to_string()),
+        crate::app::downloads::DownloadError::Lifetime => bad_request(e.to_string()),
         e => {
             log::warn!("keeping a package for download: {e}");
             ApiError(
@@ -430,9 +430,9 @@ async fn build_upgrade_package(
         .filter(|s| !s.is_empty())
     {
         Some(f) => f.parse().map_err(bad_request)?,
-        None => crate::packages::Format::Pkg,
+        None => crate::app::package::Format::Pkg,
     };
-    let req = crate::upgrade::UpgradeRequest {
+    let req = crate::app::upgrade::UpgradeRequest {
         format,
         package_name: form
             .package_name
@@ -442,7 +442,7 @@ async fn build_upgrade_package(
         allow_foreign_binaries: false,
         built_by: who.label(),
     };
-    let built = crate::upgrade::build_upgrade_async(&app.builder, &app.config, req)
+    let built = crate::app::upgrade::build_upgrade_async(&app.builder, &app.config, req)
         .await
         .map_err(|e| {
             log::warn!("upgrade package build for {} failed: {e}", who.label());
@@ -453,7 +453,7 @@ async fn build_upgrade_package(
             };
             ApiError(status, e.to_string())
         })?;
-    crate::upgrade::record_built(app.backend.as_deref(), &built, &who.label()).await;
+    crate::app::upgrade::record_built(app.backend.as_deref(), &built, &who.label()).await;
     log::info!(
         "📦 {} built the upgrade package {} (fleet-server {}, {} bytes)",
         who.label(),
@@ -487,8 +487,8 @@ async fn build_upgrade_package(
 /// is its single-use link and the lines to copy onto the new machine.
 fn offer_download(
     app: &AppState,
-    built: &crate::packages::BuiltPackage,
-    offered: crate::downloads::Offered,
+    built: &crate::app::package::BuiltPackage,
+    offered: crate::app::downloads::Offered,
     package_until: String,
 ) -> Response {
     // The link names this node (the package is here only), not the load balancer.
@@ -498,7 +498,7 @@ fn offer_download(
         offered.id,
         offered.key.expose()
     );
-    let install = if built.format == crate::packages::Format::Bundle {
+    let install = if built.format == crate::app::package::Format::Bundle {
         let dir = built.file_name.trim_end_matches(".tar.gz");
         format!(
             "sudo tar -xzf {} && cd {dir} && sudo ./provision.sh",
@@ -548,7 +548,7 @@ pub(super) async fn download_package(
     Path(id): Path<String>,
     axum::extract::Query(q): axum::extract::Query<DownloadQuery>,
 ) -> Result<Response, ApiError> {
-    use crate::downloads::DownloadError as E;
+    use crate::app::downloads::DownloadError as E;
     let status_of = |e: &E| match e {
         E::NotFound => StatusCode::NOT_FOUND,
         E::WrongKey => StatusCode::FORBIDDEN,
@@ -573,7 +573,7 @@ pub(super) async fn download_package(
     // An enrolling package is handed out only while its enrollment is pending (revoked on any
     // node, or already used: 410).
     let pending = match (&token, &app.backend) {
-        (Some(t), Some(backend)) => with_deadline(backend.list_enrollments())
+        (Some(t), Some(backend)) => backend_call(backend.list_enrollments())
             .await?
             .iter()
             .any(|r| &r.token_id == t),
@@ -594,7 +594,7 @@ pub(super) async fn download_package(
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
             (
                 header::CONTENT_DISPOSITION,
-                crate::downloads::content_disposition(&taken.file_name),
+                crate::app::downloads::content_disposition(&taken.file_name),
             ),
             (header::CACHE_CONTROL, "no-store".to_string()),
         ],
@@ -614,7 +614,7 @@ pub(super) async fn list_packages(
     if !backend.supports_enrollment() {
         return Ok(axum::Json(json!({ "pending": [], "enrollment": false })).into_response());
     }
-    let pending = with_deadline(backend.list_enrollments()).await?;
+    let pending = backend_call(backend.list_enrollments()).await?;
     let rows: Vec<serde_json::Value> = pending.iter().map(|r| r.summary()).collect();
     Ok(axum::Json(json!({ "pending": rows, "enrollment": true })).into_response())
 }
@@ -656,7 +656,7 @@ async fn lb_targets(app: &AppState) -> Result<(Vec<crate::lb::Target>, &'static 
         };
         return Ok((crate::lb::targets(&[me]).0, "none"));
     };
-    let members = with_deadline(backend.members()).await?;
+    let members = backend_call(backend.members()).await?;
     Ok((crate::lb::targets(&members).0, backend.kind().as_str()))
 }
 

@@ -10,11 +10,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::app::membership::NodeState;
+use crate::cluster::sessions::Session;
 use crate::cluster::{Membership, NodeRecord};
 use crate::config::Config;
 use crate::crypto::constant_time_eq;
-use crate::node::NodeState;
-use crate::sessions::Session;
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
@@ -25,15 +25,15 @@ pub struct AppState {
     pub node: Arc<NodeRecord>,
     pub state: Arc<NodeState>,
     /// Web sessions (shared by every node when in Redis or etcd).
-    pub sessions: Arc<dyn crate::sessions::SessionStore>,
+    pub sessions: Arc<dyn crate::cluster::sessions::SessionStore>,
     /// Failed-login counts per client and per user.
-    pub limiter: Arc<crate::auth::LoginLimiter>,
+    pub limiter: Arc<crate::http::auth::LoginLimiter>,
     /// Builds node packages, with the template parts cached between builds.
-    pub builder: crate::packages::Builder,
+    pub builder: crate::app::package::Builder,
     /// Served over TLS: cookies get `Secure`.
     pub tls: bool,
     /// Packages left on this node behind a direct download link.
-    pub downloads: Arc<crate::downloads::DownloadStore>,
+    pub downloads: Arc<crate::app::downloads::DownloadStore>,
 }
 
 impl AppState {
@@ -198,12 +198,12 @@ fn session_is_signed(app: &AppState, sid: &str, s: &Session) -> bool {
     let Some(pk) = auth
         .session_public_key
         .as_deref()
-        .and_then(|k| crate::sessionsig::parse_public_key(k).ok())
+        .and_then(|k| crate::config::parse_public_key(k).ok())
     else {
         return false;
     };
-    let msg = crate::sessionsig::session_message(
-        &crate::sessions::digest(sid),
+    let msg = crate::crypto::session_message(
+        &crate::cluster::sessions::digest(sid),
         &s.user,
         s.csrf.expose(),
         s.created_ms,
@@ -211,7 +211,7 @@ fn session_is_signed(app: &AppState, sid: &str, s: &Session) -> bool {
     );
     s.user == auth.web_username
         && now_ms() < s.expires_ms
-        && crate::sessionsig::verify(&pk, &msg, &s.sig)
+        && crate::crypto::verify(&pk, &msg, &s.sig)
 }
 
 /// The login limiter's key for a client: its address, or for IPv6 its /64 (one subscriber's
@@ -285,7 +285,7 @@ impl Verifier {
             .await
             .map_err(|_| Busy)?;
         let (password, hash) = (password.to_string(), hash.to_string());
-        tokio::task::spawn_blocking(move || crate::auth::verify_password(&password, &hash))
+        tokio::task::spawn_blocking(move || crate::crypto::verify_password(&password, &hash))
             .await
             .map_err(|_| Busy)
     }
@@ -403,7 +403,7 @@ impl LoginLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::hash_password;
+    use crate::crypto::hash_password;
 
     #[test]
     fn the_sixth_attempt_is_blocked() {

@@ -14,10 +14,10 @@ use super::auth::{
     current_session, now_ms, set_cookie,
 };
 use crate::cluster::MemberState;
+use crate::cluster::sessions::Session;
 use crate::config::Secret;
 use crate::crypto::constant_time_eq;
 use crate::serve::ClientAddr;
-use crate::sessions::Session;
 
 const STYLE: &str = include_str!("../../assets/style.css");
 const SCRIPT: &str = include_str!("../../assets/settings.js");
@@ -100,7 +100,7 @@ pub async fn index() -> Redirect {
 
 fn login_page(app: &AppState, message: Option<&str>, status: StatusCode) -> Response {
     // Issued and signed by the server: a value the client plants is refused at login.
-    let token = crate::sessionsig::issue_login_token(
+    let token = crate::crypto::issue_login_token(
         app.config
             .auth
             .web_password_hash
@@ -183,7 +183,7 @@ pub async fn login(
     let cookie_token = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
     if form.csrf.is_empty()
         || !constant_time_eq(form.csrf.expose().as_bytes(), cookie_token.as_bytes())
-        || !crate::sessionsig::check_login_token(
+        || !crate::crypto::check_login_token(
             app.config
                 .auth
                 .web_password_hash
@@ -253,13 +253,13 @@ pub async fn login(
     };
     let password = form.password.clone();
     let derived = tokio::task::spawn_blocking(move || {
-        crate::sessionsig::derive_key(password.expose(), hash.expose())
+        crate::crypto::derive_key(password.expose(), hash.expose())
     })
     .await
     .map_err(|e| e.to_string())
     .and_then(|r| r);
     let key = match derived {
-        Ok(k) if crate::sessionsig::public_key_text(&k) == public => k,
+        Ok(k) if crate::crypto::public_key_text(&k) == public => k,
         Ok(_) => {
             log::error!(
                 "login refused: auth.session_public_key does not belong to auth.web_password_hash (set both from one `fleet-server config hash-password`)"
@@ -286,13 +286,13 @@ pub async fn login(
         csrf: Secret::new(crate::crypto::random_hex(32)),
         created_ms,
         expires_ms: created_ms
-            + crate::sessionsig::SESSION_MAX_MS.max(app.session_ttl().as_millis() as u64),
+            + crate::crypto::SESSION_MAX_MS.max(app.session_ttl().as_millis() as u64),
         sig: String::new(),
     };
-    session.sig = crate::sessionsig::sign(
+    session.sig = crate::crypto::sign(
         &key,
-        &crate::sessionsig::session_message(
-            &crate::sessions::digest(&sid),
+        &crate::crypto::session_message(
+            &crate::cluster::sessions::digest(&sid),
             &session.user,
             session.csrf.expose(),
             session.created_ms,
@@ -424,8 +424,8 @@ Enable it in the configuration and restart the server:</p>\
             }
             body.push_str(&signing_note(app.builder.signing()));
             // Only the formats this node can build (a node carries its own platform's template).
-            let macos = crate::packages::can_build(&app.config, crate::packages::Format::Pkg);
-            let linux = crate::packages::can_build(&app.config, crate::packages::Format::Bundle);
+            let macos = crate::app::package::can_build(&app.config, crate::app::package::Format::Pkg);
+            let linux = crate::app::package::can_build(&app.config, crate::app::package::Format::Bundle);
             body.push_str(&format!(
                 "<h3>Build a node package</h3>\
 <form id=\"build-form\" class=\"grid\" autocomplete=\"off\">\

@@ -11,8 +11,6 @@ use axum::routing::get;
 use serde_json::json;
 
 // Shims: the paths other modules used before `http` was split.
-pub use crate::crypto::constant_time_eq;
-pub use crate::serve::ClientAddr;
 pub use auth::{ApiError, AppState, Principal, authorize};
 
 /// The API's routes.
