@@ -80,8 +80,8 @@ impl Fixture for StorageFixture {
         let mut config = Config::default();
         config.cluster.enabled = true;
         config.cluster.backend = BackendKind::Storage;
-        config.cluster.heartbeat_interval = 1.0;
-        config.cluster.heartbeat_timeout = 3.0;
+        config.cluster.heartbeat_interval = fleet_server::config::Seconds::new(1.0).unwrap();
+        config.cluster.heartbeat_timeout = fleet_server::config::Seconds::new(3.0).unwrap();
         config.cluster.storage_path = Some(self.shared());
         fleet_server::cluster::open(&config).unwrap()
     }

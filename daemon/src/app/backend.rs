@@ -1,5 +1,6 @@
-//! The one way a command opens the cluster backend of a configuration: refused, with the same
-//! advice everywhere, when cluster mode is off.
+//! The opener of the commands that need a cluster (`cluster status|nodes|info`, `lb`,
+//! `package list|revoke`): refused, with the same advice everywhere, when cluster mode is off.
+//! (Builds open the backend only when cluster mode is on, and build without one otherwise.)
 
 use std::sync::Arc;
 

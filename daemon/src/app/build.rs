@@ -352,9 +352,7 @@ async fn record_built(backend: Option<&dyn Membership>, pkg: &BuiltPackage, by: 
     }
     let event = crate::cluster::Event::new(crate::cluster::EventKind::PackageBuilt, &pkg.node_name)
         .with_detail(detail);
-    if let Err(e) = backend.record_event(&event).await {
-        log::warn!("package built, but not recorded in the cluster's events: {e}");
-    }
+    super::events::record(backend, &event, "package built").await;
 }
 
 /// Writes a built package to `path` (temporary file and rename; refuses to replace unless

@@ -277,9 +277,7 @@ pub async fn redeem(
             .with("token_id", &record.token_id)
             .with("package_id", &record.package_id)
             .with("host", crate::identity::hostname());
-        if let Err(e) = b.record_event(&ev).await {
-            log::warn!("enrollment redeemed, but not recorded in the cluster's events: {e}");
-        }
+        super::events::record(&*b, &ev, "enrollment redeemed").await;
     }
     Redemption::Redeemed(Box::new(full))
 }
@@ -293,9 +291,7 @@ async fn refuse(backend: &dyn Membership, token: &Token, reason: String) -> Rede
     .with("token_id", &token.id)
     .with("reason", &reason)
     .with("host", crate::identity::hostname());
-    if let Err(e) = backend.record_event(&ev).await {
-        log::warn!("the rejection could not be recorded in the cluster: {e}");
-    }
+    super::events::record(backend, &ev, "enrollment refused").await;
     Redemption::Refused(reason)
 }
 

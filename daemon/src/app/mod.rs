@@ -1,6 +1,6 @@
 //! The application layer: what the CLI and the HTTP API both do (open the backend, write a
 //! configuration, build, enroll, revoke and remove, keep the node in the cluster), on top of
-//! `cluster`, `config` and `lb`.
+//! `cluster`, `config` and the base modules.
 
 pub mod backend;
 pub mod build;

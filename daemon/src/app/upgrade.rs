@@ -169,7 +169,5 @@ pub async fn record_built(backend: Option<&dyn Membership>, pkg: &UpgradePackage
     .into();
     let event =
         crate::cluster::Event::new(crate::cluster::EventKind::PackageBuilt, "").with_detail(detail);
-    if backend.record_event(&event).await.is_err() {
-        log::warn!("upgrade package built, but not recorded in the cluster's events");
-    }
+    super::events::record(backend, &event, "upgrade package built").await;
 }

@@ -1,5 +1,5 @@
-//! `fleet-server package build | list | revoke | inspect`: their arguments, the build's
-//! orchestration (credential, write, record, discard on failure) and what each prints.
+//! `fleet-server package build | list | revoke | inspect`: their arguments and what each
+//! prints; the build itself goes through `app::build` (with a file sink).
 
 use std::sync::Arc;
 

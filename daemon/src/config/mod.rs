@@ -13,7 +13,7 @@ mod validate;
 pub use loaded::{Loaded, Origin};
 pub use schema::*;
 pub use secret::Secret;
-pub use types::{AtLeastOne, ExpiryDays, ListenHost, Port};
+pub use types::{AtLeastOne, ExpiryDays, ListenHost, Port, Seconds};
 
 /// Where launchd's plist points the daemon on macOS.
 pub const MACOS_CONFIG_PATH: &str = "/Library/FleetServer/config/config.yaml";

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AtLeastOne, ExpiryDays, ListenHost, Port, Secret};
+use super::{AtLeastOne, ExpiryDays, ListenHost, Port, Seconds, Secret};
 
 fn default_state_dir() -> PathBuf {
     if cfg!(target_os = "macos") {
@@ -141,10 +141,10 @@ pub struct ClusterConfig {
     /// Prefix of every backend key (`fleet:` gives `fleet:cluster:members`).
     pub key_prefix: String,
     /// Seconds between heartbeats (at least 1).
-    pub heartbeat_interval: f64,
+    pub heartbeat_interval: Seconds<1>,
     /// Seconds without a heartbeat after which a node counts as gone (at least 3, and at least
     /// twice the interval).
-    pub heartbeat_timeout: f64,
+    pub heartbeat_timeout: Seconds<3>,
     /// Redis host name or address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_host: Option<String>,
@@ -223,8 +223,8 @@ impl Default for ClusterConfig {
             backend: BackendKind::Storage,
             node_name: None,
             key_prefix: "fleet:".into(),
-            heartbeat_interval: 5.0,
-            heartbeat_timeout: 15.0,
+            heartbeat_interval: Seconds(5.0),
+            heartbeat_timeout: Seconds(15.0),
             redis_host: None,
             redis_port: 6379,
             redis_socket: None,
@@ -254,10 +254,10 @@ impl Default for ClusterConfig {
 
 impl ClusterConfig {
     pub fn heartbeat_interval(&self) -> std::time::Duration {
-        std::time::Duration::from_secs_f64(self.heartbeat_interval)
+        self.heartbeat_interval.duration()
     }
     pub fn heartbeat_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_secs_f64(self.heartbeat_timeout)
+        self.heartbeat_timeout.duration()
     }
 }
 

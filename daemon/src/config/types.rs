@@ -211,3 +211,36 @@ mod tests {
         assert_eq!(serde_yaml::to_string(&Port(80)).unwrap().trim(), "80");
     }
 }
+
+/// A duration in seconds (fractions allowed), finite and at least `MIN` seconds: the heartbeat
+/// interval (`Seconds<1>`) and timeout (`Seconds<3>`).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize)]
+#[serde(transparent)]
+pub struct Seconds<const MIN: u32>(pub(super) f64);
+
+impl<const MIN: u32> Seconds<MIN> {
+    pub fn new(seconds: f64) -> Result<Seconds<MIN>, String> {
+        if !seconds.is_finite() || seconds < f64::from(MIN) {
+            return Err(format!("{seconds} s is too short: at least {MIN} s"));
+        }
+        Ok(Seconds(seconds))
+    }
+    pub const fn get(self) -> f64 {
+        self.0
+    }
+    pub fn duration(self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.0)
+    }
+}
+
+impl<'de, const MIN: u32> Deserialize<'de> for Seconds<MIN> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Seconds::new(f64::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl<const MIN: u32> fmt::Display for Seconds<MIN> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}

@@ -231,7 +231,8 @@ pub fn client_key(ip: std::net::IpAddr) -> String {
     }
 }
 
-/// Failed logins allowed per client and per user within `LOGIN_WINDOW`; the next is refused.
+/// Failed logins allowed per client (address, or IPv6 /64) within `LOGIN_WINDOW`; the next is
+/// refused.
 pub const LOGIN_ATTEMPTS: u32 = 5;
 pub const LOGIN_WINDOW: Duration = Duration::from_secs(60);
 /// Failed logins allowed per node within `LOGIN_WINDOW`, whoever sends them: an attacker with

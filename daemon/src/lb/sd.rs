@@ -1,6 +1,6 @@
 //! Discovery documents for monitors and proxies that poll over HTTP: Prometheus's
 //! `http_sd_configs` list and Traefik's HTTP provider configuration. Pure functions of the
-//! target list; the HTTP handlers in `http.rs` serve them behind the API key.
+//! target list; the HTTP handlers in `http/api.rs` serve them behind the API key.
 
 use serde_json::{Value, json};
 
