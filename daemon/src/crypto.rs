@@ -107,10 +107,16 @@ pub fn secure(loaded: &mut Loaded) {
         if auth.web_password_hash.is_none() {
             // The hash and the public key of the session key, both from the plain text.
             match credentials_for(plain.expose()) {
-                Ok((hash, public)) => {
-                    auth.web_password_hash = Some(crate::config::Secret::new(hash));
-                    auth.session_public_key = Some(public);
-                }
+                Ok((hash, public)) => match (
+                    crate::config::PasswordHash::new(hash),
+                    crate::config::PublicKey::new(public),
+                ) {
+                    (Ok(hash), Ok(public)) => {
+                        auth.web_password_hash = Some(hash);
+                        auth.session_public_key = Some(public);
+                    }
+                    (Err(e), _) | (_, Err(e)) => loaded.warnings.push(e),
+                },
                 Err(e) => loaded.warnings.push(e),
             }
         }

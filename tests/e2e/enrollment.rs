@@ -1487,7 +1487,7 @@ fn health_answers_while_a_node_enrolls() {
 /// The digest of the test API key, as a node's configuration holds it.
 fn test_api_key_digest() -> Option<[u8; 32]> {
     fleet_server::config::AuthConfig {
-        api_key: Some(fleet_server::config::Secret::new(TEST_API_KEY)),
+        api_key: Some(fleet_server::config::ApiKey::new(TEST_API_KEY).unwrap()),
         ..Default::default()
     }
     .api_key_digest()

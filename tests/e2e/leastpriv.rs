@@ -225,7 +225,7 @@ fn nothing_a_node_holds_is_an_api_key() {
     );
     let node = fleet_server::app::package::node_config(
         &primary,
-        Some("node2"),
+        fleet_server::config::NodeName::new("node2").ok().as_ref(),
         fleet_server::app::package::Format::Bundle,
     );
     let yaml = serde_yaml_values(&node);

@@ -56,7 +56,13 @@ pub fn config_init(
     c.server.state_dir = opts.state_dir.clone();
     c.cluster.enabled = true;
     c.cluster.backend = opts.backend;
-    c.cluster.node_name = opts.node_name.clone();
+    c.cluster.node_name = match &opts.node_name {
+        Some(n) => Some(
+            crate::config::NodeName::new(n.as_str())
+                .map_err(|m| crate::config::ConfigError::invalid(path, "cluster.node_name", m))?,
+        ),
+        None => None,
+    };
     c.cluster.storage_path = opts.storage_path.clone();
     c.cluster.redis_host = opts.redis_host.clone();
     c.cluster.redis_port = opts.redis_port;
@@ -64,12 +70,14 @@ pub fn config_init(
     c.package.template_dir = opts.template_dir.clone();
     c.package.allow_foreign_binaries = opts.allow_foreign_binaries;
     // Only the key's digest is kept: the key is shown once, to the admin.
-    c.auth.api_key_sha256 = Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-        api_key.as_bytes(),
-    )));
+    c.auth.api_key_sha256 = Some(crate::config::Sha256Hex::of_digest(
+        <sha2::Sha256 as sha2::Digest>::digest(api_key.as_bytes()).into(),
+    ));
     let (hash, public) = crate::crypto::credentials_for(&password).map_err(anyhow::Error::msg)?;
-    c.auth.web_password_hash = Some(crate::config::Secret::new(hash));
-    c.auth.session_public_key = Some(public);
+    c.auth.web_password_hash =
+        Some(crate::config::PasswordHash::new(hash).map_err(anyhow::Error::msg)?);
+    c.auth.session_public_key =
+        Some(crate::config::PublicKey::new(public).map_err(anyhow::Error::msg)?);
     c.encryption.database_key = Some(crate::config::Secret::new(random_token(44)));
     c.encryption.payload_key = Some(crate::config::Secret::new(random_token(44)));
     c.validate(path)?;

@@ -373,7 +373,7 @@ fn on_error(state: &NodeState, e: &ClusterError, logged: &mut Option<String>, no
 /// start, kept in the state directory (a later hostname does not rename the node).
 pub fn node_name(config: &Config) -> std::io::Result<String> {
     match &config.cluster.node_name {
-        Some(n) => Ok(n.clone()),
+        Some(n) => Ok(n.to_string()),
         None => identity::load_or_keep_derived_name(
             &config.server.state_dir,
             &identity::hostname_node_name(),

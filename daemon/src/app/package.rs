@@ -17,7 +17,7 @@ use fleet_package::{
 };
 
 use crate::cluster::ClusterError;
-use crate::config::{Config, Secret, SigningConfig};
+use crate::config::{Config, NodeName, Secret, Sha256Hex, SigningConfig};
 
 /// Which installer to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,9 +256,9 @@ pub fn parse_expiry(s: &str) -> Result<Duration, String> {
 
 /// The new node's configuration: the primary's, with this node's name, the target's paths,
 /// and nothing that only makes sense on the primary.
-pub fn node_config(primary: &Config, node_name: Option<&str>, format: Format) -> Config {
+pub fn node_config(primary: &Config, node_name: Option<&NodeName>, format: Format) -> Config {
     let mut c = primary.clone();
-    c.cluster.node_name = node_name.map(str::to_string);
+    c.cluster.node_name = node_name.cloned();
     c.server.state_dir = PathBuf::from(match format {
         Format::Pkg | Format::Component => "/Library/FleetServer/state",
         Format::Bundle => "/var/lib/fleet-server",
@@ -272,7 +272,7 @@ pub fn node_config(primary: &Config, node_name: Option<&str>, format: Format) ->
     c.auth.api_key_file = None;
     c.auth.web_password = None;
     // A node checks the API key by its digest and never holds the key (issue 14).
-    c.auth.api_key_sha256 = primary.auth.api_key_digest().map(hex::encode);
+    c.auth.api_key_sha256 = primary.auth.api_key_digest().map(Sha256Hex::of_digest);
     c.auth.api_key = None;
     // Every node can build packages for its own platform: the package installs its binaries
     // as a node template (postinstall / provision.sh), and the node's configuration names it.
@@ -472,9 +472,10 @@ impl Builder {
     /// Builds the package `req` asks for from the primary's configuration. CPU-bound: call it
     /// from a blocking thread in async code.
     pub fn build(&self, primary: &Config, req: &BuildRequest) -> Result<BuiltPackage, BuildError> {
-        if let Some(name) = &req.node_name {
-            crate::identity::validate_node_name(name).map_err(BuildError::NodeName)?;
-        }
+        let node_name = match &req.node_name {
+            Some(name) => Some(NodeName::new(name.as_str()).map_err(BuildError::NodeName)?),
+            None => None,
+        };
         if req.expires < Duration::from_secs(60) || req.expires > Duration::from_secs(365 * 86_400)
         {
             return Err(BuildError::Expiry);
@@ -509,7 +510,7 @@ impl Builder {
         let template = Template::load(&template_dir, target, allow_foreign)?;
         let foreign_binaries = allow_foreign && !template_fits(&template, target);
 
-        let mut node = node_config(primary, req.node_name.as_deref(), req.format);
+        let mut node = node_config(primary, node_name.as_ref(), req.format);
         let node_files = node_files(primary, &mut node, req.format)?;
         if let Some(cred) = &req.node_credential {
             use_credential(&mut node, cred);
@@ -673,7 +674,7 @@ mod tests {
         p.cluster.redis_tls_ca = Some(ca);
         p.cluster.redis_sentinel_password_file = Some("/etc/sentinel-pw".into());
         p.cluster.redis_sentinel_password = Some(crate::config::Secret::new("spw"));
-        let mut n = node_config(&p, Some("server-03"), Format::Bundle);
+        let mut n = node_config(&p, NodeName::new("server-03").ok().as_ref(), Format::Bundle);
         assert_eq!(n.cluster.redis_sentinel_password_file, None);
         let files = node_files(&p, &mut n, Format::Bundle).unwrap();
         assert_eq!(files.len(), 1);
@@ -695,7 +696,7 @@ mod tests {
         p.cluster.redis_password = Some(crate::config::Secret::new("pw"));
         p.package.template_dir = Some("/tpl".into());
         p.server.public_url = Some("https://primary:8768".into());
-        let n = node_config(&p, Some("server-03"), Format::Pkg);
+        let n = node_config(&p, NodeName::new("server-03").ok().as_ref(), Format::Pkg);
         assert_eq!(n.cluster.node_name.as_deref(), Some("server-03"));
         assert_eq!(n.cluster.redis_password_file, None);
         assert_eq!(

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Config, ConfigError, Port, Secret, invalid};
+use super::{ApiKey, Config, ConfigError, Port, Secret, invalid};
 
 /// Where a configuration came from and what the command line overrides in it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,7 +52,7 @@ impl Loaded {
     pub fn hash_plain_api_key(&mut self) {
         let auth = &mut self.config.auth;
         if auth.api_key.is_some() {
-            let digest = auth.api_key_digest().map(hex::encode);
+            let digest = auth.api_key_digest().map(super::Sha256Hex::of_digest);
             auth.api_key = None;
             auth.api_key_sha256 = digest.clone();
             // A key file is the primary's own business; inline, the key sits in the YAML.
@@ -61,7 +61,7 @@ impl Loaded {
             }
             self.warnings.push(format!(
                 "auth.api_key is stored in plain text: replace it with `api_key_sha256: {}` (the key is then known only to its holders)",
-                digest.unwrap_or_default()
+                digest.as_deref().unwrap_or_default()
             ));
         }
     }
@@ -164,12 +164,22 @@ impl Config {
             &self.cluster.etcd_password_file,
             &mut self.cluster.etcd_password,
         )?;
-        read_secret(
-            origin,
-            "auth.api_key",
-            &self.auth.api_key_file,
-            &mut self.auth.api_key,
-        )?;
+        if self.auth.api_key_file.is_some() {
+            if self.auth.api_key.is_some() {
+                return Err(invalid(
+                    origin,
+                    "auth.api_key",
+                    "give either the value or the `_file`, not both",
+                ));
+            }
+            let mut key = None;
+            read_secret(origin, "auth.api_key", &self.auth.api_key_file, &mut key)?;
+            // The key from the file is held to the same rule as one written inline.
+            self.auth.api_key = key
+                .map(|k| ApiKey::new(k.expose()))
+                .transpose()
+                .map_err(|m| invalid(origin, "auth.api_key", m))?;
+        }
         Ok(())
     }
 

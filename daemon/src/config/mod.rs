@@ -13,7 +13,10 @@ mod validate;
 pub use loaded::{Loaded, Origin};
 pub use schema::*;
 pub use secret::Secret;
-pub use types::{AtLeastOne, ExpiryDays, ListenHost, Port, Seconds};
+pub use types::{
+    ApiKey, AtLeastOne, ExpiryDays, KeyPrefix, ListenHost, NodeName, PasswordHash, Port, PublicKey,
+    Seconds, Sha256Hex, UserName,
+};
 
 /// Where launchd's plist points the daemon on macOS.
 pub const MACOS_CONFIG_PATH: &str = "/Library/FleetServer/config/config.yaml";

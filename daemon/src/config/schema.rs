@@ -6,7 +6,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AtLeastOne, ExpiryDays, ListenHost, Port, Seconds, Secret};
+use super::{
+    ApiKey, AtLeastOne, ExpiryDays, KeyPrefix, ListenHost, NodeName, PasswordHash, Port, PublicKey,
+    Seconds, Secret, Sha256Hex, UserName,
+};
 
 fn default_state_dir() -> PathBuf {
     if cfg!(target_os = "macos") {
@@ -137,9 +140,9 @@ pub struct ClusterConfig {
     pub backend: BackendKind,
     /// This node's name; the hostname (reduced to `[a-z0-9-]`) when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub node_name: Option<String>,
+    pub node_name: Option<NodeName>,
     /// Prefix of every backend key (`fleet:` gives `fleet:cluster:members`).
-    pub key_prefix: String,
+    pub key_prefix: KeyPrefix,
     /// Seconds between heartbeats (at least 1).
     pub heartbeat_interval: Seconds<1>,
     /// Seconds without a heartbeat after which a node counts as gone (at least 3, and at least
@@ -222,7 +225,7 @@ impl Default for ClusterConfig {
             enabled: false,
             backend: BackendKind::Storage,
             node_name: None,
-            key_prefix: "fleet:".into(),
+            key_prefix: KeyPrefix("fleet:".into()),
             heartbeat_interval: Seconds(5.0),
             heartbeat_timeout: Seconds(15.0),
             redis_host: None,
@@ -354,33 +357,33 @@ impl Default for SessionRedisConfig {
 pub struct AuthConfig {
     /// Key for the API (`X-API-Key` or `Authorization: Bearer`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub api_key: Option<Secret>,
+    pub api_key: Option<ApiKey>,
     /// A file holding the API key, instead of `api_key`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key_file: Option<PathBuf>,
     /// SHA-256 (hex) of the API key: all a node needs to check it. A plain `api_key` is
     /// replaced by this at load, so neither a node's configuration nor a package holds the key.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub api_key_sha256: Option<String>,
+    pub api_key_sha256: Option<Sha256Hex>,
     /// The dashboard's user name.
-    pub web_username: String,
+    pub web_username: UserName,
     /// The dashboard's password in plain text: accepted, hashed at load, with a warning.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub web_password: Option<Secret>,
     /// The dashboard's password as an Argon2id hash (`fleet-server config hash-password`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub web_password_hash: Option<Secret>,
+    pub web_password_hash: Option<PasswordHash>,
     /// `ed25519:<hex>`: the public half of the key the password derives; sessions must carry
     /// its signature (`fleet-server config hash-password` prints it with the hash).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub session_public_key: Option<String>,
+    pub session_public_key: Option<PublicKey>,
 }
 
 impl AuthConfig {
     /// The API key's SHA-256 digest, from `api_key_sha256` or a plain `api_key`.
     pub fn api_key_digest(&self) -> Option<[u8; 32]> {
         if let Some(h) = &self.api_key_sha256 {
-            return hex::decode(h).ok().and_then(|b| b.try_into().ok());
+            return hex::decode(h.as_str()).ok().and_then(|b| b.try_into().ok());
         }
         self.api_key
             .as_ref()
@@ -393,7 +396,7 @@ impl Default for AuthConfig {
         AuthConfig {
             api_key: None,
             api_key_file: None,
-            web_username: "admin".into(),
+            web_username: UserName("admin".into()),
             web_password: None,
             web_password_hash: None,
             api_key_sha256: None,

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use super::Secret;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// A TCP port to listen on: 1 to 65535.
@@ -242,5 +243,156 @@ impl<'de, const MIN: u32> Deserialize<'de> for Seconds<MIN> {
 impl<const MIN: u32> fmt::Display for Seconds<MIN> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+/// A string of the schema that must pass `check` on its own: it derefs to `str`, serialises as
+/// the string, and a value that fails is refused while it is deserialised (serde names its field).
+macro_rules! checked_text {
+    ($(#[$doc:meta])* $name:ident, $check:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(pub(super) String);
+
+        impl $name {
+            pub fn new(text: impl Into<String>) -> Result<$name, String> {
+                let text = text.into();
+                let check: fn(&str) -> Result<(), String> = $check;
+                check(&text)?;
+                Ok($name(text))
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                $name::new(String::deserialize(d)?).map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+/// A secret of the schema that must pass `check` on its own: a [`Secret`] (never shown by
+/// `Debug` or `Display`) that is refused while it is deserialised when it fails.
+macro_rules! checked_secret {
+    ($(#[$doc:meta])* $name:ident, $check:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(pub(super) Secret);
+
+        impl $name {
+            pub fn new(value: impl Into<String>) -> Result<$name, String> {
+                let value = Secret::new(value);
+                let check: fn(&str) -> Result<(), String> = $check;
+                check(value.expose())?;
+                Ok($name(value))
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = Secret;
+            fn deref(&self) -> &Secret {
+                &self.0
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                $name::new(String::deserialize(d)?).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+checked_text!(
+    /// `cluster.node_name`: the stub library's node-name rule.
+    NodeName,
+    fleet_installer_stub::names::check_node_name
+);
+
+checked_text!(
+    /// `cluster.key_prefix`: non-empty, no whitespace.
+    KeyPrefix,
+    |s| {
+        if s.is_empty() || s.chars().any(char::is_whitespace) {
+            return Err("must be non-empty and without spaces".into());
+        }
+        Ok(())
+    }
+);
+
+checked_text!(
+    /// `auth.web_username`: not empty.
+    UserName,
+    |s| {
+        if s.trim().is_empty() {
+            return Err("must not be empty".into());
+        }
+        Ok(())
+    }
+);
+
+checked_text!(
+    /// `auth.api_key_sha256`: 64 hex digits.
+    Sha256Hex,
+    |s| {
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("must be 64 hex digits (the SHA-256 of the API key)".into());
+        }
+        Ok(())
+    }
+);
+
+checked_text!(
+    /// `auth.session_public_key`: `ed25519:<64 hex>`.
+    PublicKey,
+    |s| super::schema::parse_public_key(s).map(|_| ())
+);
+
+checked_secret!(
+    /// `auth.web_password_hash`: an Argon2 PHC string.
+    PasswordHash,
+    |s| {
+        if !super::schema::is_password_hash(s) {
+            return Err(
+                "is not an Argon2 hash (make one with `fleet-server config hash-password`)".into(),
+            );
+        }
+        Ok(())
+    }
+);
+
+checked_secret!(
+    /// `auth.api_key`: at least 16 characters.
+    ApiKey,
+    |s| {
+        if s.len() < 16 {
+            return Err("is too short: at least 16 characters".into());
+        }
+        Ok(())
+    }
+);
+
+impl Sha256Hex {
+    /// The hex form of a SHA-256 digest (always 64 hex digits).
+    pub fn of_digest(digest: [u8; 32]) -> Sha256Hex {
+        Sha256Hex(hex::encode(digest))
     }
 }

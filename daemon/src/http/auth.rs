@@ -209,7 +209,7 @@ fn session_is_signed(app: &AppState, sid: &str, s: &Session) -> bool {
         s.created_ms,
         s.expires_ms,
     );
-    s.user == auth.web_username
+    s.user == auth.web_username.as_str()
         && now_ms() < s.expires_ms
         && crate::crypto::verify(&pk, &msg, &s.sig)
 }

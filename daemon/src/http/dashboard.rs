@@ -104,7 +104,7 @@ fn login_page(app: &AppState, message: Option<&str>, status: StatusCode) -> Resp
         app.config
             .auth
             .web_password_hash
-            .as_ref()
+            .as_deref()
             .map(Secret::expose),
         now_ms(),
     );
@@ -187,7 +187,7 @@ pub async fn login(
             app.config
                 .auth
                 .web_password_hash
-                .as_ref()
+                .as_deref()
                 .map(Secret::expose),
             form.csrf.expose(),
             now_ms(),
@@ -259,7 +259,7 @@ pub async fn login(
     .map_err(|e| e.to_string())
     .and_then(|r| r);
     let key = match derived {
-        Ok(k) if crate::crypto::public_key_text(&k) == public => k,
+        Ok(k) if crate::crypto::public_key_text(&k) == public.as_str() => k,
         Ok(_) => {
             log::error!(
                 "login refused: auth.session_public_key does not belong to auth.web_password_hash (set both from one `fleet-server config hash-password`)"
@@ -282,7 +282,7 @@ pub async fn login(
     let sid = crate::crypto::random_hex(32);
     let created_ms = now_ms();
     let mut session = Session {
-        user: auth_cfg.web_username.clone(),
+        user: auth_cfg.web_username.to_string(),
         csrf: Secret::new(crate::crypto::random_hex(32)),
         created_ms,
         expires_ms: created_ms

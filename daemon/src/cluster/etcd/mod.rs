@@ -201,7 +201,7 @@ impl EtcdMembership {
             endpoints: cfg.etcd_endpoints.clone(),
             options: connect_options(cfg, &timing)?,
             username: cfg.etcd_username.clone(),
-            key_prefix: cfg.key_prefix.clone(),
+            key_prefix: cfg.key_prefix.to_string(),
             root: format!("{}cluster/", cfg.key_prefix),
             timing,
             client: tokio::sync::Mutex::new(None),

@@ -43,7 +43,7 @@ impl EtcdSessions {
         Ok(EtcdSessions {
             endpoints: cluster.etcd_endpoints.clone(),
             options: connect_options(cluster, &timing)?,
-            prefix: cluster.key_prefix.clone(),
+            prefix: cluster.key_prefix.to_string(),
             client: tokio::sync::Mutex::new(None),
             timing,
         })

@@ -473,7 +473,7 @@ impl RedisMembership {
             conn: std::sync::RwLock::new(connect_lazy(info.clone(), &timing)?),
             list_conn: std::sync::RwLock::new(connect_lazy(info.clone(), &timing)?),
             info,
-            prefix: cfg.key_prefix.clone(),
+            prefix: cfg.key_prefix.to_string(),
             timing,
             address,
             users_file: None,
