@@ -622,7 +622,7 @@ fn etcd_bundle_provisions_and_joins_across_networks() {
 async fn heartbeats_do_not_grow_etcd_history() {
     let etcd = EtcdServer::start();
     let text = format!(
-        "cluster:\n  enabled: true\n  heartbeat_interval: 1\n  heartbeat_timeout: 2\n{}",
+        "cluster:\n  enabled: true\n  heartbeat_interval: 1\n  heartbeat_timeout: 3\n{}",
         etcd.cluster_yaml()
     );
     let config = Config::parse(&text, std::path::Path::new("t.yaml")).unwrap();
