@@ -45,7 +45,8 @@ pub trait BackendUsers: Send + Sync {
 /// every character other than an ASCII letter or digit made `-` and trimmed of `-` at both ends
 /// (`fleet:` gives `fleet-node-server-03`, `fleet-enroll-<token id>`); a prefix with no letter
 /// or digit gives `fleet`, so that a name never starts with `-` (which command-line tools such
-/// as `etcdctl` would take for an option).
+/// as `etcdctl` would take for an option). The etcd backend passes its prefix in lower case, as
+/// its names always were.
 pub fn user_name(prefix: &str, kind: &str, id: &str) -> String {
     let slug: String = prefix
         .chars()

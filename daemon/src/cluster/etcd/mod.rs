@@ -454,4 +454,24 @@ mod tests {
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert_eq!(m.node_user_name("server-03"), "fleet-node-server-03");
     }
+
+    #[test]
+    fn user_names_keep_each_backends_historical_case() {
+        let cfg = ClusterConfig {
+            etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+            key_prefix: crate::config::KeyPrefix::new("Fleet:").unwrap(),
+            ..ClusterConfig::default()
+        };
+        let timing = Timing {
+            interval: std::time::Duration::from_secs(1),
+            timeout: std::time::Duration::from_secs(3),
+        };
+        let m = EtcdMembership::new(&cfg, timing).unwrap();
+        assert_eq!(m.node_user_name("server-03"), "fleet-node-server-03");
+        // Redis's names keep the prefix's case, as they always did.
+        assert_eq!(
+            crate::cluster::users::user_name("Fleet:", "node", "server-03"),
+            "Fleet-node-server-03"
+        );
+    }
 }

@@ -9,7 +9,9 @@ impl EtcdMembership {
     /// The user name `create_node_user` gives a node: `<prefix>-node-<name>`, with the key
     /// prefix reduced as `users::user_name` says (`fleet:` gives `fleet-node-server-03`).
     pub fn node_user_name(&self, node_name: &str) -> String {
-        crate::cluster::users::user_name(&self.key_prefix, "node", node_name)
+        // etcd's names have always been lower case (`Fleet:` gives `fleet-node-…`): kept, so
+        // the users of an existing cluster keep their names.
+        crate::cluster::users::user_name(&self.key_prefix.to_ascii_lowercase(), "node", node_name)
     }
 
     /// Creates an etcd user for a new node, with a role (of the same name) that may read and
