@@ -28,6 +28,15 @@ pub trait Fixture: Send {
     fn clock_ms(&self) -> Option<u64>;
 }
 
+/// A backend from a `cluster:` section's backend lines, with 1 s heartbeats.
+fn open_with(cluster_yaml: &str) -> Arc<dyn Membership> {
+    let text = format!(
+        "cluster:\n  enabled: true\n  heartbeat_interval: 1\n  heartbeat_timeout: 3\n{cluster_yaml}"
+    );
+    let config = Config::parse(&text, std::path::Path::new("test.yaml")).unwrap();
+    fleet_server::cluster::open(&config).unwrap()
+}
+
 #[derive(Debug)]
 pub struct RedisFixture {
     pub server: RedisServer,
@@ -35,12 +44,7 @@ pub struct RedisFixture {
 
 impl Fixture for RedisFixture {
     fn open(&self) -> Arc<dyn Membership> {
-        let text = format!(
-            "cluster:\n  enabled: true\n  heartbeat_interval: 1\n  heartbeat_timeout: 3\n{}",
-            self.server.cluster_yaml()
-        );
-        let config = Config::parse(&text, std::path::Path::new("test.yaml")).unwrap();
-        fleet_server::cluster::open(&config).unwrap()
+        open_with(&self.server.cluster_yaml())
     }
     fn stop(&mut self) {
         self.server.stop();
@@ -122,12 +126,7 @@ pub struct EtcdFixture {
 
 impl Fixture for EtcdFixture {
     fn open(&self) -> Arc<dyn Membership> {
-        let text = format!(
-            "cluster:\n  enabled: true\n  heartbeat_interval: 1\n  heartbeat_timeout: 3\n{}",
-            self.server.cluster_yaml()
-        );
-        let config = Config::parse(&text, std::path::Path::new("test.yaml")).unwrap();
-        fleet_server::cluster::open(&config).unwrap()
+        open_with(&self.server.cluster_yaml())
     }
     fn stop(&mut self) {
         self.server.stop();

@@ -37,15 +37,11 @@ pub async fn remove(backend: &dyn Membership, id: &str, by: &str) -> Result<(), 
 mod tests {
     use super::*;
     use crate::cluster::{self, EventKind, NodeRecord};
-    use crate::config::{BackendKind, Config};
 
     #[tokio::test]
     async fn removes_a_member_once_and_refuses_what_is_not_a_node_id() {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = Config::default();
-        c.cluster.enabled = true;
-        c.cluster.backend = BackendKind::Storage;
-        c.cluster.storage_path = Some(dir.path().join("share"));
+        let c = cluster::storage::test_config(dir.path());
         let backend = cluster::open(&c).unwrap();
         let node = NodeRecord {
             id: "node2-abc123".into(),

@@ -69,14 +69,9 @@ pub async fn revoke(
 mod tests {
     use super::*;
     use crate::cluster::{self, Membership};
-    use crate::config::{BackendKind, Config};
 
     fn storage(dir: &std::path::Path) -> Arc<dyn Membership> {
-        let mut c = Config::default();
-        c.cluster.enabled = true;
-        c.cluster.backend = BackendKind::Storage;
-        c.cluster.storage_path = Some(dir.join("share"));
-        cluster::open(&c).unwrap()
+        cluster::open(&cluster::storage::test_config(dir)).unwrap()
     }
 
     fn pending(token_id: &str) -> EnrollmentRecord {
