@@ -845,18 +845,11 @@ impl RedisMembership {
     ) -> Result<(String, Secret), ClusterError> {
         let user = self.user_name("node", node_name);
         let password = super::random_password();
-        self.acl(
-            &[
-                "SETUSER".to_string(),
-                user.clone(),
-                "reset".into(),
-                "on".into(),
-                format!(">{}", password.expose()),
-            ]
-            .into_iter()
-            .chain(self.node_rules(node_name))
-            .collect::<Vec<_>>(),
-        )
+        self.acl(&setuser(
+            &user,
+            format!(">{}", password.expose()),
+            self.node_rules(node_name),
+        ))
         .await
         .map_err(acl_refused)?;
         // Kept so that housekeeping can re-create it when the server loses it; a user that
@@ -878,20 +871,13 @@ impl RedisMembership {
     ) -> Result<(String, Secret), ClusterError> {
         let user = self.user_name("enroll", token_id);
         let password = super::random_password();
-        self.acl(
-            &[
-                "SETUSER".to_string(),
-                user.clone(),
-                "reset".into(),
-                "on".into(),
-                format!(">{}", password.expose()),
-            ]
-            .into_iter()
-            // No EVAL: a script can hold the server (a busy loop), and a package's holder
-            // must not be able to stop the cluster's Redis. No XADD: a refusal is a note.
-            .chain(self.enroll_rules(token_id))
-            .collect::<Vec<String>>(),
-        )
+        // No EVAL: a script can hold the server (a busy loop), and a package's holder must not
+        // be able to stop the cluster's Redis. No XADD: a refusal is a note.
+        self.acl(&setuser(
+            &user,
+            format!(">{}", password.expose()),
+            self.enroll_rules(token_id),
+        ))
         .await
         .map_err(acl_refused)?;
         // `expires_ms` is on the server's clock already (the build read it with
@@ -937,4 +923,18 @@ fn acl_refused(e: ClusterError) -> ClusterError {
         ClusterError::Backend { backend, reason } => ClusterError::Auth { backend, reason },
         other => other,
     }
+}
+
+/// `ACL SETUSER <user> reset on <credential> <rules…>`: the user made anew with exactly these
+/// rights; `credential` is `>password` or `#sha256-digest`.
+pub(super) fn setuser(user: &str, credential: String, rules: Vec<String>) -> Vec<String> {
+    let mut args = vec![
+        "SETUSER".to_string(),
+        user.to_string(),
+        "reset".into(),
+        "on".into(),
+        credential,
+    ];
+    args.extend(rules);
+    args
 }

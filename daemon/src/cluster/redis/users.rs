@@ -148,14 +148,7 @@ impl RedisMembership {
             pipe.zadd(self.key("roster"), name, 0).ignore();
         }
         self.query::<()>(&pipe).await?;
-        let mut on_replicas: Vec<String> = vec![
-            "SETUSER".into(),
-            user.to_string(),
-            "reset".into(),
-            "on".into(),
-            format!("#{d}"),
-        ];
-        on_replicas.extend(self.node_user_rules(user));
+        let on_replicas = super::setuser(user, format!("#{d}"), self.node_user_rules(user));
         if let Some(path) = &self.users_file {
             let mut local = self.read_local(path);
             local.insert(user.to_string(), d);
@@ -512,28 +505,14 @@ impl RedisMembership {
             }
             if existing.iter().any(|e| e == user) {
                 if rewrite {
-                    let mut args: Vec<String> = vec![
-                        "SETUSER".into(),
-                        user.clone(),
-                        "reset".into(),
-                        "on".into(),
-                        format!("#{d}"),
-                    ];
-                    args.extend(self.node_user_rules(user));
+                    let args = super::setuser(user, format!("#{d}"), self.node_user_rules(user));
                     if let Err(e) = self.acl(&args).await {
                         log::warn!("could not renew the rules of the Redis user {user}: {e}");
                     }
                 }
                 continue;
             }
-            let mut args: Vec<String> = vec![
-                "SETUSER".into(),
-                user.clone(),
-                "reset".into(),
-                "on".into(),
-                format!("#{d}"),
-            ];
-            args.extend(self.node_user_rules(user));
+            let args = super::setuser(user, format!("#{d}"), self.node_user_rules(user));
             self.acl(&args).await?;
             restored.push(user.as_str());
         }
