@@ -719,6 +719,34 @@ fn redis_enrollment_lifetime_ignores_a_builder_clock_an_hour_ahead() {
     );
 }
 
+/// A record that fails validation (written by a node that may write what it likes) is listed
+/// but holds neither its name nor its addresses for the build's checks; a valid one does.
+async fn invalid_records_hold_no_name_or_address(f: impl Fixture) {
+    use fleet_server::app::build::check_available;
+    let b = f.open();
+    let ip: std::net::IpAddr = "192.0.2.20".parse().unwrap();
+    let mut forged = node("server-21");
+    forged.hostname = "x\x1b[2Jcleared".into();
+    forged.addresses = vec![ip.to_string()];
+    b.register(&forged).await.unwrap();
+    heartbeat_until_alive(&*b, &forged).await;
+    assert!(active_ids(&*b).await.contains(&forged.id), "listed");
+    let holders = b.live_holders(Some("server-21"), &[ip]).await.unwrap();
+    assert_eq!(holders, fleet_server::cluster::Holders::default());
+    check_available(&*b, Some("server-21"), &[ip])
+        .await
+        .unwrap();
+    // The same record made valid holds both.
+    b.deregister(&forged.id).await.unwrap();
+    let mut valid = node("server-21");
+    valid.addresses = vec![ip.to_string()];
+    b.register(&valid).await.unwrap();
+    heartbeat_until_alive(&*b, &valid).await;
+    let holders = b.live_holders(Some("server-21"), &[ip]).await.unwrap();
+    assert_eq!(holders.name.as_deref(), Some(valid.id.as_str()));
+    assert_eq!(holders.ip, Some((ip, valid.id.clone())));
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod redis_backend {
@@ -763,6 +791,7 @@ conformance!(
     backend_now_is_the_backends_clock,
     enrollments_are_taken_once_listed_revoked_and_expire,
     times_come_from_the_backends_clock,
+    invalid_records_hold_no_name_or_address,
 );
 
 #[tokio::test]
@@ -847,7 +876,7 @@ async fn redis_backfill_indexes_older_members() {
         "hostname",
         "alpha.test",
         "addresses",
-        "198.51.100.7,2001:DB8:0:0::7,192.0.2.10,not-an-ip",
+        "198.51.100.7,2001:DB8:0:0::7,192.0.2.10",
         "version",
         "0.0.9",
         "os",

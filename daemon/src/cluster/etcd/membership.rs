@@ -764,7 +764,8 @@ impl Membership for EtcdMembership {
             let (records, live) = self.member_snapshot(&mut c).await?;
             let mut out = crate::cluster::Holders::default();
             for s in records.iter().filter_map(parse_stored) {
-                if !live.contains_key(&s.node.id) {
+                // A record that fails validation holds no name or address.
+                if !live.contains_key(&s.node.id) || s.node.validate().is_err() {
                     continue;
                 }
                 if out.name.is_none() && name == Some(s.node.name.as_str()) {

@@ -442,19 +442,22 @@ impl Membership for RedisMembership {
         } else {
             self.query_list(&pipe).await?
         };
-        let timeout = self.timeout_ms();
-        let live: std::collections::BTreeSet<&String> = candidates
-            .iter()
-            .zip(&scores)
-            .filter(|(_, s)| s.is_some_and(|s| now.saturating_sub(s as u64) < timeout))
-            .map(|(id, _)| id)
+        // Live by their score, and only with a record that passes validation: an index entry
+        // is not trusted to hold a name or an address for a record that fails it.
+        let scored: Vec<(String, Option<f64>)> = candidates.iter().cloned().zip(scores).collect();
+        let live: std::collections::BTreeSet<String> = self
+            .rows_to_members(scored, now)
+            .await?
+            .into_iter()
+            .filter(|m| m.state == MemberState::Active && m.node.validate().is_ok())
+            .map(|m| m.node.id)
             .collect();
         // A node with a user of its own holds its name by its own record, at once.
         let own_holder = match name {
             Some(n) => self
                 .own_member_of(n, now)
                 .await?
-                .filter(|m| m.state == MemberState::Active)
+                .filter(|m| m.state == MemberState::Active && m.node.validate().is_ok())
                 .map(|m| m.node.id),
             None => None,
         };
