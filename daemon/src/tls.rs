@@ -10,8 +10,12 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Loads a PEM certificate chain and private key into a server configuration.
 pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("server.tls_cert: reading {}", cert.display()))?
+    use crate::config::files::{PEM_CAP, read_trusted};
+    let cert_pem = read_trusted(cert, PEM_CAP)
+        .with_context(|| format!("server.tls_cert: reading {}", cert.display()))?;
+    let key_pem = read_trusted(key, PEM_CAP)
+        .with_context(|| format!("server.tls_key: reading {}", key.display()))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .with_context(|| {
             format!(
@@ -22,7 +26,7 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerCo
     if certs.is_empty() {
         anyhow::bail!("server.tls_cert: {} holds no certificate", cert.display());
     }
-    let key = PrivateKeyDer::from_pem_file(key)
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .with_context(|| format!("server.tls_key: {} is not a PEM private key", key.display()))?;
     let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()

@@ -166,3 +166,109 @@ fn config_init_refuses_to_overwrite() {
     let (code, _, _) = run_cli(&["config", "check", out.to_str().unwrap()]);
     assert_eq!(code, 0);
 }
+
+/// Files another account could have planted or changed are refused, by name, with the reason
+/// and never their content: a world-writable configuration file, a password file reached by a
+/// link into a world-writable directory, a secret owned by another user, a TLS key replaced by
+/// a FIFO. The same files, made safe, pass.
+#[test]
+fn planted_or_writable_files_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let chmod = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yaml");
+    let run = || {
+        let (code, out, err) = run_cli(&["config", "check", cfg.to_str().unwrap()]);
+        (code, format!("{out}{err}"))
+    };
+    std::fs::write(&cfg, "server:\n  port: 8768\n").unwrap();
+    chmod(&cfg, 0o666);
+    let (code, msg) = run();
+    assert_eq!(code, 1, "{msg}");
+    assert!(
+        msg.contains(&format!("refusing {}", cfg.display()))
+            && msg.contains("writable by other users (mode 0666)"),
+        "{msg}"
+    );
+    chmod(&cfg, 0o600);
+    assert_eq!(run().0, 0, "{}", run().1);
+
+    // A password file behind a link into a directory anyone may write.
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    chmod(&open, 0o777);
+    let secret = open.join("redis.pass");
+    std::fs::write(&secret, "hunter2-not-printed\n").unwrap();
+    let link = dir.path().join("redis.pass");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "cluster:\n  enabled: true\n  redis_host: 127.0.0.1\n  redis_password_file: {}\n",
+            link.display()
+        ),
+    )
+    .unwrap();
+    let (code, msg) = run();
+    assert_eq!(code, 1, "{msg}");
+    assert!(
+        msg.contains("cluster.redis_password_file")
+            && msg.contains(&format!("its directory {}", open.display()))
+            && msg.contains("mode 0777"),
+        "{msg}"
+    );
+    assert!(!msg.contains("hunter2"), "the secret is printed: {msg}");
+    chmod(&open, 0o755);
+    assert_eq!(run().0, 0, "{}", run().1);
+    // The same secret owned by another user (tests run as root, as `make test` does).
+    std::os::unix::fs::chown(&secret, Some(65534), None).unwrap();
+    let (code, msg) = run();
+    assert_eq!(code, 1, "{msg}");
+    assert!(msg.contains("owned by uid 65534"), "{msg}");
+    assert!(!msg.contains("hunter2"), "the secret is printed: {msg}");
+
+    // A TLS key that is a FIFO: `serve` refuses it at once instead of waiting on it.
+    let key = dir.path().join("tls.key");
+    nix::unistd::mkfifo(&key, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let cert = dir.path().join("tls.crt");
+    std::fs::write(&cert, "not used").unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "server:\n  port: {}\n  state_dir: {}\n  tls_cert: {}\n  tls_key: {}\n",
+            free_port(),
+            dir.path().join("state").display(),
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(fleet_tests::fleet_server_bin())
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{err}");
+    assert!(
+        err.contains("server.tls_key") && err.contains("not a regular file"),
+        "{err}"
+    );
+}

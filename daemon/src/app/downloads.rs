@@ -20,6 +20,10 @@ use crate::config::Secret;
 pub const MAX_LIFETIME: Duration = Duration::from_secs(86_400);
 /// At most this many packages wait for download on one node.
 pub const MAX_WAITING: usize = 16;
+/// The most a link's metadata file may hold (`config::files` reads).
+const META_CAP: usize = 64 << 10;
+/// The most a stored package may hold: well above any package (a debug daemon is ~90 MB).
+const PACKAGE_CAP: usize = 1 << 30;
 /// Tombstones are kept this long after the link's expiry.
 const TOMBSTONE_FOR: Duration = Duration::from_secs(86_400);
 
@@ -161,7 +165,7 @@ impl DownloadStore {
 
     fn read_meta(&self, id: &str) -> Result<Meta, DownloadError> {
         let path = self.meta_path(id);
-        let text = match std::fs::read(&path) {
+        let text = match crate::config::files::read_trusted(&path, META_CAP) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(DownloadError::NotFound);
@@ -276,7 +280,8 @@ impl DownloadStore {
             return Err(DownloadError::Gone("revoked or used"));
         }
         let pkg = self.pkg_path(id);
-        let bytes = std::fs::read(&pkg).map_err(Self::io(&pkg))?;
+        let bytes =
+            crate::config::files::read_trusted(&pkg, PACKAGE_CAP).map_err(Self::io(&pkg))?;
         if digest_hex(&bytes) != meta.sha256 {
             return Err(Self::io(&pkg)(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,

@@ -362,15 +362,8 @@ pub fn node_files(
         let Some(path) = file_field(&mut primary, field).clone() else {
             continue;
         };
-        let content = std::fs::read(&path)
+        let content = crate::config::files::read_trusted(&path, ConfigFile::MAX_LEN)
             .and_then(|b| {
-                if b.len() > ConfigFile::MAX_LEN {
-                    return Err(std::io::Error::other(format!(
-                        "{} bytes, more than {}",
-                        b.len(),
-                        ConfigFile::MAX_LEN
-                    )));
-                }
                 String::from_utf8(b).map_err(|_| std::io::Error::other("not a PEM text file"))
             })
             .map_err(|source| BuildError::NodeFile {

@@ -30,10 +30,13 @@ impl Loaded {
     /// Reads, parses and validates a configuration file, resolving `*_file` secrets. Plain
     /// secrets are left for `crypto::secure`.
     pub fn read(path: &Path) -> Result<Loaded, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            super::files::read_trusted_text(path, super::files::CONFIG_CAP).map_err(|source| {
+                ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
         let mut config = Config::parse(&text, path)?;
         config.resolve_secret_files(path)?;
         config.validate(path)?;
@@ -136,13 +139,14 @@ impl Config {
                     "give either the value or the `_file`, not both",
                 ));
             }
-            let text = std::fs::read_to_string(file).map_err(|e| {
-                invalid(
-                    origin,
-                    &format!("{field}_file"),
-                    format!("cannot read {}: {e}", file.display()),
-                )
-            })?;
+            let text =
+                super::files::read_trusted_text(file, super::files::SECRET_CAP).map_err(|e| {
+                    invalid(
+                        origin,
+                        &format!("{field}_file"),
+                        format!("cannot read {}: {e}", file.display()),
+                    )
+                })?;
             *value = Some(Secret::new(text.trim_end_matches(['\r', '\n'])));
             Ok(())
         }

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod files;
 mod loaded;
 mod schema;
 mod secret;

@@ -90,7 +90,7 @@ pub(super) fn now_ms() -> u64 {
 }
 
 pub(super) fn read_pem(field: &str, path: &Path) -> Result<Vec<u8>, ClusterError> {
-    std::fs::read(path).map_err(|e| {
+    crate::config::files::read_trusted(path, crate::config::files::PEM_CAP).map_err(|e| {
         backend_err(format!(
             "cluster.{field}: cannot read {}: {e}",
             path.display()

@@ -382,10 +382,13 @@ fn with_tls_ca(
     if !matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
         return Ok(info);
     }
-    let pem = std::fs::read(ca).map_err(|e| ClusterError::Backend {
-        backend: NAME,
-        reason: format!("cluster.redis_tls_ca: cannot read {}: {e}", ca.display()),
-    })?;
+    let pem =
+        crate::config::files::read_trusted(ca, crate::config::files::PEM_CAP).map_err(|e| {
+            ClusterError::Backend {
+                backend: NAME,
+                reason: format!("cluster.redis_tls_ca: cannot read {}: {e}", ca.display()),
+            }
+        })?;
     let certs = redis::TlsCertificates {
         client_tls: None,
         root_cert: Some(pem),

@@ -96,7 +96,7 @@ impl RedisMembership {
     }
 
     fn read_local(&self, path: &Path) -> Registry {
-        let Ok(text) = std::fs::read_to_string(path) else {
+        let Some(text) = read_state_file(path) else {
             return Registry::new();
         };
         match serde_json::from_str::<Registry>(&text) {
@@ -208,7 +208,7 @@ impl RedisMembership {
         let Some(path) = self.removals_file() else {
             return BTreeMap::new();
         };
-        let Ok(text) = std::fs::read_to_string(&path) else {
+        let Some(text) = read_state_file(&path) else {
             return BTreeMap::new();
         };
         match serde_json::from_str::<BTreeMap<String, Removal>>(&text) {
@@ -576,5 +576,18 @@ impl BackendUsers for RedisMembership {
             .into_iter()
             .filter(|u| u.starts_with(&node) || u.starts_with(&enroll))
             .collect())
+    }
+}
+
+/// A list of this node's own in its state directory (`config::files` rule, 4 MiB at most):
+/// `None` when absent; refused (planted, a link out, too big) with a warning naming the file.
+fn read_state_file(path: &std::path::Path) -> Option<String> {
+    match crate::config::files::read_trusted_text(path, 4 << 20) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            log::warn!("ignoring {}: {e}", path.display());
+            None
+        }
     }
 }
