@@ -256,8 +256,33 @@ fn a_removed_nodes_user_is_never_re_created() {
         &[("X-API-Key", fleet_tests::TEST_API_KEY)],
     )
     .unwrap();
-    assert_ne!(s, 200, "{body}");
+    assert_eq!(s, 403, "{body}");
     assert!(body.contains("may change only its own records"), "{body}");
+    // Nor build a package (which would need users and an enrollment record only the primary
+    // may write): 403 saying why, and no user or record made.
+    let users_before = redis.command(&["ACL", "USERS"]).unwrap();
+    let mut api = fleet_tests::web::Client::new(removed.port);
+    let r = api.request(
+        "POST",
+        "/api/fleet/cluster/packages",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-API-Key", fleet_tests::TEST_API_KEY),
+        ],
+        br#"{"node_name":"node9","format":"bundle","ethernet":"skip"}"#,
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        r.text()
+            .contains("may change only its own records: build node packages"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        redis.command(&["ACL", "USERS"]).unwrap(),
+        users_before,
+        "a user was made"
+    );
 
     let (s, body) = fleet_tests::http(
         "DELETE",

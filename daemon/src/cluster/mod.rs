@@ -50,6 +50,13 @@ pub enum ClusterError {
         backend: &'static str,
         reason: String,
     },
+    /// What this connection's credential may not do by design (a node's own user changes only
+    /// that node's records): the reason says where to do it instead. Not transient.
+    #[error("{reason}")]
+    NotPermitted {
+        backend: &'static str,
+        reason: String,
+    },
 }
 
 impl ClusterError {

@@ -370,6 +370,11 @@ fn build_failed(who: &Principal, e: crate::app::package::BuildError) -> ApiError
     log::warn!("package build for {} failed: {e}", who.label());
     let status = if e.is_bad_request() {
         StatusCode::BAD_REQUEST
+    } else if matches!(
+        e,
+        crate::app::package::BuildError::Cluster(crate::cluster::ClusterError::NotPermitted { .. })
+    ) {
+        StatusCode::FORBIDDEN
     } else if matches!(e, crate::app::package::BuildError::Cluster(_)) {
         StatusCode::SERVICE_UNAVAILABLE
     } else {

@@ -106,7 +106,11 @@ impl IntoResponse for ApiError {
 impl From<crate::cluster::ClusterError> for ApiError {
     fn from(e: crate::cluster::ClusterError) -> Self {
         log::warn!("request failed: {e}");
-        ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        let status = match e {
+            crate::cluster::ClusterError::NotPermitted { .. } => StatusCode::FORBIDDEN,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError(status, e.to_string())
     }
 }
 

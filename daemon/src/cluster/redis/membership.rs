@@ -76,15 +76,7 @@ impl Membership for RedisMembership {
     }
 
     async fn remove(&self, node_id: &str, by: &str) -> Result<bool, ClusterError> {
-        if let Role::Node(_) = &self.role {
-            // Its user may write only its own keys (`roles.rs`): say so, not NOPERM.
-            return Err(ClusterError::Auth {
-                backend: NAME,
-                reason: format!(
-                    "this node's own Redis user may change only its own records: remove {node_id} on the primary or on a node with the cluster's credentials"
-                ),
-            });
-        }
+        self.admin_only(&format!("remove {node_id}"))?;
         if roles::name_of_id(node_id).is_some() {
             // A node on its own user that joined within the last interval is listed from its
             // own record but not indexed yet (`roles.rs`): index it first (before the
@@ -176,6 +168,7 @@ impl Membership for RedisMembership {
     }
 
     async fn put_enrollment(&self, record: &EnrollmentRecord) -> Result<(), ClusterError> {
+        self.admin_only("build node packages")?;
         // Strings and numbers only: serialising cannot fail.
         let json = serde_json::to_string(record).unwrap_or_default();
         // The record's expiry is on Redis's clock (the build read it with `backend_now_ms`), so
@@ -200,6 +193,7 @@ impl Membership for RedisMembership {
     }
 
     async fn list_enrollments(&self) -> Result<Vec<EnrollmentRecord>, ClusterError> {
+        self.admin_only("list pending packages")?;
         let pattern = self.key("enroll:*");
         let mut keys: Vec<String> = Vec::new();
         let mut cursor = 0u64;
@@ -240,6 +234,7 @@ impl Membership for RedisMembership {
         &self,
         token_id: &str,
     ) -> Result<Option<EnrollmentRecord>, ClusterError> {
+        self.admin_only("revoke packages")?;
         let taken = self.take_enrollment(token_id).await?;
         if let Some(rec) = &taken {
             // The enrollment user stays a short while (housekeeping deletes it then): it can

@@ -117,6 +117,24 @@ impl RedisMembership {
         Role::Admin
     }
 
+    /// `Ok` for the primary's (or shared) credential; for a node's or an enrollment user, what
+    /// it may not do (`what`), said plainly instead of Redis's NOPERM.
+    pub(super) fn admin_only(&self, what: &str) -> Result<(), ClusterError> {
+        match &self.role {
+            Role::Admin => Ok(()),
+            Role::Node(name) => Err(ClusterError::NotPermitted {
+                backend: NAME,
+                reason: format!(
+                    "this node's own Redis user (node {name}) may change only its own records: {what} on the primary or on a node with the cluster's credentials"
+                ),
+            }),
+            Role::Enroll(_) => Err(ClusterError::NotPermitted {
+                backend: NAME,
+                reason: format!("an enrollment user may not {what}"),
+            }),
+        }
+    }
+
     /// A key pattern: the key's text escaped, a trailing `*` kept as the wildcard.
     fn pkey(&self, suffix: &str) -> String {
         match suffix.strip_suffix('*') {

@@ -533,6 +533,8 @@ impl RedisMembership {
 #[async_trait::async_trait]
 impl BackendUsers for RedisMembership {
     async fn create_node_user(&self, node_name: Option<&str>) -> Result<UserGrant, ClusterError> {
+        // Never "the shared credentials" from a node's own user: they would be this node's.
+        self.admin_only("build node packages")?;
         let Some(name) = node_name else {
             return Ok(UserGrant::Shared(
                 "no node name: a per-node Redis user needs one, so the node carries the shared Redis credentials".into(),
@@ -552,6 +554,7 @@ impl BackendUsers for RedisMembership {
         token_id: &str,
         expires_ms: u64,
     ) -> Result<UserGrant, ClusterError> {
+        self.admin_only("build node packages")?;
         match RedisMembership::create_enrollment_user(self, token_id, expires_ms).await {
             Ok((user, password)) => Ok(UserGrant::Own { user, password }),
             Err(ClusterError::Auth { .. }) => Ok(UserGrant::Shared(
