@@ -12,6 +12,7 @@ mod demo;
 mod enrollment;
 mod etcd;
 mod etcd_ha;
+mod etcd_roles;
 mod flood;
 mod identity;
 mod install;
