@@ -20,6 +20,7 @@ mod lb;
 mod leastpriv;
 mod logrotate;
 mod netns;
+mod node_sessions;
 mod privilege;
 mod sentinel;
 mod signing;

@@ -533,7 +533,7 @@ pub fn b64(bytes: &[u8]) -> String {
 }
 
 /// Decodes standard base64 (padding and unknown characters skipped).
-fn unb64(text: &str) -> Vec<u8> {
+pub fn unb64(text: &str) -> Vec<u8> {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = Vec::new();
     let (mut acc, mut bits) = (0u32, 0u32);
