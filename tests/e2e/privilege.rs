@@ -538,9 +538,9 @@ fn etcd_config(etcd: &fleet_tests::etcd::EtcdServer, user: &str, password: &str)
 
 /// The same on etcd: a node's role writes only its own keys (and sessions, which are signed);
 /// tombstones, the users registry, the count, the pruner's turn, the shared events and other
-/// nodes' keys are refused, and the
-/// cluster is intact afterwards. A role of the earlier release (the whole prefix) is narrowed
-/// by the primary's housekeeping.
+/// nodes' keys are refused, and the cluster is intact afterwards. A role of the earlier release
+/// (the whole prefix) is narrowed by the primary's housekeeping. (`e2e/etcd_roles.rs`: names
+/// that extend each other, node events, nodes of the earlier release.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_etcd_nodes_role_changes_only_its_own_keys() {
     use fleet_server::cluster::etcd::EtcdMembership;
