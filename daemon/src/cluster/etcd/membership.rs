@@ -396,11 +396,15 @@ impl EtcdMembership {
                     }
                     continue;
                 }
-                let name = kvs
-                    .iter()
-                    .find_map(parse_stored)
-                    .map(|s| s.node.name)
-                    .unwrap_or_default();
+                // The name its id carries (a record's own text is the node's word).
+                let name = keys::name_of_id(&id)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| {
+                        kvs.iter()
+                            .find_map(parse_stored)
+                            .map(|s| s.node.name)
+                            .unwrap_or_default()
+                    });
                 let mut when: Vec<Compare> = kvs
                     .iter()
                     .map(|kv| {
