@@ -561,3 +561,57 @@ async fn an_earlier_release_node_keeps_heartbeating_after_the_narrowing() {
     );
     beats.all_alive().await;
 }
+
+/// Keys a node's own user plants under its own prefixes (an alive key for an id without a
+/// record, keys of no form) neither hide a dead member from the prune (by making the key
+/// counts equal) nor stay: a pruner turn that reads everything (every 10th at the latest)
+/// deletes them and records the dead member `expired`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_keys_do_not_hide_a_dead_member_from_the_prune() {
+    let etcd = EtcdServer::start_with_auth(ROOT);
+    let primary = membership(&etcd, "root", ROOT);
+    let p = node("primary", "198.51.100.1");
+    primary.register(&p).await.unwrap();
+    let (au, apw) = primary.create_node_user("a").await.unwrap();
+    let (bu, bpw) = primary.create_node_user("a-b").await.unwrap();
+    let a = membership(&etcd, &au, apw.expose());
+    let b = membership(&etcd, &bu, bpw.expose());
+    let (na, nb) = (node("a", "198.51.100.2"), node("a-b", "198.51.100.3"));
+    a.register(&na).await.unwrap();
+    b.register(&nb).await.unwrap();
+    let beats = beat(&[(&primary, &p), (&a, &na)]);
+    // `a-b` dies (no more heartbeats); `a` plants an alive key that evens the counts.
+    let planted = [
+        (
+            "fleet:cluster/alive/a/a-zzzzzz".to_string(),
+            "1".to_string(),
+        ),
+        ("fleet:cluster/alive/a/junk".to_string(), "1".to_string()),
+        ("fleet:cluster/members/a/junk".to_string(), "{}".to_string()),
+    ];
+    put_all_as(&etcd, &au, apw.expose(), &planted);
+    let started = Instant::now();
+    let mut turns = 0;
+    loop {
+        turns += 1;
+        let gone = primary.prune().await.unwrap();
+        if gone.contains(&nb.id) {
+            break;
+        }
+        assert!(turns < 30, "a-b was never pruned ({:?})", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eprintln!(
+        "the dead member was pruned after {turns} turns, {:?}",
+        started.elapsed()
+    );
+    for (k, _) in &planted {
+        let left = keys_under(&etcd, "fleet:cluster/");
+        assert!(!left.contains(k), "{k} stayed: {left:?}");
+    }
+    let ev = primary.events(50).await.unwrap();
+    assert!(has(&ev, EventKind::Expired, &nb.id), "{ev:?}");
+    primary.prune().await.unwrap();
+    assert_eq!(primary.active_count().await.unwrap(), 2, "primary and a");
+    beats.all_alive().await;
+}

@@ -381,9 +381,32 @@ impl EtcdMembership {
             count_of(&counts, 3),
         );
         let mut gone = Vec::new();
-        // Every member has its alive key while it lives: equal counts, nothing to prune.
-        if members != alive {
-            let (records, live) = self.member_snapshot(client).await?;
+        // Every member has its alive key while it lives: equal counts, nothing to prune. Every
+        // `FULL_PRUNE_EVERY`th turn of a process looks anyway: a node's own user can add keys
+        // under its own prefixes that make the counts equal while a member is dead.
+        let turn = self
+            .prune_turns
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if members != alive || (turn + 1).is_multiple_of(FULL_PRUNE_EVERY) {
+            let (records, live, stray) = self.member_snapshot(client).await?;
+            // Keys of no form and alive keys without a record: planted, nobody's.
+            if !self.is_node_user() && !stray.is_empty() {
+                log::warn!(
+                    "deleting {} key(s) under {} that belong to no member",
+                    stray.len(),
+                    self.root
+                );
+                for chunk in stray.chunks(TXN_BATCH) {
+                    let ops: Vec<TxnOp> = chunk
+                        .iter()
+                        .map(|k| TxnOp::delete(k.clone(), None))
+                        .collect();
+                    client
+                        .txn(Txn::new().and_then(ops))
+                        .await
+                        .map_err(|e| map_err(&e))?;
+                }
+            }
             for (id, kvs) in records {
                 if gone.len() >= PRUNE_LIMIT {
                     break;
@@ -599,11 +622,21 @@ impl EtcdMembership {
 
     /// Every member record by id (this release's form first, an earlier release's after it)
     /// and the ids whose `alive/` key exists in either form (with their lease), read in one
-    /// transaction. Keys of no form (`etcd/keys.rs`) are nobody's and left out.
+    /// transaction. Keys of no form (`etcd/keys.rs`) are nobody's and left out; they and alive
+    /// keys of an id without a record (registration and leave write both in one transaction,
+    /// so only a node's own user planting keys under its prefix makes those) are the third part.
+    #[allow(clippy::type_complexity)]
     pub(super) async fn member_snapshot(
         &self,
         client: &mut Client,
-    ) -> Result<(BTreeMap<String, Vec<KeyValue>>, BTreeMap<String, i64>), ClusterError> {
+    ) -> Result<
+        (
+            BTreeMap<String, Vec<KeyValue>>,
+            BTreeMap<String, i64>,
+            Vec<Vec<u8>>,
+        ),
+        ClusterError,
+    > {
         let lists = client
             .txn(Txn::new().and_then([
                 TxnOp::get(self.key("members/"), Some(GetOptions::new().with_prefix())),
@@ -615,13 +648,24 @@ impl EtcdMembership {
             .await
             .map_err(|e| map_err(&e))?;
         let alive_prefix = self.key("alive/");
-        let live = kvs_of(&lists, 1)
-            .iter()
-            .filter_map(|kv| {
-                let id = keys::id_of_key(kv.key_str().ok()?.strip_prefix(&alive_prefix)?)?;
-                Some((id.to_string(), kv.lease()))
-            })
-            .collect();
+        let mut live = BTreeMap::new();
+        let mut stray = Vec::new();
+        let mut alive_keys = Vec::new();
+        for kv in kvs_of(&lists, 1) {
+            let id = kv
+                .key_str()
+                .ok()
+                .and_then(|k| k.strip_prefix(&alive_prefix))
+                .and_then(keys::id_of_key)
+                .map(str::to_string);
+            match id {
+                Some(id) => {
+                    live.insert(id.clone(), kv.lease());
+                    alive_keys.push((id, kv.key().to_vec()));
+                }
+                None => stray.push(kv.key().to_vec()),
+            }
+        }
         let member_prefix = self.key("members/");
         let mut records: BTreeMap<String, Vec<KeyValue>> = BTreeMap::new();
         for kv in kvs_of(&lists, 0) {
@@ -636,6 +680,7 @@ impl EtcdMembership {
                     ))
                 })
             else {
+                stray.push(kv.key().to_vec());
                 continue;
             };
             let of_id = records.entry(id).or_default();
@@ -645,7 +690,13 @@ impl EtcdMembership {
                 of_id.push(kv);
             }
         }
-        Ok((records, live))
+        for (id, key) in alive_keys {
+            if !records.contains_key(&id) {
+                live.remove(&id);
+                stray.push(key);
+            }
+        }
+        Ok((records, live, stray))
     }
 
     /// The record of each id from a snapshot: the first that parses and names that id (a
@@ -732,7 +783,7 @@ impl EtcdMembership {
         mut client: Client,
         page: Option<(usize, Option<&str>)>,
     ) -> Result<(Vec<Member>, Option<String>), ClusterError> {
-        let (records, live) = self.member_snapshot(&mut client).await?;
+        let (records, live, _) = self.member_snapshot(&mut client).await?;
         let mut stored = Self::records_of(&records);
         stored.sort_by(|a, b| {
             a.node
@@ -886,7 +937,7 @@ impl Membership for EtcdMembership {
     ) -> Result<crate::cluster::Holders, ClusterError> {
         // The records and the alive keys in one read; no lease lookups (ages are not needed).
         self.run_within("members", LIST_DEADLINE, |mut c| async move {
-            let (records, live) = self.member_snapshot(&mut c).await?;
+            let (records, live, _) = self.member_snapshot(&mut c).await?;
             let mut out = crate::cluster::Holders::default();
             for s in Self::records_of(&records) {
                 if !live.contains_key(&s.node.id) {

@@ -81,6 +81,9 @@ const AGE_LOOKUPS: usize = 500;
 const CHECK_EVERY: u32 = 4;
 /// Attempts of an optimistic transaction before giving up (another node kept changing a key).
 const TXN_ATTEMPTS: usize = 5;
+/// A pruner turn reads every record and alive key when the key counts differ, and on every
+/// `FULL_PRUNE_EVERY`th turn of a process whatever the counts say.
+const FULL_PRUNE_EVERY: u32 = 10;
 
 /// What `members/<id>` holds.
 #[derive(Debug, Serialize, Deserialize)]
@@ -133,6 +136,8 @@ pub struct EtcdMembership {
     keepers: Mutex<HashMap<i64, Keeper>>,
     /// Whether this process's housekeeping narrowed the node roles yet (`etcd/roles.rs`).
     roles_narrowed: std::sync::atomic::AtomicBool,
+    /// Pruner turns this process took (every `FULL_PRUNE_EVERY`th reads everything).
+    prune_turns: std::sync::atomic::AtomicU32,
     /// Per node this process heartbeats: the lease last checked, the beats left until the next
     /// check, and the count that check read.
     checks: Mutex<HashMap<String, Check>>,
@@ -215,6 +220,7 @@ impl EtcdMembership {
             leases: Mutex::new(HashMap::new()),
             keepers: Mutex::new(HashMap::new()),
             roles_narrowed: std::sync::atomic::AtomicBool::new(false),
+            prune_turns: std::sync::atomic::AtomicU32::new(0),
             checks: Mutex::new(HashMap::new()),
         })
     }
