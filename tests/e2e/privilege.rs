@@ -207,12 +207,8 @@ async fn a_node_and_used_packages_can_change_nothing_but_their_own_records() {
         &["HSET", "fleet:cluster:self:victim", "id", "victim-aaaaaa"],
         &["DEL", "fleet:cluster:self:victim"],
         &["PEXPIRE", "fleet:cluster:self:victim", "1"],
-        // An admin session, the users and their registries.
-        &[
-            "SET",
-            &format!("fleet:session:{sid}"),
-            "{\"user\":\"admin\"}",
-        ],
+        // The users and their registries. (Sessions it may write: they are signed with the
+        // admin's key, so what it plants there opens nothing, `e2e/node_sessions.rs`.)
         &[
             "HSET",
             "fleet:cluster:node-users",
@@ -540,10 +536,11 @@ fn etcd_config(etcd: &fleet_tests::etcd::EtcdServer, user: &str, password: &str)
     Config::parse(&text, std::path::Path::new("e.yaml")).unwrap()
 }
 
-/// The same on etcd: a node's role writes only its own keys (and events); tombstones, the users
-/// registry, the count, the pruner's turn, sessions and other nodes' keys are refused, and the
-/// cluster is intact afterwards. A role of the earlier release (the whole prefix) is narrowed
-/// by the primary's housekeeping.
+/// The same on etcd: a node's role writes only its own keys (and sessions, which are signed);
+/// tombstones, the users registry, the count, the pruner's turn, the shared events and other
+/// nodes' keys are refused, and the cluster is intact afterwards. A role of the earlier release
+/// (the whole prefix) is narrowed by the primary's housekeeping. (`e2e/etcd_roles.rs`: names
+/// that extend each other, node events, nodes of the earlier release.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_etcd_nodes_role_changes_only_its_own_keys() {
     use fleet_server::cluster::etcd::EtcdMembership;
@@ -573,11 +570,14 @@ async fn an_etcd_nodes_role_changes_only_its_own_keys() {
         format!("fleet:cluster/removed/{}", v.id),
         format!("fleet:cluster/members/{}", v.id),
         format!("fleet:cluster/alive/{}", v.id),
+        format!("fleet:cluster/members/victim/{}", v.id),
+        format!("fleet:cluster/alive/victim/{}", v.id),
+        "fleet:cluster/node-events/victim/1".to_string(),
+        "fleet:cluster/events/1".to_string(),
         "fleet:cluster/names/victim".to_string(),
         "fleet:cluster/users/mallory2".to_string(),
         "fleet:cluster/active".to_string(),
         "fleet:cluster/pruner".to_string(),
-        format!("fleet:session/{}", "ab".repeat(32)),
         "elsewhere".to_string(),
     ] {
         let denied = etcd.put_as(&au, pw, &key, "x").unwrap_err();

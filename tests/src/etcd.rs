@@ -292,6 +292,35 @@ impl EtcdServer {
         .map(|_| ())
     }
 
+    /// One gateway call (`/v3/...`, JSON in and out) as `user`, or as `root` when `user` is
+    /// `None` (with auth on): etcd's answer, or its refusal. Keys in `body` are base64
+    /// (`etcd::b64`).
+    pub fn call_as(
+        &self,
+        user: Option<(&str, &str)>,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        let token = match user {
+            Some((u, pw)) => Some(self.authenticate(u, pw)?),
+            None => match &self.root_password {
+                Some(pw) => Some(self.authenticate("root", pw)?),
+                None => None,
+            },
+        };
+        self.call(path, body, token.as_deref())
+    }
+
+    /// Deletes the one key `key` as `user`: Ok, or etcd's refusal.
+    pub fn delete_as(&self, user: &str, password: &str, key: &str) -> Result<(), String> {
+        self.call_as(
+            Some((user, password)),
+            "/v3/kv/deleterange",
+            serde_json::json!({"key": b64(key.as_bytes())}),
+        )
+        .map(|_| ())
+    }
+
     /// Deletes every key under `prefix` as `user`: Ok, or etcd's refusal.
     pub fn delete_prefix_as(&self, user: &str, password: &str, prefix: &str) -> Result<(), String> {
         let token = self.authenticate(user, password)?;
@@ -472,7 +501,8 @@ fn request(
     )
 }
 
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+/// The end of the range of keys that start with `prefix` (etcd's `range_end`).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
@@ -484,7 +514,7 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 /// Standard base64 with padding (the gateway's encoding of bytes).
-fn b64(bytes: &[u8]) -> String {
+pub fn b64(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for c in bytes.chunks(3) {
@@ -503,7 +533,7 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 /// Decodes standard base64 (padding and unknown characters skipped).
-fn unb64(text: &str) -> Vec<u8> {
+pub fn unb64(text: &str) -> Vec<u8> {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = Vec::new();
     let (mut acc, mut bits) = (0u32, 0u32);

@@ -10,24 +10,47 @@ impl EtcdMembership {
         node: &NodeRecord,
     ) -> Result<usize, ClusterError> {
         let id = node.id.as_str();
+        if let Some(own) = self.own_name()
+            && (node.name != own || keys::name_of_id(id) != Some(own))
+        {
+            return Err(ClusterError::Auth {
+                backend: NAME,
+                reason: format!(
+                    "this node's etcd user is for the node named {own}, not {}: build its package with --node-name {}",
+                    node.name, node.name
+                ),
+            });
+        }
         let (k_removed, k_name, k_alive, k_member) = (
             self.key(&format!("removed/{id}")),
             self.key(&format!("names/{}", node.name)),
-            self.key(&format!("alive/{id}")),
-            self.key(&format!("members/{id}")),
+            self.id_key("alive", id),
+            self.id_key("members", id),
         );
+        // An earlier release's keys of this id (its process before an upgrade): read, and
+        // deleted here when this credential may (the primary's); else the prune takes them.
+        let legacy = [self.legacy_key("alive", id), self.legacy_key("members", id)];
         let mut granted: Option<i64> = None;
         for _ in 0..TXN_ATTEMPTS {
+            let mut reads = vec![
+                TxnOp::get(k_removed.clone(), None),
+                TxnOp::get(k_name.clone(), None),
+                TxnOp::get(k_alive.clone(), None),
+                TxnOp::get(k_member.clone(), None),
+                TxnOp::get(self.key("active"), None),
+            ];
+            reads.extend(legacy.iter().flatten().map(|k| TxnOp::get(k.clone(), None)));
             let read = client
-                .txn(Txn::new().and_then([
-                    TxnOp::get(k_removed.clone(), None),
-                    TxnOp::get(k_name.clone(), None),
-                    TxnOp::get(k_alive.clone(), None),
-                    TxnOp::get(k_member.clone(), None),
-                    TxnOp::get(self.key("active"), None),
-                ]))
+                .txn(Txn::new().and_then(reads))
                 .await
                 .map_err(|e| map_err(&e))?;
+            let (legacy_alive, legacy_member) = match legacy {
+                [Some(_), Some(_)] => (
+                    kvs_of(&read, 5).into_iter().next(),
+                    kvs_of(&read, 6).into_iter().next(),
+                ),
+                _ => (None, None),
+            };
             if !kvs_of(&read, 0).is_empty() {
                 if let Some(l) = granted {
                     let _ = Self::revoke(&mut client, l).await;
@@ -76,7 +99,7 @@ impl EtcdMembership {
                     l
                 }
             };
-            let fresh = alive_kv.is_none();
+            let fresh = alive_kv.is_none() && legacy_alive.is_none();
             let stored = Stored {
                 node: node.clone(),
                 lease,
@@ -99,6 +122,14 @@ impl EtcdMembership {
                     Some(PutOptions::new().with_lease(lease)),
                 ),
             ];
+            if !self.is_node_user() {
+                ops.extend(
+                    legacy
+                        .iter()
+                        .flatten()
+                        .map(|k| TxnOp::delete(k.clone(), None)),
+                );
+            }
             if fresh {
                 ops.push(self.event_put(
                     EventKind::Joined,
@@ -128,11 +159,13 @@ impl EtcdMembership {
                 continue;
             }
             // The keys moved to the new lease; the old one (if any) holds nothing of ours now.
+            // (A node's own user may not revoke a lease that an earlier-form key is bound to:
+            // that one runs out by itself.)
             let old = member_kv
-                .as_ref()
-                .and_then(parse_stored)
+                .iter()
+                .chain(&legacy_member)
+                .filter_map(parse_stored)
                 .map(|s| s.lease)
-                .into_iter()
                 .chain(self.local_lease(id));
             for l in old.collect::<BTreeSet<_>>() {
                 if l != lease {
@@ -157,8 +190,8 @@ impl EtcdMembership {
     ) -> Result<Heartbeat, ClusterError> {
         let id = node.id.as_str();
         let k_removed = self.key(&format!("removed/{id}"));
-        let k_alive = self.key(&format!("alive/{id}"));
-        let k_member = self.key(&format!("members/{id}"));
+        let k_alive = self.id_key("alive", id);
+        let k_member = self.id_key("members", id);
         let lease = match self.local_lease(id) {
             Some(l) => Some(l),
             None => client
@@ -333,62 +366,96 @@ impl EtcdMembership {
             )
         };
         let counts = client
-            .txn(Txn::new().and_then([count("members/"), count("alive/"), count("events/")]))
+            .txn(Txn::new().and_then([
+                count("members/"),
+                count("alive/"),
+                count("events/"),
+                count("node-events/"),
+            ]))
             .await
             .map_err(|e| map_err(&e))?;
-        let (members, alive, events) = (
+        let (members, alive, events, node_events) = (
             count_of(&counts, 0),
             count_of(&counts, 1),
             count_of(&counts, 2),
+            count_of(&counts, 3),
         );
         let mut gone = Vec::new();
-        // Every member has its alive key while it lives: equal counts, nothing to prune.
-        if members != alive {
-            let (records, live) = self.member_snapshot(client).await?;
-            let member_prefix = self.key("members/");
-            for kv in records {
+        // Every member has its alive key while it lives: equal counts, nothing to prune. Every
+        // `FULL_PRUNE_EVERY`th turn of a process looks anyway: a node's own user can add keys
+        // under its own prefixes that make the counts equal while a member is dead.
+        let turn = self
+            .prune_turns
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if members != alive || (turn + 1).is_multiple_of(FULL_PRUNE_EVERY) {
+            let (records, live, stray) = self.member_snapshot(client).await?;
+            // Keys of no form and alive keys without a record: planted, nobody's.
+            if !self.is_node_user() && !stray.is_empty() {
+                log::warn!(
+                    "deleting {} key(s) under {} that belong to no member",
+                    stray.len(),
+                    self.root
+                );
+                for chunk in stray.chunks(TXN_BATCH) {
+                    let ops: Vec<TxnOp> = chunk
+                        .iter()
+                        .map(|k| TxnOp::delete(k.clone(), None))
+                        .collect();
+                    client
+                        .txn(Txn::new().and_then(ops))
+                        .await
+                        .map_err(|e| map_err(&e))?;
+                }
+            }
+            for (id, kvs) in records {
                 if gone.len() >= PRUNE_LIMIT {
                     break;
                 }
-                let Some(id) = kv
-                    .key_str()
-                    .ok()
-                    .and_then(|k| k.strip_prefix(&member_prefix))
-                    .map(str::to_string)
-                else {
-                    continue;
-                };
                 if live.contains_key(&id) {
+                    // Registered again in this release's form: the earlier form's record is
+                    // superseded (the member's own user may not delete it).
+                    if kvs.len() > 1 && !self.is_node_user() {
+                        self.drop_superseded(client, &kvs[1..]).await?;
+                    }
                     continue;
                 }
-                let name = parse_stored(&kv).map(|s| s.node.name).unwrap_or_default();
-                let member_key = self.key(&format!("members/{id}"));
+                // The name its id carries (a record's own text is the node's word).
+                let name = keys::name_of_id(&id)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| {
+                        kvs.iter()
+                            .find_map(parse_stored)
+                            .map(|s| s.node.name)
+                            .unwrap_or_default()
+                    });
+                let mut when: Vec<Compare> = kvs
+                    .iter()
+                    .map(|kv| {
+                        Compare::mod_revision(
+                            kv.key().to_vec(),
+                            CompareOp::Equal,
+                            kv.mod_revision(),
+                        )
+                    })
+                    .collect();
+                when.extend(
+                    std::iter::once(self.id_key("alive", &id))
+                        .chain(self.legacy_key("alive", &id))
+                        .map(|k| Compare::version(k, CompareOp::Equal, 0)),
+                );
+                let mut ops: Vec<TxnOp> = kvs
+                    .iter()
+                    .map(|kv| TxnOp::delete(kv.key().to_vec(), None))
+                    .collect();
+                ops.push(self.event_put(
+                    EventKind::Expired,
+                    &id,
+                    BTreeMap::from([("name".into(), name)]),
+                ));
                 // Only the node whose transaction deletes the record records the expiry:
                 // pruning stays idempotent when several nodes prune at once.
                 let resp = client
-                    .txn(
-                        Txn::new()
-                            .when([
-                                Compare::mod_revision(
-                                    member_key.clone(),
-                                    CompareOp::Equal,
-                                    kv.mod_revision(),
-                                ),
-                                Compare::version(
-                                    self.key(&format!("alive/{id}")),
-                                    CompareOp::Equal,
-                                    0,
-                                ),
-                            ])
-                            .and_then([
-                                TxnOp::delete(member_key, None),
-                                self.event_put(
-                                    EventKind::Expired,
-                                    &id,
-                                    BTreeMap::from([("name".into(), name)]),
-                                ),
-                            ]),
-                    )
+                    .txn(Txn::new().when(when).and_then(ops))
                     .await
                     .map_err(|e| map_err(&e))?;
                 if resp.succeeded() {
@@ -396,8 +463,14 @@ impl EtcdMembership {
                 }
             }
         }
+        // The nodes' own events, checked, into the shared stream (the primary's credential).
+        let forwarded = if node_events > 0 && !self.is_node_user() {
+            self.forward_node_events(client).await?
+        } else {
+            0
+        };
         // Trim in batches, so the events are not listed and trimmed on every heartbeat.
-        let events = events + gone.len() as i64;
+        let events = events + gone.len() as i64 + forwarded as i64;
         if events as usize > EVENTS_CAP + EVENTS_CAP / 10 {
             let excess = events - EVENTS_CAP as i64;
             let oldest = client
@@ -437,8 +510,9 @@ impl EtcdMembership {
         kind: EventKind,
         by: &str,
     ) -> Result<bool, ClusterError> {
-        let k_member = self.key(&format!("members/{id}"));
-        let k_alive = self.key(&format!("alive/{id}"));
+        // Both forms of its keys (an earlier release's too) where this credential may.
+        let k_members = self.deletable_keys("members", id);
+        let k_alives = self.deletable_keys("alive", id);
         let k_removed = self.key(&format!("removed/{id}"));
         let tombstone = if kind == EventKind::Removed {
             let l = client
@@ -462,16 +536,24 @@ impl EtcdMembership {
                     "leaving {id} kept conflicting with other nodes' changes"
                 )));
             }
+            let mut reads = vec![TxnOp::get(self.key("active"), None)];
+            reads.extend(k_members.iter().map(|k| TxnOp::get(k.clone(), None)));
+            reads.extend(
+                k_alives
+                    .iter()
+                    .map(|k| TxnOp::get(k.clone(), Some(GetOptions::new().with_count_only()))),
+            );
             let read = client
-                .txn(Txn::new().and_then([
-                    TxnOp::get(k_member.clone(), None),
-                    TxnOp::get(k_alive.clone(), Some(GetOptions::new().with_count_only())),
-                    TxnOp::get(self.key("active"), None),
-                ]))
+                .txn(Txn::new().and_then(reads))
                 .await
                 .map_err(|e| map_err(&e))?;
-            let member = kvs_of(&read, 0);
-            let Some(kv) = member.first() else {
+            let members: Vec<Option<KeyValue>> = (0..k_members.len())
+                .map(|i| kvs_of(&read, 1 + i).into_iter().next())
+                .collect();
+            let alive_count: i64 = (0..k_alives.len())
+                .map(|i| count_of(&read, 1 + k_members.len() + i))
+                .sum();
+            let Some(kv) = members.iter().flatten().next() else {
                 if let Some(t) = &tombstone {
                     client
                         .txn(Txn::new().and_then([t.clone()]))
@@ -480,8 +562,9 @@ impl EtcdMembership {
                 }
                 // Not a member (any more); still drop its alive key, in case only the record
                 // was lost.
+                let drops = k_alives.iter().map(|k| TxnOp::delete(k.clone(), None));
                 client
-                    .delete(k_alive.clone(), None)
+                    .txn(Txn::new().and_then(drops.collect::<Vec<_>>()))
                     .await
                     .map_err(|e| map_err(&e))?;
                 break;
@@ -496,16 +579,17 @@ impl EtcdMembership {
             if !by.is_empty() {
                 detail.insert("by".into(), by.into());
             }
-            let mut ops = vec![
-                TxnOp::delete(k_member.clone(), None),
-                TxnOp::delete(k_alive.clone(), None),
-                self.name_release(&name, id),
-                self.event_put(kind, id, detail),
-            ];
+            let mut ops: Vec<TxnOp> = k_members
+                .iter()
+                .chain(&k_alives)
+                .map(|k| TxnOp::delete(k.clone(), None))
+                .collect();
+            ops.push(self.name_release(&name, id));
+            ops.push(self.event_put(kind, id, detail));
             ops.extend(tombstone.clone());
-            if count_of(&read, 1) > 0 {
+            if alive_count > 0 {
                 // It counted as active: it counts no more (not compared, as in `register`).
-                let mut count = kvs_of(&read, 2)
+                let mut count = kvs_of(&read, 0)
                     .first()
                     .map(parse_active)
                     .unwrap_or_default();
@@ -514,16 +598,13 @@ impl EtcdMembership {
                     ops.push(TxnOp::put(self.key("active"), count.to_json(), None));
                 }
             }
+            let when: Vec<Compare> = k_members
+                .iter()
+                .zip(&members)
+                .map(|(k, kv)| unchanged(k, kv.as_ref()))
+                .collect();
             let resp = client
-                .txn(
-                    Txn::new()
-                        .when([Compare::mod_revision(
-                            k_member.clone(),
-                            CompareOp::Equal,
-                            kv.mod_revision(),
-                        )])
-                        .and_then(ops),
-                )
+                .txn(Txn::new().when(when).and_then(ops))
                 .await
                 .map_err(|e| map_err(&e))?;
             if resp.succeeded() {
@@ -539,12 +620,23 @@ impl EtcdMembership {
         Ok(was)
     }
 
-    /// Every member record and the ids whose `alive/` key exists (with their lease), read in
-    /// one transaction.
+    /// Every member record by id (this release's form first, an earlier release's after it)
+    /// and the ids whose `alive/` key exists in either form (with their lease), read in one
+    /// transaction. Keys of no form (`etcd/keys.rs`) are nobody's and left out; they and alive
+    /// keys of an id without a record (registration and leave write both in one transaction,
+    /// so only a node's own user planting keys under its prefix makes those) are the third part.
+    #[allow(clippy::type_complexity)]
     pub(super) async fn member_snapshot(
         &self,
         client: &mut Client,
-    ) -> Result<(Vec<KeyValue>, BTreeMap<String, i64>), ClusterError> {
+    ) -> Result<
+        (
+            BTreeMap<String, Vec<KeyValue>>,
+            BTreeMap<String, i64>,
+            Vec<Vec<u8>>,
+        ),
+        ClusterError,
+    > {
         let lists = client
             .txn(Txn::new().and_then([
                 TxnOp::get(self.key("members/"), Some(GetOptions::new().with_prefix())),
@@ -556,14 +648,93 @@ impl EtcdMembership {
             .await
             .map_err(|e| map_err(&e))?;
         let alive_prefix = self.key("alive/");
-        let live = kvs_of(&lists, 1)
+        let mut live = BTreeMap::new();
+        let mut stray = Vec::new();
+        let mut alive_keys = Vec::new();
+        for kv in kvs_of(&lists, 1) {
+            let id = kv
+                .key_str()
+                .ok()
+                .and_then(|k| k.strip_prefix(&alive_prefix))
+                .and_then(keys::id_of_key)
+                .map(str::to_string);
+            match id {
+                Some(id) => {
+                    live.insert(id.clone(), kv.lease());
+                    alive_keys.push((id, kv.key().to_vec()));
+                }
+                None => stray.push(kv.key().to_vec()),
+            }
+        }
+        let member_prefix = self.key("members/");
+        let mut records: BTreeMap<String, Vec<KeyValue>> = BTreeMap::new();
+        for kv in kvs_of(&lists, 0) {
+            let Some((id, current)) = kv
+                .key_str()
+                .ok()
+                .and_then(|k| k.strip_prefix(&member_prefix))
+                .and_then(|rest| {
+                    Some((
+                        keys::id_of_key(rest)?.to_string(),
+                        keys::is_current_form(rest),
+                    ))
+                })
+            else {
+                stray.push(kv.key().to_vec());
+                continue;
+            };
+            let of_id = records.entry(id).or_default();
+            if current {
+                of_id.insert(0, kv);
+            } else {
+                of_id.push(kv);
+            }
+        }
+        for (id, key) in alive_keys {
+            if !records.contains_key(&id) {
+                live.remove(&id);
+                stray.push(key);
+            }
+        }
+        Ok((records, live, stray))
+    }
+
+    /// The record of each id from a snapshot: the first that parses and names that id (a
+    /// record naming another id is not that node's).
+    fn records_of(records: &BTreeMap<String, Vec<KeyValue>>) -> Vec<Stored> {
+        records
             .iter()
-            .filter_map(|kv| {
-                let id = kv.key_str().ok()?.strip_prefix(&alive_prefix)?;
-                Some((id.to_string(), kv.lease()))
+            .filter_map(|(id, kvs)| {
+                kvs.iter()
+                    .filter_map(parse_stored)
+                    .find(|s| s.node.id == *id)
             })
-            .collect();
-        Ok((kvs_of(&lists, 0), live))
+            .collect()
+    }
+
+    /// Deletes an earlier release's records of a member that registered again (each only as
+    /// it was read).
+    async fn drop_superseded(
+        &self,
+        client: &mut Client,
+        kvs: &[KeyValue],
+    ) -> Result<(), ClusterError> {
+        for kv in kvs {
+            let key = kv.key().to_vec();
+            client
+                .txn(
+                    Txn::new()
+                        .when([Compare::mod_revision(
+                            key.clone(),
+                            CompareOp::Equal,
+                            kv.mod_revision(),
+                        )])
+                        .and_then([TxnOp::delete(key, None)]),
+                )
+                .await
+                .map_err(|e| map_err(&e))?;
+        }
+        Ok(())
     }
 
     /// Seconds since each lease was last renewed, from etcd's remaining TTL (whole seconds,
@@ -612,8 +783,8 @@ impl EtcdMembership {
         mut client: Client,
         page: Option<(usize, Option<&str>)>,
     ) -> Result<(Vec<Member>, Option<String>), ClusterError> {
-        let (records, live) = self.member_snapshot(&mut client).await?;
-        let mut stored: Vec<Stored> = records.iter().filter_map(parse_stored).collect();
+        let (records, live, _) = self.member_snapshot(&mut client).await?;
+        let mut stored = Self::records_of(&records);
         stored.sort_by(|a, b| {
             a.node
                 .name
@@ -711,16 +882,22 @@ impl Membership for EtcdMembership {
     }
 
     async fn remove(&self, node_id: &str, by: &str) -> Result<bool, ClusterError> {
+        self.admin_only(&format!("remove {node_id}"))?;
         let by = if by.is_empty() { "admin" } else { by };
-        let k_member = self.key(&format!("members/{node_id}"));
+        let k_members: Vec<String> = std::iter::once(self.id_key("members", node_id))
+            .chain(self.legacy_key("members", node_id))
+            .collect();
         // The record names the node; without one (pruned already), the id does: `<name>-<6>`.
         let name = self
             .run("remove", |mut c| async move {
-                let resp = c.get(k_member, None).await.map_err(|e| map_err(&e))?;
-                Ok(resp
-                    .kvs()
-                    .first()
-                    .and_then(parse_stored)
+                let gets = k_members.iter().map(|k| TxnOp::get(k.clone(), None));
+                let resp = c
+                    .txn(Txn::new().and_then(gets.collect::<Vec<_>>()))
+                    .await
+                    .map_err(|e| map_err(&e))?;
+                Ok((0..k_members.len())
+                    .flat_map(|i| kvs_of(&resp, i))
+                    .find_map(|kv| parse_stored(&kv))
                     .map(|s| s.node.name))
             })
             .await?
@@ -761,9 +938,9 @@ impl Membership for EtcdMembership {
     ) -> Result<crate::cluster::Holders, ClusterError> {
         // The records and the alive keys in one read; no lease lookups (ages are not needed).
         self.run_within("members", LIST_DEADLINE, |mut c| async move {
-            let (records, live) = self.member_snapshot(&mut c).await?;
+            let (records, live, _) = self.member_snapshot(&mut c).await?;
             let mut out = crate::cluster::Holders::default();
-            for s in records.iter().filter_map(parse_stored) {
+            for s in Self::records_of(&records) {
                 // A record that fails validation holds no name or address.
                 if !live.contains_key(&s.node.id) || s.node.validate().is_err() {
                     continue;
@@ -820,6 +997,25 @@ impl Membership for EtcdMembership {
     }
 
     async fn record_event(&self, event: &Event) -> Result<(), ClusterError> {
+        // A node's own user reports about itself only what the pruner's turn forwards
+        // (`etcd/events.rs`); anything else it could only leave to be dropped.
+        if let Some(own) = self.own_name()
+            && events::checked(
+                own,
+                &serde_json::to_vec(event).unwrap_or_default(),
+                u64::MAX,
+            )
+            .is_err()
+        {
+            return Err(ClusterError::Auth {
+                backend: NAME,
+                reason: format!(
+                    "a node's own etcd user records only its own joins, leaves and enrollment, not {} about {}",
+                    event.kind.as_str(),
+                    event.node_id
+                ),
+            });
+        }
         self.run("event", |mut c| async move {
             let op = self.event_put(event.kind, &event.node_id, event.detail.clone());
             c.txn(Txn::new().and_then([op]))

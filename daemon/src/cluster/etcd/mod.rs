@@ -2,18 +2,23 @@
 //! transaction, with the same semantics as the Redis and storage backends.
 //!
 //! Keys, under `<key_prefix>cluster/` (default prefix `fleet:`, so `fleet:cluster/…`):
-//! - `members/<id>`: the node's record as JSON, plus its lease id and its registration time;
-//!   written at registration only. No lease: the record outlives its node, so that the next
-//!   prune still knows the node and records `expired` for it (with etcd a lease's expiry
-//!   deletes its keys by itself).
+//! - `members/<name>/<id>`: the node's record as JSON, plus its lease id and its registration
+//!   time; written at registration only. No lease: the record outlives its node, so that the
+//!   next prune still knows the node and records `expired` for it (with etcd a lease's expiry
+//!   deletes its keys by itself). Earlier releases wrote `members/<id>`: still read
+//!   (`etcd/keys.rs`), deleted with the member.
 //! - `active`: the active count and the revision of the last pruner turn (JSON).
 //! - `pruner`: the node that took the prune's turn, on a lease of one timeout nobody renews.
-//! - `alive/<id>`: the lease id, bound to the node's lease (TTL = the heartbeat timeout). It is
-//!   the liveness: a member is active exactly while this key exists.
+//! - `alive/<name>/<id>` (earlier releases: `alive/<id>`): the lease id, bound to the node's
+//!   lease (TTL = the heartbeat timeout). It is the liveness: a member is active exactly while
+//!   this key exists.
 //! - `names/<name>`: id of the holder, bound to the holder's lease, so the name frees itself
 //!   when its holder dies.
 //! - `events/<ms>-<random>`: an event as JSON; read in the order etcd created them (their create
 //!   revision), so skewed node clocks cannot reorder the stream; about `EVENTS_CAP` kept.
+//!   Written by the primary's credential only; a node's own user writes
+//!   `node-events/<name>/<ms>-<random>`, which the pruner's turn checks and forwards
+//!   (`etcd/events.rs`).
 //! - `removed/<id>`: `by`, an admin's removal, with its own lease of `REMOVAL_TOMBSTONE` (24 h).
 //! - `users/<name>`: the etcd user `create_node_user` made for the node of that name (no lease),
 //!   so that removing the node (`remove`) finds and deletes it.
@@ -76,6 +81,9 @@ const AGE_LOOKUPS: usize = 500;
 const CHECK_EVERY: u32 = 4;
 /// Attempts of an optimistic transaction before giving up (another node kept changing a key).
 const TXN_ATTEMPTS: usize = 5;
+/// A pruner turn reads every record and alive key when the key counts differ, and on every
+/// `FULL_PRUNE_EVERY`th turn of a process whatever the counts say.
+const FULL_PRUNE_EVERY: u32 = 10;
 
 /// What `members/<id>` holds.
 #[derive(Debug, Serialize, Deserialize)]
@@ -128,6 +136,8 @@ pub struct EtcdMembership {
     keepers: Mutex<HashMap<i64, Keeper>>,
     /// Whether this process's housekeeping narrowed the node roles yet (`etcd/roles.rs`).
     roles_narrowed: std::sync::atomic::AtomicBool,
+    /// Pruner turns this process took (every `FULL_PRUNE_EVERY`th reads everything).
+    prune_turns: std::sync::atomic::AtomicU32,
     /// Per node this process heartbeats: the lease last checked, the beats left until the next
     /// check, and the count that check read.
     checks: Mutex<HashMap<String, Check>>,
@@ -142,6 +152,8 @@ struct Check {
 }
 
 mod client;
+mod events;
+mod keys;
 mod membership;
 mod roles;
 mod sessions;
@@ -208,6 +220,7 @@ impl EtcdMembership {
             leases: Mutex::new(HashMap::new()),
             keepers: Mutex::new(HashMap::new()),
             roles_narrowed: std::sync::atomic::AtomicBool::new(false),
+            prune_turns: std::sync::atomic::AtomicU32::new(0),
             checks: Mutex::new(HashMap::new()),
         })
     }
@@ -279,11 +292,17 @@ impl EtcdMembership {
         }
     }
 
+    /// The write of an event: into `events/` with the primary's credential; a node's own user
+    /// writes into `node-events/<name>/`, which the primary checks and forwards.
     fn event_put(&self, kind: EventKind, id: &str, detail: BTreeMap<String, String>) -> TxnOp {
         let at_ms = now_ms();
         let ev = Event::new(kind, id).at(at_ms).with_detail(detail);
+        let sub = match self.own_name() {
+            Some(name) => format!("node-events/{name}/"),
+            None => "events/".to_string(),
+        };
         let key = self.key(&format!(
-            "events/{at_ms:015}-{:08x}",
+            "{sub}{at_ms:015}-{:08x}",
             rand::rng().random::<u32>()
         ));
         // Strings and numbers only: serialisation cannot fail.
@@ -340,12 +359,12 @@ impl EtcdMembership {
                         };
                         let with = || Some(PutOptions::new().with_lease(*l));
                         ops.push(TxnOp::put(
-                            self.key(&format!("alive/{}", n.id)),
+                            self.id_key("alive", &n.id),
                             l.to_string(),
                             with(),
                         ));
                         ops.push(TxnOp::put(
-                            self.key(&format!("members/{}", n.id)),
+                            self.id_key("members", &n.id),
                             serde_json::to_vec(&stored).unwrap_or_default(),
                             None,
                         ));

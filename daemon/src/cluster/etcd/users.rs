@@ -14,8 +14,9 @@ impl EtcdMembership {
         crate::cluster::users::user_name(&self.key_prefix.to_ascii_lowercase(), "node", node_name)
     }
 
-    /// Creates an etcd user for a new node, with a role (of the same name) that may read and
-    /// write the cluster's key prefix and nothing else, and records it in `users/<node_name>`.
+    /// Creates an etcd user for a new node, with a role (of the same name) that may read the
+    /// cluster's keys and write its own and the sessions (`etcd/roles.rs`), and records it in
+    /// `users/<node_name>`.
     /// Needs an etcd with auth enabled and a configured `etcd_username` that has the `root`
     /// role. Creating it again gives it a new password. Returns the user name and its password.
     pub async fn create_node_user(
@@ -33,7 +34,7 @@ impl EtcdMembership {
         let password = Secret::new(Alphanumeric.sample_string(&mut rand::rng(), 32));
         let users_key = self.key(&format!("users/{node_name}"));
         let (u, pw) = (user.clone(), password.clone());
-        // An admin's operation of several raft writes (role, five grants, user): a deadline of
+        // An admin's operation of several raft writes (role, six grants, four revocations, user): a deadline of
         // its own, longer than a heartbeat's.
         let deadline = std::time::Duration::from_secs(15);
         self.run_within("creating a node user", deadline, |mut client| async move {
@@ -157,6 +158,8 @@ impl EtcdMembership {
 #[async_trait::async_trait]
 impl BackendUsers for EtcdMembership {
     async fn create_node_user(&self, node_name: Option<&str>) -> Result<UserGrant, ClusterError> {
+        // Never "the shared credentials" from a node's own user: they would be this node's.
+        self.admin_only("build node packages")?;
         if self.username.is_none() {
             return Ok(UserGrant::Shared(
                 "no cluster.etcd_username (etcd without auth): the node connects as the primary does"

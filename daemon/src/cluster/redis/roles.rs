@@ -5,7 +5,9 @@
 //! Everything shared (the indexes, the events stream, tombstones, the users and their
 //! registries) is written by the primary's credential alone: its heartbeat copies the node
 //! records into the indexes (`adopt`) and forwards the nodes' events and the refusals that
-//! enrollment users left, after checking their size and shape. No Lua runs as a node or an
+//! enrollment users left, after checking their size and shape. A node user also reads and
+//! writes the session store (`<prefix>session:*`, in a selector of its own), so that a node
+//! with its own user serves the dashboard. No Lua runs as a node or an
 //! enrollment user: they get plain commands only, so they cannot hold the server in a script.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -143,7 +145,8 @@ impl RedisMembership {
         }
     }
 
-    /// A node user's rights (after its password): read the membership keys, write its own two.
+    /// A node user's rights (after its password): read the membership keys, write its own two,
+    /// and use the session store.
     pub(super) fn node_rules(&self, name: &str) -> Vec<String> {
         let mut r: Vec<String> = vec!["resetkeys".into(), "resetchannels".into(), "-@all".into()];
         for k in [
@@ -184,6 +187,13 @@ impl RedisMembership {
         ] {
             r.push(format!("+{c}"));
         }
+        // The session store (`redis/sessions.rs`: SET … PX, GETEX … PX, DEL), in a selector of
+        // its own so that these commands reach no cluster key. Sessions are signed with the
+        // admin's key: a node stores and deletes them, it cannot mint one.
+        r.push(format!(
+            "(~{}* +set +getex +del)",
+            glob_escape(&format!("{}session:", self.prefix))
+        ));
         r.extend(self.select_rule());
         r
     }
