@@ -411,8 +411,29 @@ async fn package_build_makes_a_node_user_that_remove_deletes() {
     let err = as_node.heartbeat(&n2).await.unwrap_err();
     assert!(matches!(err, ClusterError::Auth { .. }), "{err:?}");
 
-    // A primary whose etcd user lacks the root role: shared credentials, said in the output.
-    let (limited, limited_pw) = primary.create_node_user("limited").await.unwrap();
+    // A primary whose etcd user lacks the root role (read-write on the prefix only, as a
+    // managed etcd may give): shared credentials, said in the output. (A node's own user is
+    // refused outright instead: `node_sessions.rs`.)
+    let (limited, limited_pw) = (
+        "ops-limited".to_string(),
+        fleet_server::config::Secret::new("ops-limited-pw-0123"),
+    );
+    for (path, body) in [
+        (
+            "/v3/auth/user/add",
+            serde_json::json!({"name": &limited, "password": limited_pw.expose()}),
+        ),
+        ("/v3/auth/role/add", serde_json::json!({"name": &limited})),
+    ] {
+        etcd.call_as(None, path, body).unwrap();
+    }
+    etcd.grant_prefix_rw(&limited, "fleet:").unwrap();
+    etcd.call_as(
+        None,
+        "/v3/auth/user/grant",
+        serde_json::json!({"user": &limited, "role": &limited}),
+    )
+    .unwrap();
     let limited_cfg = primary_config(dir.path(), &etcd, &limited, limited_pw.expose());
     let shared = dir.path().join("node4_provision.tar.gz");
     let (code, stdout, stderr) = build(&limited_cfg, "node4", "198.51.100.8", &shared);
