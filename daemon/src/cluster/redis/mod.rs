@@ -282,6 +282,39 @@ fn record_from_row(id: String, row: Vec<Option<String>>) -> NodeRecord {
     }
 }
 
+/// A member from its id, heartbeat score and record row (`HMGET … RECORD_FIELDS`), alive when
+/// that heartbeat is within `timeout` of `now` (both on Redis's clock).
+fn member_of_row(
+    id: String,
+    score: f64,
+    row: Vec<Option<String>>,
+    now: u64,
+    timeout: u64,
+) -> Member {
+    let last = score as u64;
+    let age = now.saturating_sub(last);
+    let mut node = record_from_row(id, row);
+    if node.name.is_empty() {
+        node.name = node
+            .id
+            .rsplit_once('-')
+            .map(|(n, _)| n)
+            .unwrap_or(&node.id)
+            .into();
+    }
+    Member {
+        node,
+        last_heartbeat_ms: last,
+        age_ms: age,
+        state: if age < timeout {
+            MemberState::Active
+        } else {
+            MemberState::Expired
+        },
+        age_known: true,
+    }
+}
+
 mod membership;
 mod roles;
 mod sentinel;
@@ -294,8 +327,12 @@ pub use users::LOCAL_FILE as NODE_USERS_FILE;
 
 /// Members pruned at most per heartbeat, so one heartbeat stays short after a mass outage.
 const PRUNE_LIMIT: usize = 100;
-/// Records read per pipeline by the member list.
-const LIST_BATCH: usize = 1000;
+/// Members read per step (ZSCAN, then their records pipelined) by the member list: small
+/// enough that Redis (a step's commands) and this process (decoding a step's answer, on an async
+/// worker that cannot be preempted) each hold the CPU well under a millisecond at a time.
+const LIST_BATCH: usize = 250;
+/// Lists of at least this many members are built and sorted on a blocking thread.
+const OFFLOAD_AT: usize = 2000;
 /// Members the index backfill looks at per turn, and how long a turn is held: one node of the
 /// cluster takes it (`cluster:backfill-turn`), so 10,000 nodes' housekeeping is not 10,000
 /// scans; a pass over 10,000 members takes 20 turns.
@@ -766,47 +803,92 @@ impl RedisMembership {
             .into_iter()
             .filter_map(|(id, s)| Some((id, s?)))
             .collect();
-        if scores.is_empty() {
+        let mut out = Vec::with_capacity(scores.len());
+        let timeout = self.timeout_ms();
+        for chunk in scores.chunks(LIST_BATCH) {
+            let rows = self
+                .records_of(chunk.iter().map(|(id, _)| id.as_str()))
+                .await?;
+            out.extend(
+                chunk
+                    .iter()
+                    .zip(rows)
+                    .map(|((id, s), row)| member_of_row(id.clone(), *s, row, now, timeout)),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The records of `ids` (at most `LIST_BATCH`), one pipelined HMGET each on the list's
+    /// connection. HMGET of fixed fields parses faster than HGETALL into maps.
+    async fn records_of(
+        &self,
+        ids: impl Iterator<Item = &str>,
+    ) -> Result<Vec<Vec<Option<String>>>, ClusterError> {
+        let mut pipe = redis::pipe();
+        let mut any = false;
+        for id in ids {
+            pipe.cmd("HMGET")
+                .arg(self.key(&format!("node:{id}")))
+                .arg(&RECORD_FIELDS[..]);
+            any = true;
+        }
+        if !any {
             return Ok(Vec::new());
         }
-        // HMGET of fixed fields parses faster than HGETALL into maps (10,000 members). In
-        // pipelines of a bounded size: between two, Redis serves the other clients (heartbeats,
-        // status reads), and this task yields to the others on its runtime.
-        let mut rows: Vec<Vec<Option<String>>> = Vec::with_capacity(scores.len());
-        for chunk in scores.chunks(LIST_BATCH) {
-            let mut pipe = redis::pipe();
-            for (id, _) in chunk {
-                pipe.cmd("HMGET")
-                    .arg(self.key(&format!("node:{id}")))
-                    .arg(&RECORD_FIELDS[..]);
+        self.query_list(&pipe).await
+    }
+
+    /// Every member of `cluster:members` whose name is not in `skip` (the roster, listed from
+    /// their own records), with its score and record: `(id, score, HMGET row)`, unordered.
+    /// Read with ZSCAN, `LIST_BATCH` at a time, each step followed by its records: never one
+    /// reply of the whole set (Redis serves nobody else while it builds one, 20 ms at
+    /// 100,000), so between two steps Redis answers the other clients. ZSCAN returns every
+    /// member present for the whole scan, some possibly twice (kept once).
+    async fn scan_member_rows(
+        &self,
+        skip: &std::collections::HashSet<&str>,
+    ) -> Result<Vec<(String, f64, Vec<Option<String>>)>, ClusterError> {
+        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let mut cursor = 0u64;
+        // Bounded: 10,000 steps cover 10 million members; the cursor comes back to 0 long before.
+        for _ in 0..10_000 {
+            let mut cmd = redis::cmd("ZSCAN");
+            cmd.arg(self.key("members"))
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(LIST_BATCH);
+            let ((next, flat),): ((u64, Vec<String>),) =
+                self.query_list(redis::pipe().add_command(cmd)).await?;
+            // ZSCAN answers member, score, member, score, …
+            let mut batch: Vec<(String, f64)> = Vec::with_capacity(flat.len() / 2);
+            let mut it = flat.into_iter();
+            while let (Some(id), Some(score)) = (it.next(), it.next()) {
+                let Ok(score) = score.parse::<f64>() else {
+                    continue;
+                };
+                if roles::name_of_id(&id).is_some_and(|n| skip.contains(n)) || seen.contains(&id) {
+                    continue;
+                }
+                seen.insert(id.clone());
+                batch.push((id, score));
             }
-            let part: Vec<Vec<Option<String>>> = self.query_list(&pipe).await?;
-            rows.extend(part);
+            let rows = self
+                .records_of(batch.iter().map(|(id, _)| id.as_str()))
+                .await?;
+            out.extend(
+                batch
+                    .into_iter()
+                    .zip(rows)
+                    .map(|((id, s), row)| (id, s, row)),
+            );
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
         }
-        let timeout = self.timeout_ms();
-        Ok(scores
-            .into_iter()
-            .zip(rows)
-            .map(|((id, score), row)| {
-                let last = score as u64;
-                let age = now.saturating_sub(last);
-                let mut node = record_from_row(id.clone(), row);
-                if node.name.is_empty() {
-                    node.name = id.rsplit_once('-').map(|(n, _)| n).unwrap_or(&id).into();
-                }
-                Member {
-                    node,
-                    last_heartbeat_ms: last,
-                    age_ms: age,
-                    state: if age < timeout {
-                        MemberState::Active
-                    } else {
-                        MemberState::Expired
-                    },
-                    age_known: true,
-                }
-            })
-            .collect())
+        Ok(out)
     }
 
     async fn remove_member(&self, node_id: &str, by: &str) -> Result<bool, ClusterError> {
