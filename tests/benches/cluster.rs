@@ -1191,14 +1191,10 @@ async fn redis_adoption() {
     );
 }
 
-async fn scale_etcd() {
-    let etcd = fleet_tests::etcd::EtcdServer::start();
-    let text = format!("cluster:\n  enabled: true\n{}", etcd.cluster_yaml());
-    let c = Config::parse(&text, std::path::Path::new("bench.yaml")).unwrap();
-    let sim = Arc::new(EtcdMembership::new(&c.cluster, SCALE_TIMING).unwrap());
-    let pid = etcd.pid().expect("etcd pid");
+/// The etcd backend as a `ScaleTarget`.
+fn etcd_target(sim: &Arc<EtcdMembership>, pid: u32) -> ScaleTarget {
     let (s1, s2) = (sim.clone(), sim.clone());
-    let t = ScaleTarget {
+    ScaleTarget {
         name: "etcd",
         backend: sim.clone(),
         simulate: Box::new(move |nodes| {
@@ -1216,7 +1212,39 @@ async fn scale_etcd() {
         }),
         cpu_seconds: Box::new(move || cpu_of_pid(pid)),
         cpu_of: "etcd process; floor: the lease keepalive alone; members registered, then one batch without key writes",
-    };
+    }
+}
+
+/// `etcd-burst`: `etcd_after_a_burst` alone, on 10,000 members registered spread out.
+async fn etcd_burst_alone() {
+    let etcd = fleet_tests::etcd::EtcdServer::start();
+    let text = format!("cluster:\n  enabled: true\n{}", etcd.cluster_yaml());
+    let c = Config::parse(&text, std::path::Path::new("bench.yaml")).unwrap();
+    let sim = Arc::new(EtcdMembership::new(&c.cluster, SCALE_TIMING).unwrap());
+    let t = etcd_target(&sim, etcd.pid().expect("etcd pid"));
+    let nodes = scale_nodes();
+    for chunk in nodes.chunks(2_500) {
+        (t.simulate)(chunk.to_vec()).await;
+    }
+    let n = SCALE_SIZES[3];
+    load_window(
+        &t,
+        &nodes,
+        n,
+        Duration::from_secs(60),
+        Some(n as u64),
+        false,
+    )
+    .await;
+    etcd_after_a_burst(&t, &sim, &nodes).await;
+}
+
+async fn scale_etcd() {
+    let etcd = fleet_tests::etcd::EtcdServer::start();
+    let text = format!("cluster:\n  enabled: true\n{}", etcd.cluster_yaml());
+    let c = Config::parse(&text, std::path::Path::new("bench.yaml")).unwrap();
+    let sim = Arc::new(EtcdMembership::new(&c.cluster, SCALE_TIMING).unwrap());
+    let t = etcd_target(&sim, etcd.pid().expect("etcd pid"));
     let nodes = scale_nodes();
     scale_table(&t, &nodes, 0).await;
     etcd_after_a_burst(&t, &sim, &nodes).await;
@@ -1256,10 +1284,11 @@ async fn scale_etcd() {
     );
 }
 
-/// etcd 3.4 copies its read buffer (the last batch of key writes) for every keepalive answer
-/// and every read: the table above is measured with registrations spread out (`bench_settle`
-/// after each batch); here the same windows right after 5,000 members registered again at once,
-/// and once etcd has committed a batch without key writes.
+/// etcd 3.4 copies its read buffer (the key writes of its last batches) for every keepalive
+/// answer and every read: the table above is measured with registrations spread out
+/// (`bench_settle` after each batch); here the same windows right after 5,000 members
+/// registered again at once, after a pruner turn without its last step (what the daemon did
+/// before), and after the daemon's own pruner turn (which ends with a batch without key writes).
 async fn etcd_after_a_burst(
     t: &ScaleTarget,
     sim: &Arc<EtcdMembership>,
@@ -1269,7 +1298,12 @@ async fn etcd_after_a_burst(
     sim.simulate_members(&nodes[..n / 2]).await.unwrap();
     let hb_burst = load_window(t, nodes, n, WINDOW, None, false).await;
     let fl_burst = load_window(t, nodes, n, WINDOW, None, true).await;
-    sim.bench_settle().await.unwrap();
+    sim.bench_pruner_turn(false).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let hb_old = load_window(t, nodes, n, WINDOW, None, false).await;
+    let fl_old = load_window(t, nodes, n, WINDOW, None, true).await;
+    sim.bench_pruner_turn(true).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let hb = load_window(t, nodes, n, WINDOW, None, false).await;
     let fl = load_window(t, nodes, n, WINDOW, None, true).await;
     println!(
@@ -1278,8 +1312,10 @@ async fn etcd_after_a_burst(
     for (what, w) in [
         ("heartbeat, right after the burst", &hb_burst),
         ("keepalive alone (floor), right after the burst", &fl_burst),
-        ("heartbeat, after one batch without key writes", &hb),
-        ("keepalive alone (floor), after it", &fl),
+        ("heartbeat, after a pruner turn without its settle", &hb_old),
+        ("keepalive alone (floor), then", &fl_old),
+        ("heartbeat, after the daemon's pruner turn", &hb),
+        ("keepalive alone (floor), then", &fl),
     ] {
         row(
             what,
@@ -1389,7 +1425,9 @@ fn login_flood_health() {
 fn main() {
     // `cargo bench -p fleet-tests --bench cluster [-- SECTION…]`: sections are `membership`,
     // `members` (10,000 simulated), `idle`, `lb`, `scale` (heartbeat cost against cluster
-    // size on every backend) and `flood`; all by default. cargo passes `--bench`.
+    // size on every backend; `scale-redis`, `scale-etcd`, `scale-storage` one backend, and
+    // their parts `redis-list`, `redis-adopt`, `etcd-burst` alone) and `flood`; all by
+    // default. cargo passes `--bench`.
     let wanted: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
@@ -1430,6 +1468,10 @@ fn main() {
     }
     if scale("etcd") {
         rt.block_on(scale_etcd());
+    }
+    // `etcd-burst`: the mass registration part of `scale-etcd` alone.
+    if run("etcd-burst") && !scale("etcd") {
+        rt.block_on(etcd_burst_alone());
     }
     if scale("storage") {
         rt.block_on(scale_storage());
