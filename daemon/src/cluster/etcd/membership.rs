@@ -267,16 +267,6 @@ impl EtcdMembership {
         client: &mut Client,
         id: &str,
     ) -> Result<Option<usize>, ClusterError> {
-        self.prune_turn_settling(client, id, true).await
-    }
-
-    /// `prune_turn`; `settle: false` (the benchmarks) leaves out its last step.
-    pub(super) async fn prune_turn_settling(
-        &self,
-        client: &mut Client,
-        id: &str,
-        settle: bool,
-    ) -> Result<Option<usize>, ClusterError> {
         let k_pruner = self.key("pruner");
         let lease = client
             .lease_grant(self.lease_ttl_secs(), None)
@@ -300,32 +290,7 @@ impl EtcdMembership {
             Self::revoke(client, lease).await?;
             return Ok(None);
         }
-        let active = self.prune_and_count(client).await?;
-        if settle {
-            Self::settle_after(client.clone());
-        }
-        Ok(Some(active))
-    }
-
-    /// etcd 3.4 keeps the key writes of its last write batches in a read buffer that it copies
-    /// for every read and every keepalive answer, and shrinks it only at the commit of a batch
-    /// with writes but none to keys: after a mass registration that copy made a heartbeat cost
-    /// 9x more until then. Once the turn's own key writes are committed (etcd commits every
-    /// 100 ms), a lease granted and revoked with no key on it is such a batch. In a task of its
-    /// own, so the heartbeat that won the turn does not wait for it; errors only cost speed.
-    fn settle_after(mut client: Client) {
-        tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-            let settle = async {
-                let lease = client.lease_grant(5, None).await.map_err(|e| map_err(&e))?;
-                Self::revoke(&mut client, lease.id()).await
-            };
-            match tokio::time::timeout(std::time::Duration::from_secs(2), settle).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => log::debug!("etcd read buffer settle: {e}"),
-                Err(_) => log::debug!("etcd read buffer settle: no answer within 2 s"),
-            }
-        });
+        Ok(Some(self.prune_and_count(client).await?))
     }
 
     /// Prunes, stores the active count with the current revision, and compacts to the

@@ -423,14 +423,13 @@ impl EtcdMembership {
         Ok(())
     }
 
-    /// For the benchmarks: the pruner's turn as a heartbeat takes it (the claim freed first);
-    /// `settle: false` leaves out its last step (`settle_after`), to show what it changes.
-    pub async fn bench_pruner_turn(&self, settle: bool) -> Result<(), ClusterError> {
+    /// For the benchmarks: the pruner's turn as a heartbeat takes it (the claim freed first).
+    pub async fn bench_pruner_turn(&self) -> Result<(), ClusterError> {
         self.run("pruner turn", |mut c| async move {
             c.delete(self.key("pruner"), None)
                 .await
                 .map_err(|e| map_err(&e))?;
-            self.prune_turn_settling(&mut c, "bench", settle).await?;
+            self.prune_turn(&mut c, "bench").await?;
             Ok(())
         })
         .await

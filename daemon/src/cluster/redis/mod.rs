@@ -177,8 +177,7 @@ local members = prefix .. 'cluster:members'
 local i, n = 4, 0
 while i <= #ARGV do
   local id, name, score, ips, nf = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], tonumber(ARGV[i + 4])
-  local fields = {}
-  for j = 1, nf * 2 do fields[j] = ARGV[i + 4 + j] end
+  local first = i + 5
   i = i + 5 + nf * 2
   if redis.call('EXISTS', prefix .. 'cluster:removed:' .. id) == 0 then
     local prev = redis.call('ZSCORE', members, id)
@@ -189,7 +188,7 @@ while i <= #ARGV do
       redis.call('HSET', prefix .. 'cluster:names', name, id)
       unindex(prefix, id, nkey)
       redis.call('DEL', nkey)
-      redis.call('HSET', nkey, 'ips', ips, unpack(fields))
+      redis.call('HSET', nkey, 'ips', ips, unpack(ARGV, first, first + nf * 2 - 1))
       redis.call('ZADD', prefix .. 'cluster:order', 0, name .. '\0' .. id)
       for ip in string.gmatch(ips, '[^,]+') do
         redis.call('HSET', prefix .. 'cluster:ips', ip, id)
