@@ -859,7 +859,22 @@ impl RedisMembership {
                 .arg("COUNT")
                 .arg(LIST_BATCH);
             let ((next, flat),): ((u64, Vec<String>),) =
-                self.query_list(redis::pipe().add_command(cmd)).await?;
+                match self.query_list(redis::pipe().add_command(cmd)).await {
+                    Ok(r) => r,
+                    // A node user made before its rules had ZSCAN (until the primary's
+                    // housekeeping rewrites them): the whole set in one reply, as before.
+                    Err(ClusterError::Auth { .. }) if cursor == 0 && out.is_empty() => {
+                        let mut pipe = redis::pipe();
+                        pipe.zrange_withscores(self.key("members"), 0, -1);
+                        let (all,): (Vec<(String, f64)>,) = self.query_list(&pipe).await?;
+                        let flat = all
+                            .into_iter()
+                            .flat_map(|(id, s)| [id, s.to_string()])
+                            .collect();
+                        ((0, flat),)
+                    }
+                    Err(e) => return Err(e),
+                };
             // ZSCAN answers member, score, member, score, …
             let mut batch: Vec<(String, f64)> = Vec::with_capacity(flat.len() / 2);
             let mut it = flat.into_iter();

@@ -157,6 +157,7 @@ impl RedisMembership {
             "pttl",
             "zrange",
             "zrangebylex",
+            "zscan",
             "zscore",
             "zcount",
             "zcard",
