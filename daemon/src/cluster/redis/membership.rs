@@ -283,13 +283,13 @@ impl Membership for RedisMembership {
         let timeout = self.timeout_ms();
         let large = rows.len() >= OFFLOAD_AT;
         let mut own_members = self.own_members(&roster, now).await?;
-        // Building and sorting 100,000 members takes tens of ms of CPU: a large list does it
-        // on a blocking thread, which the OS preempts, not on the async workers that also
-        // answer status reads and heartbeats.
+        // Decoding the records, building and sorting the members is this process's CPU share
+        // of a list: a large list does it on a blocking thread, which the OS preempts, not on
+        // the async workers that also answer status reads and heartbeats.
         let build = move || {
             let mut out: Vec<Member> = rows
                 .into_iter()
-                .map(|(id, score, row)| member_of_row(id, score, row, now, timeout))
+                .map(|(id, score, row)| member_of_row(id, score, row_of_value(row), now, timeout))
                 .collect();
             out.append(&mut own_members);
             out.sort_by(|a, b| {

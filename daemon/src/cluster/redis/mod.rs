@@ -281,6 +281,12 @@ fn record_from_row(id: String, row: Vec<Option<String>>) -> NodeRecord {
     }
 }
 
+/// An HMGET answer as its row of values (an answer that is not one: an empty row, as for a
+/// record that is gone).
+fn row_of_value(v: redis::Value) -> Vec<Option<String>> {
+    redis::from_redis_value(v).unwrap_or_default()
+}
+
 /// A member from its id, heartbeat score and record row (`HMGET … RECORD_FIELDS`), alive when
 /// that heartbeat is within `timeout` of `now` (both on Redis's clock).
 fn member_of_row(
@@ -824,6 +830,20 @@ impl RedisMembership {
         &self,
         ids: impl Iterator<Item = &str>,
     ) -> Result<Vec<Vec<Option<String>>>, ClusterError> {
+        Ok(self
+            .raw_records_of(ids)
+            .await?
+            .into_iter()
+            .map(row_of_value)
+            .collect())
+    }
+
+    /// `records_of` as Redis's answers, not yet decoded (the full list decodes them on its
+    /// blocking thread).
+    async fn raw_records_of(
+        &self,
+        ids: impl Iterator<Item = &str>,
+    ) -> Result<Vec<redis::Value>, ClusterError> {
         let mut pipe = redis::pipe();
         let mut any = false;
         for id in ids {
@@ -847,7 +867,7 @@ impl RedisMembership {
     async fn scan_member_rows(
         &self,
         skip: &std::collections::HashSet<&str>,
-    ) -> Result<Vec<(String, f64, Vec<Option<String>>)>, ClusterError> {
+    ) -> Result<Vec<(String, f64, redis::Value)>, ClusterError> {
         let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut out = Vec::new();
         let mut cursor = 0u64;
@@ -889,7 +909,7 @@ impl RedisMembership {
                 batch.push((id, score));
             }
             let rows = self
-                .records_of(batch.iter().map(|(id, _)| id.as_str()))
+                .raw_records_of(batch.iter().map(|(id, _)| id.as_str()))
                 .await?;
             out.extend(
                 batch
