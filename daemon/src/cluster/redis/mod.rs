@@ -336,6 +336,16 @@ const PRUNE_LIMIT: usize = 100;
 /// enough that Redis (a step's commands) and this process (decoding a step's answer, on an async
 /// worker that cannot be preempted) each hold the CPU well under a millisecond at a time.
 const LIST_BATCH: usize = 250;
+/// The runtime of every member list's connection (see `query_list`): one thread for the whole
+/// process, started at the first list, never dropped.
+static LIST_RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("redis-list")
+        .enable_all()
+        .build()
+        .expect("starting the member list's runtime")
+});
 /// Lists of at least this many members are built and sorted on a blocking thread.
 const OFFLOAD_AT: usize = 2000;
 /// Members the index backfill looks at per turn, and how long a turn is held: one node of the
@@ -621,12 +631,29 @@ impl RedisMembership {
         self.query_on(&self.conn, pipe).await
     }
 
-    /// A query on the member list's own connection.
-    async fn query_list<T: redis::FromRedisValue>(
+    /// A query on the member list's own connection, run on `LIST_RUNTIME`: that connection's
+    /// background task (reading the socket, parsing 100,000 records' answers) and the decoding
+    /// run on that runtime's own thread, which the OS preempts, so the async workers that answer
+    /// status reads and heartbeats are not held by a large list.
+    async fn query_list<T: redis::FromRedisValue + Send + 'static>(
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, ClusterError> {
-        self.query_on(&self.list_conn, pipe).await
+        self.follow_master().await?;
+        let mut conn = self.list_conn.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let deadline = self.timing.op_timeout() * 2;
+        let pipe = pipe.clone();
+        let task = LIST_RUNTIME.spawn(async move {
+            tokio::time::timeout(deadline, pipe.query_async::<T>(&mut conn)).await
+        });
+        match task.await {
+            Ok(Ok(r)) => r.map_err(|e| self.after_error(&e)),
+            Ok(Err(_)) => Err(self.timed_out(deadline)),
+            Err(e) => Err(ClusterError::Backend {
+                backend: NAME,
+                reason: format!("the member list's query ended early: {e}"),
+            }),
+        }
     }
 
     async fn query_on<T: redis::FromRedisValue>(
