@@ -9,8 +9,8 @@
 //! `cluster:removed:<id>` a tombstone set when an admin removes a node;
 //! `cluster:backfill-turn` and `cluster:backfill-cursor`, the index backfill's turn and ZSCAN
 //! cursor (members an older version registered get their `order` and `ips` entries).
-//! The member list runs on a connection of its own, so a node's heartbeats and status reads
-//! never wait behind a list of 100,000 members.
+//! The member list runs on a connection of its own, driven by a thread of its own, so a node's
+//! heartbeats and status reads never wait behind a list of 100,000 members.
 //! The scripts derive keys from the prefix, which is fine for a single Redis (or a replicated
 //! pair), not for Redis Cluster.
 
