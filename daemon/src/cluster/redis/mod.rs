@@ -640,7 +640,11 @@ impl RedisMembership {
         pipe: &redis::Pipeline,
     ) -> Result<T, ClusterError> {
         self.follow_master().await?;
-        let mut conn = self.list_conn.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut conn = self
+            .list_conn
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let deadline = self.timing.op_timeout() * 2;
         let pipe = pipe.clone();
         let task = LIST_RUNTIME.spawn(async move {
