@@ -337,14 +337,21 @@ const PRUNE_LIMIT: usize = 100;
 /// worker that cannot be preempted) each hold the CPU well under a millisecond at a time.
 const LIST_BATCH: usize = 250;
 /// The runtime of every member list's connection (see `query_list`): one thread for the whole
-/// process, started at the first list, never dropped.
-static LIST_RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_multi_thread()
+/// process, started at the first list, never dropped. `None` if the thread could not be
+/// started: then the lists run on the caller's runtime, as before.
+static LIST_RUNTIME: LazyLock<Option<tokio::runtime::Runtime>> = LazyLock::new(|| {
+    match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("redis-list")
         .enable_all()
         .build()
-        .expect("starting the member list's runtime")
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            log::warn!("member lists run beside status reads: no thread of their own ({e})");
+            None
+        }
+    }
 });
 /// Lists of at least this many members are built and sorted on a blocking thread.
 const OFFLOAD_AT: usize = 2000;
@@ -639,6 +646,9 @@ impl RedisMembership {
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, ClusterError> {
+        let Some(list_runtime) = LIST_RUNTIME.as_ref() else {
+            return self.query_on(&self.list_conn, pipe).await;
+        };
         self.follow_master().await?;
         let mut conn = self
             .list_conn
@@ -647,7 +657,7 @@ impl RedisMembership {
             .clone();
         let deadline = self.timing.op_timeout() * 2;
         let pipe = pipe.clone();
-        let task = LIST_RUNTIME.spawn(async move {
+        let task = list_runtime.spawn(async move {
             tokio::time::timeout(deadline, pipe.query_async::<T>(&mut conn)).await
         });
         match task.await {
