@@ -792,138 +792,400 @@ async fn scale_redis() {
     };
     let nodes = scale_nodes();
     scale_table(&t, &nodes, 0).await;
+}
 
-    // 100,000 members: lists run back to back on the list's connection while the same backend
-    // (the same process's connection manager) answers status reads and heartbeats.
+/// The longest single command Redis ran since the last `LATENCY RESET`, in ms (Redis's
+/// latency monitor, 1 ms threshold): while Redis runs one command, every other client waits.
+fn longest_command_ms(redis: &RedisServer) -> u64 {
+    let reply = redis.command(&["LATENCY", "LATEST"]).unwrap_or_default();
+    // *4 $7 command :<timestamp> :<latest ms> :<max ms>
+    let Some(at) = reply.find("command\r\n") else {
+        return 0;
+    };
+    reply[at..]
+        .lines()
+        .filter_map(|l| l.strip_prefix(':'))
+        .nth(2)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Status reads as the daemon's HTTP handlers make them (each a task spawned on `rt`, built as
+/// the daemon's runtime is: 2 workers, timed from the spawn to its answer), and heartbeats as
+/// its membership thread makes them (another instance, on a current-thread runtime of its own),
+/// one after the other for `window`: their latencies, sorted.
+fn daemon_like_reads(
+    rt: &tokio::runtime::Runtime,
+    status: &Arc<RedisMembership>,
+    beats: (&tokio::runtime::Runtime, &RedisMembership),
+    nodes: &[NodeRecord],
+    window: Duration,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut st, mut hb) = (Vec::new(), Vec::new());
+    let started = Instant::now();
+    let mut i = 0;
+    while started.elapsed() < window {
+        let b = status.clone();
+        let t0 = Instant::now();
+        let task = rt.spawn(async move { b.active_count().await.expect("active count") });
+        beats.0.block_on(task).unwrap();
+        st.push(t0.elapsed());
+        let t0 = Instant::now();
+        let beat = beats.0.block_on(beats.1.heartbeat(&nodes[i % nodes.len()]));
+        assert!(matches!(beat, Ok(Heartbeat::Alive { .. })), "{beat:?}");
+        hb.push(t0.elapsed());
+        i += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    st.sort();
+    hb.sort();
+    (st, hb)
+}
+
+/// `scale-redis`'s second part (alone: `redis-list`): 100,000 members, status reads and
+/// heartbeats while full member lists run back to back, first in the process that answers the
+/// status reads (the daemon's pattern: one backend instance and runtime for HTTP, the
+/// heartbeats on a thread and instance of their own), then from another client, then over HTTP
+/// against a real daemon listing `/nodes`; each beside a floor with no list running, measured in
+/// the same run, and Redis's longest single command.
+fn redis_list_under_load() {
     const BIG: usize = 100_000;
-    let big: Vec<NodeRecord> = (SCALE_SIZES[3]..BIG).map(fake_node).collect();
-    (t.simulate)(big).await;
-    // The floor: the same status reads and heartbeats with no list running.
-    let (idle_status, idle_beats) = status_and_beats(&sim, &nodes, Duration::from_secs(3)).await;
+    let redis = RedisServer::start_with(Some("bench-pw"), &["--latency-monitor-threshold", "1"]);
+    let text = format!("cluster:\n  enabled: true\n{}", redis.cluster_yaml());
+    let c = Config::parse(&text, std::path::Path::new("bench.yaml")).unwrap();
+    let daemon_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let beat_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let http_side = {
+        let _in = daemon_rt.enter();
+        Arc::new(RedisMembership::new(&c.cluster, SCALE_TIMING).unwrap())
+    };
+    let beater = {
+        let _in = beat_rt.enter();
+        RedisMembership::new(&c.cluster, SCALE_TIMING).unwrap()
+    };
+    let nodes: Arc<Vec<NodeRecord>> = Arc::new((0..BIG).map(fake_node).collect());
+    daemon_rt.block_on(async {
+        let now = http_side.server_now_ms().await.unwrap();
+        for chunk in nodes.chunks(1000) {
+            http_side.simulate_members(chunk, now).await.unwrap();
+        }
+    });
+    let beaten = &nodes[..SCALE_SIZES[3]];
+    // The floor: no list running.
+    let (idle_status, idle_beats) = daemon_like_reads(
+        &daemon_rt,
+        &http_side,
+        (&beat_rt, &beater),
+        beaten,
+        Duration::from_secs(3),
+    );
+    let _ = redis.command(&["LATENCY", "RESET"]);
+
+    let lists_in = |rt: &tokio::runtime::Runtime, b: Arc<RedisMembership>| {
+        let stop = stop_flag();
+        let task = {
+            let stop = stop.clone();
+            rt.spawn(async move {
+                let mut times = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || times.is_empty() {
+                    let t0 = Instant::now();
+                    let m = b.members().await.expect("the 100,000-member list");
+                    times.push(t0.elapsed());
+                    assert!(m.len() >= BIG, "{} listed", m.len());
+                }
+                times
+            })
+        };
+        (stop, task)
+    };
+    // 1. Lists in the same process, on the same instance and runtime as the status reads.
+    let (stop, task) = lists_in(&daemon_rt, http_side.clone());
+    std::thread::sleep(Duration::from_millis(50));
+    let (status, beats) = daemon_like_reads(
+        &daemon_rt,
+        &http_side,
+        (&beat_rt, &beater),
+        beaten,
+        Duration::from_secs(6),
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut lists = daemon_rt.block_on(task).unwrap();
+    lists.sort();
+    let longest_in = longest_command_ms(&redis);
+    let _ = redis.command(&["LATENCY", "RESET"]);
+    // 2. Lists from another client (its own instance, runtime and thread, as another node's):
+    // what is left is Redis's queue and the machine's cores, not this process's decoding.
+    let other_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let other = {
+        let _in = other_rt.enter();
+        Arc::new(RedisMembership::new(&c.cluster, SCALE_TIMING).unwrap())
+    };
+    let (stop_other, other_task) = lists_in(&other_rt, other);
+    let other_thread = std::thread::spawn(move || other_rt.block_on(other_task).unwrap().len());
+    std::thread::sleep(Duration::from_millis(50));
+    let (status_other, _) = daemon_like_reads(
+        &daemon_rt,
+        &http_side,
+        (&beat_rt, &beater),
+        beaten,
+        Duration::from_secs(6),
+    );
+    stop_other.store(true, std::sync::atomic::Ordering::Relaxed);
+    let other_lists = other_thread.join().unwrap();
+    // 3. A real daemon: `GET /nodes` (unpaged, all 100,000) back to back from one client, the
+    // status endpoint timed from another.
+    let d = Daemon::start(
+        "bench-list",
+        &format!(
+            "  heartbeat_interval: 5\n  heartbeat_timeout: 300\n{}",
+            redis.cluster_yaml()
+        ),
+    );
+    d.wait_health(200, Duration::from_secs(10));
+    let http_status = |window: Duration| {
+        let mut v = Vec::new();
+        let started = Instant::now();
+        while started.elapsed() < window {
+            let t0 = Instant::now();
+            let (s, _) =
+                fleet_tests::http("GET", d.port, "/api/fleet/cluster/status", &[]).unwrap();
+            v.push(t0.elapsed());
+            assert_eq!(s, 200);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        v.sort();
+        v
+    };
+    let idle_http = http_status(Duration::from_secs(3));
     let stop = stop_flag();
+    let port = d.port;
     let lister = {
-        let (b, stop) = (sim.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut times = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) || times.is_empty() {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || out.is_empty() {
                 let t0 = Instant::now();
-                let m = b.members().await.expect("the 100,000-member list");
-                times.push(t0.elapsed());
-                assert!(m.len() >= BIG);
+                let (s, body) = fleet_tests::http(
+                    "GET",
+                    port,
+                    "/api/fleet/cluster/nodes",
+                    &[("X-API-Key", TEST_API_KEY)],
+                )
+                .unwrap();
+                out.push((t0.elapsed(), s, body.len()));
             }
-            times
+            out
         })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let (status, beats) = status_and_beats(&sim, &nodes, Duration::from_secs(6)).await;
+    std::thread::sleep(Duration::from_millis(50));
+    let loaded_http = http_status(Duration::from_secs(8));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut lists = lister.await.unwrap();
-    lists.sort();
-    println!("\nredis, 100,000 members, member lists running back to back:");
+    let http_lists = lister.join().unwrap();
+    let ok_lists: Vec<&(Duration, u16, usize)> =
+        http_lists.iter().filter(|(_, s, _)| *s == 200).collect();
+    let mut list_times: Vec<Duration> = ok_lists.iter().map(|(t, _, _)| *t).collect();
+    list_times.sort();
+    drop(d);
+
+    let p99 = |v: &[Duration]| percentile(v, 0.99);
+    println!("\nredis, 100,000 members, full member lists running back to back:");
     row(
-        &format!("full list of 100,000 (median of {})", lists.len()),
+        &format!(
+            "full list of 100,000 in-process (median of {})",
+            lists.len()
+        ),
         ms(percentile(&lists, 0.5)),
         "",
     );
     row(
-        "status (active count) p99, no list running (floor)",
-        ms(percentile(&idle_status, 0.99)),
+        "Redis's longest single command while the lists ran",
+        format!("{longest_in} ms"),
         "",
     );
     row(
-        "status (active count) p99 while the lists run",
+        "status p99, no list running (floor)",
+        ms(p99(&idle_status)),
+        "",
+    );
+    row(
+        "status p99, lists in the same process and runtime",
         format!(
             "{} ({})",
-            ms(percentile(&status, 0.99)),
-            ratio(percentile(&status, 0.99), percentile(&idle_status, 0.99))
+            ms(p99(&status)),
+            ratio(p99(&status), p99(&idle_status))
+        ),
+        "< 5 ms",
+    );
+    row(
+        &format!("status p99, lists from another client ({other_lists} lists)"),
+        format!(
+            "{} ({})",
+            ms(p99(&status_other)),
+            ratio(p99(&status_other), p99(&idle_status))
         ),
         "< 5 ms",
     );
     row(
         "heartbeat p99, no list running (floor)",
-        ms(percentile(&idle_beats, 0.99)),
+        ms(p99(&idle_beats)),
         "",
     );
     row(
-        "heartbeat p99 while the lists run",
+        "heartbeat p99, lists in the same process",
         format!(
             "{} ({})",
-            ms(percentile(&beats, 0.99)),
-            ratio(percentile(&beats, 0.99), percentile(&idle_beats, 0.99))
+            ms(p99(&beats)),
+            ratio(p99(&beats), p99(&idle_beats))
         ),
         "",
     );
-    // The same lists from another client (its own connections, on a runtime and thread of its
-    // own, as another node's would be): what is left is Redis's own queue, not this process's
-    // decoding of the list.
-    let other = Arc::new(RedisMembership::new(&c.cluster, SCALE_TIMING).unwrap());
-    let stop = stop_flag();
-    let lister = {
-        let (b, stop) = (other, stop.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let mut n = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) || n == 0 {
-                    let m = b.members().await.expect("the 100,000-member list");
-                    assert!(m.len() >= BIG);
-                    n += 1;
-                }
-                n
-            })
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let (status, _) = status_and_beats(&sim, &nodes, Duration::from_secs(6)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let n = lister.join().unwrap();
     row(
-        &format!("status p99 while another client lists ({n} lists)"),
+        "daemon: GET /status p99 over HTTP, idle (floor)",
+        ms(p99(&idle_http)),
+        "",
+    );
+    row(
+        "daemon: GET /status p99 while GET /nodes (100,000) runs",
         format!(
             "{} ({})",
-            ms(percentile(&status, 0.99)),
-            ratio(percentile(&status, 0.99), percentile(&idle_status, 0.99))
+            ms(p99(&loaded_http)),
+            ratio(p99(&loaded_http), p99(&idle_http))
         ),
         "< 5 ms",
     );
+    row(
+        &format!(
+            "daemon: GET /nodes unpaged, median ({} of {} answered 200)",
+            ok_lists.len(),
+            http_lists.len()
+        ),
+        if list_times.is_empty() {
+            "none".into()
+        } else {
+            format!(
+                "{} ({:.0} MB)",
+                ms(percentile(&list_times, 0.5)),
+                ok_lists[0].2 as f64 / 1e6
+            )
+        },
+        "200 every time",
+    );
 }
 
-/// Status reads and heartbeats one after the other for `window`: their latencies, sorted.
-async fn status_and_beats(
-    sim: &RedisMembership,
-    nodes: &[NodeRecord],
-    window: Duration,
-) -> (Vec<Duration>, Vec<Duration>) {
-    let mut status = Vec::new();
-    let mut beats = Vec::new();
-    let started = Instant::now();
-    let mut i = 0;
-    while started.elapsed() < window {
-        let t0 = Instant::now();
-        sim.active_count().await.unwrap();
-        status.push(t0.elapsed());
-        let t0 = Instant::now();
-        sim.heartbeat(&nodes[i % nodes.len()]).await.unwrap();
-        beats.push(t0.elapsed());
-        i += 1;
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    status.sort();
-    beats.sort();
-    (status, beats)
-}
-
-async fn scale_etcd() {
-    let etcd = fleet_tests::etcd::EtcdServer::start();
-    let text = format!("cluster:\n  enabled: true\n{}", etcd.cluster_yaml());
+/// The primary's adoption pass (`roles.rs`: once per heartbeat interval, it copies the own
+/// records of nodes that run with users of their own into the shared indexes) at 100, 1,000
+/// and 10,000 such nodes: the pass's time and Redis CPU, against a floor measured in the same
+/// run (the reads no adoption can do without: the roster and each own record with its TTL),
+/// and Redis's longest single command meanwhile (other clients wait that long).
+async fn redis_adoption() {
+    const PASSES: usize = 5;
+    let redis = RedisServer::start_with(Some("bench-pw"), &["--latency-monitor-threshold", "1"]);
+    let text = format!("cluster:\n  enabled: true\n{}", redis.cluster_yaml());
     let c = Config::parse(&text, std::path::Path::new("bench.yaml")).unwrap();
-    let sim = Arc::new(EtcdMembership::new(&c.cluster, SCALE_TIMING).unwrap());
-    let pid = etcd.pid().expect("etcd pid");
+    let primary = RedisMembership::new(&c.cluster, SCALE_TIMING).unwrap();
+    let pid = redis.pid().expect("redis pid");
+    let nodes = scale_nodes();
+    println!(
+        "\nredis, the primary's adoption pass over nodes with users of their own (pass: median; Redis CPU: mean per pass over 2 s of passes at least, each after every node heartbeated):"
+    );
+    println!(
+        "{:>8} {:>10} {:>12} {:>12} {:>12} {:>7} {:>12} {:>14}",
+        "nodes",
+        "pass",
+        "Redis CPU",
+        "per node",
+        "floor/node",
+        "ratio",
+        "first pass",
+        "longest cmd"
+    );
+    let mut have = 0;
+    let mut per_node = Vec::new();
+    for n in [100usize, 1_000, 10_000] {
+        for chunk in nodes[have..n].chunks(1000) {
+            primary.simulate_own_members(chunk).await.unwrap();
+        }
+        have = n;
+        // The first pass indexes them (their joins); the later ones are the steady state.
+        let t0 = Instant::now();
+        primary.bench_adopt().await.unwrap();
+        let first = t0.elapsed();
+        let (mut times, mut cpu, mut floor) = (Vec::new(), 0.0, 0.0);
+        let _ = redis.command(&["LATENCY", "RESET"]);
+        // CPU time counts in 10 ms ticks: summed over passes that take 2 s at least.
+        let started = Instant::now();
+        while times.len() < PASSES || started.elapsed() < Duration::from_secs(2) {
+            // Every node heartbeats once between two passes (its own record's TTL renewed).
+            for chunk in nodes[..n].chunks(1000) {
+                primary.simulate_own_members(chunk).await.unwrap();
+            }
+            let cpu0 = cpu_of_pid(pid);
+            let t0 = Instant::now();
+            primary.bench_adopt().await.unwrap();
+            times.push(t0.elapsed());
+            cpu += cpu_of_pid(pid) - cpu0;
+            let cpu0 = cpu_of_pid(pid);
+            let read = primary.bench_floor_adopt().await.unwrap();
+            floor += cpu_of_pid(pid) - cpu0;
+            assert_eq!(read, n);
+        }
+        let passes = times.len() as f64;
+        let (cpu, floor) = (cpu / passes, floor / passes);
+        let longest = longest_command_ms(&redis);
+        let listed = primary.members().await.unwrap();
+        assert!(
+            listed
+                .iter()
+                .filter(|m| m.state == MemberState::Active)
+                .count()
+                >= n,
+            "adopted members listed"
+        );
+        let counted = primary.active_count().await.unwrap();
+        assert!(counted >= n, "{counted} of {n} counted active");
+        let time = median(&mut times);
+        println!(
+            "{n:>8} {:>10} {:>9.1} ms {:>9.1} µs {:>9.1} µs {:>6.2}x {:>12} {:>11} ms",
+            ms(time),
+            cpu * 1e3,
+            cpu / n as f64 * 1e6,
+            floor / n as f64 * 1e6,
+            cpu / floor.max(1e-6),
+            ms(first),
+            longest,
+        );
+        per_node.push((n, cpu / n as f64, cpu));
+    }
+    let (first, last) = (per_node[0], per_node[per_node.len() - 1]);
+    row(
+        "adoption: Redis CPU per node at 10,000 / at 100",
+        format!("{:.2}x", last.1 / first.1.max(1e-9)),
+        "≤ 1.5x",
+    );
+    row(
+        "adoption at 10,000, 5 s interval: share of one Redis core",
+        format!(
+            "{:.1} %",
+            last.2 / SCALE_TIMING.interval.as_secs_f64() * 100.0
+        ),
+        "",
+    );
+}
+
+/// The etcd backend as a `ScaleTarget`.
+fn etcd_target(sim: &Arc<EtcdMembership>, pid: u32) -> ScaleTarget {
     let (s1, s2) = (sim.clone(), sim.clone());
-    let t = ScaleTarget {
+    ScaleTarget {
         name: "etcd",
         backend: sim.clone(),
         simulate: Box::new(move |nodes| {
@@ -941,7 +1203,39 @@ async fn scale_etcd() {
         }),
         cpu_seconds: Box::new(move || cpu_of_pid(pid)),
         cpu_of: "etcd process; floor: the lease keepalive alone; members registered, then one batch without key writes",
-    };
+    }
+}
+
+/// `etcd-burst`: `etcd_after_a_burst` alone, on 10,000 members registered spread out.
+async fn etcd_burst_alone() {
+    let etcd = fleet_tests::etcd::EtcdServer::start();
+    let text = format!("cluster:\n  enabled: true\n{}", etcd.cluster_yaml());
+    let c = Config::parse(&text, std::path::Path::new("bench.yaml")).unwrap();
+    let sim = Arc::new(EtcdMembership::new(&c.cluster, SCALE_TIMING).unwrap());
+    let t = etcd_target(&sim, etcd.pid().expect("etcd pid"));
+    let nodes = scale_nodes();
+    for chunk in nodes.chunks(2_500) {
+        (t.simulate)(chunk.to_vec()).await;
+    }
+    let n = SCALE_SIZES[3];
+    load_window(
+        &t,
+        &nodes,
+        n,
+        Duration::from_secs(60),
+        Some(n as u64),
+        false,
+    )
+    .await;
+    etcd_after_a_burst(&t, &sim, &nodes).await;
+}
+
+async fn scale_etcd() {
+    let etcd = fleet_tests::etcd::EtcdServer::start();
+    let text = format!("cluster:\n  enabled: true\n{}", etcd.cluster_yaml());
+    let c = Config::parse(&text, std::path::Path::new("bench.yaml")).unwrap();
+    let sim = Arc::new(EtcdMembership::new(&c.cluster, SCALE_TIMING).unwrap());
+    let t = etcd_target(&sim, etcd.pid().expect("etcd pid"));
     let nodes = scale_nodes();
     scale_table(&t, &nodes, 0).await;
     etcd_after_a_burst(&t, &sim, &nodes).await;
@@ -981,10 +1275,12 @@ async fn scale_etcd() {
     );
 }
 
-/// etcd 3.4 copies its read buffer (the last batch of key writes) for every keepalive answer
-/// and every read: the table above is measured with registrations spread out (`bench_settle`
-/// after each batch); here the same windows right after 5,000 members registered again at once,
-/// and once etcd has committed a batch without key writes.
+/// etcd 3.4 copies its read buffer (the key writes of its last batches) for every keepalive
+/// answer and every read, until it commits a batch with writes but none to keys: the table
+/// above is measured with registrations spread out (`bench_settle` after each batch); here the
+/// same windows right after 5,000 members registered again at once, the same 6 s later with no
+/// pruner turn between, and after the daemon's own pruner turn (`prune_turn`, as the heartbeat
+/// that wins it runs it: its compaction's deletions are such a batch).
 async fn etcd_after_a_burst(
     t: &ScaleTarget,
     sim: &Arc<EtcdMembership>,
@@ -994,7 +1290,10 @@ async fn etcd_after_a_burst(
     sim.simulate_members(&nodes[..n / 2]).await.unwrap();
     let hb_burst = load_window(t, nodes, n, WINDOW, None, false).await;
     let fl_burst = load_window(t, nodes, n, WINDOW, None, true).await;
-    sim.bench_settle().await.unwrap();
+    let hb_later = load_window(t, nodes, n, WINDOW, None, false).await;
+    let fl_later = load_window(t, nodes, n, WINDOW, None, true).await;
+    sim.bench_pruner_turn().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let hb = load_window(t, nodes, n, WINDOW, None, false).await;
     let fl = load_window(t, nodes, n, WINDOW, None, true).await;
     println!(
@@ -1003,8 +1302,10 @@ async fn etcd_after_a_burst(
     for (what, w) in [
         ("heartbeat, right after the burst", &hb_burst),
         ("keepalive alone (floor), right after the burst", &fl_burst),
-        ("heartbeat, after one batch without key writes", &hb),
-        ("keepalive alone (floor), after it", &fl),
+        ("heartbeat, 6 s later (no pruner turn between)", &hb_later),
+        ("keepalive alone (floor), then", &fl_later),
+        ("heartbeat, after the daemon's pruner turn", &hb),
+        ("keepalive alone (floor), then", &fl),
     ] {
         row(
             what,
@@ -1114,7 +1415,9 @@ fn login_flood_health() {
 fn main() {
     // `cargo bench -p fleet-tests --bench cluster [-- SECTION…]`: sections are `membership`,
     // `members` (10,000 simulated), `idle`, `lb`, `scale` (heartbeat cost against cluster
-    // size on every backend) and `flood`; all by default. cargo passes `--bench`.
+    // size on every backend; `scale-redis`, `scale-etcd`, `scale-storage` one backend, and
+    // their parts `redis-list`, `redis-adopt`, `etcd-burst` alone) and `flood`; all by
+    // default. cargo passes `--bench`.
     let wanted: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
@@ -1145,8 +1448,20 @@ fn main() {
     if scale("redis") {
         rt.block_on(scale_redis());
     }
+    // `redis-list`: the 100,000-member part of `scale-redis` alone.
+    if scale("redis") || run("redis-list") {
+        redis_list_under_load();
+    }
+    // `redis-adopt`: the primary's adoption pass alone.
+    if scale("redis") || run("redis-adopt") {
+        rt.block_on(redis_adoption());
+    }
     if scale("etcd") {
         rt.block_on(scale_etcd());
+    }
+    // `etcd-burst`: the mass registration part of `scale-etcd` alone.
+    if run("etcd-burst") && !scale("etcd") {
+        rt.block_on(etcd_burst_alone());
     }
     if scale("storage") {
         rt.block_on(scale_storage());

@@ -933,3 +933,81 @@ async fn redis_backfill_indexes_older_members() {
     assert_eq!(paged(b.clone()).await, ["bravo"]);
     assert!(b.live_holders(None, &[ip]).await.unwrap().ip.is_none());
 }
+
+/// Redis reads a large member list in steps (ZSCAN and the records, 250 at a time) and builds it
+/// on a blocking thread: every member once, sorted by name then id, each judged against the
+/// same instant (one whose heartbeat is older than the timeout is listed as expired), and the
+/// same members as the pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_large_list_is_whole_sorted_and_judged_at_one_instant() {
+    const N: usize = 2_600;
+    let f = redis();
+    let b = f.open();
+    let nodes: Vec<NodeRecord> = (0..N)
+        .map(|i| node(&format!("big-{:04}", (i * 7919) % N)))
+        .collect();
+    for chunk in nodes.chunks(200) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in chunk {
+            let (b, n) = (b.clone(), n.clone());
+            tasks.spawn(async move { b.register(&n).await.unwrap() });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+    // Every one heartbeats now (registering took a while; the timeout is 3 s), then two are
+    // made 10 s silent.
+    let refresh = "local t = redis.call('TIME') \
+        local now = t[1] * 1000 + math.floor(t[2] / 1000) \
+        for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do \
+          redis.call('ZADD', KEYS[1], now, id) \
+          redis.call('PEXPIRE', 'fleet:cluster:node:' .. id, 60000) \
+        end";
+    f.server
+        .command(&["EVAL", refresh, "1", "fleet:cluster:members"])
+        .unwrap();
+    let stale = f.server.time_ms() - 10_000;
+    for n in &nodes[..2] {
+        f.server
+            .command(&["ZADD", "fleet:cluster:members", &stale.to_string(), &n.id])
+            .unwrap();
+    }
+    let all = b.members().await.unwrap();
+    assert_eq!(all.len(), N, "every member once");
+    let keys: Vec<(String, String)> = all
+        .iter()
+        .map(|m| (m.node.name.clone(), m.node.id.clone()))
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(keys, sorted, "sorted by name, then id, without duplicates");
+    for m in &all {
+        let expired = nodes[..2].iter().any(|n| n.id == m.node.id);
+        let want = if expired {
+            MemberState::Expired
+        } else {
+            MemberState::Active
+        };
+        assert_eq!(m.state, want, "{}", m.node.id);
+        assert_eq!(
+            m.node.hostname,
+            format!("{}.test", m.node.name),
+            "its record"
+        );
+    }
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let (page, next) = b.members_page(1000, cursor.as_deref()).await.unwrap();
+        paged.extend(page.into_iter().map(|m| m.node.id));
+        match next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let ids: Vec<String> = all.into_iter().map(|m| m.node.id).collect();
+    assert_eq!(
+        paged, ids,
+        "the pages hold the same members in the same order"
+    );
+}

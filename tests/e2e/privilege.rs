@@ -657,3 +657,26 @@ async fn a_node_user_selects_its_database_only() {
         refused(&mut conn, "a node's user", &["SELECT", db]);
     }
 }
+
+/// A node user made by a version whose rules had no ZSCAN (the member list reads `members` in
+/// ZSCAN steps now) still lists the cluster, from the whole set in one reply, until the
+/// primary's housekeeping rewrites its rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_user_without_zscan_still_lists() {
+    let redis = RedisServer::start_with(Some("priv-admin-pw"), &[]);
+    let primary = admin(&redis);
+    let p = node("primary", "192.0.2.1");
+    primary.register(&p).await.unwrap();
+    let (user, pw) = primary.create_node_user("node2").await.unwrap();
+    redis.command(&["ACL", "SETUSER", &user, "-zscan"]).unwrap();
+    let n2 = as_user(&redis, &user, &pw);
+    let me = node("node2", "192.0.2.2");
+    n2.register(&me).await.unwrap();
+    let seen = n2.members().await.unwrap();
+    let ids: Vec<&str> = seen.iter().map(|m| m.node.id.as_str()).collect();
+    assert!(
+        ids.contains(&p.id.as_str()) && ids.contains(&me.id.as_str()),
+        "{ids:?}"
+    );
+    assert!(seen.iter().all(|m| m.state == MemberState::Active));
+}

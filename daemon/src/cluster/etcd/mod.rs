@@ -442,6 +442,18 @@ impl EtcdMembership {
         Ok(())
     }
 
+    /// For the benchmarks: the pruner's turn as a heartbeat takes it (the claim freed first).
+    pub async fn bench_pruner_turn(&self) -> Result<(), ClusterError> {
+        self.run("pruner turn", |mut c| async move {
+            c.delete(self.key("pruner"), None)
+                .await
+                .map_err(|e| map_err(&e))?;
+            self.prune_turn(&mut c, "bench").await?;
+            Ok(())
+        })
+        .await
+    }
+
     /// etcd's revision and database size in bytes (`Status`).
     pub async fn bench_status(&self) -> Result<(i64, i64), ClusterError> {
         self.run("status", |mut c| async move {

@@ -266,30 +266,44 @@ impl Membership for RedisMembership {
     }
 
     async fn members(&self) -> Result<Vec<Member>, ClusterError> {
-        let mut pipe = redis::pipe();
-        pipe.zrange_withscores(self.key("members"), 0, -1);
-        pipe.cmd("TIME");
-        let (scores, (secs, micros)): (Vec<(String, f64)>, (u64, u64)) =
-            self.query_list(&pipe).await?;
+        // The clock first: liveness is judged at this instant, as from a snapshot taken now (a
+        // heartbeat that lands while the list runs only makes a member younger).
+        let ((secs, micros),): ((u64, u64),) = self.query_list(redis::pipe().cmd("TIME")).await?;
         let now = secs * 1000 + micros / 1000;
         // Nodes with a user of their own are listed from their own records (at once, without
         // waiting for the primary's index), the others from the index.
         let roster = self.roster().await?;
-        let own: std::collections::BTreeSet<&str> = roster.iter().map(String::as_str).collect();
-        let scores = scores
-            .into_iter()
-            .filter(|(id, _)| !roles::name_of_id(id).is_some_and(|n| own.contains(n)))
-            .map(|(id, s)| (id, Some(s)))
-            .collect();
-        let mut out = self.rows_to_members(scores, now).await?;
-        out.extend(self.own_members(&roster, now).await?);
-        out.sort_by(|a, b| {
-            a.node
-                .name
-                .cmp(&b.node.name)
-                .then(a.node.id.cmp(&b.node.id))
-        });
-        Ok(out)
+        let own: std::collections::HashSet<&str> = roster.iter().map(String::as_str).collect();
+        let rows = self.scan_member_rows(&own).await?;
+        let timeout = self.timeout_ms();
+        let large = rows.len() >= OFFLOAD_AT;
+        let mut own_members = self.own_members(&roster, now).await?;
+        // Decoding the records, building and sorting the members is this process's CPU share
+        // of a list: a large list does it on a blocking thread, which the OS preempts, not on
+        // the async workers that also answer status reads and heartbeats.
+        let build = move || {
+            let mut out: Vec<Member> = rows
+                .into_iter()
+                .map(|(id, score, row)| member_of_row(id, score, row_of_value(row), now, timeout))
+                .collect();
+            out.append(&mut own_members);
+            out.sort_by(|a, b| {
+                a.node
+                    .name
+                    .cmp(&b.node.name)
+                    .then(a.node.id.cmp(&b.node.id))
+            });
+            out
+        };
+        if !large {
+            return Ok(build());
+        }
+        tokio::task::spawn_blocking(build)
+            .await
+            .map_err(|e| ClusterError::Backend {
+                backend: NAME,
+                reason: format!("building the member list: {e}"),
+            })
     }
 
     async fn members_page(

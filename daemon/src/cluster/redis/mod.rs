@@ -9,8 +9,8 @@
 //! `cluster:removed:<id>` a tombstone set when an admin removes a node;
 //! `cluster:backfill-turn` and `cluster:backfill-cursor`, the index backfill's turn and ZSCAN
 //! cursor (members an older version registered get their `order` and `ips` entries).
-//! The member list runs on a connection of its own, so a node's heartbeats and status reads
-//! never wait behind a list of 100,000 members.
+//! The member list runs on a connection of its own, driven by a thread of its own, so a node's
+//! heartbeats and status reads never wait behind a list of 100,000 members.
 //! The scripts derive keys from the prefix, which is fine for a single Redis (or a replicated
 //! pair), not for Redis Cluster.
 
@@ -177,8 +177,7 @@ local members = prefix .. 'cluster:members'
 local i, n = 4, 0
 while i <= #ARGV do
   local id, name, score, ips, nf = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], tonumber(ARGV[i + 4])
-  local fields = {}
-  for j = 1, nf * 2 do fields[j] = ARGV[i + 4 + j] end
+  local first = i + 5
   i = i + 5 + nf * 2
   if redis.call('EXISTS', prefix .. 'cluster:removed:' .. id) == 0 then
     local prev = redis.call('ZSCORE', members, id)
@@ -189,7 +188,7 @@ while i <= #ARGV do
       redis.call('HSET', prefix .. 'cluster:names', name, id)
       unindex(prefix, id, nkey)
       redis.call('DEL', nkey)
-      redis.call('HSET', nkey, 'ips', ips, unpack(fields))
+      redis.call('HSET', nkey, 'ips', ips, unpack(ARGV, first, first + nf * 2 - 1))
       redis.call('ZADD', prefix .. 'cluster:order', 0, name .. '\0' .. id)
       for ip in string.gmatch(ips, '[^,]+') do
         redis.call('HSET', prefix .. 'cluster:ips', ip, id)
@@ -282,6 +281,45 @@ fn record_from_row(id: String, row: Vec<Option<String>>) -> NodeRecord {
     }
 }
 
+/// An HMGET answer as its row of values (an answer that is not one: an empty row, as for a
+/// record that is gone).
+fn row_of_value(v: redis::Value) -> Vec<Option<String>> {
+    redis::from_redis_value(v).unwrap_or_default()
+}
+
+/// A member from its id, heartbeat score and record row (`HMGET … RECORD_FIELDS`), alive when
+/// that heartbeat is within `timeout` of `now` (both on Redis's clock).
+fn member_of_row(
+    id: String,
+    score: f64,
+    row: Vec<Option<String>>,
+    now: u64,
+    timeout: u64,
+) -> Member {
+    let last = score as u64;
+    let age = now.saturating_sub(last);
+    let mut node = record_from_row(id, row);
+    if node.name.is_empty() {
+        node.name = node
+            .id
+            .rsplit_once('-')
+            .map(|(n, _)| n)
+            .unwrap_or(&node.id)
+            .into();
+    }
+    Member {
+        node,
+        last_heartbeat_ms: last,
+        age_ms: age,
+        state: if age < timeout {
+            MemberState::Active
+        } else {
+            MemberState::Expired
+        },
+        age_known: true,
+    }
+}
+
 mod membership;
 mod roles;
 mod sentinel;
@@ -294,8 +332,29 @@ pub use users::LOCAL_FILE as NODE_USERS_FILE;
 
 /// Members pruned at most per heartbeat, so one heartbeat stays short after a mass outage.
 const PRUNE_LIMIT: usize = 100;
-/// Records read per pipeline by the member list.
-const LIST_BATCH: usize = 1000;
+/// Members read per step (ZSCAN, then their records pipelined) by the member list: small
+/// enough that Redis (a step's commands) and this process (decoding a step's answer, on an async
+/// worker that cannot be preempted) each hold the CPU well under a millisecond at a time.
+const LIST_BATCH: usize = 250;
+/// The runtime of every member list's connection (see `query_list`): one thread for the whole
+/// process, started at the first list, never dropped. `None` if the thread could not be
+/// started: then the lists run on the caller's runtime, as before.
+static LIST_RUNTIME: LazyLock<Option<tokio::runtime::Runtime>> = LazyLock::new(|| {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("redis-list")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            log::warn!("member lists run beside status reads: no thread of their own ({e})");
+            None
+        }
+    }
+});
+/// Lists of at least this many members are built and sorted on a blocking thread.
+const OFFLOAD_AT: usize = 2000;
 /// Members the index backfill looks at per turn, and how long a turn is held: one node of the
 /// cluster takes it (`cluster:backfill-turn`), so 10,000 nodes' housekeeping is not 10,000
 /// scans; a pass over 10,000 members takes 20 turns.
@@ -582,12 +641,36 @@ impl RedisMembership {
         self.query_on(&self.conn, pipe).await
     }
 
-    /// A query on the member list's own connection.
-    async fn query_list<T: redis::FromRedisValue>(
+    /// A query on the member list's own connection, run on `LIST_RUNTIME`: that connection's
+    /// background task (reading the socket, parsing 100,000 records' answers) and the decoding
+    /// run on that runtime's own thread, which the OS preempts, so the async workers that answer
+    /// status reads and heartbeats are not held by a large list.
+    async fn query_list<T: redis::FromRedisValue + Send + 'static>(
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, ClusterError> {
-        self.query_on(&self.list_conn, pipe).await
+        let Some(list_runtime) = LIST_RUNTIME.as_ref() else {
+            return self.query_on(&self.list_conn, pipe).await;
+        };
+        self.follow_master().await?;
+        let mut conn = self
+            .list_conn
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let deadline = self.timing.op_timeout() * 2;
+        let pipe = pipe.clone();
+        let task = list_runtime.spawn(async move {
+            tokio::time::timeout(deadline, pipe.query_async::<T>(&mut conn)).await
+        });
+        match task.await {
+            Ok(Ok(r)) => r.map_err(|e| self.after_error(&e)),
+            Ok(Err(_)) => Err(self.timed_out(deadline)),
+            Err(e) => Err(ClusterError::Backend {
+                backend: NAME,
+                reason: format!("the member list's query ended early: {e}"),
+            }),
+        }
     }
 
     async fn query_on<T: redis::FromRedisValue>(
@@ -769,47 +852,121 @@ impl RedisMembership {
             .into_iter()
             .filter_map(|(id, s)| Some((id, s?)))
             .collect();
-        if scores.is_empty() {
+        let mut out = Vec::with_capacity(scores.len());
+        let timeout = self.timeout_ms();
+        for chunk in scores.chunks(LIST_BATCH) {
+            let rows = self
+                .records_of(chunk.iter().map(|(id, _)| id.as_str()))
+                .await?;
+            out.extend(
+                chunk
+                    .iter()
+                    .zip(rows)
+                    .map(|((id, s), row)| member_of_row(id.clone(), *s, row, now, timeout)),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The records of `ids` (at most `LIST_BATCH`), one pipelined HMGET each on the list's
+    /// connection. HMGET of fixed fields parses faster than HGETALL into maps.
+    async fn records_of(
+        &self,
+        ids: impl Iterator<Item = &str>,
+    ) -> Result<Vec<Vec<Option<String>>>, ClusterError> {
+        Ok(self
+            .raw_records_of(ids)
+            .await?
+            .into_iter()
+            .map(row_of_value)
+            .collect())
+    }
+
+    /// `records_of` as Redis's answers, not yet decoded (the full list decodes them on its
+    /// blocking thread).
+    async fn raw_records_of(
+        &self,
+        ids: impl Iterator<Item = &str>,
+    ) -> Result<Vec<redis::Value>, ClusterError> {
+        let mut pipe = redis::pipe();
+        let mut any = false;
+        for id in ids {
+            pipe.cmd("HMGET")
+                .arg(self.key(&format!("node:{id}")))
+                .arg(&RECORD_FIELDS[..]);
+            any = true;
+        }
+        if !any {
             return Ok(Vec::new());
         }
-        // HMGET of fixed fields parses faster than HGETALL into maps (10,000 members). In
-        // pipelines of a bounded size: between two, Redis serves the other clients (heartbeats,
-        // status reads), and this task yields to the others on its runtime.
-        let mut rows: Vec<Vec<Option<String>>> = Vec::with_capacity(scores.len());
-        for chunk in scores.chunks(LIST_BATCH) {
-            let mut pipe = redis::pipe();
-            for (id, _) in chunk {
-                pipe.cmd("HMGET")
-                    .arg(self.key(&format!("node:{id}")))
-                    .arg(&RECORD_FIELDS[..]);
+        self.query_list(&pipe).await
+    }
+
+    /// Every member of `cluster:members` whose name is not in `skip` (the roster, listed from
+    /// their own records), with its score and record: `(id, score, HMGET row)`, unordered.
+    /// Read with ZSCAN, `LIST_BATCH` at a time, each step followed by its records: never one
+    /// reply of the whole set (Redis serves nobody else while it builds one, 20 ms at
+    /// 100,000), so between two steps Redis answers the other clients. ZSCAN returns every
+    /// member present for the whole scan, some possibly twice (kept once).
+    async fn scan_member_rows(
+        &self,
+        skip: &std::collections::HashSet<&str>,
+    ) -> Result<Vec<(String, f64, redis::Value)>, ClusterError> {
+        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let mut cursor = 0u64;
+        // Bounded: 10,000 steps cover 10 million members; the cursor comes back to 0 long before.
+        for _ in 0..10_000 {
+            let mut cmd = redis::cmd("ZSCAN");
+            cmd.arg(self.key("members"))
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(LIST_BATCH);
+            let ((next, flat),): ((u64, Vec<String>),) =
+                match self.query_list(redis::pipe().add_command(cmd)).await {
+                    Ok(r) => r,
+                    // A node user made before its rules had ZSCAN (until the primary's
+                    // housekeeping rewrites them): the whole set in one reply, as before.
+                    Err(ClusterError::Auth { .. }) if cursor == 0 && out.is_empty() => {
+                        let mut pipe = redis::pipe();
+                        pipe.zrange_withscores(self.key("members"), 0, -1);
+                        let (all,): (Vec<(String, f64)>,) = self.query_list(&pipe).await?;
+                        let flat = all
+                            .into_iter()
+                            .flat_map(|(id, s)| [id, s.to_string()])
+                            .collect();
+                        ((0, flat),)
+                    }
+                    Err(e) => return Err(e),
+                };
+            // ZSCAN answers member, score, member, score, …
+            let mut batch: Vec<(String, f64)> = Vec::with_capacity(flat.len() / 2);
+            let mut it = flat.into_iter();
+            while let (Some(id), Some(score)) = (it.next(), it.next()) {
+                let Ok(score) = score.parse::<f64>() else {
+                    continue;
+                };
+                if roles::name_of_id(&id).is_some_and(|n| skip.contains(n)) || seen.contains(&id) {
+                    continue;
+                }
+                seen.insert(id.clone());
+                batch.push((id, score));
             }
-            let part: Vec<Vec<Option<String>>> = self.query_list(&pipe).await?;
-            rows.extend(part);
+            let rows = self
+                .raw_records_of(batch.iter().map(|(id, _)| id.as_str()))
+                .await?;
+            out.extend(
+                batch
+                    .into_iter()
+                    .zip(rows)
+                    .map(|((id, s), row)| (id, s, row)),
+            );
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
         }
-        let timeout = self.timeout_ms();
-        Ok(scores
-            .into_iter()
-            .zip(rows)
-            .map(|((id, score), row)| {
-                let last = score as u64;
-                let age = now.saturating_sub(last);
-                let mut node = record_from_row(id.clone(), row);
-                if node.name.is_empty() {
-                    node.name = id.rsplit_once('-').map(|(n, _)| n).unwrap_or(&id).into();
-                }
-                Member {
-                    node,
-                    last_heartbeat_ms: last,
-                    age_ms: age,
-                    state: if age < timeout {
-                        MemberState::Active
-                    } else {
-                        MemberState::Expired
-                    },
-                    age_known: true,
-                }
-            })
-            .collect())
+        Ok(out)
     }
 
     async fn remove_member(&self, node_id: &str, by: &str) -> Result<bool, ClusterError> {

@@ -15,7 +15,9 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::{LEAVE_SCRIPT, NAME, RECORD_FIELDS, RedisMembership, ips_of, record_from_row};
+use super::{
+    LEAVE_SCRIPT, LIST_BATCH, NAME, RECORD_FIELDS, RedisMembership, ips_of, record_from_row,
+};
 use crate::cluster::{
     ClusterError, EVENTS_CAP, Event, EventKind, Heartbeat, Member, MemberState, NodeRecord,
 };
@@ -38,6 +40,9 @@ pub(crate) const NOTE_CAP: usize = 4096;
 const ENROLL_GRACE_MS: u64 = 10 * 60 * 1000;
 /// Names read per pipeline when adopting node records.
 const ADOPT_BATCH: usize = 500;
+/// Records adopted per script: Redis runs nothing else while a script runs, so each stays
+/// short (about 20 µs of Redis CPU a record: 500 a script held Redis for some 10 ms).
+const ADOPT_SCRIPT_BATCH: usize = 50;
 /// Event kinds a node may ask the primary to record (joins and leaves the primary sees itself).
 const NODE_KINDS: [EventKind; 2] = [EventKind::EnrollmentRedeemed, EventKind::Left];
 
@@ -173,6 +178,7 @@ impl RedisMembership {
             "pttl",
             "zrange",
             "zrangebylex",
+            "zscan",
             "zscore",
             "zcount",
             "zcard",
@@ -400,10 +406,30 @@ impl RedisMembership {
 
     /// The names whose node runs with a user of its own (the primary writes this roster when it
     /// makes the user).
+    /// Read by lex range (all scores are 0), `LIST_BATCH` names a step, never in one reply.
     pub(super) async fn roster(&self) -> Result<Vec<String>, ClusterError> {
-        let (names,): (Vec<String>,) = self
-            .query_list(redis::pipe().zrange(self.key("roster"), 0, -1))
-            .await?;
+        let mut names: Vec<String> = Vec::new();
+        let mut start: Vec<u8> = b"-".to_vec();
+        // Bounded: 10,000 steps are 10 million names.
+        for _ in 0..10_000 {
+            let mut pipe = redis::pipe();
+            pipe.cmd("ZRANGEBYLEX")
+                .arg(self.key("roster"))
+                .arg(&start)
+                .arg("+")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(LIST_BATCH);
+            let (batch,): (Vec<String>,) = self.query_list(&pipe).await?;
+            let full = batch.len() >= LIST_BATCH;
+            if let Some(last) = batch.last() {
+                start = [b"(".as_slice(), last.as_bytes()].concat();
+            }
+            names.extend(batch);
+            if !full {
+                break;
+            }
+        }
         Ok(names
             .into_iter()
             .filter(|n| crate::identity::validate_node_name(n).is_ok())
@@ -534,7 +560,7 @@ impl RedisMembership {
         let now = self.now_ms().await?;
         let timeout = self.timeout_ms();
         let records = self.own_records(&names).await?;
-        for chunk in records.chunks(ADOPT_BATCH) {
+        for chunk in records.chunks(ADOPT_SCRIPT_BATCH) {
             let mut args = self.base_args();
             args.push(timeout.to_string());
             for (name, node, ips, pttl) in chunk {
@@ -571,6 +597,34 @@ impl RedisMembership {
             let _: i64 = self.run(&super::ADOPT_SCRIPT, &args).await?;
         }
         self.forward_notes(&names).await
+    }
+
+    /// For the benchmarks: `nodes` as nodes with users of their own leave them after a
+    /// heartbeat (their own records, on the roster), without making the users.
+    pub async fn simulate_own_members(&self, nodes: &[NodeRecord]) -> Result<(), ClusterError> {
+        let mut pipe = redis::pipe();
+        for n in nodes {
+            let me = self.key(&format!("self:{}", n.name));
+            let mut fields = n.to_fields();
+            fields.push(("ips", ips_of(n).join(",")));
+            pipe.hset(&me, "id", &n.id).ignore();
+            pipe.hset_multiple(&me, &fields).ignore();
+            pipe.pexpire(&me, (self.timeout_ms() * 2) as i64).ignore();
+            pipe.zadd(self.key("roster"), &n.name, 0).ignore();
+        }
+        self.query::<()>(&pipe).await
+    }
+
+    /// For the benchmarks: one adoption pass, as the primary's turn runs it once per interval.
+    pub async fn bench_adopt(&self) -> Result<(), ClusterError> {
+        self.adopt().await
+    }
+
+    /// For the benchmarks: the reads no adoption can do without (the roster, and each own
+    /// record with its TTL, pipelined); returns how many records were read.
+    pub async fn bench_floor_adopt(&self) -> Result<usize, ClusterError> {
+        let names = self.roster().await?;
+        Ok(self.own_records(&names).await?.len())
     }
 
     /// The notes nodes left in `self:<name>:events`: sizes first (a note over `NOTE_CAP` is
