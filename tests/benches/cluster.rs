@@ -17,7 +17,11 @@ use fleet_server::config::Config;
 use fleet_tests::{Daemon, RedisServer, TEST_API_KEY, get_json, require_tool};
 
 fn row(what: &str, value: String, target: &str) {
-    println!("{what:<58} {value:>16}   target {target}");
+    if target.is_empty() {
+        println!("{what:<58} {value:>16}");
+    } else {
+        println!("{what:<58} {value:>16}   target {target}");
+    }
 }
 
 fn ms(d: Duration) -> String {
@@ -1309,8 +1313,8 @@ async fn etcd_after_a_burst(
     ] {
         row(
             what,
-            format!("{:.1} µs", w.cpu_per_op_us),
-            &format!("{:.0}/s", w.per_s),
+            format!("{:.1} µs, {:.0}/s", w.cpu_per_op_us, w.per_s),
+            "",
         );
     }
 }
