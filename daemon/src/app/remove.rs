@@ -41,7 +41,7 @@ mod tests {
     #[tokio::test]
     async fn removes_a_member_once_and_refuses_what_is_not_a_node_id() {
         let dir = tempfile::tempdir().unwrap();
-        let c = cluster::storage::test_config(dir.path());
+        let c = cluster::test_config(dir.path());
         let backend = cluster::open(&c).unwrap();
         let node = NodeRecord {
             id: "node2-abc123".into(),

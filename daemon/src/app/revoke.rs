@@ -70,8 +70,8 @@ mod tests {
     use super::*;
     use crate::cluster::{self, Membership};
 
-    fn storage(dir: &std::path::Path) -> Arc<dyn Membership> {
-        cluster::open(&cluster::storage::test_config(dir)).unwrap()
+    fn backend(dir: &std::path::Path) -> Arc<dyn Membership> {
+        cluster::open(&cluster::test_config(dir)).unwrap()
     }
 
     fn pending(token_id: &str) -> EnrollmentRecord {
@@ -95,7 +95,7 @@ mod tests {
     #[tokio::test]
     async fn revoking_takes_the_record_records_who_and_ends_the_download_link() {
         let dir = tempfile::tempdir().unwrap();
-        let backend = storage(dir.path());
+        let backend = backend(dir.path());
         let token = "ab".repeat(16);
         backend.put_enrollment(&pending(&token)).await.unwrap();
         let store = Arc::new(DownloadStore::new(&dir.path().join("state")));
@@ -154,7 +154,7 @@ mod tests {
     #[tokio::test]
     async fn a_token_is_found_by_its_prefix_and_only_when_unambiguous() {
         let dir = tempfile::tempdir().unwrap();
-        let backend = storage(dir.path());
+        let backend = backend(dir.path());
         let (a, b) = (
             format!("abcdef01{}", "1".repeat(24)),
             format!("abcdef01{}", "2".repeat(24)),

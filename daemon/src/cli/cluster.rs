@@ -347,7 +347,7 @@ mod tests {
     #[tokio::test]
     async fn cluster_info_prints_the_summary_and_the_table() {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = cluster::storage::test_config(dir.path());
+        let mut c = cluster::test_config(dir.path());
         let backend = cluster::open(&c).unwrap();
         let node = cluster::NodeRecord {
             id: "node2-abc123".into(),

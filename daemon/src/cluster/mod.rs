@@ -298,6 +298,17 @@ pub fn open(config: &Config) -> Result<Arc<dyn Membership>, ClusterError> {
     })
 }
 
+/// A cluster configuration on the embedded backend (a shared directory under `dir`), for the
+/// unit tests of the layers above, which open it with `open` and never name a backend.
+#[cfg(test)]
+pub(crate) fn test_config(dir: &std::path::Path) -> crate::config::Config {
+    let mut c = crate::config::Config::default();
+    c.cluster.enabled = true;
+    c.cluster.backend = crate::config::BackendKind::Storage;
+    c.cluster.storage_path = Some(dir.join("share"));
+    c
+}
+
 #[cfg(test)]
 mod version_tests {
     use super::is_older_version;

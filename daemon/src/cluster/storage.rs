@@ -825,17 +825,6 @@ impl Membership for StorageMembership {
     }
 }
 
-/// A cluster configuration on the storage backend, its share under `dir` (unit tests of the
-/// layers above build their backend from it).
-#[cfg(test)]
-pub(crate) fn test_config(dir: &Path) -> crate::config::Config {
-    let mut c = crate::config::Config::default();
-    c.cluster.enabled = true;
-    c.cluster.backend = crate::config::BackendKind::Storage;
-    c.cluster.storage_path = Some(dir.join("share"));
-    c
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
