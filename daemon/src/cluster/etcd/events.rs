@@ -197,16 +197,7 @@ impl EtcdMembership {
                 .await
                 .map_err(|e| map_err(&e))?;
         }
-        for chunk in junk.chunks(TXN_BATCH) {
-            let ops: Vec<TxnOp> = chunk
-                .iter()
-                .map(|k| TxnOp::delete(k.clone(), None))
-                .collect();
-            client
-                .txn(Txn::new().and_then(ops))
-                .await
-                .map_err(|e| map_err(&e))?;
-        }
+        delete_keys(client, &junk).await?;
         Ok(forwarded)
     }
 }

@@ -396,16 +396,7 @@ impl EtcdMembership {
                     stray.len(),
                     self.root
                 );
-                for chunk in stray.chunks(TXN_BATCH) {
-                    let ops: Vec<TxnOp> = chunk
-                        .iter()
-                        .map(|k| TxnOp::delete(k.clone(), None))
-                        .collect();
-                    client
-                        .txn(Txn::new().and_then(ops))
-                        .await
-                        .map_err(|e| map_err(&e))?;
-                }
+                delete_keys(client, &stray).await?;
             }
             for (id, kvs) in records {
                 if gone.len() >= PRUNE_LIMIT {
@@ -487,16 +478,7 @@ impl EtcdMembership {
                 .await
                 .map_err(|e| map_err(&e))?;
             let keys: Vec<Vec<u8>> = oldest.kvs().iter().map(|kv| kv.key().to_vec()).collect();
-            for chunk in keys.chunks(TXN_BATCH) {
-                let ops: Vec<TxnOp> = chunk
-                    .iter()
-                    .map(|k| TxnOp::delete(k.clone(), None))
-                    .collect();
-                client
-                    .txn(Txn::new().and_then(ops))
-                    .await
-                    .map_err(|e| map_err(&e))?;
-            }
+            delete_keys(client, &keys).await?;
         }
         Ok((gone, alive.max(0) as usize))
     }

@@ -195,6 +195,24 @@ fn parse_stored(kv: &KeyValue) -> Option<Stored> {
     serde_json::from_slice(kv.value()).ok()
 }
 
+/// Deletes `keys`, `TXN_BATCH` to a transaction (etcd caps the operations of one).
+async fn delete_keys<K: Clone + Into<Vec<u8>>>(
+    client: &mut Client,
+    keys: &[K],
+) -> Result<(), ClusterError> {
+    for chunk in keys.chunks(TXN_BATCH) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|k| TxnOp::delete(k.clone(), None))
+            .collect();
+        client
+            .txn(Txn::new().and_then(ops))
+            .await
+            .map_err(|e| map_err(&e))?;
+    }
+    Ok(())
+}
+
 /// A compare that holds while `key` is as it was read (`kv`), or still absent.
 fn unchanged(key: &str, kv: Option<&KeyValue>) -> Compare {
     match kv {
