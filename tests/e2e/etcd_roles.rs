@@ -89,16 +89,7 @@ fn put_all_as(etcd: &EtcdServer, user: &str, password: &str, kvs: &[(String, Str
 }
 
 fn node(name: &str, ip: &str) -> NodeRecord {
-    NodeRecord {
-        id: fleet_server::identity::new_node_id(name),
-        name: name.into(),
-        hostname: format!("{name}.test"),
-        addresses: vec![ip.into()],
-        version: "0.1.0".into(),
-        os: "linux".into(),
-        started_at: 1,
-        url: format!("http://{ip}:8768"),
-    }
+    fleet_tests::backends::node_at(name, ip)
 }
 
 fn denied(r: Result<(), String>, what: &str) {

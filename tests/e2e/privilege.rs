@@ -34,16 +34,7 @@ fn as_user(redis: &RedisServer, user: &str, password: &Secret) -> RedisMembershi
 }
 
 fn node(name: &str, ip: &str) -> NodeRecord {
-    NodeRecord {
-        id: fleet_server::identity::new_node_id(name),
-        name: name.into(),
-        hostname: format!("{name}.test"),
-        addresses: vec![ip.into()],
-        version: "0.1.0".into(),
-        os: "linux".into(),
-        started_at: 1,
-        url: format!("http://{ip}:8768"),
-    }
+    fleet_tests::backends::node_at(name, ip)
 }
 
 /// A node with a user of its own joins, heartbeats, is listed by others at once, and is

@@ -170,14 +170,19 @@ pub fn storage() -> StorageFixture {
 
 /// A node record as a node named `name` registers it (address 192.0.2.10).
 pub fn node(name: &str) -> NodeRecord {
+    node_at(name, "192.0.2.10")
+}
+
+/// A record for a node named `name` at `ip` (a fresh id; its URL on port 8768).
+pub fn node_at(name: &str, ip: &str) -> NodeRecord {
     NodeRecord {
         id: fleet_server::identity::new_node_id(name),
         name: name.into(),
         hostname: format!("{name}.test"),
-        addresses: vec!["192.0.2.10".into()],
+        addresses: vec![ip.into()],
         version: "0.1.0".into(),
         os: "linux".into(),
         started_at: 1,
-        url: "http://192.0.2.10:8768".into(),
+        url: format!("http://{ip}:8768"),
     }
 }

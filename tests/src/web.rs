@@ -171,3 +171,50 @@ pub fn start_web_node(name: &str, shared: &Path, extra: &str) -> Daemon {
     );
     Daemon::start_with_config(name, dir, port, &config)
 }
+
+/// Every scalar of a configuration as text, secrets with their values: what an attacker
+/// holding a node's configuration could try.
+pub fn config_values(c: &fleet_server::config::Config) -> Vec<String> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s) => out.push(s.clone()),
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            serde_json::Value::Object(o) => o.values().for_each(|x| walk(x, out)),
+            serde_json::Value::Number(n) => out.push(n.to_string()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(&serde_json::to_value(c).unwrap(), &mut out);
+    out
+}
+
+/// Tries each of `values` on the API of the node at `port` as `X-API-Key` and as a bearer
+/// token, asserting 401 for each; returns how many requests were answered (values that cannot
+/// be a header are skipped).
+pub fn assert_no_value_opens_the_api(port: u16, values: &[String]) -> usize {
+    let mut tried = 0;
+    for v in values {
+        if v.is_empty() || v.len() > 4096 || v.contains(['\r', '\n']) {
+            continue;
+        }
+        for header in ["X-API-Key", "Authorization"] {
+            let value = if header == "Authorization" {
+                format!("Bearer {v}")
+            } else {
+                v.clone()
+            };
+            let Ok((status, _)) =
+                crate::http("GET", port, "/api/fleet/cluster/nodes", &[(header, &value)])
+            else {
+                continue;
+            };
+            assert_eq!(
+                status, 401,
+                "{header} with a value of the node's config opened the API"
+            );
+            tried += 1;
+        }
+    }
+    tried
+}
