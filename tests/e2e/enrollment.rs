@@ -721,6 +721,7 @@ fn race_takes(config: &Config, rounds: usize) {
                 users: vec![],
                 nonce,
                 ciphertext,
+                claim: token.claim_digest(),
             };
             putter.put_enrollment(&rec).await.expect("put_enrollment");
             let barrier = Arc::new(tokio::sync::Barrier::new(2));

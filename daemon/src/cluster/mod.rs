@@ -232,6 +232,18 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
         Err(self.no_enrollment())
     }
 
+    /// As [`Membership::take_enrollment`], proving the holding of the token with `proof`
+    /// (`enroll::Token::claim_proof`): for a taker that may not delete the record itself (a
+    /// storage node with a uid of its own), the primary checks the proof against the record's
+    /// `claim` digest and hands the record over. While that waits, a transient error.
+    async fn claim_enrollment(
+        &self,
+        token_id: &str,
+        _proof: &str,
+    ) -> Result<Option<EnrollmentRecord>, ClusterError> {
+        self.take_enrollment(token_id).await
+    }
+
     /// The pending enrollments, oldest first.
     async fn list_enrollments(&self) -> Result<Vec<EnrollmentRecord>, ClusterError> {
         Err(self.no_enrollment())
