@@ -187,6 +187,7 @@ pub async fn redeem(
     };
     let mut backoff = super::membership::Backoff::new(Duration::from_secs(60));
     let mut logged = false;
+    let mut waited = false;
     log::info!("🔑 Enrolling with package token {short}… at the cluster backend");
     let record = loop {
         // The backend bounds the call with its own deadline (a timeout is `Unreachable`).
@@ -202,6 +203,13 @@ pub async fn redeem(
                     format!("the cluster backend refused: {e}"),
                 )
                 .await;
+            }
+            Err(e @ crate::cluster::ClusterError::Waiting { .. }) => {
+                status.send_replace(format!("enrolling: {e}"));
+                if !waited {
+                    log::info!("⏳ Enrollment: {e}");
+                    waited = true;
+                }
             }
             Err(e) => {
                 status.send_replace(format!(

@@ -50,6 +50,13 @@ pub enum ClusterError {
         backend: &'static str,
         reason: String,
     },
+    /// Waiting on another party (a storage node's enrollment claim waits for the primary to
+    /// accept it): retried, and not an outage.
+    #[error("{reason}")]
+    Waiting {
+        backend: &'static str,
+        reason: String,
+    },
     /// What this connection's credential may not do by design (a node's own user changes only
     /// that node's records): the reason says where to do it instead. Not transient.
     #[error("{reason}")]
@@ -64,7 +71,9 @@ impl ClusterError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            ClusterError::Unreachable { .. } | ClusterError::Backend { .. }
+            ClusterError::Unreachable { .. }
+                | ClusterError::Backend { .. }
+                | ClusterError::Waiting { .. }
         )
     }
 }

@@ -798,10 +798,10 @@ impl Dir {
             }
             Err(e) => return Err(io_err("cannot write", &cp, e)),
         }
-        Err(ClusterError::Backend {
+        Err(ClusterError::Waiting {
             backend: NAME,
             reason: format!(
-                "the claim on package token {short}… waits for the primary to accept it"
+                "the claim on package token {short}… waits for the primary to accept it (uid {uid} on the shared directory)"
             ),
         })
     }
