@@ -486,6 +486,7 @@ impl Dir {
     /// The owner's prune turn: `members/`, then the scoped nodes' files, the inbox and old
     /// grants; then the count. Returns the expired ids and the active count.
     fn turn(&self, now: u64) -> Result<(Vec<String>, usize), ClusterError> {
+        self.prepare()?;
         let mut gone = self.prune_at(now)?;
         let (scoped_gone, scoped_active) = self.scoped_prune(now)?;
         gone.extend(scoped_gone);

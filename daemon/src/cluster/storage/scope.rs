@@ -180,8 +180,9 @@ impl Dir {
         }
     }
 
-    /// The owner's directories with the modes the scheme needs (made once per process).
-    fn prepare(&self) -> Result<(), ClusterError> {
+    /// The owner's directories with the modes the scheme needs (at start and at each prune
+    /// turn, so that a wiped share gets them back).
+    pub(super) fn prepare(&self) -> Result<(), ClusterError> {
         for (sub, mode) in [("nodes", 0o1777), ("inbox", 0o1777), ("enroll", 0o711)] {
             let p = self.sub(sub);
             match std::fs::DirBuilder::new().mode(mode & 0o777).create(&p) {
