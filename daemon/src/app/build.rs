@@ -192,6 +192,11 @@ async fn build_for_cluster(
     let mut shared_credentials = None;
     let mut enrollment_note = None;
     if let Some(backend) = backend {
+        // Only the primary's credential builds (any package: one without enrollment too).
+        backend
+            .admin_only("build node packages")
+            .await
+            .map_err(BuildError::Cluster)?;
         check_available(backend, req.node_name.as_deref(), &req.ips).await?;
         // Expiries are counted on the backend's clock (the one housekeeping and Redis's
         // PXAT judge them by), not this machine's.

@@ -217,6 +217,13 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
     /// The newest `limit` events, newest first.
     async fn events(&self, limit: usize) -> Result<Vec<Event>, ClusterError>;
 
+    /// `Ok` when this process's credential may do what only the primary does (`what`: remove
+    /// nodes, build, list or revoke packages); `NotPermitted` saying so on a node whose
+    /// credential writes only its own records. The build asks first, before any work.
+    async fn admin_only(&self, _what: &str) -> Result<(), ClusterError> {
+        Ok(())
+    }
+
     /// The backend's users (node and enrollment users), if it has any.
     fn users(&self) -> Option<&dyn BackendUsers> {
         None

@@ -837,6 +837,10 @@ impl Membership for EtcdMembership {
         BackendKind::Etcd
     }
 
+    async fn admin_only(&self, what: &str) -> Result<(), ClusterError> {
+        EtcdMembership::admin_only(self, what)
+    }
+
     fn users(&self) -> Option<&dyn crate::cluster::BackendUsers> {
         Some(self)
     }

@@ -13,6 +13,10 @@ impl Membership for RedisMembership {
         self.server_now_ms().await
     }
 
+    async fn admin_only(&self, what: &str) -> Result<(), ClusterError> {
+        RedisMembership::admin_only(self, what)
+    }
+
     fn users(&self) -> Option<&dyn crate::cluster::BackendUsers> {
         Some(self)
     }

@@ -923,6 +923,11 @@ impl Membership for StorageMembership {
         .await
     }
 
+    async fn admin_only(&self, what: &str) -> Result<(), ClusterError> {
+        let what = what.to_string();
+        self.with(move |d| d.owner_only(&what)).await
+    }
+
     fn supports_enrollment(&self) -> bool {
         true
     }

@@ -44,6 +44,8 @@ const INBOX_PER_PASS: usize = 2000;
 /// How long a grant stays for its claimer to find (and a refusal of the same package to be
 /// recorded).
 const GRANT_GRACE_MS: u64 = 10 * 60 * 1000;
+/// The uid NFS's `root_squash` maps root to.
+const NOBODY: u32 = 65_534;
 /// A heartbeat more than this ahead of the file server's clock was stamped by hand: forged.
 const FUTURE_SLACK_MS: u64 = 1000;
 
@@ -129,6 +131,12 @@ impl Dir {
             .uid();
         let role = match probe(&self.root) {
             Ok((uid, _)) if uid == owner => {
+                if uid == NOBODY {
+                    log::warn!(
+                        "this machine writes to {} as nobody (uid {NOBODY}, root_squash), which owns it: every machine squashed so is the cluster's owner and can write every record; give each host a uid of its own (all_squash,anonuid=…)",
+                        self.root.display()
+                    );
+                }
                 self.prepare()?;
                 Role::Owner
             }
@@ -183,7 +191,7 @@ impl Dir {
     /// The owner's directories with the modes the scheme needs (at start and at each prune
     /// turn, so that a wiped share gets them back).
     pub(super) fn prepare(&self) -> Result<(), ClusterError> {
-        for (sub, mode) in [("nodes", 0o1777), ("inbox", 0o1777), ("enroll", 0o711)] {
+        for (sub, mode) in [("nodes", 0o1777), ("inbox", 0o1733), ("enroll", 0o711)] {
             let p = self.sub(sub);
             match std::fs::DirBuilder::new().mode(mode & 0o777).create(&p) {
                 Ok(()) => {}
@@ -686,7 +694,7 @@ impl Dir {
             };
             let p = self.sub("inbox").join(format!("refused-{token}"));
             let bytes = serde_json::to_vec(event).unwrap_or_default();
-            return write_atomically(&p, &bytes, 0o644).map_err(|e| io_err("cannot write", &p, e));
+            return put_note(&p, &bytes);
         }
         let name = name_of_id(&event.node_id)
             .or(Some(event.node_id.as_str()))
@@ -704,7 +712,7 @@ impl Dir {
             rand::rng().random::<u32>()
         ));
         let bytes = serde_json::to_vec(event).unwrap_or_default();
-        write_atomically(&p, &bytes, 0o644).map_err(|e| io_err("cannot write", &p, e))
+        put_note(&p, &bytes)
     }
 
     /// A scoped node's take of an enrollment: read the record, claim it with `proof`, and wait
@@ -813,6 +821,32 @@ pub(super) fn name_of_id(id: &str) -> Option<&str> {
         .then_some(name)
 }
 
+/// Writes a note into `inbox/` whole: a temporary dot-file (which the owner's pass skips while
+/// it is fresh) renamed into place. Not `write_atomically`: that fsyncs the directory, which
+/// needs read permission on it, and `inbox/` may be listed by its owner only.
+fn put_note(path: &Path, bytes: &[u8]) -> Result<(), ClusterError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".note-{}-{:016x}.tmp",
+        std::process::id(),
+        rand::rng().random::<u64>()
+    ));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)
+        .and_then(|mut f| {
+            std::io::Write::write_all(&mut f, bytes)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io_err("cannot write", path, e)
+    })
+}
+
 /// Deletes a file (or an empty directory) another uid may have put in a sticky directory.
 fn remove_entry(p: &Path) {
     if std::fs::remove_file(p).is_err() {
@@ -889,7 +923,7 @@ mod tests {
         let d = owner_dir(tmp.path());
         let mode = |s: &str| std::fs::metadata(d.sub(s)).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode("nodes"), 0o1777);
-        assert_eq!(mode("inbox"), 0o1777);
+        assert_eq!(mode("inbox"), 0o1733);
         assert_eq!(mode("enroll"), 0o711);
     }
 
