@@ -389,6 +389,7 @@ fn pending(n: u32, name: &str, ttl: Duration) -> EnrollmentRecord {
         users: vec![format!("fleet-enroll-{n:032x}")],
         nonce: "00".repeat(12),
         ciphertext: "c0ffee".into(),
+        claim: String::new(),
     }
 }
 

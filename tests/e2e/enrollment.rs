@@ -585,7 +585,10 @@ fn revoked_and_expired(backend: Backend) {
                 .dir
                 .path()
                 .join(format!("shared/cluster/enroll/{t4}.json"));
-            assert_eq!(mode(&file), 0o600);
+            // Read by its token id only: the directory cannot be listed by others, and the
+            // configuration inside is sealed with the token's secret.
+            assert_eq!(mode(&file), 0o644);
+            assert_eq!(mode(file.parent().unwrap()), 0o711);
             let mut rec: EnrollmentRecord =
                 serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
             rec.expires_ms = now_ms() - 1000;
@@ -721,6 +724,7 @@ fn race_takes(config: &Config, rounds: usize) {
                 users: vec![],
                 nonce,
                 ciphertext,
+                claim: token.claim_digest(),
             };
             putter.put_enrollment(&rec).await.expect("put_enrollment");
             let barrier = Arc::new(tokio::sync::Barrier::new(2));

@@ -141,6 +141,7 @@ async fn pending(primary: &RedisMembership, name: &str, ttl_ms: u64) -> (String,
             users: vec![user.clone()],
             nonce,
             ciphertext,
+            claim: token.claim_digest(),
         })
         .await
         .unwrap();

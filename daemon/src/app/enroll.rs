@@ -29,6 +29,20 @@ impl Token {
             secret: Secret::new(crate::crypto::random_hex(32)),
         }
     }
+
+    /// What proves the holding of this token's secret without giving the secret away (nor the
+    /// key that opens the record): hex SHA-256 over a domain tag and the secret.
+    pub fn claim_proof(&self) -> Secret {
+        let mut h = Sha256::new();
+        h.update(b"fleet-enroll-claim-v1\0");
+        h.update(self.secret.expose().as_bytes());
+        Secret::new(hex::encode(h.finalize()))
+    }
+
+    /// The digest of [`Token::claim_proof`] the record carries (`EnrollmentRecord::claim`).
+    pub fn claim_digest(&self) -> String {
+        crate::crypto::sha256_hex(self.claim_proof().expose().as_bytes())
+    }
 }
 
 /// Why a record cannot be opened.
@@ -173,10 +187,14 @@ pub async fn redeem(
     };
     let mut backoff = super::membership::Backoff::new(Duration::from_secs(60));
     let mut logged = false;
+    let mut waited = false;
     log::info!("🔑 Enrolling with package token {short}… at the cluster backend");
     let record = loop {
         // The backend bounds the call with its own deadline (a timeout is `Unreachable`).
-        match backend.take_enrollment(&token.id).await {
+        match backend
+            .claim_enrollment(&token.id, token.claim_proof().expose())
+            .await
+        {
             Ok(r) => break r,
             Err(e) if !e.is_transient() => {
                 return refuse(
@@ -185,6 +203,13 @@ pub async fn redeem(
                     format!("the cluster backend refused: {e}"),
                 )
                 .await;
+            }
+            Err(e @ crate::cluster::ClusterError::Waiting { .. }) => {
+                status.send_replace(format!("enrolling: {e}"));
+                if !waited {
+                    log::info!("⏳ Enrollment: {e}");
+                    waited = true;
+                }
             }
             Err(e) => {
                 status.send_replace(format!(
@@ -312,6 +337,7 @@ mod tests {
             users: vec![],
             nonce,
             ciphertext,
+            claim: token.claim_digest(),
         }
     }
 

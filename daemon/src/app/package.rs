@@ -546,6 +546,7 @@ impl Builder {
                     users,
                     nonce,
                     ciphertext,
+                    claim: plan.token.claim_digest(),
                 };
                 (boot_yaml, public, Some(record))
             }

@@ -89,6 +89,7 @@ mod tests {
             users: Vec::new(),
             nonce: "00".repeat(12),
             ciphertext: "00".repeat(32),
+            claim: String::new(),
         }
     }
 

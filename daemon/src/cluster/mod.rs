@@ -50,6 +50,13 @@ pub enum ClusterError {
         backend: &'static str,
         reason: String,
     },
+    /// Waiting on another party (a storage node's enrollment claim waits for the primary to
+    /// accept it): retried, and not an outage.
+    #[error("{reason}")]
+    Waiting {
+        backend: &'static str,
+        reason: String,
+    },
     /// What this connection's credential may not do by design (a node's own user changes only
     /// that node's records): the reason says where to do it instead. Not transient.
     #[error("{reason}")]
@@ -64,7 +71,9 @@ impl ClusterError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            ClusterError::Unreachable { .. } | ClusterError::Backend { .. }
+            ClusterError::Unreachable { .. }
+                | ClusterError::Backend { .. }
+                | ClusterError::Waiting { .. }
         )
     }
 }
@@ -230,6 +239,18 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
         _token_id: &str,
     ) -> Result<Option<EnrollmentRecord>, ClusterError> {
         Err(self.no_enrollment())
+    }
+
+    /// As [`Membership::take_enrollment`], proving the holding of the token with `proof`
+    /// (`enroll::Token::claim_proof`): for a taker that may not delete the record itself (a
+    /// storage node with a uid of its own), the primary checks the proof against the record's
+    /// `claim` digest and hands the record over. While that waits, a transient error.
+    async fn claim_enrollment(
+        &self,
+        token_id: &str,
+        _proof: &str,
+    ) -> Result<Option<EnrollmentRecord>, ClusterError> {
+        self.take_enrollment(token_id).await
     }
 
     /// The pending enrollments, oldest first.

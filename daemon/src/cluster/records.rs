@@ -313,6 +313,11 @@ pub struct EnrollmentRecord {
     pub nonce: String,
     /// The node's configuration (YAML), encrypted; hex.
     pub ciphertext: String,
+    /// SHA-256 (hex) of the token's claim proof (`enroll::Token::claim_proof`): lets a backend
+    /// whose taker cannot delete the record itself (a storage node with a uid of its own) check
+    /// that a claim comes from the package's holder. Empty in records of earlier releases.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub claim: String,
 }
 
 impl std::fmt::Debug for EnrollmentRecord {
@@ -337,6 +342,80 @@ impl EnrollmentRecord {
             "built_by": self.built_by,
             "package_id": self.package_id,
         })
+    }
+}
+
+// A node's own events, as the primary forwards them where a node may not write the shared
+// events: what a node may say.
+
+/// Longest event a node may leave for the primary to forward; a larger one is dropped unread.
+pub const NOTE_CAP: usize = 4096;
+/// What a node may report about itself (everything else, the primary records itself).
+const NODE_KINDS: [EventKind; 3] = [
+    EventKind::Joined,
+    EventKind::Left,
+    EventKind::EnrollmentRedeemed,
+];
+
+/// Text another machine wrote, safe to store and show: no control characters, at most `max`.
+pub fn clean_text(s: &str, max: usize) -> String {
+    s.chars().filter(|c| !c.is_control()).take(max).collect()
+}
+
+/// Why a node's event is not forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoteRefused {
+    Oversized,
+    Unreadable,
+    Kind,
+    AnotherNode,
+}
+
+impl NoteRefused {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoteRefused::Oversized => "over 4 KiB",
+            NoteRefused::Unreadable => "not an event",
+            NoteRefused::Kind => "a kind a node may not report",
+            NoteRefused::AnotherNode => "about another node",
+        }
+    }
+}
+
+/// The event a node named `name` left (`value`, as stored), as the shared stream gets it: its
+/// kind one a node may report, about itself, its detail the fields that kind has (the name the
+/// key says, cleaned), its time the node's clock unless that is unset or ahead of `now_ms`.
+pub fn checked_note(name: &str, value: &[u8], now_ms: u64) -> Result<Event, NoteRefused> {
+    if value.len() > NOTE_CAP {
+        return Err(NoteRefused::Oversized);
+    }
+    let ev: Event = serde_json::from_slice(value).map_err(|_| NoteRefused::Unreadable)?;
+    if !NODE_KINDS.contains(&ev.kind) {
+        return Err(NoteRefused::Kind);
+    }
+    let at = if ev.at_ms == 0 || ev.at_ms > now_ms {
+        now_ms
+    } else {
+        ev.at_ms
+    };
+    match ev.kind {
+        EventKind::EnrollmentRedeemed => {
+            // About the node by its name (as `app::enroll` records it).
+            if ev.node_id != name {
+                return Err(NoteRefused::AnotherNode);
+            }
+            let detail = ["token_id", "package_id", "host"]
+                .into_iter()
+                .filter_map(|k| Some((k.to_string(), clean_text(ev.detail.get(k)?, 255))))
+                .collect();
+            Ok(Event::new(ev.kind, name).at(at).with_detail(detail))
+        }
+        _ => {
+            if !crate::identity::id_belongs_to(&ev.node_id, name) {
+                return Err(NoteRefused::AnotherNode);
+            }
+            Ok(Event::new(ev.kind, ev.node_id).at(at).with("name", name))
+        }
     }
 }
 

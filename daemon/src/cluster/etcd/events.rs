@@ -7,8 +7,6 @@
 
 use super::*;
 
-/// Longest event a node may leave; a larger one is dropped (as the Redis notes' cap).
-pub(super) const NOTE_CAP: usize = 4096;
 /// Keys listed per pruner turn (names only: a value is read one at a time, after the count
 /// checks, so one turn never holds more than one oversized value).
 const SCAN_LIMIT: i64 = 1000;
@@ -17,74 +15,7 @@ const FORWARD_LIMIT: usize = 200;
 /// Events one node may leave per turn. A node joins, leaves and redeems its enrollment a few
 /// times a timeout at most: more is a flood, and its whole prefix is emptied.
 const PER_NAME: usize = 8;
-/// What a node may report about itself (everything else, the primary records itself).
-const NODE_KINDS: [EventKind; 3] = [
-    EventKind::Joined,
-    EventKind::Left,
-    EventKind::EnrollmentRedeemed,
-];
-
-/// Text another machine wrote, safe to store and show: no control characters, at most `max`.
-fn clean(s: &str, max: usize) -> String {
-    s.chars().filter(|c| !c.is_control()).take(max).collect()
-}
-
-/// Why a node's event is not forwarded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Refused {
-    Oversized,
-    Unreadable,
-    Kind,
-    AnotherNode,
-}
-
-impl Refused {
-    fn as_str(self) -> &'static str {
-        match self {
-            Refused::Oversized => "over 4 KiB",
-            Refused::Unreadable => "not an event",
-            Refused::Kind => "a kind a node may not report",
-            Refused::AnotherNode => "about another node",
-        }
-    }
-}
-
-/// The event a node named `name` left (`value`, as stored), as the shared stream gets it: its
-/// kind one a node may report, about itself, its detail the fields that kind has (the name the
-/// key says, cleaned), its time the node's clock unless that is unset or ahead of `now_ms`.
-pub(super) fn checked(name: &str, value: &[u8], now_ms: u64) -> Result<Event, Refused> {
-    if value.len() > NOTE_CAP {
-        return Err(Refused::Oversized);
-    }
-    let ev: Event = serde_json::from_slice(value).map_err(|_| Refused::Unreadable)?;
-    if !NODE_KINDS.contains(&ev.kind) {
-        return Err(Refused::Kind);
-    }
-    let at = if ev.at_ms == 0 || ev.at_ms > now_ms {
-        now_ms
-    } else {
-        ev.at_ms
-    };
-    match ev.kind {
-        EventKind::EnrollmentRedeemed => {
-            // About the node by its name (as `app::enroll` records it).
-            if ev.node_id != name {
-                return Err(Refused::AnotherNode);
-            }
-            let detail = ["token_id", "package_id", "host"]
-                .into_iter()
-                .filter_map(|k| Some((k.to_string(), clean(ev.detail.get(k)?, 255))))
-                .collect();
-            Ok(Event::new(ev.kind, name).at(at).with_detail(detail))
-        }
-        _ => {
-            if !crate::identity::id_belongs_to(&ev.node_id, name) {
-                return Err(Refused::AnotherNode);
-            }
-            Ok(Event::new(ev.kind, ev.node_id).at(at).with("name", name))
-        }
-    }
-}
+pub(super) use crate::cluster::records::{NoteRefused as Refused, checked_note as checked};
 
 impl EtcdMembership {
     /// The pruner's turn (the primary's credential): forwards the events nodes left under
@@ -205,6 +136,7 @@ impl EtcdMembership {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::records::NOTE_CAP;
 
     fn ev(kind: EventKind, node_id: &str, at_ms: u64) -> Vec<u8> {
         let e = Event::new(kind, node_id)

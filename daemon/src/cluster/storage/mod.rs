@@ -5,7 +5,9 @@
 //! the last heartbeat), `names/<name>` (id of the holder), `events/<ms>-<seq>-<rand>.json`,
 //! `removed/<id>` (tombstones), `clock` (touched to read the file server's time), `lock`,
 //! `active` (the active count: joins and leaves adjust it under the lock, the prune recounts),
-//! `prune` (its mtime: the last prune's turn).
+//! `prune` (its mtime: the last prune's turn), `enroll/<token>.json`. Those are written by the
+//! cluster's owner only (see `scope`): the uid that owns `cluster/`. Nodes that reach the share
+//! under a uid of their own write only `nodes/<name>.json` and notes in `inbox/` (`scope.rs`).
 //!
 //! Cost. A heartbeat touches only its own member file (stat, stamp, stat) and stats its
 //! tombstone, the `prune` stamp and reads `active`: the same at 10 members and at 10,000. The
@@ -20,10 +22,15 @@
 //! back, so nodes with skewed clocks agree. Mount with a short attribute cache (`actimeo=1`) so
 //! heartbeats show promptly.
 
-use std::collections::BTreeMap;
-use std::io::ErrorKind;
+mod scope;
+
+use scope::Role;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::AT_FDCWD;
@@ -42,6 +49,8 @@ const NAME: &str = "storage";
 /// A join lock older than this was left by a crashed node and may be broken.
 const STALE_LOCK: Duration = Duration::from_secs(10);
 const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// Longest event file read back.
+const EVENT_CAP: u64 = 64 * 1024;
 
 /// Membership in a shared directory.
 #[derive(Debug, Clone)]
@@ -53,6 +62,12 @@ pub struct StorageMembership {
 struct Dir {
     root: PathBuf,
     timing: Timing,
+    /// Who this process is on the share, and the owner's uid: found once (`scope::who`).
+    who: OnceLock<(scope::Role, u32)>,
+    /// The owner's view: `inbox/`'s mtime at the last pass over it (`scope::inbox_changed`).
+    inbox_seen: Mutex<Option<(i64, i64)>>,
+    /// A scoped node's view: the enrollment records it read while its claim waits.
+    claims: Mutex<HashMap<String, EnrollmentRecord>>,
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> ClusterError {
@@ -74,6 +89,9 @@ impl StorageMembership {
             inner: Arc::new(Dir {
                 root: root.join("cluster"),
                 timing,
+                who: OnceLock::new(),
+                inbox_seen: Mutex::new(None),
+                claims: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -193,28 +211,42 @@ impl Dir {
         })
     }
 
+    /// A member's record and last heartbeat, believed only when the owner wrote it.
     fn read_member(&self, id: &str) -> Result<Option<(NodeRecord, u64)>, ClusterError> {
-        let path = self.member_path(id);
-        let Some(mtime) = mtime_ms(&path)? else {
-            return Ok(None);
-        };
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok().map(|n| (n, mtime))),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err("cannot read", &path, e)),
+        let owner = self.owner()?;
+        match read_capped(&self.member_path(id), scope::RECORD_CAP)? {
+            Some((st, Some(bytes))) if st.uid == owner => Ok(serde_json::from_slice(&bytes)
+                .ok()
+                .map(|n| (n, st.mtime_ms))),
+            _ => Ok(None),
         }
     }
 
+    /// Whether a tombstone the owner wrote keeps `id` out.
     fn is_removed(&self, id: &str, now: u64) -> Result<bool, ClusterError> {
         let p = self.sub("removed").join(id);
-        match mtime_ms(&p)? {
-            Some(t) if now.saturating_sub(t) < REMOVAL_TOMBSTONE.as_millis() as u64 => Ok(true),
+        match stat(&p)? {
+            Some(st) if st.uid != self.owner()? => Ok(false),
+            Some(st) if now.saturating_sub(st.mtime_ms) < REMOVAL_TOMBSTONE.as_millis() as u64 => {
+                Ok(true)
+            }
             Some(_) => {
                 let _ = std::fs::remove_file(&p);
                 Ok(false)
             }
             None => Ok(false),
         }
+    }
+
+    /// The id `names/<name>` holds, believed only when the owner wrote it.
+    fn name_holder(&self, name: &str) -> Result<Option<String>, ClusterError> {
+        let owner = self.owner()?;
+        Ok(match read_capped(&self.sub("names").join(name), 128)? {
+            Some((st, Some(b))) if st.uid == owner => {
+                Some(String::from_utf8_lossy(&b).trim().to_string())
+            }
+            _ => None,
+        })
     }
 
     fn timeout_ms(&self) -> u64 {
@@ -283,9 +315,8 @@ impl Dir {
         if name.is_empty() {
             return;
         }
-        let p = self.sub("names").join(name);
-        if std::fs::read_to_string(&p).is_ok_and(|h| h.trim() == id) {
-            let _ = std::fs::remove_file(&p);
+        if self.name_holder(name).ok().flatten().as_deref() == Some(id) {
+            let _ = std::fs::remove_file(self.sub("names").join(name));
         }
     }
 
@@ -315,7 +346,7 @@ impl Dir {
 
     fn members_at(&self, now: u64) -> Result<Vec<Member>, ClusterError> {
         let timeout = self.timeout_ms();
-        let mut out = Vec::new();
+        let mut out = self.scoped_members(now)?;
         for id in self.member_ids()? {
             if let Some((node, last)) = self.read_member(&id)? {
                 let age = now.saturating_sub(last);
@@ -341,6 +372,7 @@ impl Dir {
         Ok(out)
     }
 
+    /// Active members of `members/` (the scoped nodes are counted by `scoped_prune`).
     fn active_at(&self, now: u64) -> Result<usize, ClusterError> {
         let timeout = self.timeout_ms();
         let mut n = 0;
@@ -358,12 +390,17 @@ impl Dir {
     /// node's own file (its new mtime is the file server's "now"), and a look at its tombstone.
     /// Returns the outcome and that "now".
     fn beat(&self, id: &str) -> Result<(Heartbeat, u64), ClusterError> {
-        let path = self.member_path(id);
+        self.beat_file(&self.member_path(id), id)
+    }
+
+    /// `beat` on the record file `path` of `id` (a scoped node's is `nodes/<name>.json`).
+    fn beat_file(&self, path: &Path, id: &str) -> Result<(Heartbeat, u64), ClusterError> {
+        let path = path.to_path_buf();
         let tombstone = self.sub("removed").join(id);
         let Some(before) = mtime_ms(&path)? else {
             // Not a member: the clock file tells whether a tombstone is still in force.
-            let now = self.now_ms()?;
-            let removed = mtime_ms(&tombstone)?.is_some() && self.is_removed(id, now)?;
+            let now = self.clock_ms()?;
+            let removed = stat(&tombstone)?.is_some() && self.is_removed(id, now)?;
             return Ok((
                 if removed {
                     Heartbeat::Removed
@@ -437,13 +474,27 @@ impl Dir {
 
     /// Counts the active members (a scan of the directory: the prune's turn only) and stores
     /// the count.
-    fn recount(&self, now: u64) -> Result<usize, ClusterError> {
+    fn recount(&self, now: u64, scoped: usize) -> Result<usize, ClusterError> {
         // Under the lock, as registrations and leaves adjust the count: a join during the scan
         // is counted by the scan or by its own +1 afterwards, never lost.
         let _lock = self.lock()?;
-        let n = self.active_at(now)?;
+        let n = self.active_at(now)? + scoped;
         self.write_active(n)?;
         Ok(n)
+    }
+
+    /// The owner's prune turn: `members/`, then the scoped nodes' files, the inbox and old
+    /// grants; then the count. Returns the expired ids and the active count.
+    fn turn(&self, now: u64) -> Result<(Vec<String>, usize), ClusterError> {
+        let mut gone = self.prune_at(now)?;
+        let (scoped_gone, scoped_active) = self.scoped_prune(now)?;
+        gone.extend(scoped_gone);
+        if let Err(e) = self.inbox_pass(now) {
+            log::debug!("inbox pass: {e}");
+        }
+        self.sweep_grants(now);
+        let active = self.recount(now, scoped_active)?;
+        Ok((gone, active))
     }
 
     fn prune_at(&self, now: u64) -> Result<Vec<String>, ClusterError> {
@@ -522,6 +573,15 @@ impl Dir {
                 .map_err(|e| io_err("cannot write", &p, e))?;
         }
         let path = self.member_path(id);
+        if let Some(name) = scope::name_of_id(id) {
+            if kind == EventKind::Removed {
+                // A removed node's uid writes no record of that name again.
+                self.unbind(name);
+            }
+            if mtime_ms(&path)?.is_none() {
+                return self.leave_scoped(id, name, kind, by, now);
+            }
+        }
         let member = self.read_member(id)?;
         let was_active = member
             .as_ref()
@@ -544,6 +604,99 @@ impl Dir {
             Err(e) => Err(io_err("cannot remove", &path, e)),
         }
     }
+}
+
+impl Dir {
+    /// `leave` of a scoped node's record (`nodes/<name>.json`, if it is `id`'s): the owner
+    /// may delete it from the sticky directory.
+    fn leave_scoped(
+        &self,
+        id: &str,
+        name: &str,
+        kind: EventKind,
+        by: &str,
+        now: u64,
+    ) -> Result<bool, ClusterError> {
+        let path = self.node_path(name);
+        let Some((st, Some(bytes))) = read_capped(&path, scope::RECORD_CAP)? else {
+            return Ok(false);
+        };
+        if serde_json::from_slice::<NodeRecord>(&bytes).map_or(true, |r| r.id != id) {
+            return Ok(false);
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err("cannot remove", &path, e)),
+        }
+        if now.saturating_sub(st.mtime_ms) < self.timeout_ms() {
+            self.write_active(self.read_active().saturating_sub(1))?;
+        }
+        let mut detail = BTreeMap::from([("name".to_string(), name.to_string())]);
+        if !by.is_empty() {
+            detail.insert("by".into(), by.into());
+        }
+        self.event(kind, id, now, detail)?;
+        Ok(true)
+    }
+}
+
+/// What one `lstat` tells: the owner (as the file server records it), the mtime in ms, the
+/// size, and whether it is a plain file (not a link, directory or FIFO).
+#[derive(Debug, Clone, Copy)]
+struct Stat {
+    uid: u32,
+    mtime_ms: u64,
+    len: u64,
+    file: bool,
+}
+
+fn stat(path: &Path) -> Result<Option<Stat>, ClusterError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => Ok(Some(stat_of(&m))),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("cannot stat", path, e)),
+    }
+}
+
+fn stat_of(m: &std::fs::Metadata) -> Stat {
+    Stat {
+        uid: m.uid(),
+        mtime_ms: ms_of(m.modified().unwrap_or(UNIX_EPOCH)),
+        len: m.len(),
+        file: m.file_type().is_file(),
+    }
+}
+
+/// A file's `Stat` and its bytes (`None`: not a plain file, or too long).
+type Capped = (Stat, Option<Vec<u8>>);
+
+/// A file another machine may have written: its `Stat` (of the opened file, not followed
+/// through a link) and its bytes, `None` when it is not a plain file or longer than `cap`.
+/// `None` overall: there is no such file.
+fn read_capped(path: &Path, cap: u64) -> Result<Option<Capped>, ClusterError> {
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
+        .open(path);
+    let f = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        // A link (ELOOP) or something else that is not a file to read.
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Ok(stat(path)?.map(|st| (st, None)));
+        }
+        Err(e) => return Err(io_err("cannot read", path, e)),
+    };
+    let st = stat_of(&f.metadata().map_err(|e| io_err("cannot stat", path, e))?);
+    if !st.file || st.len > cap {
+        return Ok(Some((st, None)));
+    }
+    let mut bytes = Vec::with_capacity(st.len as usize);
+    f.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_err("cannot read", path, e))?;
+    Ok(Some((st, (bytes.len() as u64 <= cap).then_some(bytes))))
 }
 
 struct LockGuard {
@@ -583,31 +736,40 @@ impl Membership for StorageMembership {
     }
 
     async fn backend_now_ms(&self) -> Result<u64, ClusterError> {
-        self.with(|d| d.now_ms()).await
+        self.with(|d| d.clock_ms()).await
     }
 
     async fn register(&self, node: &NodeRecord) -> Result<usize, ClusterError> {
         let node = node.clone();
         self.with(move |d| {
+            if let Role::Node(uid) = d.role()? {
+                return d.node_register(uid, &node);
+            }
             let _lock = d.lock()?;
             let now = d.now_ms()?;
             if d.is_removed(&node.id, now)? {
                 return Err(ClusterError::Removed(node.id.clone()));
             }
             let timeout = d.timeout_ms();
+            if let Some(holder) = d.scoped_holder(&node.name, now)?
+                && holder != node.id
+            {
+                return Err(ClusterError::NameTaken {
+                    name: node.name.clone(),
+                    holder,
+                });
+            }
             let names = d.ensure("names")?;
             let name_path = names.join(&node.name);
-            if let Ok(holder) = std::fs::read_to_string(&name_path) {
-                let holder = holder.trim();
-                if holder != node.id
-                    && let Some(t) = mtime_ms(&d.member_path(holder))?
-                    && now.saturating_sub(t) < timeout
-                {
-                    return Err(ClusterError::NameTaken {
-                        name: node.name.clone(),
-                        holder: holder.to_string(),
-                    });
-                }
+            if let Some(holder) = d.name_holder(&node.name)?
+                && holder != node.id
+                && let Some(t) = mtime_ms(&d.member_path(&holder))?
+                && now.saturating_sub(t) < timeout
+            {
+                return Err(ClusterError::NameTaken {
+                    name: node.name.clone(),
+                    holder,
+                });
             }
             let fresh = match mtime_ms(&d.member_path(&node.id))? {
                 Some(t) => now.saturating_sub(t) >= timeout,
@@ -642,18 +804,27 @@ impl Membership for StorageMembership {
     }
 
     async fn heartbeat(&self, node: &NodeRecord) -> Result<Heartbeat, ClusterError> {
-        let id = node.id.clone();
+        let node = node.clone();
         self.with(move |d| {
-            let (beat, now) = d.beat(&id)?;
+            if let Role::Node(_) = d.role()? {
+                return d.node_heartbeat(&node);
+            }
+            let (beat, now) = d.beat(&node.id)?;
             if !matches!(beat, Heartbeat::Alive { .. }) {
                 return Ok(beat);
             }
             // The prune's turn: about once per timeout across the cluster (see `prune_due`).
             if d.prune_due(now)? {
-                d.prune_at(now)?;
                 return Ok(Heartbeat::Alive {
-                    active: d.recount(now)?.max(1),
+                    active: d.turn(now)?.1.max(1),
                 });
+            }
+            // Between turns, the scoped nodes' notes and claims as soon as they come (one
+            // stat when none did).
+            if d.inbox_changed()
+                && let Err(e) = d.inbox_pass(now)
+            {
+                log::debug!("inbox pass: {e}");
             }
             Ok(Heartbeat::Alive {
                 active: d.read_active().max(1),
@@ -664,20 +835,26 @@ impl Membership for StorageMembership {
 
     async fn deregister(&self, node_id: &str) -> Result<(), ClusterError> {
         let id = node_id.to_string();
-        let leave = self.with(move |d| d.leave(&id, EventKind::Left, "").map(|_| ()));
+        let leave = self.with(move |d| match d.role()? {
+            Role::Node(_) => d.node_leave(&id),
+            Role::Owner => d.leave(&id, EventKind::Left, "").map(|_| ()),
+        });
         super::within(NAME, "leaving", super::LEAVE_DEADLINE, leave).await
     }
 
     async fn remove(&self, node_id: &str, by: &str) -> Result<bool, ClusterError> {
         let id = node_id.to_string();
         let by = if by.is_empty() { "admin" } else { by }.to_string();
-        self.with(move |d| d.leave(&id, EventKind::Removed, &by))
-            .await
+        self.with(move |d| {
+            d.owner_only("removing a node")?;
+            d.leave(&id, EventKind::Removed, &by)
+        })
+        .await
     }
 
     async fn members(&self) -> Result<Vec<Member>, ClusterError> {
         self.with(|d| {
-            let now = d.now_ms()?;
+            let now = d.clock_ms()?;
             d.members_at(now)
         })
         .await
@@ -693,10 +870,9 @@ impl Membership for StorageMembership {
 
     async fn prune(&self) -> Result<Vec<String>, ClusterError> {
         self.with(|d| {
+            d.owner_only("pruning the member list")?;
             let now = d.now_ms()?;
-            let gone = d.prune_at(now)?;
-            d.recount(now)?;
-            Ok(gone)
+            Ok(d.turn(now)?.0)
         })
         .await
     }
@@ -704,6 +880,9 @@ impl Membership for StorageMembership {
     async fn record_event(&self, event: &Event) -> Result<(), ClusterError> {
         let event = event.clone();
         self.with(move |d| {
+            if let Role::Node(_) = d.role()? {
+                return d.node_event(&event);
+            }
             let now = d.now_ms()?;
             d.event(event.kind, &event.node_id, now, event.detail)
         })
@@ -712,6 +891,7 @@ impl Membership for StorageMembership {
 
     async fn events(&self, limit: usize) -> Result<Vec<Event>, ClusterError> {
         self.with(move |d| {
+            let owner = d.owner()?;
             let dir = d.sub("events");
             let rd = match std::fs::read_dir(&dir) {
                 Ok(rd) => rd,
@@ -724,12 +904,20 @@ impl Membership for StorageMembership {
                 .filter(|n| !n.starts_with('.') && n.ends_with(".json"))
                 .collect();
             names.sort_unstable_by(|a, b| b.cmp(a));
-            Ok(names
-                .iter()
-                .take(limit)
-                .filter_map(|n| std::fs::read(dir.join(n)).ok())
-                .filter_map(|b| serde_json::from_slice(&b).ok())
-                .collect())
+            let mut out = Vec::new();
+            for n in &names {
+                if out.len() >= limit {
+                    break;
+                }
+                // Only the owner writes events; anything else there is not one.
+                if let Ok(Some((st, Some(b)))) = read_capped(&dir.join(n), EVENT_CAP)
+                    && st.uid == owner
+                    && let Ok(ev) = serde_json::from_slice(&b)
+                {
+                    out.push(ev);
+                }
+            }
+            Ok(out)
         })
         .await
     }
@@ -741,13 +929,14 @@ impl Membership for StorageMembership {
     async fn put_enrollment(&self, record: &EnrollmentRecord) -> Result<(), ClusterError> {
         let record = record.clone();
         self.with(move |d| {
-            let dir = d.ensure("enroll")?;
+            d.owner_only("storing a package's enrollment")?;
+            let dir = d.sub("enroll");
             let path = dir.join(format!("{}.json", record.token_id));
             // Strings and numbers only: serialising cannot fail.
             let bytes = serde_json::to_vec(&record).unwrap_or_default();
-            // Readable by the service account only: the shared directory's permissions are
-            // this backend's access control.
-            write_atomically(&path, &bytes, 0o600).map_err(|e| io_err("cannot write", &path, e))
+            // `enroll/` is mode 0711: a record is read by whoever knows its token id (the
+            // package's holder), never listed. Its configuration is sealed with the token.
+            write_atomically(&path, &bytes, 0o644).map_err(|e| io_err("cannot write", &path, e))
         })
         .await
     }
@@ -761,30 +950,32 @@ impl Membership for StorageMembership {
         }
         let id = token_id.to_string();
         self.with(move |d| {
-            let dir = d.sub("enroll");
-            let path = dir.join(format!("{id}.json"));
-            // The rename is the atomic take: of two nodes, exactly one moves the file.
-            let taken = dir.join(format!(".taken-{id}-{:08x}", rand::rng().random::<u32>()));
-            match std::fs::rename(&path, &taken) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    d.check_root()?;
-                    return Ok(None);
-                }
-                Err(e) => return Err(io_err("cannot take", &path, e)),
-            }
-            let bytes = std::fs::read(&taken);
-            let _ = std::fs::remove_file(&taken);
-            let record: Option<EnrollmentRecord> =
-                bytes.ok().and_then(|b| serde_json::from_slice(&b).ok());
-            let now = d.now_ms()?;
-            Ok(record.filter(|r| r.expires_ms > now))
+            d.owner_only("taking an enrollment without its token's proof")?;
+            d.take_owned(&id)
+        })
+        .await
+    }
+
+    async fn claim_enrollment(
+        &self,
+        token_id: &str,
+        proof: &str,
+    ) -> Result<Option<EnrollmentRecord>, ClusterError> {
+        if !token_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        let (id, proof) = (token_id.to_string(), proof.to_string());
+        self.with(move |d| match d.role()? {
+            Role::Node(uid) => d.node_claim(uid, &id, &proof),
+            Role::Owner => d.take_owned(&id),
         })
         .await
     }
 
     async fn list_enrollments(&self) -> Result<Vec<EnrollmentRecord>, ClusterError> {
         self.with(|d| {
+            d.owner_only("listing the pending packages")?;
+            let owner = d.owner()?;
             let dir = d.sub("enroll");
             let rd = match std::fs::read_dir(&dir) {
                 Ok(rd) => rd,
@@ -798,8 +989,9 @@ impl Membership for StorageMembership {
                 if name.starts_with('.') || !name.ends_with(".json") {
                     continue;
                 }
-                let Some(rec) = std::fs::read(entry.path())
-                    .ok()
+                let Some(rec) = read_capped(&entry.path(), scope::ENROLL_CAP)?
+                    .filter(|(st, _)| st.uid == owner)
+                    .and_then(|(_, b)| b)
                     .and_then(|b| serde_json::from_slice::<EnrollmentRecord>(&b).ok())
                 else {
                     continue;
@@ -822,6 +1014,34 @@ impl Membership for StorageMembership {
         token_id: &str,
     ) -> Result<Option<EnrollmentRecord>, ClusterError> {
         self.take_enrollment(token_id).await
+    }
+}
+
+impl Dir {
+    /// The owner takes a record: the rename is the atomic take (of two takers, exactly one
+    /// moves the file); a claim a scoped node left on it goes too.
+    fn take_owned(&self, id: &str) -> Result<Option<EnrollmentRecord>, ClusterError> {
+        let owner = self.owner()?;
+        let dir = self.sub("enroll");
+        let path = dir.join(format!("{id}.json"));
+        let taken = dir.join(format!(".taken-{id}-{:08x}", rand::rng().random::<u32>()));
+        match std::fs::rename(&path, &taken) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                self.check_root()?;
+                return Ok(None);
+            }
+            Err(e) => return Err(io_err("cannot take", &path, e)),
+        }
+        let read = read_capped(&taken, scope::ENROLL_CAP);
+        let _ = std::fs::remove_file(&taken);
+        let _ = std::fs::remove_file(self.sub("inbox").join(format!("claim-{id}")));
+        let record: Option<EnrollmentRecord> = read?
+            .filter(|(st, _)| st.uid == owner)
+            .and_then(|(_, b)| b)
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let now = self.now_ms()?;
+        Ok(record.filter(|r| r.expires_ms > now))
     }
 }
 

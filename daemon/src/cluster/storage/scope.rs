@@ -1,0 +1,834 @@
+//! Who may write what on the shared directory. The cluster's **owner** is the uid that owns
+//! `cluster/` (the primary made it). A process whose files come out owned by that uid is the
+//! owner: it writes everything, as every machine did when all reached the share under one
+//! identity. A machine the file server gives a uid of its own (an NFS export line per host with
+//! `all_squash,anonuid=<uid>`, or a local uid) is a **scoped node**: the owner-only directories
+//! refuse its writes, and it may write only files of its own in two sticky directories (mode
+//! 1777, like `/tmp`: anyone creates, only a file's owner or the directory's owner deletes):
+//!
+//! - `nodes/<name>.json`: its record; the mtime (the file server's clock) is its heartbeat.
+//! - `inbox/<name>.<ms>-<rand>.event.json`: an event it asks the owner to record;
+//!   `inbox/claim-<token>`: its claim on an enrollment; `inbox/refused-<token>`: why an install
+//!   with a package was refused.
+//!
+//! Nothing a scoped node wrote is believed for its owner alone: a name is bound to one uid by
+//! the owner (`bindings/<name>`, written when that uid's claim on a package for the name was
+//! accepted), and `nodes/<name>.json` counts only when its file owner is that uid, it is a valid
+//! record of that name and its mtime is not in the future. Files that fail (squatted names,
+//! forged times, junk) are ignored by every reader and deleted by the owner's prune turn. The
+//! owner forwards notes after the checks of `records::checked_note`, at most `PER_NAME` a pass.
+//!
+//! Enrollment: a scoped node cannot take (rename) a record in the owner's `enroll/` (mode 0711:
+//! a record is read by its name, the token id, never listed). It reads it, writes its claim
+//! (the token's `claim_proof`, whose digest the record holds, and its node name) and waits; the
+//! owner checks the proof, binds the name to the claim file's owner, writes `granted/<token>`
+//! and deletes the record. The node then finds its uid in the grant and opens the record it read.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+use crate::cluster::records::{NOTE_CAP, checked_note, clean_text};
+
+/// Longest record a node's `nodes/<name>.json` may be.
+pub(super) const RECORD_CAP: u64 = 16 * 1024;
+/// Longest enrollment record read (its ciphertext may carry the TLS certificate and key).
+pub(super) const ENROLL_CAP: u64 = 1 << 20;
+/// Longest claim file.
+const CLAIM_CAP: u64 = 512;
+/// Notes forwarded per node per pass; the rest are deleted (a flood).
+const PER_NAME: usize = 8;
+/// Inbox entries looked at per pass; the rest wait for the next one.
+const INBOX_PER_PASS: usize = 2000;
+/// How long a grant stays for its claimer to find (and a refusal of the same package to be
+/// recorded).
+const GRANT_GRACE_MS: u64 = 10 * 60 * 1000;
+/// A heartbeat more than this ahead of the file server's clock was stamped by hand: forged.
+const FUTURE_SLACK_MS: u64 = 1000;
+
+/// Who this process is on the share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    /// The owner of `cluster/`: writes everything.
+    Owner,
+    /// Another uid (as the file server records it): writes only its own files.
+    Node(u32),
+}
+
+/// What a scoped node's record file turned out to be.
+enum Verdict {
+    Trusted(NodeRecord, Stat),
+    /// Its owner is not the uid bound to the name (or none is).
+    Foreign,
+    /// Unreadable, oversized, not a record of that name, or not a plain file.
+    Invalid,
+    /// A heartbeat ahead of the file server's clock.
+    Future(NodeRecord, Stat),
+}
+
+/// What a grant says: whose claim on the token was accepted, for which name.
+#[derive(Debug, Serialize, Deserialize)]
+struct Grant {
+    uid: u32,
+    name: String,
+}
+
+/// A scoped node's claim on an enrollment.
+#[derive(Debug, Serialize, Deserialize)]
+struct Claim {
+    proof: String,
+    name: String,
+}
+
+fn not_permitted(reason: String) -> ClusterError {
+    ClusterError::NotPermitted {
+        backend: NAME,
+        reason,
+    }
+}
+
+/// Creates a file that cannot exist yet in `dir` and returns the uid and mtime the file server
+/// gave it (then deletes it): who this process is on the share, and the share's clock.
+fn probe(dir: &Path) -> std::io::Result<(u32, u64)> {
+    let p = dir.join(format!(
+        ".probe-{}-{:016x}",
+        std::process::id(),
+        rand::rng().random::<u64>()
+    ));
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&p)?;
+    let m = f.metadata();
+    let _ = std::fs::remove_file(&p);
+    let m = m?;
+    Ok((m.uid(), ms_of(m.modified().unwrap_or(UNIX_EPOCH))))
+}
+
+fn valid_token_id(t: &str) -> bool {
+    t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl Dir {
+    /// This process's role and the owner's uid, found once: whoever makes `cluster/` owns it;
+    /// a probe file in `cluster/` tells the file server's uid for this process, and where the
+    /// owner-only directory refuses it, one in `nodes/`.
+    pub(super) fn who(&self) -> Result<(Role, u32), ClusterError> {
+        if let Some(w) = self.who.get() {
+            return Ok(*w);
+        }
+        // As the first write always did: a share that is there but empty gets `cluster/`.
+        if !self.root.exists() {
+            std::fs::create_dir_all(&self.root)
+                .map_err(|e| io_err("cannot create", &self.root, e))?;
+        }
+        let owner = std::fs::metadata(&self.root)
+            .map_err(|e| io_err("cannot reach", &self.root, e))?
+            .uid();
+        let role = match probe(&self.root) {
+            Ok((uid, _)) if uid == owner => {
+                self.prepare()?;
+                Role::Owner
+            }
+            Ok((uid, _)) => {
+                log::warn!(
+                    "{} is writable by uid {uid}, which does not own it: every machine that reaches the share so can write every record; make it mode 0755, owned by the primary's uid",
+                    self.root.display()
+                );
+                Role::Node(uid)
+            }
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                let nodes = self.sub("nodes");
+                match probe(&nodes) {
+                    Ok((uid, _)) => Role::Node(uid),
+                    Err(e) if e.kind() == ErrorKind::NotFound => {
+                        return Err(ClusterError::Backend {
+                            backend: NAME,
+                            reason: format!(
+                                "{} does not exist yet: the primary (the owner of {}) makes it when it starts",
+                                nodes.display(),
+                                self.root.display()
+                            ),
+                        });
+                    }
+                    Err(e) => return Err(io_err("cannot write", &nodes, e)),
+                }
+            }
+            Err(e) => return Err(io_err("cannot write", &self.root, e)),
+        };
+        let _ = self.who.set((role, owner));
+        Ok((role, owner))
+    }
+
+    pub(super) fn role(&self) -> Result<Role, ClusterError> {
+        self.who().map(|(r, _)| r)
+    }
+
+    pub(super) fn owner(&self) -> Result<u32, ClusterError> {
+        self.who().map(|(_, o)| o)
+    }
+
+    /// What only the owner may do: `Err(NotPermitted)` saying so on a scoped node.
+    pub(super) fn owner_only(&self, what: &str) -> Result<(), ClusterError> {
+        match self.role()? {
+            Role::Owner => Ok(()),
+            Role::Node(uid) => Err(not_permitted(format!(
+                "{what}: this node reaches the shared directory as uid {uid}, which writes only its own records; do it on the primary"
+            ))),
+        }
+    }
+
+    /// The owner's directories with the modes the scheme needs (made once per process).
+    fn prepare(&self) -> Result<(), ClusterError> {
+        for (sub, mode) in [("nodes", 0o1777), ("inbox", 0o1777), ("enroll", 0o711)] {
+            let p = self.sub(sub);
+            match std::fs::DirBuilder::new().mode(mode & 0o777).create(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err("cannot create", &p, e)),
+            }
+            let m = std::fs::symlink_metadata(&p).map_err(|e| io_err("cannot reach", &p, e))?;
+            if !m.is_dir() {
+                return Err(ClusterError::Backend {
+                    backend: NAME,
+                    reason: format!("{} is not a directory", p.display()),
+                });
+            }
+            if m.permissions().mode() & 0o7777 != mode {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| io_err("cannot set the mode of", &p, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn node_path(&self, name: &str) -> PathBuf {
+        self.sub("nodes").join(format!("{name}.json"))
+    }
+
+    /// The uid bound to `name` (`bindings/<name>`, believed only when the owner wrote it).
+    fn binding(&self, name: &str) -> Result<Option<u32>, ClusterError> {
+        let owner = self.owner()?;
+        let p = self.sub("bindings").join(name);
+        Ok(match read_capped(&p, 16)? {
+            Some((st, Some(b))) if st.uid == owner => {
+                String::from_utf8_lossy(&b).trim().parse().ok()
+            }
+            _ => None,
+        })
+    }
+
+    /// The file server's clock as a scoped node reads it: the mtime of a file it creates.
+    fn node_now_ms(&self) -> Result<u64, ClusterError> {
+        let nodes = self.sub("nodes");
+        probe(&nodes)
+            .map(|(_, t)| t)
+            .map_err(|e| io_err("cannot write", &nodes, e))
+    }
+
+    /// The file server's clock, for either role.
+    pub(super) fn clock_ms(&self) -> Result<u64, ClusterError> {
+        match self.role()? {
+            Role::Owner => self.now_ms(),
+            Role::Node(_) => self.node_now_ms(),
+        }
+    }
+
+    /// Judges `nodes/<name>.json` against the binding `bound` and the clock `now`.
+    fn judge(
+        &self,
+        name: &str,
+        bound: Option<u32>,
+        now: u64,
+    ) -> Result<Option<Verdict>, ClusterError> {
+        let Some((st, bytes)) = read_capped(&self.node_path(name), RECORD_CAP)? else {
+            return Ok(None);
+        };
+        if Some(st.uid) != bound {
+            return Ok(Some(Verdict::Foreign));
+        }
+        let Some(rec) = bytes
+            .and_then(|b| serde_json::from_slice::<NodeRecord>(&b).ok())
+            .filter(|r| r.name == name && r.validate().is_ok())
+        else {
+            return Ok(Some(Verdict::Invalid));
+        };
+        Ok(Some(if st.mtime_ms > now + FUTURE_SLACK_MS {
+            Verdict::Future(rec, st)
+        } else {
+            Verdict::Trusted(rec, st)
+        }))
+    }
+
+    /// The names that have a file in `nodes/` (`<name>.json`), and the other entries.
+    fn node_files(&self) -> Result<(Vec<String>, Vec<String>), ClusterError> {
+        let dir = self.sub("nodes");
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
+            Err(e) => return Err(io_err("cannot list", &dir, e)),
+        };
+        let (mut names, mut other) = (Vec::new(), Vec::new());
+        for entry in rd {
+            let entry = entry.map_err(|e| io_err("cannot list", &dir, e))?;
+            let f = entry.file_name().to_string_lossy().into_owned();
+            match f.strip_suffix(".json") {
+                Some(n) if crate::identity::validate_node_name(n).is_ok() => {
+                    names.push(n.to_string())
+                }
+                _ => other.push(f),
+            }
+        }
+        Ok((names, other))
+    }
+
+    /// The scoped nodes' members that every reader believes (a forged heartbeat is listed as
+    /// expired, as Redis lists one).
+    pub(super) fn scoped_members(&self, now: u64) -> Result<Vec<Member>, ClusterError> {
+        let timeout = self.timeout_ms();
+        let mut out = Vec::new();
+        for name in self.node_files()?.0 {
+            let bound = self.binding(&name)?;
+            let (node, last, forged) = match self.judge(&name, bound, now)? {
+                Some(Verdict::Trusted(r, st)) => (r, st.mtime_ms, false),
+                Some(Verdict::Future(r, st)) => (r, st.mtime_ms, true),
+                _ => continue,
+            };
+            let age = if forged {
+                timeout
+            } else {
+                now.saturating_sub(last)
+            };
+            out.push(Member {
+                node,
+                last_heartbeat_ms: last.min(now),
+                age_ms: age,
+                state: if age < timeout {
+                    MemberState::Active
+                } else {
+                    MemberState::Expired
+                },
+                age_known: !forged,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The id of the live scoped node that holds `name`, if any.
+    pub(super) fn scoped_holder(
+        &self,
+        name: &str,
+        now: u64,
+    ) -> Result<Option<String>, ClusterError> {
+        if !self.sub("nodes").join(format!("{name}.json")).exists() {
+            return Ok(None);
+        }
+        let bound = self.binding(name)?;
+        Ok(match self.judge(name, bound, now)? {
+            Some(Verdict::Trusted(r, st))
+                if now.saturating_sub(st.mtime_ms) < self.timeout_ms() =>
+            {
+                Some(r.id)
+            }
+            _ => None,
+        })
+    }
+
+    /// The owner's prune turn over `nodes/`: deletes what no reader believes (files of another
+    /// uid than the name's binding, invalid records, forged heartbeats, stale temporary files)
+    /// and expired records (recording `expired`); returns the expired ids and the active count.
+    pub(super) fn scoped_prune(&self, now: u64) -> Result<(Vec<String>, usize), ClusterError> {
+        let timeout = self.timeout_ms();
+        let dir = self.sub("nodes");
+        let (names, other) = self.node_files()?;
+        for f in other {
+            let p = dir.join(&f);
+            // Temporary files of a write in progress (and probes) live a moment; junk goes.
+            let fresh = f.starts_with('.')
+                && stat(&p)?.is_some_and(|st| st.file && now.saturating_sub(st.mtime_ms) < timeout);
+            if !fresh {
+                remove_entry(&p);
+            }
+        }
+        let (mut gone, mut active) = (Vec::new(), 0);
+        for name in names {
+            let p = self.node_path(&name);
+            let bound = self.binding(&name)?;
+            match self.judge(&name, bound, now)? {
+                None => {}
+                Some(Verdict::Trusted(_, st)) if now.saturating_sub(st.mtime_ms) < timeout => {
+                    active += 1;
+                }
+                Some(Verdict::Trusted(r, _)) if std::fs::remove_file(&p).is_ok() => {
+                    self.event(
+                        EventKind::Expired,
+                        &r.id,
+                        now,
+                        BTreeMap::from([("name".into(), name.clone())]),
+                    )?;
+                    gone.push(r.id);
+                }
+                Some(Verdict::Trusted(..)) => {}
+                Some(verdict) => {
+                    let why = match verdict {
+                        Verdict::Foreign => "written by a uid not bound to that name",
+                        Verdict::Future(..) => "a heartbeat ahead of the file server's clock",
+                        _ => "not a valid record of that name",
+                    };
+                    log::warn!("deleting {}: {why}", p.display());
+                    remove_entry(&p);
+                }
+            }
+        }
+        Ok((gone, active))
+    }
+
+    /// Whether `inbox/` changed since the owner's last pass (one stat: the directory's mtime
+    /// moves with every entry made or deleted).
+    pub(super) fn inbox_changed(&self) -> bool {
+        let Ok(m) = std::fs::metadata(self.sub("inbox")) else {
+            return false;
+        };
+        let seen = self
+            .inbox_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|s| s == (m.mtime(), m.mtime_nsec()));
+        !seen
+    }
+
+    /// The owner's pass over `inbox/`: claims, refusals and notes, each checked as untrusted
+    /// input and deleted after; anything else is deleted unread.
+    pub(super) fn inbox_pass(&self, now: u64) -> Result<(), ClusterError> {
+        let dir = self.sub("inbox");
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("cannot list", &dir, e)),
+        };
+        let mut per_name: HashMap<String, usize> = HashMap::new();
+        for entry in rd.take(INBOX_PER_PASS) {
+            let entry = entry.map_err(|e| io_err("cannot list", &dir, e))?;
+            let f = entry.file_name().to_string_lossy().into_owned();
+            let p = dir.join(&f);
+            if f.starts_with('.') {
+                if stat(&p)?.is_none_or(|st| {
+                    !st.file || now.saturating_sub(st.mtime_ms) >= self.timeout_ms()
+                }) {
+                    remove_entry(&p);
+                }
+                continue;
+            }
+            if let Some(token) = f.strip_prefix("claim-").filter(|t| valid_token_id(t)) {
+                self.accept_claim(token, &p, now)?;
+            } else if let Some(token) = f.strip_prefix("refused-").filter(|t| valid_token_id(t)) {
+                self.forward_refusal(token, &p, now)?;
+            } else if let Some((name, _)) = f
+                .strip_suffix(".event.json")
+                .and_then(|r| r.split_once('.'))
+                .filter(|(n, _)| crate::identity::validate_node_name(n).is_ok())
+            {
+                let n = per_name.entry(name.to_string()).or_default();
+                *n += 1;
+                if *n <= PER_NAME {
+                    self.forward_note(name, &p, now)?;
+                }
+            }
+            remove_entry(&p);
+        }
+        if let Ok(m) = std::fs::metadata(&dir) {
+            *self.inbox_seen.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((m.mtime(), m.mtime_nsec()));
+        }
+        Ok(())
+    }
+
+    /// A note of the node bound to `name`: recorded when its owner is that node's uid and it
+    /// passes `checked_note`.
+    fn forward_note(&self, name: &str, p: &Path, now: u64) -> Result<(), ClusterError> {
+        let Some((st, bytes)) = read_capped(p, NOTE_CAP as u64)? else {
+            return Ok(());
+        };
+        if self.binding(name)? != Some(st.uid) {
+            log::warn!(
+                "dropping {}: not written by the uid bound to {name}",
+                p.display()
+            );
+            return Ok(());
+        }
+        let Some(bytes) = bytes else {
+            log::warn!("dropping {}: over {NOTE_CAP} bytes", p.display());
+            return Ok(());
+        };
+        match checked_note(name, &bytes, now) {
+            Ok(ev) => self.event(ev.kind, &ev.node_id, ev.at_ms, ev.detail),
+            Err(why) => {
+                log::warn!("dropping {}: {}", p.display(), why.as_str());
+                Ok(())
+            }
+        }
+    }
+
+    /// Why an install with the package of `token` was refused: recorded as
+    /// `enrollment_rejected` when the token is pending or was granted lately (whoever holds the
+    /// package may say so, once per file name), with its text cleaned and capped.
+    fn forward_refusal(&self, token: &str, p: &Path, now: u64) -> Result<(), ClusterError> {
+        let owner = self.owner()?;
+        let known = [
+            self.sub("enroll").join(format!("{token}.json")),
+            self.sub("granted").join(token),
+        ]
+        .iter()
+        .any(|k| matches!(stat(k), Ok(Some(st)) if st.uid == owner));
+        if !known {
+            return Ok(());
+        }
+        let Some((_, Some(bytes))) = read_capped(p, NOTE_CAP as u64)? else {
+            return Ok(());
+        };
+        let Ok(ev) = serde_json::from_slice::<Event>(&bytes) else {
+            return Ok(());
+        };
+        let node = Some(ev.node_id.as_str())
+            .filter(|n| crate::identity::validate_node_name(n).is_ok())
+            .unwrap_or("unknown");
+        let mut detail = BTreeMap::from([("token_id".to_string(), token.to_string())]);
+        for (k, max) in [("reason", 500), ("host", 255)] {
+            if let Some(v) = ev.detail.get(k) {
+                detail.insert(k.to_string(), clean_text(v, max));
+            }
+        }
+        self.event(EventKind::EnrollmentRejected, node, now, detail)
+    }
+
+    /// A claim on the enrollment `token`: accepted when the record is pending, unexpired and
+    /// holds the digest of the claim's proof, and the name is the record's (or, for a package
+    /// without one, a valid name): the name is then bound to the claim file's owner.
+    fn accept_claim(&self, token: &str, p: &Path, now: u64) -> Result<(), ClusterError> {
+        let owner = self.owner()?;
+        let Some((st, Some(bytes))) = read_capped(p, CLAIM_CAP)? else {
+            return Ok(());
+        };
+        let short = &token[..8];
+        let refuse = |why: &str| {
+            log::warn!(
+                "refused a claim on package token {short}… by uid {}: {why}",
+                st.uid
+            );
+            Ok(())
+        };
+        if !st.file || st.uid == owner {
+            return refuse("not a node's file");
+        }
+        let Ok(claim) = serde_json::from_slice::<Claim>(&bytes) else {
+            return refuse("unreadable");
+        };
+        let rec_path = self.sub("enroll").join(format!("{token}.json"));
+        let record = match read_capped(&rec_path, ENROLL_CAP)? {
+            Some((rst, Some(b))) if rst.uid == owner => {
+                serde_json::from_slice::<EnrollmentRecord>(&b).ok()
+            }
+            _ => None,
+        };
+        let Some(record) = record else {
+            return refuse("no such pending package");
+        };
+        if record.expires_ms <= now {
+            return refuse("the package expired");
+        }
+        if record.claim.is_empty()
+            || crate::crypto::sha256_hex(claim.proof.as_bytes()) != record.claim
+        {
+            return refuse("the proof does not match the package's token");
+        }
+        let name_ok = if record.node_name.is_empty() {
+            crate::identity::validate_node_name(&claim.name).is_ok()
+        } else {
+            claim.name == record.node_name
+        };
+        if !name_ok {
+            return refuse("not the package's node name");
+        }
+        let bindings = self.ensure("bindings")?;
+        let bp = bindings.join(&claim.name);
+        write_atomically(&bp, st.uid.to_string().as_bytes(), 0o644)
+            .map_err(|e| io_err("cannot write", &bp, e))?;
+        let granted = self.ensure("granted")?;
+        let gp = granted.join(token);
+        let grant = serde_json::to_vec(&Grant {
+            uid: st.uid,
+            name: claim.name.clone(),
+        })
+        .unwrap_or_default();
+        write_atomically(&gp, &grant, 0o644).map_err(|e| io_err("cannot write", &gp, e))?;
+        let _ = std::fs::remove_file(&rec_path);
+        log::info!(
+            "🔑 Bound node name {} to uid {} on the shared directory (package token {short}…)",
+            claim.name,
+            st.uid
+        );
+        Ok(())
+    }
+
+    /// Grants older than `GRANT_GRACE_MS` are deleted (their claimers had time to read them).
+    pub(super) fn sweep_grants(&self, now: u64) {
+        let dir = self.sub("granted");
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in rd.filter_map(|e| e.ok()) {
+            let p = entry.path();
+            if stat(&p)
+                .ok()
+                .flatten()
+                .is_some_and(|st| now.saturating_sub(st.mtime_ms) >= GRANT_GRACE_MS)
+            {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+
+    /// Deletes the binding of `name` (a removed node's uid writes no record of it again).
+    pub(super) fn unbind(&self, name: &str) {
+        let _ = std::fs::remove_file(self.sub("bindings").join(name));
+    }
+
+    // ---- a scoped node's own path ----
+
+    /// Joins as a scoped node: its uid must be the name's binding; writes its own record.
+    pub(super) fn node_register(&self, uid: u32, node: &NodeRecord) -> Result<usize, ClusterError> {
+        let now = self.node_now_ms()?;
+        if self.is_removed(&node.id, now)? {
+            return Err(ClusterError::Removed(node.id.clone()));
+        }
+        let bound = self.binding(&node.name)?;
+        if bound != Some(uid) {
+            return Err(not_permitted(format!(
+                "uid {uid} may not write the records of node {} on the shared directory {} ({}): enroll this machine with a package built for that name",
+                node.name,
+                self.root.display(),
+                match bound {
+                    None => "no machine was enrolled under that name".to_string(),
+                    Some(other) => format!("the name is bound to uid {other}"),
+                }
+            )));
+        }
+        if let Some(holder) = self.name_holder(&node.name)?
+            && holder != node.id
+            && mtime_ms(&self.member_path(&holder))?
+                .is_some_and(|t| now.saturating_sub(t) < self.timeout_ms())
+        {
+            return Err(ClusterError::NameTaken {
+                name: node.name.clone(),
+                holder,
+            });
+        }
+        let path = self.node_path(&node.name);
+        let fresh = match self.judge(&node.name, bound, now)? {
+            Some(Verdict::Trusted(r, st)) => {
+                r.id != node.id || now.saturating_sub(st.mtime_ms) >= self.timeout_ms()
+            }
+            _ => true,
+        };
+        let bytes = serde_json::to_vec(node).unwrap_or_default();
+        write_atomically(&path, &bytes, 0o644).map_err(|e| io_err("cannot write", &path, e))?;
+        touch(&path)?;
+        if fresh {
+            let ev = Event::new(EventKind::Joined, &node.id).at(now);
+            self.note(&node.name, &ev)?;
+        }
+        Ok((self.read_active() + usize::from(fresh)).max(1))
+    }
+
+    /// A scoped node's heartbeat: its own file only (the owner prunes and counts).
+    pub(super) fn node_heartbeat(&self, node: &NodeRecord) -> Result<Heartbeat, ClusterError> {
+        let (beat, _) = self.beat_file(&self.node_path(&node.name), &node.id)?;
+        Ok(match beat {
+            Heartbeat::Alive { .. } => Heartbeat::Alive {
+                active: self.read_active().max(1),
+            },
+            other => other,
+        })
+    }
+
+    /// A scoped node leaves: deletes its own record (if it is this id's) and asks the owner to
+    /// record `left`.
+    pub(super) fn node_leave(&self, id: &str) -> Result<(), ClusterError> {
+        let Some(name) = name_of_id(id) else {
+            return Ok(());
+        };
+        let path = self.node_path(name);
+        let mine = read_capped(&path, RECORD_CAP)?
+            .and_then(|(_, b)| b)
+            .and_then(|b| serde_json::from_slice::<NodeRecord>(&b).ok())
+            .is_some_and(|r| r.id == id);
+        if !mine {
+            return Ok(());
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("cannot remove", &path, e)),
+        }
+        let now = self.node_now_ms()?;
+        self.note(name, &Event::new(EventKind::Left, id).at(now))
+    }
+
+    /// A scoped node's event: a note in `inbox/` under its name (or, for a refused install,
+    /// under the package's token), for the owner to check and record.
+    pub(super) fn node_event(&self, event: &Event) -> Result<(), ClusterError> {
+        if event.kind == EventKind::EnrollmentRejected {
+            let Some(token) = event.detail.get("token_id").filter(|t| valid_token_id(t)) else {
+                return Ok(());
+            };
+            let p = self.sub("inbox").join(format!("refused-{token}"));
+            let bytes = serde_json::to_vec(event).unwrap_or_default();
+            return write_atomically(&p, &bytes, 0o644).map_err(|e| io_err("cannot write", &p, e));
+        }
+        let name = name_of_id(&event.node_id)
+            .or(Some(event.node_id.as_str()))
+            .filter(|n| crate::identity::validate_node_name(n).is_ok());
+        match name {
+            Some(name) => self.note(name, event),
+            None => Ok(()),
+        }
+    }
+
+    fn note(&self, name: &str, event: &Event) -> Result<(), ClusterError> {
+        let p = self.sub("inbox").join(format!(
+            "{name}.{:015}-{:08x}.event.json",
+            event.at_ms,
+            rand::rng().random::<u32>()
+        ));
+        let bytes = serde_json::to_vec(event).unwrap_or_default();
+        write_atomically(&p, &bytes, 0o644).map_err(|e| io_err("cannot write", &p, e))
+    }
+
+    /// A scoped node's take of an enrollment: read the record, claim it with `proof`, and wait
+    /// (a transient error) until the owner's grant names this uid.
+    pub(super) fn node_claim(
+        &self,
+        uid: u32,
+        token: &str,
+        proof: &str,
+    ) -> Result<Option<EnrollmentRecord>, ClusterError> {
+        if !valid_token_id(token) {
+            return Ok(None);
+        }
+        let owner = self.owner()?;
+        let short = &token[..8];
+        let cached = || {
+            self.claims
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(token)
+                .cloned()
+        };
+        if let Some((st, Some(b))) = read_capped(&self.sub("granted").join(token), 256)?
+            && st.uid == owner
+        {
+            let grant = serde_json::from_slice::<Grant>(&b).ok();
+            if grant.is_some_and(|g| g.uid == uid) {
+                let _ = std::fs::remove_file(self.sub("inbox").join(format!("claim-{token}")));
+                return Ok(cached());
+            }
+            return Ok(None);
+        }
+        let record = match cached() {
+            Some(r) => r,
+            None => {
+                let p = self.sub("enroll").join(format!("{token}.json"));
+                let read = match read_capped(&p, ENROLL_CAP) {
+                    Err(ClusterError::Unreachable { reason, .. }) if reason.contains("denied") => {
+                        return Err(not_permitted(format!(
+                            "package token {short}… has a record only the primary may read (a package of an earlier release): build a new package"
+                        )));
+                    }
+                    r => r?,
+                };
+                let Some(r) = read
+                    .filter(|(st, _)| st.uid == owner)
+                    .and_then(|(_, b)| b)
+                    .and_then(|b| serde_json::from_slice::<EnrollmentRecord>(&b).ok())
+                else {
+                    return Ok(None);
+                };
+                r
+            }
+        };
+        let now = self.node_now_ms()?;
+        if record.expires_ms <= now {
+            return Ok(None);
+        }
+        if record.claim.is_empty() {
+            return Err(not_permitted(format!(
+                "package token {short}… was built by an earlier release, which a node with a uid of its own cannot redeem: build a new package"
+            )));
+        }
+        self.claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token.to_string(), record.clone());
+        let name = if record.node_name.is_empty() {
+            crate::identity::hostname_node_name()
+        } else {
+            record.node_name.clone()
+        };
+        let cp = self.sub("inbox").join(format!("claim-{token}"));
+        let body = serde_json::to_vec(&Claim {
+            proof: proof.to_string(),
+            name,
+        })
+        .unwrap_or_default();
+        let made = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&cp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &body));
+        match made {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                // Ours from an earlier try waits on; another machine's means it claimed first.
+                if stat(&cp)?.is_some_and(|st| st.uid != uid) {
+                    return Ok(None);
+                }
+            }
+            Err(e) => return Err(io_err("cannot write", &cp, e)),
+        }
+        Err(ClusterError::Waiting {
+            backend: NAME,
+            reason: format!(
+                "the claim on package token {short}… waits for the primary to accept it (uid {uid} on the shared directory)"
+            ),
+        })
+    }
+}
+
+/// The node name an id carries (`<name>-<6 chars>`).
+pub(super) fn name_of_id(id: &str) -> Option<&str> {
+    let (name, _) = id.rsplit_once('-')?;
+    (crate::identity::validate_node_name(name).is_ok() && crate::identity::id_belongs_to(id, name))
+        .then_some(name)
+}
+
+/// Deletes a file (or an empty directory) another uid may have put in a sticky directory.
+fn remove_entry(p: &Path) {
+    if std::fs::remove_file(p).is_err() {
+        let _ = std::fs::remove_dir(p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_carry_their_names() {
+        assert_eq!(name_of_id("web-3-abc123"), Some("web-3"));
+        assert_eq!(name_of_id("web"), None);
+        assert_eq!(name_of_id("../x-abc123"), None);
+    }
+}
