@@ -105,6 +105,11 @@ impl Cluster {
         Cluster { primary, dir }
     }
 
+    /// The primary's node template.
+    fn template(&self) -> PathBuf {
+        self.dir.path().join("node-template")
+    }
+
     /// `<storage_path>/cluster`.
     fn root(&self) -> PathBuf {
         self.dir.path().join("shared/cluster")
@@ -262,6 +267,12 @@ impl Cluster {
     /// Installs `bundle` into a fresh root (its installer stub with `--target-root`, as root),
     /// then serves it as `uid` (everything in the root chowned to it).
     fn start_node(&self, bundle: &Path, name: &str, uid: u32) -> Daemon {
+        self.start_node_with(bundle, name, uid, false)
+    }
+
+    /// As [`Cluster::start_node`]; `template`: with a copy of the node template where
+    /// provision.sh puts it, so that the node could build packages if it were permitted.
+    fn start_node_with(&self, bundle: &Path, name: &str, uid: u32, template: bool) -> Daemon {
         let n = BUILDS.fetch_add(1, Ordering::Relaxed);
         let unpack = self.dir.path().join(format!("unpack-{name}-{n}"));
         std::fs::create_dir_all(&unpack).expect("the extraction directory");
@@ -290,6 +301,16 @@ impl Cluster {
             LIMIT,
         );
         assert_ok(&o, "fleet-installer-stub --target-root");
+        if template {
+            let to = root
+                .path()
+                .join("usr/local/lib/fleet-server/node-template/linux-x86_64");
+            std::fs::create_dir_all(&to).expect("the node's template directory");
+            for bin in ["fleet-server", "fleet-installer-stub"] {
+                std::fs::copy(self.template().join("linux-x86_64").join(bin), to.join(bin))
+                    .expect("copying the node template");
+            }
+        }
         Daemon::serve_root_as(uid, name, root, free_port())
     }
 }
@@ -407,6 +428,18 @@ fn attackers_inbox_files(c: &Cluster) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The entries in `inbox/` the attacker made, links included (not followed).
+fn attackers_inbox_files_or_links(c: &Cluster) -> Vec<String> {
+    std::fs::read_dir(c.root().join("inbox"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| std::fs::symlink_metadata(e.path()).is_ok_and(|m| m.uid() == UID_A))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn has_joined(events: &[Event], id: &str) -> bool {
     events
         .iter()
@@ -434,7 +467,7 @@ fn a_scoped_node_writes_only_its_own_files() {
     // Two nodes, each under a uid of its own, enrolled from their packages.
     let bundle_a = c.build("node-a");
     let bundle_b = c.build("node-b");
-    let node_a = c.start_node(&bundle_a, "node-a", UID_A);
+    let node_a = c.start_node_with(&bundle_a, "node-a", UID_A, true);
     let node_b = c.start_node(&bundle_b, "node-b", UID_B);
     let id_a = c.wait_joined("node-a");
     let id_b = c.wait_joined("node-b");
@@ -696,10 +729,8 @@ fn a_scoped_node_writes_only_its_own_files() {
         if !o.success() {
             return Err(format!("writing the notes failed: {o:?}"));
         }
-        let written = attackers_inbox_files(&c).len();
-        if written < 1003 {
-            return Err(format!("only {written} notes written"));
-        }
+        // (All 1,003 were written: the script stops at the first failed write. The primary may
+        // have deleted some already.)
         // The primary stays healthy while it works through them.
         wait_for(
             "the primary to delete the forged notes",
@@ -729,29 +760,90 @@ fn a_scoped_node_writes_only_its_own_files() {
         Ok(())
     });
 
+    // Not plain files: a FIFO and links where the primary (root) reads notes and records.
+    cases.run(
+        "FIFO, symlinks and a hard link in inbox/ and nodes/: ignored, deleted",
+        || {
+            let ms = now_ms();
+            let script = format!(
+                "mkfifo inbox/node-a.{ms}-fifo.event.json && \
+             ln -s /dev/zero inbox/node-a.{ms}-zero.event.json && \
+             ln -s /etc/shadow inbox/node-a.{ms}-shadow.event.json && \
+             ln -s ../members/{id_primary}.json nodes/node-x.json && \
+             mkfifo nodes/node-y.json && \
+             {{ ln nodes/node-b.json nodes/node-z.json 2>/dev/null || true; }}"
+            );
+            let o = attack(&c, &script);
+            if !o.success() {
+                return Err(format!("making them failed: {o:?}"));
+            }
+            // The primary answers throughout (a blocking open of the FIFO would hang its turn).
+            wait_for(
+                "the primary to delete the FIFOs and links",
+                TURN,
+                Duration::from_millis(200),
+                || {
+                    let (s, _) =
+                        get_json(c.primary.port, "/api/fleet/cluster/health", None).ok()?;
+                    assert_eq!(s, 200, "the primary's health");
+                    let left: Vec<_> = ["node-x", "node-y", "node-z"]
+                        .iter()
+                        .map(|n| root.join(format!("nodes/{n}.json")))
+                        .filter(|p| std::fs::symlink_metadata(p).is_ok())
+                        .collect();
+                    (left.is_empty() && attackers_inbox_files_or_links(&c).is_empty()).then_some(())
+                },
+            );
+            let m = c.members();
+            if m.iter()
+                .any(|(_, n, _)| ["node-x", "node-y", "node-z"].contains(&n.as_str()))
+            {
+                return Err(format!("a link or FIFO is listed: {m:?}"));
+            }
+            record_b_intact()?;
+            if !root.join(format!("members/{id_primary}.json")).exists() {
+                return Err("the primary's record went with the link".into());
+            }
+            Ok(())
+        },
+    );
+
     // Admin-only operations from node-a's own configuration.
     let config_a = node_a.config_path();
-    cases.run("package build as node-a: refused", || {
-        let out = node_a.dir.path().join("evil.tar.gz");
-        let o = run_as(
-            UID_A,
-            &format!(
-                "'{}' package build --node-name evil --format bundle --ethernet skip --output '{}' --config '{}'",
-                bin_path("fleet-server").display(),
-                out.display(),
-                config_a.display()
-            ),
-            LIMIT,
-        );
-        eprintln!("storage_scope: package build as node-a: {o:?}");
-        if o.success() || out.exists() {
-            return Err(format!("built: {o:?}"));
-        }
-        if c.pending().iter().any(|r| r["node_name"] == "evil") {
-            return Err("a package for `evil` is pending".into());
-        }
-        Ok(())
-    });
+    for (case, extra) in [
+        ("package build as node-a: refused", ""),
+        (
+            "package build --no-enrollment as node-a: refused",
+            " --no-enrollment",
+        ),
+    ] {
+        cases.run(case, || {
+            let out = node_a.dir.path().join("evil.tar.gz");
+            let o = run_as(
+                UID_A,
+                &format!(
+                    "'{}' package build --node-name evil --format bundle --ethernet skip --output '{}' --template-dir '{}' --config '{}'{extra}",
+                    bin_path("fleet-server").display(),
+                    out.display(),
+                    c.template().display(),
+                    config_a.display()
+                ),
+                LIMIT,
+            );
+            eprintln!("storage_scope: {case}: {o:?}");
+            if o.success() || out.exists() {
+                let _ = std::fs::remove_file(&out);
+                return Err(format!("built: {o:?}"));
+            }
+            if o.stderr.contains("node template") {
+                return Err(format!("refused for its template, not its scope: {o:?}"));
+            }
+            if c.pending().iter().any(|r| r["node_name"] == "evil") {
+                return Err("a package for `evil` is pending".into());
+            }
+            Ok(())
+        });
+    }
     cases.run("package list / revoke as node-a: refused", || {
         let fs = bin_path("fleet-server");
         for args in [
@@ -820,7 +912,9 @@ fn a_scoped_node_writes_only_its_own_files() {
         "claim squat for node-c: no binding; the real node-c enrolls",
         || {
             let claim = format!("inbox/claim-{token_c}");
-            let o = attack(&c, &format!("printf '%s' '{}' > {claim}", "0".repeat(64)));
+            // The claim as a node writes it (its proof and its name), with a wrong proof.
+            let wrong = format!(r#"{{"proof":"{}","name":"node-c"}}"#, "0".repeat(64));
+            let o = attack(&c, &format!("printf '%s' '{wrong}' > {claim}"));
             if !o.success() {
                 return Err(format!("writing the claim failed: {o:?}"));
             }
