@@ -354,6 +354,12 @@ fn on_error(state: &NodeState, e: &ClusterError, logged: &mut Option<String>, no
             Unhealthy::NameTaken(e.to_string()),
             format!("❌ Cannot join the cluster as {}: {e}", node.id),
         ),
+        // This node's credential may not do it (a storage node whose uid is not its name's):
+        // not an outage; retried in case an admin enrolls it.
+        ClusterError::NotPermitted { .. } => (
+            Unhealthy::Backend(e.to_string()),
+            format!("❌ Cannot join the cluster as {}: {e}", node.id),
+        ),
         _ => (
             Unhealthy::Backend(e.to_string()),
             format!("❌ Cluster backend unavailable: {e} (retrying)"),

@@ -790,12 +790,10 @@ impl Dir {
             .and_then(|mut f| std::io::Write::write_all(&mut f, &body));
         match made {
             Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                // Ours from an earlier try waits on; another machine's means it claimed first.
-                if stat(&cp)?.is_some_and(|st| st.uid != uid) {
-                    return Ok(None);
-                }
-            }
+            // Ours from an earlier try, or another uid's: the primary judges that one (a valid
+            // claim wins, and the grant then names the other uid; a squat is deleted and this
+            // node's next try claims).
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io_err("cannot write", &cp, e)),
         }
         Err(ClusterError::Waiting {
@@ -824,11 +822,320 @@ fn remove_entry(p: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    const NODE_UID: u32 = 52_101;
+    const OTHER_UID: u32 = 52_102;
 
     #[test]
     fn ids_carry_their_names() {
         assert_eq!(name_of_id("web-3-abc123"), Some("web-3"));
         assert_eq!(name_of_id("web"), None);
         assert_eq!(name_of_id("../x-abc123"), None);
+    }
+
+    fn owner_dir(root: &Path) -> Arc<Dir> {
+        let timing = Timing {
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(300),
+        };
+        let d = StorageMembership::new(root, timing).unwrap().inner;
+        assert_eq!(
+            d.role().unwrap(),
+            Role::Owner,
+            "the test's uid made cluster/"
+        );
+        d
+    }
+
+    /// Writes `bytes` to `path` as uid `uid` would have (the test runs as root, as CI does).
+    fn plant(path: &Path, bytes: &[u8], uid: u32) {
+        std::fs::write(path, bytes).unwrap();
+        nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(uid)), None)
+            .unwrap_or_else(|e| panic!("chown {} (these tests need root): {e}", path.display()));
+    }
+
+    fn record(name: &str) -> NodeRecord {
+        NodeRecord {
+            id: format!("{name}-abc123"),
+            name: name.into(),
+            hostname: "host".into(),
+            addresses: vec!["192.0.2.10".into()],
+            version: "0.1.0".into(),
+            os: "linux".into(),
+            started_at: 0,
+            url: "http://192.0.2.10:8768".into(),
+        }
+    }
+
+    fn bind(d: &Dir, name: &str, uid: u32) {
+        let b = d.ensure("bindings").unwrap();
+        std::fs::write(b.join(name), uid.to_string()).unwrap();
+    }
+
+    fn listed(d: &Dir) -> Vec<(String, MemberState)> {
+        let now = d.now_ms().unwrap();
+        d.members_at(now)
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.node.name, m.state))
+            .collect()
+    }
+
+    #[test]
+    fn the_owner_makes_the_sticky_and_private_directories() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = owner_dir(tmp.path());
+        let mode = |s: &str| std::fs::metadata(d.sub(s)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode("nodes"), 0o1777);
+        assert_eq!(mode("inbox"), 0o1777);
+        assert_eq!(mode("enroll"), 0o711);
+    }
+
+    #[test]
+    fn a_record_counts_only_for_the_uid_bound_to_its_name_and_never_from_the_future() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = owner_dir(tmp.path());
+        let body = serde_json::to_vec(&record("web")).unwrap();
+        plant(&d.node_path("web"), &body, NODE_UID);
+        assert!(listed(&d).is_empty(), "no binding: not believed");
+        bind(&d, "web", OTHER_UID);
+        assert!(listed(&d).is_empty(), "bound to another uid: not believed");
+        bind(&d, "web", NODE_UID);
+        assert_eq!(listed(&d), vec![("web".to_string(), MemberState::Active)]);
+        // A record of another name in this name's file is not one.
+        plant(
+            &d.node_path("web"),
+            &serde_json::to_vec(&record("db")).unwrap(),
+            NODE_UID,
+        );
+        assert!(listed(&d).is_empty());
+        plant(&d.node_path("web"), &body, NODE_UID);
+        // A heartbeat stamped a day ahead is listed, never alive, and the turn deletes it.
+        let later = TimeSpec::from_duration(
+            SystemTime::now().duration_since(UNIX_EPOCH).unwrap() + Duration::from_secs(86_400),
+        );
+        utimensat(
+            AT_FDCWD,
+            &d.node_path("web"),
+            &later,
+            &later,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+        assert_eq!(listed(&d), vec![("web".to_string(), MemberState::Expired)]);
+        let now = d.now_ms().unwrap();
+        let (gone, active) = d.scoped_prune(now).unwrap();
+        assert_eq!((gone.len(), active), (0, 0));
+        assert!(
+            !d.node_path("web").exists(),
+            "the forged record was deleted"
+        );
+    }
+
+    #[test]
+    fn the_prune_turn_deletes_squats_and_expires_the_silent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = owner_dir(tmp.path());
+        bind(&d, "web", NODE_UID);
+        plant(
+            &d.node_path("web"),
+            &serde_json::to_vec(&record("web")).unwrap(),
+            NODE_UID,
+        );
+        // Another uid squats a name bound to nobody, and plants junk and a link.
+        plant(
+            &d.node_path("db"),
+            &serde_json::to_vec(&record("db")).unwrap(),
+            OTHER_UID,
+        );
+        plant(&d.sub("nodes").join("junk"), b"x", OTHER_UID);
+        std::os::unix::fs::symlink("/etc/passwd", d.node_path("api")).unwrap();
+        let now = d.now_ms().unwrap();
+        let (gone, active) = d.scoped_prune(now).unwrap();
+        assert_eq!((gone.len(), active), (0, 1));
+        assert!(d.node_path("web").exists());
+        for f in ["db.json", "junk", "api.json"] {
+            assert!(
+                std::fs::symlink_metadata(d.sub("nodes").join(f)).is_err(),
+                "{f} was left"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(400));
+        let now = d.now_ms().unwrap();
+        let (gone, active) = d.scoped_prune(now).unwrap();
+        assert_eq!((gone, active), (vec!["web-abc123".to_string()], 0));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let m = StorageMembership { inner: d.clone() };
+        let events = rt.block_on(m.events(10)).unwrap();
+        assert_eq!(events[0].kind, EventKind::Expired);
+        assert_eq!(events[0].node_id, "web-abc123");
+    }
+
+    #[test]
+    fn owner_only_files_planted_by_another_uid_are_not_believed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = owner_dir(tmp.path());
+        let now = d.now_ms().unwrap();
+        let removed = d.ensure("removed").unwrap();
+        plant(&removed.join("web-abc123"), b"admin", OTHER_UID);
+        assert!(!d.is_removed("web-abc123", now).unwrap());
+        std::fs::write(removed.join("db-abc123"), b"admin").unwrap();
+        assert!(d.is_removed("db-abc123", now).unwrap());
+        let names = d.ensure("names").unwrap();
+        plant(&names.join("web"), b"web-zzzzzz", OTHER_UID);
+        assert_eq!(d.name_holder("web").unwrap(), None);
+        plant(
+            &d.ensure("bindings").unwrap().join("web"),
+            b"52102",
+            OTHER_UID,
+        );
+        assert_eq!(d.binding("web").unwrap(), None);
+        let events = d.ensure("events").unwrap();
+        let forged = Event::new(EventKind::Removed, "web-abc123").at(now);
+        plant(
+            &events.join("999999999999999-0-0.json"),
+            &serde_json::to_vec(&forged).unwrap(),
+            OTHER_UID,
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let m = StorageMembership { inner: d.clone() };
+        assert!(rt.block_on(m.events(10)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn notes_are_forwarded_only_from_the_bound_uid_and_only_what_a_node_may_say() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = owner_dir(tmp.path());
+        bind(&d, "web", NODE_UID);
+        let inbox = d.sub("inbox");
+        let note = |kind, id: &str| serde_json::to_vec(&Event::new(kind, id).at(1)).unwrap();
+        plant(
+            &inbox.join("web.1-a.event.json"),
+            &note(EventKind::Joined, "web-abc123"),
+            NODE_UID,
+        );
+        // Of another uid; about another node; a kind a node may not report; oversized.
+        plant(
+            &inbox.join("web.2-a.event.json"),
+            &note(EventKind::Left, "web-abc123"),
+            OTHER_UID,
+        );
+        plant(
+            &inbox.join("web.3-a.event.json"),
+            &note(EventKind::Left, "db-abc123"),
+            NODE_UID,
+        );
+        plant(
+            &inbox.join("web.4-a.event.json"),
+            &note(EventKind::Removed, "web-abc123"),
+            NODE_UID,
+        );
+        plant(
+            &inbox.join("web.5-a.event.json"),
+            &vec![b' '; 5000],
+            NODE_UID,
+        );
+        // A flood: at most 8 of one node's notes a pass.
+        for i in 0..20 {
+            plant(
+                &inbox.join(format!("web.{}-b.event.json", 100 + i)),
+                &note(EventKind::Left, "web-abc123"),
+                NODE_UID,
+            );
+        }
+        assert!(d.inbox_changed());
+        let now = d.now_ms().unwrap();
+        d.inbox_pass(now).unwrap();
+        assert!(!d.inbox_changed(), "one stat tells nothing came since");
+        assert_eq!(std::fs::read_dir(&inbox).unwrap().count(), 0, "all deleted");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let m = StorageMembership { inner: d.clone() };
+        let events = rt.block_on(m.events(100)).unwrap();
+        assert!(events.len() <= PER_NAME, "{} forwarded", events.len());
+        assert!(
+            events.iter().all(|e| e.node_id == "web-abc123"
+                && matches!(e.kind, EventKind::Joined | EventKind::Left))
+        );
+    }
+
+    #[test]
+    fn a_claim_binds_the_name_to_its_owner_only_with_the_tokens_proof() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = owner_dir(tmp.path());
+        let (proof, digest) = (
+            "p".repeat(64),
+            crate::crypto::sha256_hex("p".repeat(64).as_bytes()),
+        );
+        let token = "a".repeat(32);
+        let rec = EnrollmentRecord {
+            token_id: token.clone(),
+            node_name: "web".into(),
+            created_ms: 0,
+            expires_ms: u64::MAX / 2,
+            built_by: "t".into(),
+            package_id: "p".into(),
+            users: vec![],
+            nonce: String::new(),
+            ciphertext: String::new(),
+            claim: digest,
+        };
+        let rec_path = d.sub("enroll").join(format!("{token}.json"));
+        std::fs::write(&rec_path, serde_json::to_vec(&rec).unwrap()).unwrap();
+        let claim_path = d.sub("inbox").join(format!("claim-{token}"));
+        let claim = |proof: &str, name: &str| {
+            serde_json::to_vec(&Claim {
+                proof: proof.into(),
+                name: name.into(),
+            })
+            .unwrap()
+        };
+        let now = d.now_ms().unwrap();
+        // A wrong proof, then another name: nothing bound, the record still pending.
+        plant(&claim_path, &claim("wrong", "web"), OTHER_UID);
+        d.inbox_pass(now).unwrap();
+        plant(&claim_path, &claim(&proof, "db"), OTHER_UID);
+        d.inbox_pass(now).unwrap();
+        assert_eq!(d.binding("web").unwrap(), None);
+        assert_eq!(d.binding("db").unwrap(), None);
+        assert!(rec_path.exists() && !claim_path.exists());
+        // The package holder's claim.
+        plant(&claim_path, &claim(&proof, "web"), NODE_UID);
+        d.inbox_pass(now).unwrap();
+        assert_eq!(d.binding("web").unwrap(), Some(NODE_UID));
+        assert!(!rec_path.exists(), "the record is taken");
+        let grant: Grant =
+            serde_json::from_slice(&std::fs::read(d.sub("granted").join(&token)).unwrap()).unwrap();
+        assert_eq!((grant.uid, grant.name.as_str()), (NODE_UID, "web"));
+        // Used now: a second claim (the package installed again) binds nothing new.
+        plant(&claim_path, &claim(&proof, "web"), OTHER_UID);
+        d.inbox_pass(now).unwrap();
+        assert_eq!(d.binding("web").unwrap(), Some(NODE_UID));
+    }
+
+    #[test]
+    fn removing_a_scoped_node_deletes_its_record_and_its_binding() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = owner_dir(tmp.path());
+        bind(&d, "web", NODE_UID);
+        plant(
+            &d.node_path("web"),
+            &serde_json::to_vec(&record("web")).unwrap(),
+            NODE_UID,
+        );
+        assert!(d.leave("web-abc123", EventKind::Removed, "admin").unwrap());
+        assert!(!d.node_path("web").exists());
+        assert_eq!(d.binding("web").unwrap(), None);
+        let now = d.now_ms().unwrap();
+        assert!(d.is_removed("web-abc123", now).unwrap());
     }
 }
