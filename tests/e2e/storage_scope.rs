@@ -28,11 +28,12 @@ use fleet_tests::{
     wait_for,
 };
 
-/// The node uids: node-a (the attacker), node-b, node-c, and a fourth machine.
+/// The node uids: node-a (the attacker), node-b, node-c, a fourth machine, node-e.
 const UID_A: u32 = 52001;
 const UID_B: u32 = 52002;
 const UID_C: u32 = 52003;
 const UID_D: u32 = 52004;
+const UID_E: u32 = 52005;
 
 /// How long one command (a build, the stub, the CLI, an attack) may take.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -481,6 +482,8 @@ fn a_scoped_node_writes_only_its_own_files() {
     // A pending package for node-c, for the claim squat and the revoke attempt.
     let bundle_c = c.build("node-c");
     let token_c = c.pending_token("node-c");
+    let bundle_e = c.build("node-e");
+    let token_e = c.pending_token("node-e");
 
     let mut cases = Cases::default();
     let mut bindings = BTreeMap::new();
@@ -947,6 +950,62 @@ fn a_scoped_node_writes_only_its_own_files() {
         },
     );
 
+    // The same squat, there when the real node claims: the primary is stopped meanwhile, so
+    // the node finds the squat in its claim's place. It waits, and enrolls once the primary has
+    // thrown the squat out; the squatter never gets the name.
+    let mut node_e = None;
+    cases.run(
+        "claim squat there before the real node-e claims: it waits, then enrolls",
+        || {
+            let claim = root.join(format!("inbox/claim-{token_e}"));
+            c.primary.signal(nix::sys::signal::Signal::SIGSTOP);
+            let r = (|| {
+                let wrong = format!(r#"{{"proof":"{}","name":"node-e"}}"#, "1".repeat(64));
+                let o = attack(
+                    &c,
+                    &format!("printf '%s' '{wrong}' > inbox/claim-{token_e}"),
+                );
+                if !o.success() {
+                    return Err(format!("writing the claim failed: {o:?}"));
+                }
+                let d = c.start_node(&bundle_e, "node-e", UID_E);
+                std::thread::sleep(Duration::from_millis(1500));
+                let owner = std::fs::metadata(&claim).map(|m| m.uid()).ok();
+                if owner != Some(UID_A) {
+                    return Err(format!("the squat's place: owner {owner:?}: {}", d.log()));
+                }
+                Ok(d)
+            })();
+            c.primary.signal(nix::sys::signal::Signal::SIGCONT);
+            let d = r?;
+            let watch = Instant::now();
+            let mut joined = false;
+            while watch.elapsed() < JOIN {
+                let b = c.bindings();
+                if b.get("node-e")
+                    .is_some_and(|(uid, _)| *uid != UID_E.to_string())
+                {
+                    return Err(format!("node-e bound to another uid: {b:?}"));
+                }
+                if !c.active_named("node-e").is_empty() {
+                    joined = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if !joined {
+                return Err(format!("node-e did not join: {}", d.log()));
+            }
+            wait_health(&d, 200);
+            let b = c.bindings();
+            node_e = Some(d);
+            if b.get("node-e") != Some(&(UID_E.to_string(), 0)) {
+                return Err(format!("node-e's binding: {b:?}"));
+            }
+            Ok(())
+        },
+    );
+
     // A used package installed again by another uid.
     cases.run("node-b's used package as uid 52004: refused", || {
         let d = c.start_node(&bundle_b, "node-b", UID_D);
@@ -974,6 +1033,9 @@ fn a_scoped_node_writes_only_its_own_files() {
         if node_c.is_some() {
             want.push("node-c");
         }
+        if node_e.is_some() {
+            want.push("node-e");
+        }
         c.wait_active_names(&want, Duration::from_secs(10));
         let events = c.events();
         if !has_joined(&events, &id_a) || !has_joined(&events, &id_b) {
@@ -981,6 +1043,7 @@ fn a_scoped_node_writes_only_its_own_files() {
         }
         let mut now = c.bindings();
         now.remove("node-c");
+        now.remove("node-e");
         if now != bindings {
             return Err(format!("bindings changed: {bindings:?} -> {now:?}"));
         }
@@ -1021,5 +1084,6 @@ fn a_scoped_node_writes_only_its_own_files() {
 
     eprintln!("storage_scope: took {:?}", started.elapsed());
     drop(node_c);
+    drop(node_e);
     cases.finish();
 }
