@@ -24,5 +24,6 @@ mod node_sessions;
 mod privilege;
 mod sentinel;
 mod signing;
+mod storage_scope;
 mod upgrade;
 mod web;

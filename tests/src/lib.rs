@@ -481,6 +481,8 @@ pub struct Daemon {
     pub name: String,
     /// The network namespace it runs in, if any (its HTTP helpers then connect from inside).
     pub netns: Option<String>,
+    /// Its configuration file (`<dir>/config.yaml` unless started from an installed root).
+    config: PathBuf,
 }
 
 /// The port `fleet-server` listens on inside a network namespace: the real one, since each
@@ -584,15 +586,78 @@ impl Daemon {
         dir: tempfile::TempDir,
         port: u16,
         config: &str,
-        mut cmd: Command,
+        cmd: Command,
     ) -> Daemon {
         let cfg = dir.path().join("config.yaml");
         std::fs::write(&cfg, config).expect("writing config");
+        Daemon::serve_with(netns, name, dir, port, cfg, &[], cmd)
+    }
+
+    /// As [`Daemon::start`], run as `uid` (and the group of the same number, no supplementary
+    /// groups: `setpriv`), its directory, configuration and state directory owned by that uid
+    /// (the daemon refuses a configuration owned by anyone but itself or root). The directory
+    /// is made traversable by everyone, so that the daemon reaches it.
+    pub fn start_as(uid: u32, name: &str, cluster_yaml: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let config = Daemon::config_text(name, "127.0.0.1", port, dir.path(), cluster_yaml);
+        let cfg = dir.path().join("config.yaml");
+        std::fs::write(&cfg, config).expect("writing config");
+        std::fs::create_dir_all(dir.path().join("state")).expect("the state directory");
+        chown_tree(dir.path(), uid);
+        Daemon::serve_with(
+            None,
+            name,
+            dir,
+            port,
+            cfg,
+            &[],
+            as_uid(uid, &fleet_server_bin()),
+        )
+    }
+
+    /// `fleet-server serve --config <root>/etc/fleet-server/config.yaml --root <root> --port P`
+    /// as `uid` (see [`Daemon::start_as`]): a node installed into `root` (by the installer stub's
+    /// `--target-root`), every file of it chowned to `uid` first.
+    pub fn serve_root_as(uid: u32, name: &str, root: tempfile::TempDir, port: u16) -> Daemon {
+        let cfg = root.path().join("etc/fleet-server/config.yaml");
+        assert!(cfg.is_file(), "no configuration at {}", cfg.display());
+        chown_tree(root.path(), uid);
+        let root_arg = root.path().to_path_buf();
+        let port_arg = port.to_string();
+        Daemon::serve_with(
+            None,
+            name,
+            root,
+            port,
+            cfg,
+            &[
+                std::ffi::OsStr::new("--root"),
+                root_arg.as_os_str(),
+                std::ffi::OsStr::new("--port"),
+                std::ffi::OsStr::new(&port_arg),
+            ],
+            as_uid(uid, &fleet_server_bin()),
+        )
+    }
+
+    /// Runs `cmd` (which ends in the daemon's binary) with `serve --config cfg ARGS`, its
+    /// output in `<dir>/daemon.log` (made by this process: the daemon writes to the handle).
+    fn serve_with(
+        netns: Option<&str>,
+        name: &str,
+        dir: tempfile::TempDir,
+        port: u16,
+        cfg: PathBuf,
+        args: &[&std::ffi::OsStr],
+        mut cmd: Command,
+    ) -> Daemon {
         let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
         let child = cmd
             .arg("serve")
             .arg("--config")
             .arg(&cfg)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
@@ -604,6 +669,7 @@ impl Daemon {
             dir,
             name: name.to_string(),
             netns: netns.map(str::to_string),
+            config: cfg,
         }
     }
 
@@ -620,7 +686,7 @@ impl Daemon {
     }
 
     pub fn config_path(&self) -> PathBuf {
-        self.dir.path().join("config.yaml")
+        self.config.clone()
     }
 
     pub fn log(&self) -> String {
@@ -786,4 +852,72 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A command that runs `program` as `uid`, with the group of the same number and no
+/// supplementary groups (`setpriv --reuid U --regid U --clear-groups`; fails loudly when
+/// `setpriv` is missing). The uid needs no `/etc/passwd` entry.
+pub fn as_uid(uid: u32, program: &Path) -> Command {
+    let mut cmd = Command::new(require_tool("setpriv"));
+    cmd.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .arg("--")
+        .arg(program);
+    cmd
+}
+
+/// What [`run_as`] saw: the exit code (None when killed by a signal) and the output.
+#[derive(Debug, Clone)]
+pub struct AsOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl AsOutput {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Whether it failed with the file system's refusal (EACCES or EPERM, as the tools word
+    /// them).
+    pub fn refused(&self) -> bool {
+        !self.success()
+            && (self.stderr.contains("Permission denied")
+                || self.stderr.contains("Operation not permitted"))
+    }
+}
+
+/// Runs `sh -c SCRIPT` as `uid` (see [`as_uid`]) in `/`, with a plain environment, killed after
+/// `limit`.
+pub fn run_as(uid: u32, script: &str, limit: Duration) -> AsOutput {
+    let o = pkginstall::output_within(
+        as_uid(uid, Path::new("/bin/sh"))
+            .arg("-c")
+            .arg(script)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("LC_ALL", "C")
+            .current_dir("/"),
+        limit,
+    );
+    AsOutput {
+        code: o.status.code(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// Gives `path` and everything under it (symlinks not followed) to `uid` and the group of the
+/// same number.
+pub fn chown_tree(path: &Path, uid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid))
+        .unwrap_or_else(|e| panic!("chown {uid} {}: {e}", path.display()));
+    let meta = std::fs::symlink_metadata(path).expect("stat");
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).expect("listing").flatten() {
+            chown_tree(&entry.path(), uid);
+        }
+    }
 }
