@@ -497,7 +497,7 @@ fn a_scoped_node_writes_only_its_own_files() {
             };
             for (p, want) in [
                 ("nodes", 0o1777),
-                ("inbox", 0o1777),
+                ("inbox", 0o1733),
                 ("enroll", 0o711),
                 ("members", 0o755),
                 ("names", 0o755),
@@ -645,6 +645,17 @@ fn a_scoped_node_writes_only_its_own_files() {
         }
         Ok(())
     });
+
+    cases.run(
+        "list inbox/ (1733: another node's claims and token ids)",
+        || {
+            let o = attack(&c, "ls inbox/");
+            if !o.refused() {
+                return Err(format!("inbox/ listed: {o:?}"));
+            }
+            Ok(())
+        },
+    );
 
     // New names in the sticky nodes/: written, never believed, deleted by the primary.
     cases.run("create nodes/node-c.json and nodes/primary.json (squats)", || {
