@@ -1347,6 +1347,57 @@ async fn scale_storage() {
     scale_table(&t, &nodes, 0).await;
 }
 
+/// The storage owner's prune turn and the member list over scoped nodes' records
+/// (`nodes/<name>.json`, each judged against its binding), against the same over the owner's
+/// own `members/` (the floor), at 1,000 and 10,000 members: median of 5 each.
+async fn storage_scoped() {
+    println!(
+        "\nStorage: the owner's turn and the list over scoped nodes (nodes/ + bindings/) vs members/ (floor), median of 5:"
+    );
+    for n in [1_000usize, 10_000] {
+        let nodes: Vec<NodeRecord> = (0..n).map(fake_node).collect();
+        let mut row = Vec::new();
+        for scoped in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let sim = StorageMembership::new(dir.path(), SCALE_TIMING).unwrap();
+            for chunk in nodes.chunks(500) {
+                if scoped {
+                    sim.simulate_scoped_members(chunk).await.unwrap();
+                } else {
+                    sim.simulate_members(chunk).await.unwrap();
+                }
+            }
+            let median = |mut v: Vec<Duration>| {
+                v.sort();
+                v[v.len() / 2]
+            };
+            let (mut turns, mut lists) = (Vec::new(), Vec::new());
+            for _ in 0..5 {
+                let t = Instant::now();
+                let gone = sim.prune().await.unwrap();
+                turns.push(t.elapsed());
+                assert!(gone.is_empty(), "nothing had expired");
+                let t = Instant::now();
+                let listed = sim.members().await.unwrap();
+                lists.push(t.elapsed());
+                assert_eq!(listed.len(), n, "every simulated member listed");
+            }
+            row.push((median(turns), median(lists)));
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let (floor, scoped) = (row[0], row[1]);
+        println!(
+            "  {n:>6} members: turn {:.1} ms (floor {:.1} ms, {:.2}x), list {:.1} ms (floor {:.1} ms, {:.2}x)",
+            ms(scoped.0),
+            ms(floor.0),
+            ms(scoped.0) / ms(floor.0),
+            ms(scoped.1),
+            ms(floor.1),
+            ms(scoped.1) / ms(floor.1),
+        );
+    }
+}
+
 /// Health latency while 1,000 wrong-password logins from 200 addresses hit the node: against
 /// the same node's idle health latency (the floor), measured first.
 fn login_flood_health() {
@@ -1420,7 +1471,7 @@ fn main() {
     // `cargo bench -p fleet-tests --bench cluster [-- SECTION…]`: sections are `membership`,
     // `members` (10,000 simulated), `idle`, `lb`, `scale` (heartbeat cost against cluster
     // size on every backend; `scale-redis`, `scale-etcd`, `scale-storage` one backend, and
-    // their parts `redis-list`, `redis-adopt`, `etcd-burst` alone) and `flood`; all by
+    // their parts `redis-list`, `redis-adopt`, `etcd-burst`, `storage-scoped` alone) and `flood`; all by
     // default. cargo passes `--bench`.
     let wanted: Vec<String> = std::env::args()
         .skip(1)
@@ -1469,6 +1520,10 @@ fn main() {
     }
     if scale("storage") {
         rt.block_on(scale_storage());
+    }
+    // `storage-scoped`: the owner's turn over scoped nodes' records.
+    if scale("storage") || run("storage-scoped") {
+        rt.block_on(storage_scoped());
     }
     if run("flood") {
         login_flood_health();

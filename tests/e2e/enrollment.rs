@@ -218,40 +218,17 @@ impl Cluster {
 
     /// `package list --json`: the pending packages.
     fn pending(&self) -> Vec<serde_json::Value> {
-        let o = self.cli(&["package", "list", "--json"]);
-        assert_ok(&o, "fleet-server package list --json");
-        let v: serde_json::Value =
-            serde_json::from_slice(&o.stdout).expect("package list --json prints JSON");
-        v.as_array().expect("an array").clone()
+        fleet_tests::pending_packages(&self.primary.config_path())
     }
 
     /// The one pending package for `node`: its token id.
     fn pending_token(&self, node: &str) -> String {
-        let rows: Vec<_> = self
-            .pending()
-            .into_iter()
-            .filter(|r| r["node_name"] == node)
-            .collect();
-        assert_eq!(rows.len(), 1, "one pending package for {node}: {rows:?}");
-        rows[0]["token_id"].as_str().expect("token_id").to_string()
+        fleet_tests::pending_token(&self.primary.config_path(), node)
     }
 
     /// (id, name, state) of every member, as the primary's API lists them.
     fn members(&self) -> Vec<(String, String, String)> {
-        let (s, body) = get_json(
-            self.primary.port,
-            "/api/fleet/cluster/nodes",
-            Some(TEST_API_KEY),
-        )
-        .expect("the primary's API");
-        assert_eq!(s, 200, "{body}");
-        let field = |m: &serde_json::Value, k: &str| m[k].as_str().unwrap_or_default().to_string();
-        body["nodes"]
-            .as_array()
-            .expect("nodes")
-            .iter()
-            .map(|m| (field(m, "id"), field(m, "name"), field(m, "state")))
-            .collect()
+        fleet_tests::listed_members(self.primary.port)
     }
 
     fn active_named(&self, name: &str) -> Vec<String> {

@@ -921,3 +921,46 @@ pub fn chown_tree(path: &Path, uid: u32) {
         }
     }
 }
+
+/// `fleet-server package list --json --config CONFIG` (bounded): the pending packages.
+pub fn pending_packages(config: &Path) -> Vec<serde_json::Value> {
+    let o = pkginstall::output_within(
+        Command::new(bin_path("fleet-server"))
+            .args(["package", "list", "--json", "--config"])
+            .arg(config),
+        Duration::from_secs(60),
+    );
+    assert!(
+        o.status.success(),
+        "fleet-server package list --json failed ({}): {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("package list --json prints JSON");
+    v.as_array().expect("an array").clone()
+}
+
+/// The token id of the one pending package for `node` (`pending_packages`).
+pub fn pending_token(config: &Path, node: &str) -> String {
+    let rows: Vec<_> = pending_packages(config)
+        .into_iter()
+        .filter(|r| r["node_name"] == node)
+        .collect();
+    assert_eq!(rows.len(), 1, "one pending package for {node}: {rows:?}");
+    rows[0]["token_id"].as_str().expect("token_id").to_string()
+}
+
+/// (id, name, state) of every member, as the daemon on `port` lists them through its API.
+pub fn listed_members(port: u16) -> Vec<(String, String, String)> {
+    let (s, body) =
+        get_json(port, "/api/fleet/cluster/nodes", Some(TEST_API_KEY)).expect("the daemon's API");
+    assert_eq!(s, 200, "{body}");
+    let field = |m: &serde_json::Value, k: &str| m[k].as_str().unwrap_or_default().to_string();
+    body["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|m| (field(m, "id"), field(m, "name"), field(m, "state")))
+        .collect()
+}

@@ -125,6 +125,29 @@ impl StorageMembership {
         .await
     }
 
+    /// For the benchmarks: writes members as scoped nodes' records would be (`nodes/<name>.json`,
+    /// stamped now), each bound to this process's uid, so the owner's turn and the member list
+    /// judge them as they judge real ones.
+    pub async fn simulate_scoped_members(&self, nodes: &[NodeRecord]) -> Result<(), ClusterError> {
+        let nodes = nodes.to_vec();
+        self.with(move |d| {
+            let uid = nix::unistd::geteuid().as_raw().to_string();
+            let bindings = d.ensure("bindings")?;
+            for n in &nodes {
+                let path = d.node_path(&n.name);
+                let bytes = serde_json::to_vec(n).unwrap_or_default();
+                write_atomically(&path, &bytes, 0o644)
+                    .map_err(|e| io_err("cannot write", &path, e))?;
+                touch(&path)?;
+                let bp = bindings.join(&n.name);
+                write_atomically(&bp, uid.as_bytes(), 0o644)
+                    .map_err(|e| io_err("cannot write", &bp, e))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// For the benchmarks: the file calls a heartbeat cannot do without (stamp its own file
     /// and read back the time), without the checks.
     pub async fn bench_floor_heartbeat(&self, id: &str) -> Result<(), ClusterError> {
@@ -1055,7 +1078,8 @@ impl Dir {
 mod tests {
     use super::*;
 
-    fn record(id: &str, name: &str) -> NodeRecord {
+    /// A valid record (also for `scope`'s tests).
+    pub(super) fn record(id: &str, name: &str) -> NodeRecord {
         NodeRecord {
             id: id.into(),
             name: name.into(),

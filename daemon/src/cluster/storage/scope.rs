@@ -891,16 +891,7 @@ mod tests {
     }
 
     fn record(name: &str) -> NodeRecord {
-        NodeRecord {
-            id: format!("{name}-abc123"),
-            name: name.into(),
-            hostname: "host".into(),
-            addresses: vec!["192.0.2.10".into()],
-            version: "0.1.0".into(),
-            os: "linux".into(),
-            started_at: 0,
-            url: "http://192.0.2.10:8768".into(),
-        }
+        super::super::tests::record(&format!("{name}-abc123"), name)
     }
 
     fn bind(d: &Dir, name: &str, uid: u32) {
@@ -1051,33 +1042,34 @@ mod tests {
         bind(&d, "web", NODE_UID);
         let inbox = d.sub("inbox");
         let note = |kind, id: &str| serde_json::to_vec(&Event::new(kind, id).at(1)).unwrap();
-        plant(
-            &inbox.join("web.1-a.event.json"),
-            &note(EventKind::Joined, "web-abc123"),
-            NODE_UID,
-        );
-        // Of another uid; about another node; a kind a node may not report; oversized.
-        plant(
-            &inbox.join("web.2-a.event.json"),
-            &note(EventKind::Left, "web-abc123"),
-            OTHER_UID,
-        );
-        plant(
-            &inbox.join("web.3-a.event.json"),
-            &note(EventKind::Left, "db-abc123"),
-            NODE_UID,
-        );
-        plant(
-            &inbox.join("web.4-a.event.json"),
-            &note(EventKind::Removed, "web-abc123"),
-            NODE_UID,
-        );
-        plant(
-            &inbox.join("web.5-a.event.json"),
-            &vec![b' '; 5000],
-            NODE_UID,
-        );
-        // A flood: at most 8 of one node's notes a pass.
+        // One good note; then one of another uid, one about another node, one of a kind a node
+        // may not report, one oversized.
+        let planted = [
+            ("web.1-a", note(EventKind::Joined, "web-abc123"), NODE_UID),
+            ("web.2-a", note(EventKind::Left, "web-abc123"), OTHER_UID),
+            ("web.3-a", note(EventKind::Left, "db-abc123"), NODE_UID),
+            ("web.4-a", note(EventKind::Removed, "web-abc123"), NODE_UID),
+            ("web.5-a", vec![b' '; 5000], NODE_UID),
+        ];
+        for (name, body, uid) in planted {
+            plant(&inbox.join(format!("{name}.event.json")), &body, uid);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let m = StorageMembership { inner: d.clone() };
+        assert!(d.inbox_changed());
+        d.inbox_pass(d.now_ms().unwrap()).unwrap();
+        assert!(!d.inbox_changed(), "one stat tells nothing came since");
+        assert_eq!(std::fs::read_dir(&inbox).unwrap().count(), 0, "all deleted");
+        let events = rt.block_on(m.events(100)).unwrap();
+        let kinds: Vec<_> = events
+            .iter()
+            .map(|e| (e.kind, e.node_id.as_str()))
+            .collect();
+        assert_eq!(kinds, vec![(EventKind::Joined, "web-abc123")]);
+        // A flood: at most 8 of one node's notes a pass, the rest deleted.
         for i in 0..20 {
             plant(
                 &inbox.join(format!("web.{}-b.event.json", 100 + i)),
@@ -1085,22 +1077,10 @@ mod tests {
                 NODE_UID,
             );
         }
-        assert!(d.inbox_changed());
-        let now = d.now_ms().unwrap();
-        d.inbox_pass(now).unwrap();
-        assert!(!d.inbox_changed(), "one stat tells nothing came since");
+        d.inbox_pass(d.now_ms().unwrap()).unwrap();
         assert_eq!(std::fs::read_dir(&inbox).unwrap().count(), 0, "all deleted");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let m = StorageMembership { inner: d.clone() };
         let events = rt.block_on(m.events(100)).unwrap();
-        assert!(events.len() <= PER_NAME, "{} forwarded", events.len());
-        assert!(
-            events.iter().all(|e| e.node_id == "web-abc123"
-                && matches!(e.kind, EventKind::Joined | EventKind::Left))
-        );
+        assert_eq!(events.len(), 1 + PER_NAME, "{events:?}");
     }
 
     #[test]
