@@ -34,6 +34,7 @@ const UID_B: u32 = 52002;
 const UID_C: u32 = 52003;
 const UID_D: u32 = 52004;
 const UID_E: u32 = 52005;
+const UID_F: u32 = 52006;
 
 /// How long one command (a build, the stub, the CLI, an attack) may take.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -461,6 +462,8 @@ fn a_scoped_node_writes_only_its_own_files() {
     let token_c = c.pending_token("node-c");
     let bundle_e = c.build("node-e");
     let token_e = c.pending_token("node-e");
+    let bundle_f = c.build("node-f");
+    let token_f = c.pending_token("node-f");
 
     let mut cases = Cases::default();
     let mut bindings = BTreeMap::new();
@@ -989,6 +992,46 @@ fn a_scoped_node_writes_only_its_own_files() {
             node_e = Some(d);
             if b.get("node-e") != Some(&(UID_E.to_string(), 0)) {
                 return Err(format!("node-e's binding: {b:?}"));
+            }
+            Ok(())
+        },
+    );
+
+    // A package revoked while its machine's claim waits for the primary: refused, not bound.
+    cases.run(
+        "a package revoked while its claim waits: refused, no binding",
+        || {
+            let claim = root.join(format!("inbox/claim-{token_f}"));
+            c.primary.signal(nix::sys::signal::Signal::SIGSTOP);
+            let r = (|| {
+                let d = c.start_node(&bundle_f, "node-f", UID_F);
+                wait_for(
+                    "node-f's claim in inbox/",
+                    JOIN,
+                    Duration::from_millis(50),
+                    || claim.exists().then_some(()),
+                );
+                let o = c.cli(&["package", "revoke", &token_f]);
+                if !o.status.success() {
+                    return Err(format!("package revoke failed: {}", text(&o)));
+                }
+                Ok(d)
+            })();
+            c.primary.signal(nix::sys::signal::Signal::SIGCONT);
+            let d = r?;
+            wait_for(
+                &format!("`{REFUSED}` in node-f's log"),
+                JOIN,
+                Duration::from_millis(100),
+                || d.log().contains(REFUSED).then_some(()),
+            );
+            wait_health(&d, 503);
+            let b = c.bindings();
+            if b.contains_key("node-f") || b.values().any(|(uid, _)| *uid == UID_F.to_string()) {
+                return Err(format!("node-f was bound: {b:?}"));
+            }
+            if claim.exists() || root.join(format!("granted/{token_f}")).exists() {
+                return Err("the claim was left or granted".into());
             }
             Ok(())
         },

@@ -735,37 +735,48 @@ impl Dir {
                 .get(token)
                 .cloned()
         };
-        if let Some((st, Some(b))) = read_capped(&self.sub("granted").join(token), 256)?
-            && st.uid == owner
-        {
-            let grant = serde_json::from_slice::<Grant>(&b).ok();
-            if grant.is_some_and(|g| g.uid == uid) {
-                let _ = std::fs::remove_file(self.sub("inbox").join(format!("claim-{token}")));
-                return Ok(cached());
-            }
-            return Ok(None);
-        }
-        let record = match cached() {
-            Some(r) => r,
-            None => {
-                let p = self.sub("enroll").join(format!("{token}.json"));
-                let read = match read_capped(&p, ENROLL_CAP) {
-                    Err(ClusterError::Unreachable { reason, .. }) if reason.contains("denied") => {
-                        return Err(not_permitted(format!(
-                            "package token {short}… has a record only the primary may read (a package of an earlier release): build a new package"
-                        )));
+        // The owner's grant, if it came: this uid's (the record read before) or another's.
+        let granted = || -> Result<Option<Option<EnrollmentRecord>>, ClusterError> {
+            match read_capped(&self.sub("granted").join(token), 256)? {
+                Some((st, Some(b))) if st.uid == owner => {
+                    let mine = serde_json::from_slice::<Grant>(&b).is_ok_and(|g| g.uid == uid);
+                    if !mine {
+                        return Ok(Some(None));
                     }
-                    r => r?,
-                };
-                let Some(r) = read
-                    .filter(|(st, _)| st.uid == owner)
-                    .and_then(|(_, b)| b)
-                    .and_then(|b| serde_json::from_slice::<EnrollmentRecord>(&b).ok())
-                else {
-                    return Ok(None);
-                };
-                r
+                    let _ = std::fs::remove_file(self.sub("inbox").join(format!("claim-{token}")));
+                    Ok(Some(cached()))
+                }
+                _ => Ok(None),
             }
+        };
+        if let Some(verdict) = granted()? {
+            return Ok(verdict);
+        }
+        // Read again on every try (not from the cache): a record revoked or taken by another
+        // machine while this claim waited is gone, and the claim is refused.
+        let p = self.sub("enroll").join(format!("{token}.json"));
+        let read = match read_capped(&p, ENROLL_CAP) {
+            Err(ClusterError::Unreachable { reason, .. }) if reason.contains("denied") => {
+                return Err(not_permitted(format!(
+                    "package token {short}… has a record only the primary may read (a package of an earlier release): build a new package"
+                )));
+            }
+            r => r?,
+        };
+        let Some(record) = read
+            .filter(|(st, _)| st.uid == owner)
+            .and_then(|(_, b)| b)
+            .and_then(|b| serde_json::from_slice::<EnrollmentRecord>(&b).ok())
+        else {
+            // Gone: granted since the look above, or revoked, expired or taken.
+            if let Some(verdict) = granted()? {
+                return Ok(verdict);
+            }
+            self.claims
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(token);
+            return Ok(None);
         };
         let now = self.node_now_ms()?;
         if record.expires_ms <= now {
