@@ -706,8 +706,15 @@ fn read_capped(path: &Path, cap: u64) -> Result<Option<Capped>, ClusterError> {
     let f = match opened {
         Ok(f) => f,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        // A link (ELOOP) or something else that is not a file to read.
-        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+        // Not a file this process can read: a link (ELOOP), a socket (ENXIO), a file another
+        // uid made unreadable (EACCES, EPERM). Judged by its `Stat` alone, never an error: a
+        // node must not stop the primary's passes or the list with a file it planted.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(nix::libc::ELOOP | nix::libc::ENXIO | nix::libc::EACCES | nix::libc::EPERM)
+            ) =>
+        {
             return Ok(stat(path)?.map(|st| (st, None)));
         }
         Err(e) => return Err(io_err("cannot read", path, e)),

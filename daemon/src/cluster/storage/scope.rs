@@ -365,7 +365,15 @@ impl Dir {
         for name in names {
             let p = self.node_path(&name);
             let bound = self.binding(&name)?;
-            match self.judge(&name, bound, now)? {
+            let verdict = match self.judge(&name, bound, now) {
+                Ok(v) => v,
+                // Left for the next turn (an I/O error is no reason to delete a record).
+                Err(e) => {
+                    log::warn!("prune: {}: {e}", p.display());
+                    continue;
+                }
+            };
+            match verdict {
                 None => {}
                 Some(Verdict::Trusted(_, st)) if now.saturating_sub(st.mtime_ms) < timeout => {
                     active += 1;
@@ -430,10 +438,12 @@ impl Dir {
                 }
                 continue;
             }
-            if let Some(token) = f.strip_prefix("claim-").filter(|t| valid_token_id(t)) {
-                self.accept_claim(token, &p, now)?;
+            // One entry's failure (a file that cannot be read, say) costs that entry only: it is
+            // deleted all the same, and the pass goes on.
+            let done = if let Some(token) = f.strip_prefix("claim-").filter(|t| valid_token_id(t)) {
+                self.accept_claim(token, &p, now)
             } else if let Some(token) = f.strip_prefix("refused-").filter(|t| valid_token_id(t)) {
-                self.forward_refusal(token, &p, now)?;
+                self.forward_refusal(token, &p, now)
             } else if let Some((name, _)) = f
                 .strip_suffix(".event.json")
                 .and_then(|r| r.split_once('.'))
@@ -442,8 +452,15 @@ impl Dir {
                 let n = per_name.entry(name.to_string()).or_default();
                 *n += 1;
                 if *n <= PER_NAME {
-                    self.forward_note(name, &p, now)?;
+                    self.forward_note(name, &p, now)
+                } else {
+                    Ok(())
                 }
+            } else {
+                Ok(())
+            };
+            if let Err(e) = done {
+                log::warn!("inbox: {}: {e}", p.display());
             }
             remove_entry(&p);
         }
@@ -755,14 +772,15 @@ impl Dir {
         // Read again on every try (not from the cache): a record revoked or taken by another
         // machine while this claim waited is gone, and the claim is refused.
         let p = self.sub("enroll").join(format!("{token}.json"));
-        let read = match read_capped(&p, ENROLL_CAP) {
-            Err(ClusterError::Unreachable { reason, .. }) if reason.contains("denied") => {
-                return Err(not_permitted(format!(
-                    "package token {short}… has a record only the primary may read (a package of an earlier release): build a new package"
-                )));
-            }
-            r => r?,
-        };
+        let read = read_capped(&p, ENROLL_CAP)?;
+        if let Some((st, None)) = &read
+            && st.uid == owner
+            && st.file
+        {
+            return Err(not_permitted(format!(
+                "package token {short}… has a record this node cannot read (made by an earlier release, readable by the primary only): build a new package"
+            )));
+        }
         let Some(record) = read
             .filter(|(st, _)| st.uid == owner)
             .and_then(|(_, b)| b)
@@ -988,11 +1006,14 @@ mod tests {
         );
         plant(&d.sub("nodes").join("junk"), b"x", OTHER_UID);
         std::os::unix::fs::symlink("/etc/passwd", d.node_path("api")).unwrap();
+        // A socket cannot be opened (ENXIO): neither the list nor the turn may fail on it.
+        let _sock = std::os::unix::net::UnixListener::bind(d.node_path("sock")).unwrap();
+        assert_eq!(listed(&d).len(), 1, "the list reads past the socket");
         let now = d.now_ms().unwrap();
         let (gone, active) = d.scoped_prune(now).unwrap();
         assert_eq!((gone.len(), active), (0, 1));
         assert!(d.node_path("web").exists());
-        for f in ["db.json", "junk", "api.json"] {
+        for f in ["db.json", "junk", "api.json", "sock.json"] {
             assert!(
                 std::fs::symlink_metadata(d.sub("nodes").join(f)).is_err(),
                 "{f} was left"
@@ -1065,6 +1086,12 @@ mod tests {
         for (name, body, uid) in planted {
             plant(&inbox.join(format!("{name}.event.json")), &body, uid);
         }
+        // Entries that cannot be opened cost themselves only: the pass goes on past them.
+        let _socks = [
+            format!("claim-{}", "b".repeat(32)),
+            "web.0-s.event.json".into(),
+        ]
+        .map(|n| std::os::unix::net::UnixListener::bind(inbox.join(n)).unwrap());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
