@@ -66,6 +66,9 @@ struct Dir {
     who: OnceLock<(scope::Role, u32)>,
     /// The owner's view: `inbox/`'s mtime at the last pass over it (`scope::inbox_changed`).
     inbox_seen: Mutex<Option<(i64, i64)>>,
+    /// The owner's view: notes forwarded per node name since the last prune turn (at most
+    /// `scope::PER_NAME` a turn, as etcd's pruner turn forwards).
+    notes_forwarded: Mutex<HashMap<String, usize>>,
     /// A scoped node's view: the enrollment records it read while its claim waits.
     claims: Mutex<HashMap<String, EnrollmentRecord>>,
 }
@@ -91,6 +94,7 @@ impl StorageMembership {
                 timing,
                 who: OnceLock::new(),
                 inbox_seen: Mutex::new(None),
+                notes_forwarded: Mutex::new(HashMap::new()),
                 claims: Mutex::new(HashMap::new()),
             }),
         })
@@ -517,6 +521,11 @@ impl Dir {
             log::debug!("inbox pass: {e}");
         }
         self.sweep_grants(now);
+        // A new turn, a new budget of notes per node.
+        self.notes_forwarded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         let active = self.recount(now, scoped_active)?;
         Ok((gone, active))
     }
