@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use fleet_installer_stub::sealed::{self, FileKey, KEY_FILE_NAME, KeySource, SEALED_FILE_NAME};
 use fleet_server::app::enroll::Token;
@@ -27,6 +27,9 @@ use fleet_tests::{
 };
 
 use fleet_tests::install::Daemonized;
+use fleet_tests::install::assert_ok;
+use fleet_tests::local_now_ms as now_ms;
+use fleet_tests::output_text as text;
 use fleet_tests::web::{Client, WEB_PASSWORD};
 
 /// How long one command (a build, provision.sh, the CLI) may take.
@@ -71,30 +74,6 @@ fn block_on<F: Future>(f: F) -> F::Output {
         .build()
         .expect("a tokio runtime")
         .block_on(f)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as u64
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn assert_ok(o: &Output, what: &str) {
-    assert!(
-        o.status.success(),
-        "{what} failed ({}):\n{}",
-        o.status,
-        text(o)
-    );
 }
 
 impl Cluster {
@@ -226,27 +205,13 @@ impl Cluster {
         fleet_tests::pending_token(&self.primary.config_path(), node)
     }
 
-    /// (id, name, state) of every member, as the primary's API lists them.
-    fn members(&self) -> Vec<(String, String, String)> {
-        fleet_tests::listed_members(self.primary.port)
-    }
-
     fn active_named(&self, name: &str) -> Vec<String> {
-        self.members()
-            .into_iter()
-            .filter(|(_, n, s)| n == name && s == "active")
-            .map(|(id, _, _)| id)
-            .collect()
+        fleet_tests::active_named(self.primary.port, name)
     }
 
     /// Waits until the primary lists `name` as active; returns its id.
     fn wait_joined(&self, name: &str) -> String {
-        wait_for(
-            &format!("{name} listed as active by the primary"),
-            JOIN,
-            Duration::from_millis(100),
-            || self.active_named(name).into_iter().next(),
-        )
+        fleet_tests::wait_joined(self.primary.port, name, JOIN)
     }
 
     /// The cluster's events, newest first, read from the backend as the primary would.
@@ -271,22 +236,7 @@ impl Cluster {
     /// A fresh extraction of `bundle` on a new "machine" `label`: the bundle's directory.
     fn extract(&self, bundle: &Path, label: &str) -> PathBuf {
         let unpack = self.dir.path().join(label).join("unpacked");
-        std::fs::create_dir_all(&unpack).expect("the extraction directory");
-        pkginstall::run_ok(
-            Command::new(require_tool("tar"))
-                .arg("-xzf")
-                .arg(bundle)
-                .arg("-C")
-                .arg(&unpack),
-        );
-        let dirs: Vec<PathBuf> = std::fs::read_dir(&unpack)
-            .expect("listing the bundle")
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_dir())
-            .collect();
-        assert_eq!(dirs.len(), 1, "one directory in the bundle: {dirs:?}");
-        dirs[0].clone()
+        pkginstall::extract_bundle(bundle, &unpack)
     }
 
     /// `provision.sh` on a new machine, which must say the node joined (exit 0).

@@ -14,6 +14,7 @@ use std::time::Duration;
 use fleet_tests::pkginstall::{ExpandedPkg, output_within};
 use fleet_tests::{bin_path, require_tool};
 
+use fleet_tests::output_text as text;
 use fleet_tests::web::{Client, WEB_PASSWORD, node_template, start_web_node, web_yaml};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -121,14 +122,6 @@ impl Pki {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
         p
     }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn cli(config: &Path, args: &[&str]) -> Output {

@@ -17,10 +17,13 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use fleet_server::cluster::{Event, EventKind};
 use fleet_server::config::Config;
+use fleet_tests::install::assert_ok;
+use fleet_tests::local_now_ms as now_ms;
+use fleet_tests::output_text as text;
 use fleet_tests::pkginstall::{self, output_within};
 use fleet_tests::web::WEB_PASSWORD;
 use fleet_tests::{
@@ -49,30 +52,6 @@ const REFUSED: &str = "❌ Enrollment refused:";
 
 /// Numbers the bundles built.
 static BUILDS: AtomicUsize = AtomicUsize::new(0);
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as u64
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn assert_ok(o: &Output, what: &str) {
-    assert!(
-        o.status.success(),
-        "{what} failed ({}):\n{}",
-        o.status,
-        text(o)
-    );
-}
 
 /// A primary (root) with the dashboard and a node template on `backend: storage`; the shared
 /// directory is traversable by every uid. Fields drop in order: the primary stops first.
@@ -182,21 +161,12 @@ impl Cluster {
     }
 
     fn active_named(&self, name: &str) -> Vec<String> {
-        self.members()
-            .into_iter()
-            .filter(|(_, n, s)| n == name && s == "active")
-            .map(|(id, _, _)| id)
-            .collect()
+        fleet_tests::active_named(self.primary.port, name)
     }
 
     /// Waits until the primary lists `name` as active; returns its id.
     fn wait_joined(&self, name: &str) -> String {
-        wait_for(
-            &format!("{name} listed as active by the primary"),
-            JOIN,
-            Duration::from_millis(100),
-            || self.active_named(name).into_iter().next(),
-        )
+        fleet_tests::wait_joined(self.primary.port, name, JOIN)
     }
 
     /// Waits until the primary lists exactly `names` as active.
@@ -254,29 +224,15 @@ impl Cluster {
     fn start_node_with(&self, bundle: &Path, name: &str, uid: u32, template: bool) -> Daemon {
         let n = BUILDS.fetch_add(1, Ordering::Relaxed);
         let unpack = self.dir.path().join(format!("unpack-{name}-{n}"));
-        std::fs::create_dir_all(&unpack).expect("the extraction directory");
-        pkginstall::run_ok(
-            Command::new(require_tool("tar"))
-                .arg("-xzf")
-                .arg(bundle)
-                .arg("-C")
-                .arg(&unpack),
-        );
-        let dirs: Vec<PathBuf> = std::fs::read_dir(&unpack)
-            .expect("listing the bundle")
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_dir())
-            .collect();
-        assert_eq!(dirs.len(), 1, "one directory in the bundle: {dirs:?}");
+        let bundle_dir = pkginstall::extract_bundle(bundle, &unpack);
         let root = tempfile::tempdir().expect("the node's root");
         let o = output_within(
-            Command::new(dirs[0].join("fleet-installer-stub"))
+            Command::new(bundle_dir.join("fleet-installer-stub"))
                 .arg("--target-root")
                 .arg(root.path())
                 .env_clear()
                 .env("PATH", pkginstall::INSTALLER_PATH)
-                .current_dir(&dirs[0]),
+                .current_dir(&bundle_dir),
             LIMIT,
         );
         assert_ok(&o, "fleet-installer-stub --target-root");

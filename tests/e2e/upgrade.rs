@@ -23,6 +23,7 @@ use fleet_tests::pkginstall::{
 use fleet_tests::{TEST_API_KEY, bin_path, require_tool, wait_for};
 
 use fleet_tests::install::{Daemonized, LIMIT, Primary, REDIS_PASSWORD, assert_ok};
+use fleet_tests::output_text as text;
 
 /// The version the "old" build reports.
 const OLD: &str = "0.0.1";
@@ -32,14 +33,6 @@ const NEW: &str = env!("CARGO_PKG_VERSION");
 const EXIT_NOT_A_NODE: i32 = 50;
 /// ... and for one that is not newer than the installed daemon.
 const EXIT_NOT_NEWER: i32 = 51;
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// `fleet-server package build` on the primary (in `office`) with `template` and `args`.
 fn build(p: &Primary, template: &Path, out: &Path, args: &[&str]) -> String {

@@ -402,6 +402,15 @@ pub fn with_clock_offset(cmd: &mut Command, offset_secs: i64) -> &mut Command {
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
 }
 
+/// A command's stdout and then its stderr, as text (for assertions and messages).
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// This machine's wall clock, ms since the epoch.
 pub fn local_now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -963,4 +972,23 @@ pub fn listed_members(port: u16) -> Vec<(String, String, String)> {
         .iter()
         .map(|m| (field(m, "id"), field(m, "name"), field(m, "state")))
         .collect()
+}
+
+/// The ids of the members named `name` that the daemon on `port` lists as active.
+pub fn active_named(port: u16, name: &str) -> Vec<String> {
+    listed_members(port)
+        .into_iter()
+        .filter(|(_, n, s)| n == name && s == "active")
+        .map(|(id, _, _)| id)
+        .collect()
+}
+
+/// Waits (at most `limit`) until the daemon on `port` lists `name` as active; returns its id.
+pub fn wait_joined(port: u16, name: &str, limit: Duration) -> String {
+    wait_for(
+        &format!("{name} listed as active by the daemon on port {port}"),
+        limit,
+        Duration::from_millis(100),
+        || active_named(port, name).into_iter().next(),
+    )
 }

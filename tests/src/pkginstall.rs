@@ -495,3 +495,24 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     );
     out
 }
+
+/// Extracts the Linux bundle `bundle` (a `.tar.gz` with one directory) into `into` (made if
+/// missing); returns that directory.
+pub fn extract_bundle(bundle: &Path, into: &Path) -> PathBuf {
+    std::fs::create_dir_all(into).expect("the extraction directory");
+    run_ok(
+        Command::new(crate::require_tool("tar"))
+            .arg("-xzf")
+            .arg(bundle)
+            .arg("-C")
+            .arg(into),
+    );
+    let dirs: Vec<PathBuf> = std::fs::read_dir(into)
+        .expect("listing the bundle")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(dirs.len(), 1, "one directory in the bundle: {dirs:?}");
+    dirs[0].clone()
+}

@@ -94,16 +94,7 @@ fn not_permitted(reason: String) -> ClusterError {
 /// Creates a file that cannot exist yet in `dir` and returns the uid and mtime the file server
 /// gave it (then deletes it): who this process is on the share, and the share's clock.
 fn probe(dir: &Path) -> std::io::Result<(u32, u64)> {
-    let p = dir.join(format!(
-        ".probe-{}-{:016x}",
-        std::process::id(),
-        rand::rng().random::<u64>()
-    ));
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&p)?;
+    let (p, f) = create_unique(dir, "probe", 0o600)?;
     let m = f.metadata();
     let _ = std::fs::remove_file(&p);
     let m = m?;
@@ -860,25 +851,31 @@ pub(super) fn name_of_id(id: &str) -> Option<&str> {
 /// needs read permission on it, and `inbox/` may be listed by its owner only.
 fn put_note(path: &Path, bytes: &[u8]) -> Result<(), ClusterError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".note-{}-{:016x}.tmp",
-        std::process::id(),
-        rand::rng().random::<u64>()
-    ));
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&tmp)
-        .and_then(|mut f| {
-            std::io::Write::write_all(&mut f, bytes)?;
-            f.sync_all()
-        })
+    let (tmp, mut f) =
+        create_unique(dir, "note", 0o644).map_err(|e| io_err("cannot write", path, e))?;
+    let written = std::io::Write::write_all(&mut f, bytes)
+        .and_then(|()| f.sync_all())
         .and_then(|()| std::fs::rename(&tmp, path));
     written.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         io_err("cannot write", path, e)
     })
+}
+
+/// Creates (exclusively, with `mode`) a dot-file in `dir` that no other process's can be
+/// named as: `.<kind>-<pid>-<64 random bits>`. The owner's passes skip such files while fresh.
+fn create_unique(dir: &Path, kind: &str, mode: u32) -> std::io::Result<(PathBuf, std::fs::File)> {
+    let p = dir.join(format!(
+        ".{kind}-{}-{:016x}",
+        std::process::id(),
+        rand::rng().random::<u64>()
+    ));
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&p)?;
+    Ok((p, f))
 }
 
 /// Deletes a file (or an empty directory) another uid may have put in a sticky directory.
