@@ -243,6 +243,57 @@ async fn etcd_sessions_are_shared_slide_and_expire() {
     assert_eq!(a.get("sid-two", ttl).await.unwrap(), None);
 }
 
+/// A change to etcd's users or roles (the primary's housekeeping grants and narrows node roles
+/// while nodes serve logins) that lands between a request's arrival and its apply fails that
+/// request with "revision of auth store is old"; etcd itself retries only some requests, not a
+/// lease grant (a session's first step). The store tries once more: 300 session writes while
+/// roles are added as fast as etcd takes them all go through (a login failed with 503 so once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_sessions_survive_auth_store_changes() {
+    let etcd = std::sync::Arc::new(EtcdServer::start_with_auth(ROOT_PW));
+    let text = format!(
+        "cluster:\n  enabled: true\n  backend: etcd\n  etcd_endpoints: [\"{}\"]\n  etcd_username: root\n  etcd_password: \"{ROOT_PW}\"\nsessions:\n  backend: etcd\n",
+        etcd.endpoint()
+    );
+    let config = Config::parse(&text, std::path::Path::new("t.yaml")).unwrap();
+    let store = fleet_server::cluster::open_sessions(&config).unwrap();
+    let long = Duration::from_secs(60);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (e2, s2) = (etcd.clone(), stop.clone());
+    let bumper = std::thread::spawn(move || {
+        let mut n = 0u32;
+        // Bounded: at most 20,000 roles or until the writes are done.
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) && n < 20_000 {
+            e2.call_as(
+                None,
+                "/v3/auth/role/add",
+                serde_json::json!({"name": format!("bump-{n}")}),
+            )
+            .expect("adding a role");
+            n += 1;
+        }
+        n
+    });
+    let mut failed = Vec::new();
+    for i in 0..300 {
+        if let Err(e) = store
+            .put(&format!("sid-{i}"), &session("admin"), long)
+            .await
+        {
+            failed.push(format!("{i}: {e}"));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let bumps = bumper.join().unwrap();
+    eprintln!("etcd sessions: 300 writes during {bumps} auth store changes");
+    assert!(bumps > 10, "the auth store hardly changed ({bumps} roles)");
+    assert!(
+        failed.is_empty(),
+        "{} of 300 failed: {failed:?}",
+        failed.len()
+    );
+}
+
 /// A node template with the real Linux binaries of this build.
 fn linux_template(dir: &std::path::Path) -> std::path::PathBuf {
     fleet_tests::pkginstall::node_template(&dir.join("template"))

@@ -53,10 +53,36 @@ impl EtcdSessions {
         format!("{}session/{}", self.prefix, digest(sid))
     }
 
-    /// Runs one operation with a deadline; an outage or a refused token drops the client.
+    /// Runs one operation with a deadline; an outage or a refused token drops the client. A
+    /// token issued before the server's users or roles last changed ("revision of auth store is
+    /// old": the primary's housekeeping grants and narrows roles while nodes serve logins) is
+    /// not an outage: the client is dropped, a new one authenticates, and the operation runs
+    /// again (`STALE_TRIES` in all).
     async fn run<T, F, Fut>(&self, f: F) -> Result<T, ClusterError>
     where
-        F: FnOnce(etcd_client::Client) -> Fut,
+        F: Fn(etcd_client::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        // A few tries: each fetches a token of the newest revision, and users or roles change
+        // rarely (a burst of grants at most).
+        for _ in 0..STALE_TRIES {
+            match self.run_once(&f).await {
+                Ok(r) => return r,
+                Err(Stale) => *self.client.lock().await = None,
+            }
+        }
+        Err(ClusterError::Auth {
+            backend: "etcd",
+            reason: format!(
+                "the auth store changed {STALE_TRIES} times while new tokens were fetched"
+            ),
+        })
+    }
+
+    /// One try of `run`: `Err(Stale)` for a token of an old auth revision.
+    async fn run_once<T, F, Fut>(&self, f: &F) -> Result<Result<T, ClusterError>, Stale>
+    where
+        F: Fn(etcd_client::Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
         // The membership backend's deadline for one call (`EtcdMembership::run`).
@@ -67,31 +93,49 @@ impl EtcdSessions {
                 match slot.as_ref() {
                     Some(c) => c.clone(),
                     None => {
-                        let c = etcd_client::Client::connect(
+                        let c = match etcd_client::Client::connect(
                             &self.endpoints,
                             Some(self.options.clone()),
                         )
                         .await
-                        .map_err(|e| map_err(&e))?;
+                        {
+                            Ok(c) => c,
+                            Err(e) => return Ok(Err(map_err(&e))),
+                        };
                         *slot = Some(c.clone());
                         c
                     }
                 }
             };
-            f(client).await.map_err(|e| map_err(&e))
+            match f(client).await {
+                Ok(v) => Ok(Ok(v)),
+                Err(e) if stale_token(&e) => Err(Stale),
+                Err(e) => Ok(Err(map_err(&e))),
+            }
         })
         .await
         .unwrap_or_else(|_| {
-            Err(ClusterError::Unreachable {
+            Ok(Err(ClusterError::Unreachable {
                 backend: "etcd",
                 reason: format!("the session store did not answer within {deadline:?}"),
-            })
+            }))
         });
-        if let Err(ClusterError::Unreachable { .. } | ClusterError::Auth { .. }) = &result {
+        if let Ok(Err(ClusterError::Unreachable { .. } | ClusterError::Auth { .. })) = &result {
             *self.client.lock().await = None;
         }
         result
     }
+}
+
+/// Tries of one session operation whose token turned out to be of an old auth revision.
+const STALE_TRIES: usize = 4;
+
+/// A try that met a token of an old auth revision.
+struct Stale;
+
+/// etcd refuses a token issued before its users or roles last changed.
+fn stale_token(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("revision of auth store is old"))
 }
 
 #[async_trait::async_trait]
@@ -101,60 +145,71 @@ impl SessionStore for EtcdSessions {
         let json = serde_json::to_string(session).unwrap_or_default();
         let key = self.key(sid);
         let ttl = ttl.as_secs().max(1) as i64;
-        self.run(|mut c| async move {
-            let lease = c.lease_grant(ttl, None).await?.id();
-            c.put(
-                key,
-                json,
-                Some(etcd_client::PutOptions::new().with_lease(lease)),
-            )
-            .await?;
-            Ok(())
+        self.run(|mut c| {
+            let (key, json) = (key.clone(), json.clone());
+            async move {
+                let lease = c.lease_grant(ttl, None).await?.id();
+                c.put(
+                    key,
+                    json,
+                    Some(etcd_client::PutOptions::new().with_lease(lease)),
+                )
+                .await?;
+                Ok(())
+            }
         })
         .await
     }
 
     async fn get(&self, sid: &str, _ttl: Duration) -> Result<Option<Session>, ClusterError> {
         let key = self.key(sid);
-        self.run(|mut c| async move {
-            let resp = c.get(key, None).await?;
-            let Some(kv) = resp.kvs().first() else {
-                return Ok(None);
-            };
-            let session: Option<Session> = serde_json::from_slice(kv.value()).ok();
-            if kv.lease() != 0 {
-                match c.lease_keep_alive(kv.lease()).await {
-                    Ok(_) => {}
-                    // Ran out between the read and the keepalive: the session is over.
-                    Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => {
-                        return Ok(None);
+        self.run(|mut c| {
+            let key = key.clone();
+            async move {
+                let resp = c.get(key, None).await?;
+                let Some(kv) = resp.kvs().first() else {
+                    return Ok(None);
+                };
+                let session: Option<Session> = serde_json::from_slice(kv.value()).ok();
+                if kv.lease() != 0 {
+                    match c.lease_keep_alive(kv.lease()).await {
+                        Ok(_) => {}
+                        // Ran out between the read and the keepalive: the session is over.
+                        Err(etcd_client::Error::LeaseKeepAliveError(m))
+                            if m.contains("not found") =>
+                        {
+                            return Ok(None);
+                        }
+                        Err(e) => return Err(e),
                     }
-                    Err(e) => return Err(e),
                 }
+                Ok(session)
             }
-            Ok(session)
         })
         .await
     }
 
     async fn delete(&self, sid: &str) -> Result<(), ClusterError> {
         let key = self.key(sid);
-        self.run(|mut c| async move {
-            let resp = c
-                .delete(key, Some(etcd_client::DeleteOptions::new().with_prev_key()))
-                .await?;
-            // Its lease holds nothing now: end it rather than leave it to run out.
-            for kv in resp.prev_kvs() {
-                if kv.lease() != 0 {
-                    match c.lease_revoke(kv.lease()).await {
-                        Ok(_) => {}
-                        Err(etcd_client::Error::GRpcStatus(s))
-                            if s.message().contains("lease not found") => {}
-                        Err(e) => return Err(e),
+        self.run(|mut c| {
+            let key = key.clone();
+            async move {
+                let resp = c
+                    .delete(key, Some(etcd_client::DeleteOptions::new().with_prev_key()))
+                    .await?;
+                // Its lease holds nothing now: end it rather than leave it to run out.
+                for kv in resp.prev_kvs() {
+                    if kv.lease() != 0 {
+                        match c.lease_revoke(kv.lease()).await {
+                            Ok(_) => {}
+                            Err(etcd_client::Error::GRpcStatus(s))
+                                if s.message().contains("lease not found") => {}
+                            Err(e) => return Err(e),
+                        }
                     }
                 }
+                Ok(())
             }
-            Ok(())
         })
         .await
     }
