@@ -126,6 +126,24 @@ pub struct Member {
     pub age_known: bool,
 }
 
+impl Member {
+    /// A member whose last heartbeat, `age_ms` ago, the backend read: active while that is
+    /// under `timeout_ms`.
+    pub fn aged(node: NodeRecord, last_heartbeat_ms: u64, age_ms: u64, timeout_ms: u64) -> Member {
+        Member {
+            node,
+            last_heartbeat_ms,
+            age_ms,
+            state: if age_ms < timeout_ms {
+                MemberState::Active
+            } else {
+                MemberState::Expired
+            },
+            age_known: true,
+        }
+    }
+}
+
 fn age_known_default() -> bool {
     true
 }

@@ -307,17 +307,7 @@ fn member_of_row(
             .unwrap_or(&node.id)
             .into();
     }
-    Member {
-        node,
-        last_heartbeat_ms: last,
-        age_ms: age,
-        state: if age < timeout {
-            MemberState::Active
-        } else {
-            MemberState::Expired
-        },
-        age_known: true,
-    }
+    Member::aged(node, last, age, timeout)
 }
 
 mod membership;

@@ -39,8 +39,8 @@ use nix::sys::time::TimeSpec;
 use rand::Rng;
 
 use super::{
-    ClusterError, EVENTS_CAP, EnrollmentRecord, Event, EventKind, Heartbeat, Member, MemberState,
-    Membership, NodeRecord, REMOVAL_TOMBSTONE, Timing,
+    ClusterError, EVENTS_CAP, EnrollmentRecord, Event, EventKind, Heartbeat, Member, Membership,
+    NodeRecord, REMOVAL_TOMBSTONE, Timing,
 };
 use crate::config::BackendKind;
 use crate::identity::write_atomically;
@@ -376,18 +376,7 @@ impl Dir {
         let mut out = self.scoped_members(now)?;
         for id in self.member_ids()? {
             if let Some((node, last)) = self.read_member(&id)? {
-                let age = now.saturating_sub(last);
-                out.push(Member {
-                    node,
-                    last_heartbeat_ms: last,
-                    age_ms: age,
-                    state: if age < timeout {
-                        MemberState::Active
-                    } else {
-                        MemberState::Expired
-                    },
-                    age_known: true,
-                });
+                out.push(Member::aged(node, last, now.saturating_sub(last), timeout));
             }
         }
         out.sort_by(|a, b| {

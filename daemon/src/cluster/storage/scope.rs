@@ -303,15 +303,8 @@ impl Dir {
                 now.saturating_sub(last)
             };
             out.push(Member {
-                node,
-                last_heartbeat_ms: last.min(now),
-                age_ms: age,
-                state: if age < timeout {
-                    MemberState::Active
-                } else {
-                    MemberState::Expired
-                },
                 age_known: !forged,
+                ..Member::aged(node, last.min(now), age, timeout)
             });
         }
         Ok(out)
@@ -888,6 +881,7 @@ fn remove_entry(p: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::MemberState;
     use std::os::unix::fs::PermissionsExt;
 
     const NODE_UID: u32 = 52_101;
@@ -923,6 +917,21 @@ mod tests {
 
     fn record(name: &str) -> NodeRecord {
         super::super::tests::record(&format!("{name}-abc123"), name)
+    }
+
+    /// `nodes/<name>.json` holding `record(record_of)`, as uid `uid` wrote it.
+    fn plant_record(d: &Dir, name: &str, record_of: &str, uid: u32) {
+        let body = serde_json::to_vec(&record(record_of)).unwrap();
+        plant(&d.node_path(name), &body, uid);
+    }
+
+    /// A current-thread runtime and the membership over `d`, for the trait's calls.
+    fn membership(d: &Arc<Dir>) -> (tokio::runtime::Runtime, StorageMembership) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        (rt, StorageMembership { inner: d.clone() })
     }
 
     fn bind(d: &Dir, name: &str, uid: u32) {
@@ -961,11 +970,7 @@ mod tests {
         bind(&d, "web", NODE_UID);
         assert_eq!(listed(&d), vec![("web".to_string(), MemberState::Active)]);
         // A record of another name in this name's file is not one.
-        plant(
-            &d.node_path("web"),
-            &serde_json::to_vec(&record("db")).unwrap(),
-            NODE_UID,
-        );
+        plant_record(&d, "web", "db", NODE_UID);
         assert!(listed(&d).is_empty());
         plant(&d.node_path("web"), &body, NODE_UID);
         // A heartbeat stamped a day ahead is listed, never alive, and the turn deletes it.
@@ -995,17 +1000,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let d = owner_dir(tmp.path());
         bind(&d, "web", NODE_UID);
-        plant(
-            &d.node_path("web"),
-            &serde_json::to_vec(&record("web")).unwrap(),
-            NODE_UID,
-        );
+        plant_record(&d, "web", "web", NODE_UID);
         // Another uid squats a name bound to nobody, and plants junk and a link.
-        plant(
-            &d.node_path("db"),
-            &serde_json::to_vec(&record("db")).unwrap(),
-            OTHER_UID,
-        );
+        plant_record(&d, "db", "db", OTHER_UID);
         plant(&d.sub("nodes").join("junk"), b"x", OTHER_UID);
         std::os::unix::fs::symlink("/etc/passwd", d.node_path("api")).unwrap();
         // A socket cannot be opened (ENXIO): neither the list nor the turn may fail on it.
@@ -1025,11 +1022,7 @@ mod tests {
         let now = d.now_ms().unwrap();
         let (gone, active) = d.scoped_prune(now).unwrap();
         assert_eq!((gone, active), (vec!["web-abc123".to_string()], 0));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let m = StorageMembership { inner: d.clone() };
+        let (rt, m) = membership(&d);
         let events = rt.block_on(m.events(10)).unwrap();
         assert_eq!(events[0].kind, EventKind::Expired);
         assert_eq!(events[0].node_id, "web-abc123");
@@ -1061,11 +1054,7 @@ mod tests {
             &serde_json::to_vec(&forged).unwrap(),
             OTHER_UID,
         );
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let m = StorageMembership { inner: d.clone() };
+        let (rt, m) = membership(&d);
         assert!(rt.block_on(m.events(10)).unwrap().is_empty());
     }
 
@@ -1094,11 +1083,7 @@ mod tests {
             "web.0-s.event.json".into(),
         ]
         .map(|n| std::os::unix::net::UnixListener::bind(inbox.join(n)).unwrap());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let m = StorageMembership { inner: d.clone() };
+        let (rt, m) = membership(&d);
         assert!(d.inbox_changed());
         d.inbox_pass(d.now_ms().unwrap()).unwrap();
         assert!(!d.inbox_changed(), "one stat tells nothing came since");
@@ -1206,11 +1191,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let d = owner_dir(tmp.path());
         bind(&d, "web", NODE_UID);
-        plant(
-            &d.node_path("web"),
-            &serde_json::to_vec(&record("web")).unwrap(),
-            NODE_UID,
-        );
+        plant_record(&d, "web", "web", NODE_UID);
         assert!(d.leave("web-abc123", EventKind::Removed, "admin").unwrap());
         assert!(!d.node_path("web").exists());
         assert_eq!(d.binding("web").unwrap(), None);
